@@ -1,0 +1,88 @@
+//! Front-end diagnostics: a message at a source span with a hint of what is allowed.
+//! The proc macro turns them into `compile_error!` at that span.
+
+use proc_macro2::Span;
+
+/// An error in a kernel or device function, found while checking it.
+#[derive(Clone, Debug)]
+pub struct Diagnostic {
+    pub span: Span,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    /// An error at `span`.
+    pub fn new(span: Span, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            span,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Adds a hint: what is allowed instead.
+    pub fn hint(mut self, hint: impl Into<String>) -> Diagnostic {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The Rust source line of the span (0 when unknown).
+    pub fn line(&self) -> u32 {
+        self.span.start().line as u32
+    }
+
+    /// Message and hint as one text.
+    pub fn text(&self) -> String {
+        match &self.hint {
+            Some(h) => format!("{}\n  = hint: {}", self.message, h),
+            None => self.message.clone(),
+        }
+    }
+
+    /// A `compile_error!` at the span.
+    pub fn to_compile_error(&self) -> proc_macro2::TokenStream {
+        syn::Error::new(self.span, self.text()).to_compile_error()
+    }
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line(), self.text())
+    }
+}
+
+impl std::error::Error for Diagnostic {}
+
+/// Shorthand: `Err(Diagnostic)` at the span of `tokens`.
+pub fn err<T>(tokens: &dyn quote::ToTokens, message: impl Into<String>) -> Result<T, Diagnostic> {
+    Err(Diagnostic::new(
+        syn::spanned::Spanned::span(&SpanOf(tokens)),
+        message,
+    ))
+}
+
+/// Shorthand: `Err(Diagnostic)` with a hint at the span of `tokens`.
+pub fn err_hint<T>(
+    tokens: &dyn quote::ToTokens,
+    message: impl Into<String>,
+    hint: impl Into<String>,
+) -> Result<T, Diagnostic> {
+    Err(Diagnostic::new(syn::spanned::Spanned::span(&SpanOf(tokens)), message).hint(hint))
+}
+
+/// The span of anything printable as tokens.
+pub fn span_of(tokens: &dyn quote::ToTokens) -> Span {
+    syn::spanned::Spanned::span(&SpanOf(tokens))
+}
+
+struct SpanOf<'a>(&'a dyn quote::ToTokens);
+
+impl quote::ToTokens for SpanOf<'_> {
+    fn to_tokens(&self, tokens: &mut proc_macro2::TokenStream) {
+        self.0.to_tokens(tokens)
+    }
+}
+
+/// The result type of the front end.
+pub type Res<T> = Result<T, Diagnostic>;

@@ -1,0 +1,214 @@
+//! Checking a function's signature: generics (comptime parameters), run-time parameters
+//! and the result type.
+
+use super::{Checker, KernelAttrs};
+use crate::diag::{err, err_hint, Res};
+use crate::ir::{FnKind, Function, Generic, Param};
+use crate::types::{Scalar, Ty};
+
+impl Checker {
+    /// Checks the whole function.
+    pub fn function(&mut self, item: &syn::ItemFn, attrs: &KernelAttrs) -> Res<Function> {
+        let sig = &item.sig;
+        self.fn_name = sig.ident.to_string();
+        if let Some(c) = &sig.constness {
+            return err(c, "kernels and device functions cannot be `const fn`");
+        }
+        if let Some(a) = &sig.asyncness {
+            return err_hint(a, "kernels cannot be `async`", "remove `async`");
+        }
+        if let Some(a) = &sig.abi {
+            return err_hint(
+                a,
+                "kernels cannot declare an ABI",
+                "remove the `extern` ABI",
+            );
+        }
+        if let Some(v) = &sig.variadic {
+            return err(v, "variadic functions are not supported");
+        }
+        if let Some(w) = &sig.generics.where_clause {
+            return err_hint(
+                w,
+                "`where` clauses are not supported",
+                "write bounds inline: `T: Float`",
+            );
+        }
+        for g in &sig.generics.params {
+            let generic = self.generic_param(g)?;
+            if self.generic(generic.name()).is_some() {
+                return err(
+                    g,
+                    format!("generic parameter `{}` is declared twice", generic.name()),
+                );
+            }
+            self.reserved_names.insert(generic.name().to_string());
+            self.generics.push(generic);
+        }
+        let mut params = Vec::new();
+        for input in &sig.inputs {
+            params.push(self.param(input)?);
+        }
+        self.ret = match &sig.output {
+            syn::ReturnType::Default => Ty::Unit,
+            syn::ReturnType::Type(_, ty) => {
+                if self.kind == FnKind::Kernel {
+                    return err_hint(
+                        ty,
+                        "a kernel cannot return a value",
+                        "write results through a `&mut [T]` parameter",
+                    );
+                }
+                match &**ty {
+                    syn::Type::Tuple(t) if t.elems.is_empty() => Ty::Unit,
+                    _ => Ty::Scalar(self.scalar_type(ty)?),
+                }
+            }
+        };
+        let body = self.fn_body(&item.block)?;
+        Ok(Function {
+            name: self.fn_name.clone(),
+            kind: self.kind,
+            generics: self.generics.clone(),
+            params,
+            ret: self.ret.clone(),
+            body,
+            line: line_of(&sig.ident),
+            max_threads: attrs.max_threads,
+        })
+    }
+
+    fn generic_param(&self, g: &syn::GenericParam) -> Res<Generic> {
+        match g {
+            syn::GenericParam::Lifetime(l) => err_hint(
+                l,
+                "lifetime parameters are not supported",
+                "kernels need no lifetimes; remove it",
+            ),
+            syn::GenericParam::Const(c) => {
+                if let Some(d) = &c.default {
+                    return err(d, "comptime parameters cannot have defaults");
+                }
+                let ty = self.scalar_type(&c.ty)?;
+                if !(ty.is_int() || ty == Scalar::Bool) {
+                    return err_hint(
+                        &c.ty,
+                        "a `const` parameter must be an integer or bool",
+                        "use `const N: u32`",
+                    );
+                }
+                Ok(Generic::Const {
+                    name: c.ident.to_string(),
+                    ty,
+                })
+            }
+            syn::GenericParam::Type(t) => {
+                if let Some(d) = &t.default {
+                    return err(d, "type parameters cannot have defaults");
+                }
+                let bounds: Vec<String> = t
+                    .bounds
+                    .iter()
+                    .map(|b| match b {
+                        syn::TypeParamBound::Trait(tb) => tb
+                            .path
+                            .segments
+                            .last()
+                            .map(|s| s.ident.to_string())
+                            .unwrap_or_default(),
+                        _ => String::new(),
+                    })
+                    .collect();
+                if bounds != ["Float"] {
+                    return err_hint(
+                        t,
+                        format!("type parameter `{}` must have exactly the bound `Float`", t.ident),
+                        "write `T: Float`: it is bound to f32, f16, bf16 or f64 when the kernel is specialised",
+                    );
+                }
+                Ok(Generic::Type {
+                    name: t.ident.to_string(),
+                })
+            }
+        }
+    }
+
+    fn param(&mut self, input: &syn::FnArg) -> Res<Param> {
+        let syn::FnArg::Typed(pt) = input else {
+            return err(input, "kernels and device functions take no `self`");
+        };
+        let syn::Pat::Ident(pi) = &*pt.pat else {
+            return err_hint(
+                &pt.pat,
+                "parameters must be plain names",
+                "write `name: type`",
+            );
+        };
+        if let Some(r) = &pi.by_ref {
+            return err(r, "`ref` parameters are not supported");
+        }
+        let name = pi.ident.to_string();
+        if self.lookup(&name).is_some() {
+            return err(&pi.ident, format!("parameter `{name}` is declared twice"));
+        }
+        if self.generic(&name).is_some() {
+            return err(
+                &pi.ident,
+                format!("parameter `{name}` has the name of a generic parameter"),
+            );
+        }
+        let ty = match &*pt.ty {
+            syn::Type::Reference(r) => {
+                if let Some(l) = &r.lifetime {
+                    return err_hint(
+                        l,
+                        "lifetimes are not supported on kernel parameters",
+                        "write `&[T]` or `&mut [T]`",
+                    );
+                }
+                let syn::Type::Slice(s) = &*r.elem else {
+                    return err_hint(
+                        &r.elem,
+                        "only slices can be passed by reference",
+                        "pass scalars by value (`n: u32`) and arrays as `&[T]` or `&mut [T]`",
+                    );
+                };
+                let elem = self.scalar_type(&s.elem)?;
+                Ty::Slice {
+                    elem,
+                    mutable: r.mutability.is_some(),
+                }
+            }
+            syn::Type::Array(_) => {
+                return err_hint(
+                    &pt.ty,
+                    "arrays cannot be parameters",
+                    "pass a slice: `&[T]` or `&mut [T]`",
+                )
+            }
+            syn::Type::Ptr(_) => {
+                return err_hint(
+                    &pt.ty,
+                    "raw pointers are not supported",
+                    "pass a slice: `&[T]` or `&mut [T]`",
+                )
+            }
+            other => Ty::Scalar(self.scalar_type(other)?),
+        };
+        let mutable = pi.mutability.is_some();
+        if mutable && matches!(ty, Ty::Slice { .. }) {
+            return err_hint(
+                &pi.mutability,
+                "`mut` on a slice parameter has no meaning here",
+                "write `x: &mut [T]` to write through it",
+            );
+        }
+        let cname = self.declare_param(&name, ty.clone(), mutable);
+        Ok(Param { name, cname, ty })
+    }
+}
+
+/// The source line of a token (0 when unknown).
+pub fn line_of(tokens: &dyn quote::ToTokens) -> u32 {
+    crate::diag::span_of(tokens).start().line as u32
+}

@@ -1,0 +1,665 @@
+//! Specialisation: binding a kernel's comptime parameters (const values and element
+//! types), instantiating the device functions it calls, and checking what only the bound
+//! values can tell (lengths, shared-memory size). The result is a pure function of
+//! (kernel, comptime values, arch).
+
+use std::collections::BTreeMap;
+
+use crate::defs::FnDef;
+use crate::front::syntax_types::{shared_bytes, MAX_STATIC_SHARED_BYTES};
+use crate::ir::{
+    walk_stmts, walk_stmts_mut, ExprKind, FnKind, Function, Generic, GenericArg, StmtKind,
+};
+use crate::types::{Len, Scalar, Ty};
+
+/// The element types a `T: Float` parameter can be bound to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub enum Dtype {
+    F32,
+    F16,
+    Bf16,
+    F64,
+}
+
+impl Dtype {
+    /// The scalar this dtype denotes.
+    pub fn scalar(self) -> Scalar {
+        match self {
+            Dtype::F32 => Scalar::F32,
+            Dtype::F16 => Scalar::F16,
+            Dtype::Bf16 => Scalar::Bf16,
+            Dtype::F64 => Scalar::F64,
+        }
+    }
+
+    /// The dtype for a concrete float scalar.
+    pub fn from_scalar(s: Scalar) -> Option<Dtype> {
+        Some(match s {
+            Scalar::F32 => Dtype::F32,
+            Scalar::F16 => Dtype::F16,
+            Scalar::Bf16 => Dtype::Bf16,
+            Scalar::F64 => Dtype::F64,
+            _ => return None,
+        })
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Dtype, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(Dtype::F32),
+            "f16" | "float16" | "half" => Ok(Dtype::F16),
+            "bf16" | "bfloat16" => Ok(Dtype::Bf16),
+            "f64" | "float64" => Ok(Dtype::F64),
+            other => Err(format!(
+                "unknown dtype `{other}`; use f32, f16, bf16 or f64"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.scalar().rust_name())
+    }
+}
+
+/// A GPU architecture, as the SM version times ten (80 = sm_80, 90 = sm_90).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct Arch(pub u32);
+
+impl Arch {
+    /// The oldest architecture Kiln generates code for (cp.async, bf16 conversions).
+    pub const MIN: Arch = Arch(80);
+    /// Ampere (A100).
+    pub const SM80: Arch = Arch(80);
+    /// Hopper (H100, H200).
+    pub const SM90: Arch = Arch(90);
+
+    /// `sm_80`, `sm_90`, …
+    pub fn sm_name(self) -> String {
+        format!("sm_{}", self.0)
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Arch, String> {
+        let digits = s
+            .trim_start_matches("sm_")
+            .trim_start_matches("compute_")
+            .trim_end_matches('a');
+        match digits.parse::<u32>() {
+            Ok(v) if v >= Arch::MIN.0 => Ok(Arch(v)),
+            Ok(v) => Err(format!(
+                "sm_{v} is older than sm_80, the oldest architecture Kiln supports"
+            )),
+            Err(_) => Err(format!(
+                "`{s}` is not an architecture; write e.g. sm_80 or sm_90"
+            )),
+        }
+    }
+}
+
+/// Comptime values for a specialisation, by parameter name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Bindings {
+    pub consts: BTreeMap<String, i128>,
+    pub types: BTreeMap<String, Dtype>,
+}
+
+impl Bindings {
+    /// Binds a `const` parameter.
+    pub fn with_const(mut self, name: &str, value: i128) -> Bindings {
+        self.consts.insert(name.to_string(), value);
+        self
+    }
+
+    /// Binds an element-type parameter.
+    pub fn with_type(mut self, name: &str, dtype: Dtype) -> Bindings {
+        self.types.insert(name.to_string(), dtype);
+        self
+    }
+
+    /// A stable text form (`WORDS=4, T=bf16`).
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self
+            .consts
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        parts.extend(self.types.iter().map(|(k, v)| format!("{k}={v}")));
+        parts.join(", ")
+    }
+}
+
+/// Why a specialisation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{function} ({file}:{line}): {message}{}", hint.as_ref().map(|h| format!("\n  = hint: {h}")).unwrap_or_default())]
+pub struct SpecError {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// A specialised program: the kernel and the device-function instances it calls, with
+/// every type and comptime value concrete.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Program {
+    pub kernel: Function,
+    /// Comptime values of each function, by function name (kernel and instances).
+    pub comptime: BTreeMap<String, Vec<(String, Scalar, i128)>>,
+    /// Device-function instances, callees before callers; calls name them by instance name.
+    pub devices: Vec<Function>,
+    pub file: String,
+    pub bindings: Bindings,
+    pub arch: Arch,
+}
+
+/// Specialises the kernel `def` for `bindings` and `arch`.
+pub fn specialize(
+    def: &'static FnDef,
+    bindings: &Bindings,
+    arch: Arch,
+) -> Result<Program, SpecError> {
+    let kernel_ir = load(def)?;
+    if kernel_ir.kind != FnKind::Kernel {
+        return Err(error(
+            def,
+            kernel_ir.line,
+            format!("`{}` is a device function, not a kernel", def.name),
+            None,
+        ));
+    }
+    for name in bindings.consts.keys().chain(bindings.types.keys()) {
+        if !kernel_ir.generics.iter().any(|g| g.name() == name) {
+            let known: Vec<&str> = kernel_ir.generics.iter().map(Generic::name).collect();
+            return Err(error(
+                def,
+                kernel_ir.line,
+                format!("`{}` has no comptime parameter `{name}`", def.name),
+                Some(if known.is_empty() {
+                    "it takes none".to_string()
+                } else {
+                    format!("its comptime parameters are {}", known.join(", "))
+                }),
+            ));
+        }
+    }
+    let mut values = Vec::new();
+    let mut types = Vec::new();
+    for g in &kernel_ir.generics {
+        match g {
+            Generic::Const { name, ty } => {
+                let Some(v) = bindings.consts.get(name) else {
+                    return Err(error(
+                        def,
+                        kernel_ir.line,
+                        format!("no value for comptime parameter `{name}`"),
+                        Some(format!(
+                            "set it, e.g. `.{}(…)` or `--const {name}=…`",
+                            name.to_lowercase()
+                        )),
+                    ));
+                };
+                check_range(def, kernel_ir.line, name, *ty, *v)?;
+                values.push((name.clone(), *ty, *v));
+            }
+            Generic::Type { name } => {
+                let Some(d) = bindings.types.get(name) else {
+                    return Err(error(
+                        def,
+                        kernel_ir.line,
+                        format!("no element type for `{name}`"),
+                        Some(format!(
+                            "set it, e.g. `.{}(Dtype::F32)` or `--dtype f32`",
+                            name.to_lowercase()
+                        )),
+                    ));
+                };
+                types.push(d.scalar());
+            }
+        }
+    }
+    let mut ctx = Instantiator {
+        instances: Vec::new(),
+        done: BTreeMap::new(),
+        stack: Vec::new(),
+        comptime: BTreeMap::new(),
+    };
+    let kernel = ctx.instantiate(def, kernel_ir, values, types, def.name.to_string())?;
+    Ok(Program {
+        kernel,
+        comptime: ctx.comptime,
+        devices: ctx.instances,
+        file: def.file.to_string(),
+        bindings: bindings.clone(),
+        arch,
+    })
+}
+
+fn load(def: &FnDef) -> Result<Function, SpecError> {
+    def.ir().map_err(|e| {
+        error(
+            def,
+            0,
+            format!("the embedded IR of `{}` is unreadable: {e}", def.name),
+            Some("rebuild the crate that defines it with this version of Kiln".into()),
+        )
+    })
+}
+
+fn error(def: &FnDef, line: u32, message: String, hint: Option<String>) -> SpecError {
+    SpecError {
+        function: def.name.to_string(),
+        file: def.file.to_string(),
+        line,
+        message,
+        hint,
+    }
+}
+
+fn check_range(def: &FnDef, line: u32, name: &str, ty: Scalar, v: i128) -> Result<(), SpecError> {
+    let (lo, hi): (i128, i128) = match ty {
+        Scalar::Bool => (0, 1),
+        Scalar::U8 => (0, u8::MAX as i128),
+        Scalar::U16 => (0, u16::MAX as i128),
+        Scalar::U32 => (0, u32::MAX as i128),
+        Scalar::U64 => (0, u64::MAX as i128),
+        Scalar::I32 => (i32::MIN as i128, i32::MAX as i128),
+        _ => (i64::MIN as i128, i64::MAX as i128),
+    };
+    if v < lo || v > hi {
+        return Err(error(
+            def,
+            line,
+            format!(
+                "comptime value {name} = {v} does not fit `{}`",
+                ty.rust_name()
+            ),
+            Some(format!("use a value in {lo}..={hi}")),
+        ));
+    }
+    Ok(())
+}
+
+struct Instantiator {
+    instances: Vec<Function>,
+    /// (def address, bindings) → instance name
+    done: BTreeMap<(usize, String), String>,
+    stack: Vec<usize>,
+    comptime: BTreeMap<String, Vec<(String, Scalar, i128)>>,
+}
+
+impl Instantiator {
+    fn instantiate(
+        &mut self,
+        def: &'static FnDef,
+        mut f: Function,
+        values: Vec<(String, Scalar, i128)>,
+        types: Vec<Scalar>,
+        instance_name: String,
+    ) -> Result<Function, SpecError> {
+        let lookup = |name: &str| {
+            values
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, _, v)| *v)
+        };
+        let subst = |s: Scalar| match s {
+            Scalar::Param(i) => types[i as usize],
+            other => other,
+        };
+        // concrete types everywhere
+        for p in f.params.iter_mut() {
+            p.ty = p.ty.map_scalars(&subst);
+        }
+        f.ret = f.ret.map_scalars(&subst);
+        let mut problem: Option<(u32, String, Option<String>)> = None;
+        walk_stmts_mut(&mut f.body, &mut |s| {
+            let line = s.line;
+            match &mut s.kind {
+                StmtKind::Let { ty, .. }
+                | StmtKind::SharedArray { ty, .. }
+                | StmtKind::LocalArray { ty, .. } => *ty = ty.map_scalars(&subst),
+                StmtKind::DynShared { elem, .. } => *elem = subst(*elem),
+                StmtKind::For { ty, .. } => *ty = subst(*ty),
+                _ => {}
+            }
+            if let StmtKind::SharedArray {
+                ty: Ty::Array { elem, dims, .. },
+                ..
+            } = &s.kind
+            {
+                match shared_bytes(*elem, dims, &lookup) {
+                    Some(b) if b > MAX_STATIC_SHARED_BYTES && problem.is_none() => {
+                        problem = Some((line, format!("shared array of {b} bytes exceeds the {MAX_STATIC_SHARED_BYTES} bytes of static shared memory"), Some("use `dyn_shared::<T>()` and pass the size at launch".into())));
+                    }
+                    None if problem.is_none() => {
+                        problem = Some((line, "shared array length overflows".into(), None))
+                    }
+                    _ => {}
+                }
+            }
+            if let StmtKind::SharedArray {
+                ty: Ty::Array { dims, .. },
+                ..
+            }
+            | StmtKind::LocalArray {
+                ty: Ty::Array { dims, .. },
+                ..
+            } = &s.kind
+            {
+                for d in dims {
+                    match d.eval(&lookup) {
+                        Some(v) if v >= 1 => {}
+                        Some(v) if problem.is_none() => {
+                            problem = Some((
+                                line,
+                                format!("array length evaluates to {v}; it must be at least 1"),
+                                Some("check the comptime values".into()),
+                            ))
+                        }
+                        None if problem.is_none() => {
+                            problem = Some((
+                                line,
+                                "array length cannot be evaluated (overflow or division by zero)"
+                                    .into(),
+                                None,
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for e in s.kind.exprs_mut() {
+                e.walk_mut(&mut |x| {
+                    x.ty = x.ty.map_scalars(&subst);
+                    if let ExprKind::SizeOf(s) = &mut x.kind {
+                        *s = subst(*s);
+                    }
+                    if let ExprKind::Call { generics, .. } = &mut x.kind {
+                        for g in generics.iter_mut() {
+                            if let GenericArg::Type(t) = g {
+                                *t = subst(*t);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some((line, message, hint)) = problem {
+            return Err(error(def, line, message, hint));
+        }
+        self.comptime.insert(instance_name.clone(), values.clone());
+        // instantiate callees
+        let mut calls = Vec::new();
+        walk_stmts(&f.body, &mut |s| {
+            for e in s.kind.exprs() {
+                e.walk(&mut |x| {
+                    if let ExprKind::Call {
+                        callee,
+                        generics,
+                        args,
+                    } = &x.kind
+                    {
+                        calls.push((
+                            s.line,
+                            callee.clone(),
+                            generics.clone(),
+                            args.iter().map(|a| a.ty.clone()).collect::<Vec<_>>(),
+                            x.ty.clone(),
+                        ));
+                    }
+                });
+            }
+        });
+        let mut renames = BTreeMap::new();
+        for (line, callee, generics, arg_tys, ret) in calls {
+            let key = (callee.clone(), format!("{generics:?}{arg_tys:?}"));
+            if renames.contains_key(&key) {
+                continue;
+            }
+            let name =
+                self.callee_instance(def, line, &callee, &generics, &arg_tys, &ret, &lookup)?;
+            renames.insert(key, name);
+        }
+        walk_stmts_mut(&mut f.body, &mut |s| {
+            for e in s.kind.exprs_mut() {
+                e.walk_mut(&mut |x| {
+                    if let ExprKind::Call {
+                        callee,
+                        generics,
+                        args,
+                    } = &mut x.kind
+                    {
+                        let key = (
+                            callee.clone(),
+                            format!(
+                                "{generics:?}{:?}",
+                                args.iter().map(|a| a.ty.clone()).collect::<Vec<_>>()
+                            ),
+                        );
+                        if let Some(n) = renames.get(&key) {
+                            *callee = n.clone();
+                            generics.clear();
+                        }
+                    }
+                });
+            }
+        });
+        f.name = instance_name;
+        Ok(f)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn callee_instance(
+        &mut self,
+        caller: &'static FnDef,
+        line: u32,
+        callee: &str,
+        generics: &[GenericArg],
+        arg_tys: &[Ty],
+        ret: &Ty,
+        lookup: &dyn Fn(&str) -> Option<i128>,
+    ) -> Result<String, SpecError> {
+        let Some(dep) = caller.deps.iter().find(|d| d.path == callee) else {
+            return Err(error(
+                caller,
+                line,
+                format!("`{callee}` is not a known device function"),
+                Some("mark it `#[device]` and make sure it is in scope".into()),
+            ));
+        };
+        let def = dep.def;
+        let ir = load(def)?;
+        if ir.kind != FnKind::Device {
+            return Err(error(
+                caller,
+                line,
+                format!("`{callee}` is a kernel; kernels cannot be called"),
+                Some("move the shared code into a `#[device]` function".into()),
+            ));
+        }
+        if ir.params.len() != arg_tys.len() {
+            return Err(error(
+                caller,
+                line,
+                format!(
+                    "`{callee}` takes {} argument(s), {} given",
+                    ir.params.len(),
+                    arg_tys.len()
+                ),
+                None,
+            ));
+        }
+        // bind the callee's generics: explicit ones in order, element types also from arguments
+        let explicit = generics.len();
+        if explicit > ir.generics.len() {
+            return Err(error(
+                caller,
+                line,
+                format!(
+                    "`{callee}` takes {} generic argument(s), {explicit} given",
+                    ir.generics.len()
+                ),
+                None,
+            ));
+        }
+        let mut values = Vec::new();
+        let mut types: Vec<Option<Scalar>> = vec![None; ir.generics.len()];
+        for (i, g) in ir.generics.iter().enumerate() {
+            match (g, generics.get(i)) {
+                (Generic::Const { name, ty }, Some(GenericArg::Const(len))) => {
+                    let Some(v) = len.eval(lookup) else {
+                        return Err(error(
+                            caller,
+                            line,
+                            format!("cannot evaluate the value passed for `{name}`"),
+                            None,
+                        ));
+                    };
+                    check_range(def, ir.line, name, *ty, v)?;
+                    values.push((name.clone(), *ty, v));
+                }
+                (Generic::Type { .. }, Some(GenericArg::Type(t))) => types[i] = Some(*t),
+                (Generic::Const { name, .. }, None) => {
+                    return Err(error(
+                        caller,
+                        line,
+                        format!("`{callee}` needs a value for its comptime parameter `{name}`"),
+                        Some(format!("pass it explicitly: `{callee}::<…>(…)`")),
+                    ));
+                }
+                (Generic::Type { .. }, None) => {}
+                (g, Some(_)) => {
+                    return Err(error(
+                        caller,
+                        line,
+                        format!("generic argument for `{}` has the wrong kind", g.name()),
+                        None,
+                    ))
+                }
+            }
+        }
+        for (p, a) in ir.params.iter().zip(arg_tys) {
+            if let (Some(Scalar::Param(i)), Some(actual)) =
+                (param_scalar(&p.ty), a.elem().or(a.scalar()))
+            {
+                match types[i as usize] {
+                    None => types[i as usize] = Some(actual),
+                    Some(t) if t == actual => {}
+                    Some(t) => {
+                        return Err(error(
+                            caller,
+                            line,
+                            format!(
+                                "`{callee}`: `{}` is both {} and {}",
+                                ir.generics[i as usize].name(),
+                                t.rust_name(),
+                                actual.rust_name()
+                            ),
+                            None,
+                        ))
+                    }
+                }
+            }
+        }
+        let mut concrete = Vec::new();
+        for (i, t) in types.iter().enumerate() {
+            match (&ir.generics[i], t) {
+                (Generic::Type { name }, None) => {
+                    return Err(error(
+                        caller,
+                        line,
+                        format!("cannot tell the element type `{name}` of `{callee}`"),
+                        Some(format!("pass it explicitly: `{callee}::<f32>(…)`")),
+                    ));
+                }
+                (Generic::Type { .. }, Some(t)) => concrete.push(*t),
+                _ => concrete.push(Scalar::U32), // placeholder for const slots (never read)
+            }
+        }
+        let addr = def as *const FnDef as usize;
+        let key = (addr, format!("{values:?}{concrete:?}"));
+        if let Some(name) = self.done.get(&key) {
+            return Ok(name.clone());
+        }
+        if self.stack.contains(&addr) {
+            return Err(error(
+                caller,
+                line,
+                format!("`{callee}` is called recursively (through other device functions)"),
+                Some("recursion is not supported on the GPU; use a loop".into()),
+            ));
+        }
+        let mut name = def.name.to_string();
+        for (_, _, v) in &values {
+            name.push_str(&format!("_{}", v.to_string().replace('-', "m")));
+        }
+        for (i, g) in ir.generics.iter().enumerate() {
+            if matches!(g, Generic::Type { .. }) {
+                name.push_str(&format!("_{}", concrete[i].rust_name()));
+            }
+        }
+        let base = name.clone();
+        let mut n = 1;
+        while self.done.values().any(|v| *v == name) {
+            n += 1;
+            name = format!("{base}_{n}");
+        }
+        self.stack.push(addr);
+        let types_only: Vec<Scalar> = concrete;
+        let inst = self.instantiate(def, ir, values, types_only, name.clone())?;
+        self.stack.pop();
+        let param_tys: Vec<&Ty> = inst.params.iter().map(|p| &p.ty).collect();
+        for (k, (p, a)) in param_tys.iter().zip(arg_tys).enumerate() {
+            if *p != a {
+                return Err(error(
+                    caller,
+                    line,
+                    format!(
+                        "argument {} of `{callee}` has type {a:?}, expected {p:?}",
+                        k + 1
+                    ),
+                    None,
+                ));
+            }
+        }
+        if &inst.ret != ret {
+            return Err(error(
+                caller,
+                line,
+                format!(
+                    "`{callee}` returns {:?} but the call site expects {ret:?}",
+                    inst.ret
+                ),
+                None,
+            ));
+        }
+        self.done.insert(key, name.clone());
+        self.instances.push(inst);
+        Ok(name)
+    }
+}
+
+fn param_scalar(t: &Ty) -> Option<Scalar> {
+    match t {
+        Ty::Scalar(s) => Some(*s),
+        other => other.elem(),
+    }
+}
+
+/// Evaluates a length with a program's comptime values for function `func`.
+pub fn eval_len(program: &Program, func: &str, len: &Len) -> Option<i128> {
+    let values = program.comptime.get(func)?;
+    len.eval(&|name| {
+        values
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, v)| *v)
+    })
+}

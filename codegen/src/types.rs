@@ -1,0 +1,238 @@
+//! Kiln's types: the scalar element types and the kinds of values a kernel handles
+//! (scalars, global slices, shared/register arrays, 16-byte vectors).
+
+use serde::{Deserialize, Serialize};
+
+/// A scalar element type. `Param(i)` is the i-th generic parameter of the function
+/// (an element type `T: Float`), which specialisation replaces by a concrete type.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub enum Scalar {
+    Bool,
+    U8,
+    U16,
+    U32,
+    U64,
+    I32,
+    I64,
+    F16,
+    Bf16,
+    F32,
+    F64,
+    Param(u8),
+}
+
+impl Scalar {
+    /// Every concrete scalar with its Rust spelling.
+    pub const CONCRETE: [(Scalar, &'static str); 11] = [
+        (Scalar::Bool, "bool"),
+        (Scalar::U8, "u8"),
+        (Scalar::U16, "u16"),
+        (Scalar::U32, "u32"),
+        (Scalar::U64, "u64"),
+        (Scalar::I32, "i32"),
+        (Scalar::I64, "i64"),
+        (Scalar::F16, "f16"),
+        (Scalar::Bf16, "bf16"),
+        (Scalar::F32, "f32"),
+        (Scalar::F64, "f64"),
+    ];
+
+    /// The scalar named `name` in Rust source, if it is one of Kiln's element types.
+    pub fn from_rust(name: &str) -> Option<Scalar> {
+        Self::CONCRETE
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(s, _)| *s)
+    }
+
+    /// The Rust spelling (`Param` types print as `T#i`; callers resolve names themselves).
+    pub fn rust_name(self) -> String {
+        match Self::CONCRETE.iter().find(|(s, _)| *s == self) {
+            Some((_, n)) => (*n).to_string(),
+            None => match self {
+                Scalar::Param(i) => format!("<type parameter #{i}>"),
+                _ => unreachable!("every non-parameter scalar is listed in CONCRETE"),
+            },
+        }
+    }
+
+    /// Floating-point types, including a generic `T: Float`.
+    pub fn is_float(self) -> bool {
+        matches!(
+            self,
+            Scalar::F16 | Scalar::Bf16 | Scalar::F32 | Scalar::F64 | Scalar::Param(_)
+        )
+    }
+
+    /// 16-bit floats, which CUDA computes through `float`.
+    pub fn is_half(self) -> bool {
+        matches!(self, Scalar::F16 | Scalar::Bf16)
+    }
+
+    /// Integer types (not `bool`).
+    pub fn is_int(self) -> bool {
+        matches!(
+            self,
+            Scalar::U8 | Scalar::U16 | Scalar::U32 | Scalar::U64 | Scalar::I32 | Scalar::I64
+        )
+    }
+
+    /// Signed integer types.
+    pub fn is_signed_int(self) -> bool {
+        matches!(self, Scalar::I32 | Scalar::I64)
+    }
+
+    /// Size in bytes of a concrete scalar; `None` for a type parameter.
+    pub fn size_bytes(self) -> Option<u64> {
+        Some(match self {
+            Scalar::Bool | Scalar::U8 => 1,
+            Scalar::U16 | Scalar::F16 | Scalar::Bf16 => 2,
+            Scalar::U32 | Scalar::I32 | Scalar::F32 => 4,
+            Scalar::U64 | Scalar::I64 | Scalar::F64 => 8,
+            Scalar::Param(_) => return None,
+        })
+    }
+
+    /// The unsigned integer type of the same width, for `to_bits`/`from_bits`.
+    pub fn bits_type(self) -> Option<Scalar> {
+        match self {
+            Scalar::F16 | Scalar::Bf16 => Some(Scalar::U16),
+            Scalar::F32 => Some(Scalar::U32),
+            Scalar::F64 => Some(Scalar::U64),
+            _ => None,
+        }
+    }
+}
+
+/// Where an array lives on the device.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Space {
+    /// `__shared__`: one copy per block.
+    Shared,
+    /// Registers (or local memory): one copy per thread.
+    Local,
+}
+
+/// A comptime length: a literal or an expression over comptime parameters,
+/// evaluated when the kernel is specialised.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub enum Len {
+    Lit(u64),
+    Param(String),
+    Bin(ConstOp, Box<Len>, Box<Len>),
+}
+
+/// Operators allowed in comptime lengths.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ConstOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+    Shl,
+    Shr,
+}
+
+impl Len {
+    /// The value of the length given the comptime values (`None` if a name is unbound or
+    /// the arithmetic overflows/divides by zero).
+    pub fn eval(&self, lookup: &dyn Fn(&str) -> Option<i128>) -> Option<i128> {
+        Some(match self {
+            Len::Lit(v) => *v as i128,
+            Len::Param(name) => lookup(name)?,
+            Len::Bin(op, a, b) => {
+                let (a, b) = (a.eval(lookup)?, b.eval(lookup)?);
+                match op {
+                    ConstOp::Add => a.checked_add(b)?,
+                    ConstOp::Sub => a.checked_sub(b)?,
+                    ConstOp::Mul => a.checked_mul(b)?,
+                    ConstOp::Div => a.checked_div(b)?,
+                    ConstOp::Rem => a.checked_rem(b)?,
+                    ConstOp::Shl => a.checked_shl(u32::try_from(b).ok()?)?,
+                    ConstOp::Shr => a.checked_shr(u32::try_from(b).ok()?)?,
+                }
+            }
+        })
+    }
+
+    /// The value when the length uses no comptime parameter.
+    pub fn literal_value(&self) -> Option<i128> {
+        self.eval(&|_| None)
+    }
+}
+
+/// The type of a value in a kernel body.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub enum Ty {
+    /// No value (statements, functions without a result).
+    Unit,
+    Scalar(Scalar),
+    /// The result of `thread_idx()`, `block_idx()`, `block_dim()`, `grid_dim()`: fields x, y, z.
+    Dim3,
+    /// A global-memory slice parameter: `&[T]` or `&mut [T]`.
+    Slice {
+        elem: Scalar,
+        mutable: bool,
+    },
+    /// A shared or register array with one or more comptime dimensions (outermost first).
+    Array {
+        space: Space,
+        elem: Scalar,
+        dims: Vec<Len>,
+    },
+    /// The block's dynamic shared memory viewed as `[T]`, sized at launch.
+    DynShared {
+        elem: Scalar,
+    },
+    /// 16 bytes of `T` (4 × f32, 8 × f16, …), from `vload` and for `vstore`.
+    Vector {
+        elem: Scalar,
+    },
+}
+
+impl Ty {
+    /// The scalar, if this is a scalar type.
+    pub fn scalar(&self) -> Option<Scalar> {
+        match self {
+            Ty::Scalar(s) => Some(*s),
+            _ => None,
+        }
+    }
+
+    /// Shorthand for `Ty::Scalar`.
+    pub fn s(s: Scalar) -> Ty {
+        Ty::Scalar(s)
+    }
+
+    /// The element type of anything indexable.
+    pub fn elem(&self) -> Option<Scalar> {
+        match self {
+            Ty::Slice { elem, .. }
+            | Ty::Array { elem, .. }
+            | Ty::DynShared { elem }
+            | Ty::Vector { elem } => Some(*elem),
+            _ => None,
+        }
+    }
+
+    /// Replaces type parameters through `f`.
+    pub fn map_scalars(&self, f: &dyn Fn(Scalar) -> Scalar) -> Ty {
+        match self {
+            Ty::Unit => Ty::Unit,
+            Ty::Dim3 => Ty::Dim3,
+            Ty::Scalar(s) => Ty::Scalar(f(*s)),
+            Ty::Slice { elem, mutable } => Ty::Slice {
+                elem: f(*elem),
+                mutable: *mutable,
+            },
+            Ty::Array { space, elem, dims } => Ty::Array {
+                space: *space,
+                elem: f(*elem),
+                dims: dims.clone(),
+            },
+            Ty::DynShared { elem } => Ty::DynShared { elem: f(*elem) },
+            Ty::Vector { elem } => Ty::Vector { elem: f(*elem) },
+        }
+    }
+}

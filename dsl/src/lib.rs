@@ -1,0 +1,299 @@
+//! `#[kernel]` and `#[device]`: Kiln's attribute macros. They are thin: parse the function,
+//! let `kiln-codegen` check it (errors become `compile_error!` at the offending span), and
+//! emit the function's descriptor, its specialisation builder and the rustc checks of
+//! device-function calls.
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as Tokens;
+use quote::{format_ident, quote, quote_spanned};
+
+use kiln_codegen::front::{check_function, Checked, KernelAttrs};
+use kiln_codegen::ir::{FnKind, Generic};
+use kiln_codegen::types::{Scalar, Ty};
+use kiln_codegen::FnDef;
+
+/// Marks a function as a GPU kernel written in the Kiln language.
+///
+/// The body is checked at build time and lowered to CUDA when the kernel is specialised:
+/// `name::spec()` returns a builder with one method per comptime parameter.
+/// `#[kernel(threads = 256)]` promises the block size (emitted as `__launch_bounds__`).
+#[proc_macro_attribute]
+pub fn kernel(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(attr.into(), item.into(), FnKind::Kernel).into()
+}
+
+/// Marks a function as a device function: callable from kernels (also in other crates),
+/// inlined into each kernel that uses it.
+#[proc_macro_attribute]
+pub fn device(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(attr.into(), item.into(), FnKind::Device).into()
+}
+
+fn expand(attr: Tokens, item: Tokens, kind: FnKind) -> Tokens {
+    match try_expand(attr, item, kind) {
+        Ok(t) => t,
+        Err(e) => e.to_compile_error(),
+    }
+}
+
+fn try_expand(attr: Tokens, item: Tokens, kind: FnKind) -> syn::Result<Tokens> {
+    let item: syn::ItemFn = syn::parse2(item).map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            format!("#[kernel] and #[device] apply to functions: {e}"),
+        )
+    })?;
+    let attrs = parse_attrs(attr, kind)?;
+    for a in &item.attrs {
+        if !a.path().is_ident("doc") {
+            return Err(syn::Error::new_spanned(
+                a,
+                "attributes other than doc comments are not supported on Kiln functions\n  = hint: options go inside the macro: `#[kernel(threads = 256)]`",
+            ));
+        }
+    }
+    let checked =
+        check_function(&item, kind, &attrs).map_err(|d| syn::Error::new(d.span, d.text()))?;
+    let vis = Visibility::of(&item.vis)?;
+    Ok(match kind {
+        FnKind::Kernel => emit_kernel(&item, &checked, &vis),
+        FnKind::Device => emit_device(&item, &checked, &vis),
+    })
+}
+
+fn parse_attrs(attr: Tokens, kind: FnKind) -> syn::Result<KernelAttrs> {
+    let mut attrs = KernelAttrs::default();
+    if attr.is_empty() {
+        return Ok(attrs);
+    }
+    if kind == FnKind::Device {
+        return Err(syn::Error::new_spanned(attr, "#[device] takes no options"));
+    }
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("threads") {
+            let lit: syn::LitInt = meta.value()?.parse()?;
+            let n: u32 = lit.base10_parse()?;
+            if n == 0 || n > 1024 {
+                return Err(syn::Error::new(
+                    lit.span(),
+                    "`threads` must be in 1..=1024 (the CUDA block-size limit)",
+                ));
+            }
+            attrs.max_threads = Some(n);
+            Ok(())
+        } else {
+            Err(meta.error("unknown #[kernel] option\n  = hint: the option is `threads = N` (the block size the kernel is launched with)"))
+        }
+    });
+    syn::parse::Parser::parse2(parser, attr)?;
+    Ok(attrs)
+}
+
+/// The visibilities of the emitted items, from the function's.
+struct Visibility {
+    item: Tokens,
+    reexport: Tokens,
+}
+
+impl Visibility {
+    fn of(vis: &syn::Visibility) -> syn::Result<Visibility> {
+        match vis {
+            syn::Visibility::Public(_) => Ok(Visibility { item: quote!(pub), reexport: quote!(pub) }),
+            syn::Visibility::Inherited => Ok(Visibility { item: quote!(), reexport: quote!(pub(super)) }),
+            syn::Visibility::Restricted(r) if r.path.is_ident("crate") && r.in_token.is_none() => {
+                Ok(Visibility { item: quote!(pub(crate)), reexport: quote!(pub(crate)) })
+            }
+            other => Err(syn::Error::new_spanned(other, "Kiln functions are `pub`, `pub(crate)` or private\n  = hint: use one of those visibilities")),
+        }
+    }
+}
+
+fn docs(item: &syn::ItemFn) -> Vec<&syn::Attribute> {
+    item.attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .collect()
+}
+
+/// The descriptor static: IR, file, module and the device functions called.
+fn descriptor(item: &syn::ItemFn, checked: &Checked, vis: &Visibility) -> (syn::Ident, Tokens) {
+    let name = &item.sig.ident;
+    let static_ident = format_ident!("__kiln_fn_{}", name);
+    let name_str = name.to_string();
+    let ir = FnDef::encode(&checked.function);
+    let mut seen = Vec::new();
+    let mut deps = Vec::new();
+    for call in &checked.device_calls {
+        let text = kiln_codegen::front::expr_path_text(&call.path);
+        if seen.contains(&text) {
+            continue;
+        }
+        seen.push(text.clone());
+        let mut path = call.path.clone();
+        if let Some(last) = path.segments.last_mut() {
+            last.arguments = syn::PathArguments::None;
+        }
+        deps.push(
+            quote_spanned!(call.span=> ::kiln::__private::Dep { path: #text, def: &#path::DEF }),
+        );
+    }
+    let v = &vis.item;
+    let tokens = quote! {
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        #v static #static_ident: ::kiln::__private::FnDef = ::kiln::__private::FnDef {
+            name: #name_str,
+            module: ::core::module_path!(),
+            file: ::core::file!(),
+            ir_json: #ir,
+            deps: &[#(#deps),*],
+        };
+    };
+    (static_ident, tokens)
+}
+
+/// rustc checks that each device-function call matches the callee's signature.
+fn call_checks(item: &syn::ItemFn, checked: &Checked) -> Tokens {
+    if checked.device_calls.is_empty() {
+        return quote!();
+    }
+    let generics = &item.sig.generics;
+    let names = &checked.function.generics;
+    let lets = checked.device_calls.iter().map(|c| {
+        let args = c.args.iter().map(|t| rust_type(t, names));
+        let ret = rust_type(&c.ret, names);
+        let path = &c.path;
+        quote_spanned!(c.span=> let _: fn(#(#args),*) -> #ret = #path;)
+    });
+    quote! {
+        const _: () = {
+            #[allow(dead_code, unused_variables, clippy::type_complexity)]
+            fn __kiln_check_device_calls #generics () { #(#lets)* }
+        };
+    }
+}
+
+fn scalar_type(s: Scalar, generics: &[Generic]) -> Tokens {
+    match s {
+        Scalar::F16 => quote!(::kiln::__private::f16),
+        Scalar::Bf16 => quote!(::kiln::__private::bf16),
+        Scalar::Param(i) => {
+            let name = generics
+                .get(i as usize)
+                .map(|g| g.name().to_string())
+                .unwrap_or_default();
+            let ident = format_ident!("{}", name);
+            quote!(#ident)
+        }
+        other => {
+            let ident = format_ident!("{}", other.rust_name());
+            quote!(#ident)
+        }
+    }
+}
+
+fn rust_type(t: &Ty, generics: &[Generic]) -> Tokens {
+    match t {
+        Ty::Scalar(s) => scalar_type(*s, generics),
+        Ty::Slice {
+            elem,
+            mutable: false,
+        } => {
+            let e = scalar_type(*elem, generics);
+            quote!(&[#e])
+        }
+        Ty::Slice {
+            elem,
+            mutable: true,
+        } => {
+            let e = scalar_type(*elem, generics);
+            quote!(&mut [#e])
+        }
+        _ => quote!(()),
+    }
+}
+
+fn method_ident(name: &str) -> syn::Ident {
+    let lower = name.to_lowercase();
+    match syn::parse_str::<syn::Ident>(&lower) {
+        Ok(id) if !matches!(lower.as_str(), "cuda" | "program" | "bindings") => id,
+        _ => format_ident!("{}_", lower),
+    }
+}
+
+fn emit_kernel(item: &syn::ItemFn, checked: &Checked, vis: &Visibility) -> Tokens {
+    let name = &item.sig.ident;
+    let (static_ident, descriptor) = descriptor(item, checked, vis);
+    let checks = call_checks(item, checked);
+    let docs = docs(item);
+    let (v, re) = (&vis.item, &vis.reexport);
+    let setters = checked.function.generics.iter().map(|g| match g {
+        Generic::Const { name, ty } => {
+            let m = method_ident(name);
+            let t = scalar_type(*ty, &[]);
+            let doc = format!("Sets the comptime value `{name}`.");
+            quote! {
+                #[doc = #doc]
+                pub fn #m(self, value: #t) -> Self { Spec(self.0.with_const(#name, value as i128)) }
+            }
+        }
+        Generic::Type { name } => {
+            let m = method_ident(name);
+            let doc = format!("Sets the element type `{name}` (f32, f16, bf16 or f64).");
+            quote! {
+                #[doc = #doc]
+                pub fn #m(self, dtype: ::kiln::__private::Dtype) -> Self { Spec(self.0.with_type(#name, dtype)) }
+            }
+        }
+    });
+    quote! {
+        #descriptor
+        #(#docs)*
+        #v mod #name {
+            #re use super::#static_ident as DEF;
+
+            /// The comptime values of one specialisation of this kernel.
+            #[derive(Clone, Debug)]
+            pub struct Spec(pub ::kiln::__private::SpecBuilder);
+
+            /// Starts a specialisation: set every comptime parameter, then build it.
+            pub fn spec() -> Spec {
+                Spec(::kiln::__private::SpecBuilder::new(&DEF))
+            }
+
+            impl Spec {
+                #(#setters)*
+            }
+
+            impl ::core::ops::Deref for Spec {
+                type Target = ::kiln::__private::SpecBuilder;
+                fn deref(&self) -> &Self::Target { &self.0 }
+            }
+        }
+        ::kiln::__private::inventory::submit! { ::kiln::__private::Registered(&#static_ident) }
+        #checks
+    }
+}
+
+fn emit_device(item: &syn::ItemFn, checked: &Checked, vis: &Visibility) -> Tokens {
+    let name = &item.sig.ident;
+    let (static_ident, descriptor) = descriptor(item, checked, vis);
+    let checks = call_checks(item, checked);
+    let docs = docs(item);
+    let (v, re) = (&vis.item, &vis.reexport);
+    let sig = &item.sig;
+    let name_str = name.to_string();
+    quote! {
+        #descriptor
+        #[doc(hidden)]
+        #v mod #name {
+            #re use super::#static_ident as DEF;
+        }
+        #(#docs)*
+        #[allow(unused_variables, clippy::too_many_arguments)]
+        #v #sig {
+            ::kiln::__private::device_only(#name_str)
+        }
+        #checks
+    }
+}

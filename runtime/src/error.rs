@@ -1,0 +1,153 @@
+//! The one error type of the Kiln runtime.
+//!
+//! Every fallible runtime entry point returns [`RuntimeError`]. Messages are written for the person
+//! who has to fix the problem: a missing library lists every path that was tried and how to install
+//! it; a compile error carries NVRTC's full log.
+
+use std::fmt::Write as _;
+
+use thiserror::Error;
+
+use std::path::PathBuf;
+
+use crate::locate::{SearchOrigin, TriedPath, TryOutcome};
+
+/// Everything that can go wrong in the Kiln runtime.
+///
+/// It is `Clone` so that the process-wide result of locating a library can be cached once and
+/// handed to every caller.
+#[derive(Debug, Clone, Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// A shared library (NVRTC or the CUDA driver) was not found or could not be loaded from any
+    /// candidate path. `tried` holds every candidate in search order with why it was rejected,
+    /// `notes` says which search roots were unavailable, `hint` says how to install the library.
+    #[error(
+        "{library} could not be loaded. Searched, in order:\n{}{}How to fix: {hint}",
+        render_tried(tried),
+        render_notes(notes)
+    )]
+    LibraryNotFound {
+        /// Human name of the library, e.g. "NVRTC (libnvrtc)".
+        library: &'static str,
+        /// Every candidate tried, in search order.
+        tried: Vec<TriedPath>,
+        /// Search roots that were skipped, and why (e.g. "CUDA_HOME is not set").
+        notes: Vec<String>,
+        /// How to install the library or point Kiln at it.
+        hint: &'static str,
+    },
+
+    /// The library was loaded from a path, but cudarc (which resolves it by soname) would bind a
+    /// different copy, or none at all. Calling into cudarc in that state could panic or use
+    /// bindings of the wrong version, so Kiln refuses.
+    #[error(
+        "{library} was loaded from {loaded} but cudarc would not use that copy: {detail}. \
+         Remove the other copy from the loader path (LD_LIBRARY_PATH, ld.so.conf) \
+         or point {env_var} at the copy you want"
+    )]
+    CudarcMismatch {
+        /// Human name of the library.
+        library: &'static str,
+        /// The path Kiln loaded.
+        loaded: String,
+        /// What cudarc would bind instead.
+        detail: String,
+        /// The environment variable that selects a library explicitly.
+        env_var: &'static str,
+    },
+
+    /// NVRTC rejected the source: `log` is NVRTC's complete program log (errors and warnings).
+    #[error("NVRTC failed to compile program `{program}`:\n{log}")]
+    Compile {
+        /// The program name given to NVRTC (appears in the log's file positions).
+        program: String,
+        /// NVRTC's full program log.
+        log: String,
+    },
+
+    /// An NVRTC API call failed for a reason other than a compile error in the source (for
+    /// example an option NVRTC does not accept). `log` is the program log when one exists.
+    #[error("NVRTC call {call} failed with {code}{}", if log.is_empty() { String::new() } else { format!(":\n{log}") })]
+    Nvrtc {
+        /// The NVRTC function that failed.
+        call: &'static str,
+        /// NVRTC's result code, e.g. `NVRTC_ERROR_INVALID_OPTION`.
+        code: String,
+        /// The program log, possibly empty.
+        log: String,
+    },
+
+    /// An argument was rejected before reaching NVRTC (e.g. an interior NUL byte or an unknown
+    /// architecture name).
+    #[error("invalid {what}: {reason}")]
+    InvalidInput {
+        /// Which argument.
+        what: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// A call into cudarc panicked and the panic was caught. This should not happen once the
+    /// library has been located; it indicates a bug in Kiln or cudarc.
+    #[error("internal error: cudarc panicked during {context}: {message}")]
+    Panicked {
+        /// What Kiln was doing.
+        context: &'static str,
+        /// The panic payload, if it was a string.
+        message: String,
+    },
+}
+
+/// One line per candidate, except that consecutive "not found" files of one folder and origin
+/// share a line: `- /usr/local/cuda/lib64/{libnvrtc.so.13, libnvrtc.so} [system folder]: not found`.
+fn render_tried(tried: &[TriedPath]) -> String {
+    let mut s = String::new();
+    if tried.is_empty() {
+        s.push_str("  (no candidate paths: every search root was unavailable)\n");
+    }
+    let mut i = 0;
+    while i < tried.len() {
+        let key = group_key(&tried[i]);
+        let mut j = i + 1;
+        while key.is_some() && j < tried.len() && group_key(&tried[j]) == key {
+            j += 1;
+        }
+        match key {
+            Some((dir, origin)) if j - i > 1 => {
+                let names: Vec<String> = tried[i..j]
+                    .iter()
+                    .filter_map(|t| t.path.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "  - {}/{{{}}} [{origin}]: not found",
+                    dir.display(),
+                    names.join(", ")
+                );
+            }
+            _ => {
+                let _ = writeln!(s, "  - {}", tried[i]);
+            }
+        }
+        i = j;
+    }
+    s
+}
+
+/// Entries with the same key are printed on one line: missing files of one folder and origin.
+fn group_key(t: &TriedPath) -> Option<(PathBuf, SearchOrigin)> {
+    if t.outcome != TryOutcome::NotFound || t.origin == SearchOrigin::SystemLoader {
+        return None;
+    }
+    Some((t.path.parent()?.to_path_buf(), t.origin))
+}
+
+fn render_notes(notes: &[String]) -> String {
+    let mut s = String::new();
+    for n in notes {
+        let _ = writeln!(s, "  note: {n}");
+    }
+    s
+}

@@ -1,0 +1,609 @@
+//! Finding and preloading NVRTC (and, with the same mechanism, the CUDA driver) without panicking.
+//!
+//! cudarc loads its libraries lazily by soname and panics when none is found. Kiln therefore
+//! searches for the library itself, in this order:
+//!
+//! 1. the environment variable named by the spec (`KILN_NVRTC_PATH`), a file or a folder;
+//! 2. the loader path (`LD_LIBRARY_PATH` entries);
+//! 3. `CUDA_HOME` / `CUDA_PATH` (their `lib64` and `lib` folders);
+//! 4. fixed system folders (`/usr/local/cuda/lib64`);
+//! 5. the `nvidia-cuda-nvrtc` wheel in the active Python's site-packages (`nvidia/cu13/lib`, and
+//!    `nvidia/cuda_nvrtc/lib` for the CUDA 12 wheel layout), plus `$VIRTUAL_ENV`;
+//! 6. the system loader's own search by bare file name (`ld.so.cache`).
+//!
+//! The first candidate that loads is preloaded by full path with `RTLD_NOW | RTLD_GLOBAL`, together
+//! with its companion libraries from the same folder (`libnvrtc-builtins.so.*`, which NVRTC dlopens
+//! by soname when it compiles). Kiln then replays cudarc's own lookup and checks it resolves to
+//! the very same loaded object before anything calls into cudarc.
+//!
+//! The search itself is [`locate_library_in`] over explicit [`SearchRoots`], so it can be tested
+//! without touching the process environment; [`locate_nvrtc`] builds the roots from the
+//! environment once and caches the result for the process.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use crate::error::RuntimeError;
+use crate::preload::{self, Binding};
+
+/// Describes one shared library Kiln must find: its file names, where it usually lives, and how
+/// to check that cudarc will bind the copy Kiln loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct LibrarySpec {
+    /// Human name used in messages, e.g. "NVRTC (libnvrtc)".
+    pub display_name: &'static str,
+    /// Environment variable holding an explicit file or folder, e.g. `KILN_NVRTC_PATH`.
+    pub env_var: &'static str,
+    /// Accepted file names, most preferred first.
+    pub file_names: &'static [&'static str],
+    /// Folders under each CUDA toolkit root (`CUDA_HOME`, `CUDA_PATH`) to search.
+    pub toolkit_subdirs: &'static [&'static str],
+    /// Fixed system folders to search.
+    pub system_dirs: &'static [&'static str],
+    /// Folders under each Python site-packages folder to search (pip wheel layouts).
+    pub wheel_subdirs: &'static [&'static str],
+    /// File-name prefix of companion libraries to preload from the same folder, e.g.
+    /// `libnvrtc-builtins.so.` (NVRTC dlopens it by soname at compile time).
+    pub companion_prefix: Option<&'static str>,
+    /// A symbol the library must export; used to identify the loaded object.
+    pub probe_symbol: &'static str,
+    /// Library names as cudarc spells them for `get_lib_name_candidates` (e.g. `["nvrtc"]`).
+    pub cudarc_lib_names: &'static [&'static str],
+    /// cudarc's own presence check (`is_culib_present`) for this library.
+    pub cudarc_present: unsafe fn() -> bool,
+    /// How to install the library, shown when it is not found.
+    pub install_hint: &'static str,
+}
+
+/// NVRTC, the runtime CUDA C++ compiler Kiln JIT-compiles kernels with.
+pub const NVRTC: LibrarySpec = LibrarySpec {
+    display_name: "NVRTC (libnvrtc)",
+    env_var: "KILN_NVRTC_PATH",
+    file_names: &["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"],
+    toolkit_subdirs: &["lib64", "lib"],
+    system_dirs: &["/usr/local/cuda/lib64"],
+    wheel_subdirs: &["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"],
+    companion_prefix: Some("libnvrtc-builtins.so."),
+    probe_symbol: "nvrtcVersion",
+    cudarc_lib_names: &["nvrtc"],
+    cudarc_present: cudarc::nvrtc::sys::is_culib_present,
+    install_hint: "install the NVRTC wheel into the active Python with \
+        `python3 -m pip install nvidia-cuda-nvrtc==13.0.88` (Kiln finds it in site-packages), \
+        or install the CUDA toolkit and set CUDA_HOME to it, \
+        or set KILN_NVRTC_PATH to libnvrtc.so.13 or to the folder that contains it.",
+};
+
+/// The CUDA driver library (`libcuda`), needed to launch kernels. Never the toolkit's
+/// `lib64/stubs/libcuda.so`, which only exists for linking and fails at run time.
+pub const CUDA_DRIVER: LibrarySpec = LibrarySpec {
+    display_name: "the CUDA driver (libcuda)",
+    env_var: "KILN_CUDA_PATH",
+    file_names: &["libcuda.so.1", "libcuda.so"],
+    toolkit_subdirs: &[],
+    system_dirs: &[
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib/wsl/lib",
+    ],
+    wheel_subdirs: &[],
+    companion_prefix: None,
+    probe_symbol: "cuInit",
+    cudarc_lib_names: &["cuda", "nvcuda"],
+    cudarc_present: cudarc::driver::sys::is_culib_present,
+    install_hint: "install the NVIDIA driver (libcuda.so.1 comes with it, not with the toolkit), \
+        or set KILN_CUDA_PATH to libcuda.so.1 or to the folder that contains it.",
+};
+
+/// The places to search, in order. Build it with [`SearchRoots::from_env`] for real use, or fill
+/// it by hand (starting from [`SearchRoots::empty`]) in tests.
+#[derive(Debug, Clone, Default)]
+pub struct SearchRoots {
+    /// Explicit file or folder (from the spec's environment variable).
+    pub explicit: Option<PathBuf>,
+    /// Loader path entries (`LD_LIBRARY_PATH`), in order.
+    pub loader_path: Vec<PathBuf>,
+    /// CUDA toolkit roots (`CUDA_HOME`, `CUDA_PATH`); their `toolkit_subdirs` are searched.
+    pub toolkit_roots: Vec<PathBuf>,
+    /// Fixed system folders.
+    pub system_dirs: Vec<PathBuf>,
+    /// Python site-packages folders; their `wheel_subdirs` are searched.
+    pub site_packages: Vec<PathBuf>,
+    /// Whether to finally try the bare file names through the system loader's own search.
+    pub system_loader: bool,
+    /// Roots that were unavailable and why; repeated in the not-found error.
+    pub notes: Vec<String>,
+}
+
+impl SearchRoots {
+    /// No roots at all: searching finds nothing. A starting point for tests.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// The roots for `spec` from the process environment, the spec's fixed folders and the
+    /// active Python (`python3`; tolerated if missing).
+    pub fn from_env(spec: &LibrarySpec) -> Self {
+        let mut roots = Self {
+            system_loader: true,
+            ..Self::default()
+        };
+        roots.explicit = env_path(spec.env_var);
+        match std::env::var_os("LD_LIBRARY_PATH") {
+            Some(v) => {
+                roots.loader_path = std::env::split_paths(&v).filter(|p| non_empty(p)).collect()
+            }
+            None => roots.notes.push("LD_LIBRARY_PATH is not set".into()),
+        }
+        if !spec.toolkit_subdirs.is_empty() {
+            roots.toolkit_roots = ["CUDA_HOME", "CUDA_PATH"]
+                .iter()
+                .filter_map(|v| env_path(v))
+                .collect();
+            if roots.toolkit_roots.is_empty() {
+                roots
+                    .notes
+                    .push("CUDA_HOME and CUDA_PATH are not set".into());
+            }
+        }
+        roots.system_dirs = spec.system_dirs.iter().map(PathBuf::from).collect();
+        if !spec.wheel_subdirs.is_empty() {
+            let (dirs, note) = python_site_packages();
+            roots.site_packages = dirs;
+            roots.notes.extend(note);
+        }
+        roots
+    }
+}
+
+fn non_empty(p: &Path) -> bool {
+    !p.as_os_str().is_empty()
+}
+
+fn env_path(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| non_empty(p))
+}
+
+/// Prints one site-packages folder per line; tolerant of old `site` modules.
+const PYTHON_SITE_SCRIPT: &str = "import site\n\
+p = []\n\
+try:\n    p += site.getsitepackages()\nexcept Exception:\n    pass\n\
+try:\n    p.append(site.getusersitepackages())\nexcept Exception:\n    pass\n\
+print('\\n'.join(p))\n";
+
+/// The active Python's site-packages folders (via `python3`) followed by those of
+/// `$VIRTUAL_ENV`, plus a note when Python could not be asked.
+fn python_site_packages() -> (Vec<PathBuf>, Option<String>) {
+    let mut dirs = Vec::new();
+    let mut note = None;
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_SITE_SCRIPT])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            dirs.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(PathBuf::from),
+            );
+        }
+        Ok(o) => {
+            note = Some(format!(
+                "`python3` failed ({}); its site-packages were not searched",
+                o.status
+            ))
+        }
+        Err(e) => {
+            note = Some(format!(
+                "`python3` could not be run ({e}); its site-packages were not searched"
+            ))
+        }
+    }
+    if let Some(venv) = env_path("VIRTUAL_ENV") {
+        for lib in ["lib", "lib64"] {
+            let Ok(entries) = std::fs::read_dir(venv.join(lib)) else {
+                continue;
+            };
+            let mut found: Vec<PathBuf> = entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("python"))
+                .map(|e| e.path().join("site-packages"))
+                .collect();
+            found.sort();
+            dirs.extend(found);
+        }
+    }
+    (dirs, note)
+}
+
+/// Which search root a candidate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchOrigin {
+    /// The spec's environment variable (`KILN_NVRTC_PATH`).
+    EnvVar,
+    /// An `LD_LIBRARY_PATH` entry.
+    LoaderPath,
+    /// A CUDA toolkit root (`CUDA_HOME`, `CUDA_PATH`).
+    Toolkit,
+    /// A fixed system folder.
+    SystemDir,
+    /// A pip wheel folder in Python's site-packages.
+    PythonWheel,
+    /// The system loader's search by bare file name.
+    SystemLoader,
+}
+
+impl fmt::Display for SearchOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SearchOrigin::EnvVar => "explicit path",
+            SearchOrigin::LoaderPath => "LD_LIBRARY_PATH",
+            SearchOrigin::Toolkit => "CUDA_HOME/CUDA_PATH",
+            SearchOrigin::SystemDir => "system folder",
+            SearchOrigin::PythonWheel => "Python wheel",
+            SearchOrigin::SystemLoader => "system loader search",
+        })
+    }
+}
+
+/// Why a candidate was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TryOutcome {
+    /// No such file.
+    NotFound,
+    /// The file exists (or the name resolved) but loading it failed; the loader's message.
+    LoadFailed(String),
+}
+
+/// One candidate that was tried, for the not-found error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriedPath {
+    /// Full path, or a bare file name for [`SearchOrigin::SystemLoader`].
+    pub path: PathBuf,
+    /// The search root it came from.
+    pub origin: SearchOrigin,
+    /// Why it was rejected.
+    pub outcome: TryOutcome,
+}
+
+impl fmt::Display for TriedPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}]: ", self.path.display(), self.origin)?;
+        match &self.outcome {
+            TryOutcome::NotFound => f.write_str("not found"),
+            TryOutcome::LoadFailed(why) => write!(f, "failed to load: {why}"),
+        }
+    }
+}
+
+/// A library Kiln found and preloaded for the rest of the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibraryLocation {
+    /// The file that was loaded (as the loader reports it).
+    pub library: PathBuf,
+    /// Companion libraries preloaded from the same folder (NVRTC's `libnvrtc-builtins.so.*`).
+    pub companions: Vec<PathBuf>,
+    /// The search root it was found in.
+    pub origin: SearchOrigin,
+}
+
+/// Where NVRTC was found; see [`LibraryLocation`].
+pub type NvrtcLocation = LibraryLocation;
+
+/// One thing to try: a path (or bare name, for the system loader) and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Candidate {
+    path: PathBuf,
+    origin: SearchOrigin,
+}
+
+/// All candidates for `spec` under `roots`, in search order, without duplicates.
+fn candidates(spec: &LibrarySpec, roots: &SearchRoots) -> Vec<Candidate> {
+    let mut dirs: Vec<(PathBuf, SearchOrigin)> = Vec::new();
+    let mut files: Vec<Candidate> = Vec::new();
+    if let Some(p) = &roots.explicit {
+        if p.is_dir() {
+            dirs.push((p.clone(), SearchOrigin::EnvVar));
+        } else {
+            // An explicit file is tried as given (and reported as not found if missing).
+            files.push(Candidate {
+                path: p.clone(),
+                origin: SearchOrigin::EnvVar,
+            });
+        }
+    }
+    let mut out = files;
+    dirs.extend(
+        roots
+            .loader_path
+            .iter()
+            .map(|d| (d.clone(), SearchOrigin::LoaderPath)),
+    );
+    for root in &roots.toolkit_roots {
+        for sub in spec.toolkit_subdirs {
+            dirs.push((root.join(sub), SearchOrigin::Toolkit));
+        }
+    }
+    dirs.extend(
+        roots
+            .system_dirs
+            .iter()
+            .map(|d| (d.clone(), SearchOrigin::SystemDir)),
+    );
+    for site in &roots.site_packages {
+        for sub in spec.wheel_subdirs {
+            dirs.push((site.join(sub), SearchOrigin::PythonWheel));
+        }
+    }
+    for (dir, origin) in dirs {
+        for name in spec.file_names {
+            out.push(Candidate {
+                path: dir.join(name),
+                origin,
+            });
+        }
+    }
+    if roots.system_loader {
+        for name in spec.file_names {
+            out.push(Candidate {
+                path: PathBuf::from(name),
+                origin: SearchOrigin::SystemLoader,
+            });
+        }
+    }
+    let mut seen = HashSet::new();
+    out.retain(|c| seen.insert(c.path.clone()));
+    out
+}
+
+/// Searches `roots` for `spec`'s library, preloads the first one that loads (with its companion
+/// libraries) for the rest of the process, and checks that cudarc will bind exactly that copy.
+///
+/// On failure the error lists every candidate tried. A library that was loaded stays loaded even
+/// if the cudarc check then fails (unloading a CUDA library is not safe).
+pub fn locate_library_in(
+    spec: &LibrarySpec,
+    roots: &SearchRoots,
+) -> Result<LibraryLocation, RuntimeError> {
+    let mut tried = Vec::new();
+    for cand in candidates(spec, roots) {
+        let by_name = cand.origin == SearchOrigin::SystemLoader;
+        if !by_name && !cand.path.is_file() {
+            tried.push(TriedPath {
+                path: cand.path,
+                origin: cand.origin,
+                outcome: TryOutcome::NotFound,
+            });
+            continue;
+        }
+        match load_candidate(spec, &cand.path) {
+            Ok((library, companions, probe)) => {
+                let location = LibraryLocation {
+                    library,
+                    companions,
+                    origin: cand.origin,
+                };
+                verify_cudarc_binds(spec, &location, probe)?;
+                return Ok(location);
+            }
+            Err(why) => tried.push(TriedPath {
+                path: cand.path,
+                origin: cand.origin,
+                // A bare name the system loader cannot resolve is simply "not found".
+                outcome: if by_name && why.contains("No such file") {
+                    TryOutcome::NotFound
+                } else {
+                    TryOutcome::LoadFailed(why)
+                },
+            }),
+        }
+    }
+    Err(RuntimeError::LibraryNotFound {
+        library: spec.display_name,
+        tried,
+        notes: roots.notes.clone(),
+        hint: spec.install_hint,
+    })
+}
+
+/// Loads one candidate and its companions; returns the loaded file, the companion files and the
+/// address of the probe symbol. Every handle is kept alive for the process once accepted.
+fn load_candidate(
+    spec: &LibrarySpec,
+    path: &Path,
+) -> Result<(PathBuf, Vec<PathBuf>, usize), String> {
+    let lib = preload::open_global(path.as_os_str())?;
+    let Some(addr) = preload::symbol_address(&lib, spec.probe_symbol) else {
+        return Err(format!(
+            "it does not export `{}`, so it is not {}",
+            spec.probe_symbol, spec.display_name
+        ));
+    };
+    let loaded = preload::file_of_address(addr).unwrap_or_else(|| path.to_path_buf());
+    let mut companions = Vec::new();
+    let mut handles = vec![lib];
+    if let Some(prefix) = spec.companion_prefix {
+        for file in companion_files(&loaded, prefix) {
+            match preload::open_global(file.as_os_str()) {
+                Ok(h) => {
+                    handles.push(h);
+                    companions.push(file);
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "its companion {} failed to load: {e}",
+                        file.display()
+                    ))
+                }
+            }
+        }
+    }
+    for h in handles {
+        preload::keep_alive(h);
+    }
+    Ok((loaded, companions, addr))
+}
+
+/// Companion files (`<prefix><version>`) next to `library`, restricted to the library's major
+/// version when it can be read from the (symlink-resolved) file name.
+fn companion_files(library: &Path, prefix: &str) -> Vec<PathBuf> {
+    let Some(dir) = library.parent() else {
+        return Vec::new();
+    };
+    let major = major_version(library);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let version = name.strip_prefix(prefix)?;
+            let matches = match &major {
+                Some(m) => version == m || version.starts_with(&format!("{m}.")),
+                None => true,
+            };
+            matches.then(|| e.path())
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The major version in a file name like `libnvrtc.so.13` or `libnvrtc.so.13.0.88`, following
+/// symlinks (`libnvrtc.so -> libnvrtc.so.13`).
+fn major_version(library: &Path) -> Option<String> {
+    let real = std::fs::canonicalize(library).unwrap_or_else(|_| library.to_path_buf());
+    let name = real.file_name()?.to_string_lossy().into_owned();
+    let (_, after) = name.split_once(".so.")?;
+    let major = after.split('.').next()?;
+    (!major.is_empty() && major.bytes().all(|b| b.is_ascii_digit())).then(|| major.to_string())
+}
+
+/// Checks, before anything calls into cudarc, that cudarc's own lookup by soname succeeds
+/// (`is_culib_present`) and resolves to the object Kiln loaded (same probe-symbol address).
+fn verify_cudarc_binds(
+    spec: &LibrarySpec,
+    location: &LibraryLocation,
+    ours: usize,
+) -> Result<(), RuntimeError> {
+    let mismatch = |detail: String| RuntimeError::CudarcMismatch {
+        library: spec.display_name,
+        loaded: location.library.display().to_string(),
+        detail,
+        env_var: spec.env_var,
+    };
+    // SAFETY: only dlopen/dlclose by name, which is what cudarc does.
+    if !unsafe { (spec.cudarc_present)() } {
+        return Err(mismatch(
+            "cudarc's is_culib_present() finds no library by soname".into(),
+        ));
+    }
+    match preload::cudarc_binding(spec.cudarc_lib_names, spec.probe_symbol) {
+        Binding::Found { probe, .. } if probe == Some(ours) => Ok(()),
+        Binding::Found { name, probe, file } => {
+            let other = match (probe, file) {
+                (Some(_), Some(f)) => format!("another copy, {}", f.display()),
+                (Some(_), None) => "another copy (file unknown)".into(),
+                (None, _) => format!("an object that does not export `{}`", spec.probe_symbol),
+            };
+            Err(mismatch(format!(
+                "cudarc's lookup of `{name}` resolves to {other}"
+            )))
+        }
+        Binding::Nothing { names } => Err(mismatch(format!(
+            "none of cudarc's names {names:?} resolves"
+        ))),
+    }
+}
+
+/// Searches the given roots for NVRTC; see [`locate_library_in`]. Tests call this with
+/// hand-made [`SearchRoots`] so they need not change the environment.
+pub fn locate_nvrtc_in(roots: &SearchRoots) -> Result<NvrtcLocation, RuntimeError> {
+    locate_library_in(&NVRTC, roots)
+}
+
+/// Finds and preloads NVRTC using the process environment ([`SearchRoots::from_env`]). The
+/// search runs once per process; later calls return the cached location or error. Call this
+/// (directly or through `compile_ptx`) before anything that uses `cudarc::nvrtc`.
+pub fn locate_nvrtc() -> Result<&'static NvrtcLocation, RuntimeError> {
+    static NVRTC_LOCATION: OnceLock<Result<NvrtcLocation, RuntimeError>> = OnceLock::new();
+    cached(&NVRTC_LOCATION, &NVRTC)
+}
+
+/// Finds and preloads the CUDA driver (`libcuda`) using the process environment, once per
+/// process, like [`locate_nvrtc`]. Call it before anything that uses `cudarc::driver`.
+pub fn locate_cuda_driver() -> Result<&'static LibraryLocation, RuntimeError> {
+    static DRIVER_LOCATION: OnceLock<Result<LibraryLocation, RuntimeError>> = OnceLock::new();
+    cached(&DRIVER_LOCATION, &CUDA_DRIVER)
+}
+
+fn cached(
+    cell: &'static OnceLock<Result<LibraryLocation, RuntimeError>>,
+    spec: &LibrarySpec,
+) -> Result<&'static LibraryLocation, RuntimeError> {
+    cell.get_or_init(|| locate_library_in(spec, &SearchRoots::from_env(spec)))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidate_order_follows_the_roots() {
+        let roots = SearchRoots {
+            explicit: Some("/x/libnvrtc.so.13".into()),
+            loader_path: vec!["/ld".into()],
+            toolkit_roots: vec!["/cuda".into()],
+            system_dirs: vec!["/sys".into()],
+            site_packages: vec!["/site".into()],
+            system_loader: true,
+            notes: vec![],
+        };
+        let c = candidates(&NVRTC, &roots);
+        let paths: Vec<String> = c.iter().map(|c| c.path.display().to_string()).collect();
+        assert_eq!(paths[0], "/x/libnvrtc.so.13");
+        assert_eq!(paths[1], "/ld/libnvrtc.so.13");
+        assert_eq!(paths[4], "/cuda/lib64/libnvrtc.so.13");
+        assert_eq!(paths[7], "/cuda/lib/libnvrtc.so.13");
+        assert_eq!(paths[10], "/sys/libnvrtc.so.13");
+        assert_eq!(paths[13], "/site/nvidia/cu13/lib/libnvrtc.so.13");
+        assert_eq!(paths[16], "/site/nvidia/cuda_nvrtc/lib/libnvrtc.so.13");
+        assert_eq!(paths[19], "libnvrtc.so.13");
+        assert_eq!(paths.len(), 22);
+    }
+
+    #[test]
+    fn duplicates_are_dropped() {
+        let roots = SearchRoots {
+            loader_path: vec!["/a".into(), "/a".into()],
+            system_dirs: vec!["/a".into()],
+            ..SearchRoots::empty()
+        };
+        assert_eq!(candidates(&NVRTC, &roots).len(), NVRTC.file_names.len());
+    }
+
+    #[test]
+    fn major_version_from_file_name() {
+        assert_eq!(
+            major_version(Path::new("/nope/libnvrtc.so.13")).as_deref(),
+            Some("13")
+        );
+        assert_eq!(
+            major_version(Path::new("/nope/libnvrtc.so.12.4.1")).as_deref(),
+            Some("12")
+        );
+        assert_eq!(major_version(Path::new("/nope/libnvrtc.so")), None);
+    }
+}
