@@ -13,6 +13,9 @@ pub struct FnDef {
     /// The serialised [`crate::ir::Function`].
     pub ir_json: &'static str,
     pub deps: &'static [Dep],
+    /// Example specialisations from `#[kernel(example(N = 4, T = bf16))]`: what `kiln check`,
+    /// `kiln demo` and CI compile. Each is a list of (parameter, value).
+    pub examples: &'static [&'static [(&'static str, &'static str)]],
 }
 
 /// A device function called by a [`FnDef`].
@@ -27,6 +30,27 @@ impl FnDef {
     /// The function's IR.
     pub fn ir(&self) -> Result<crate::ir::Function, serde_json::Error> {
         serde_json::from_str(self.ir_json)
+    }
+
+    /// The example specialisations as bindings; a kernel without comptime parameters has
+    /// one (empty) example.
+    pub fn example_bindings(&self) -> Result<Vec<crate::spec::Bindings>, String> {
+        let ir = self.ir().map_err(|e| e.to_string())?;
+        if self.examples.is_empty() {
+            if ir.generics.is_empty() {
+                return Ok(vec![crate::spec::Bindings::default()]);
+            }
+            return Err(format!(
+                "`{}` has comptime parameters but no example specialisation; add `#[kernel(example(…))]`",
+                self.name
+            ));
+        }
+        self.examples
+            .iter()
+            .map(|pairs| {
+                crate::spec::Bindings::parse_pairs(&ir, pairs.iter().map(|(k, v)| (*k, *v)))
+            })
+            .collect()
     }
 
     /// The JSON form of a function's IR, as embedded by the proc macros.

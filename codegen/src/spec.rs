@@ -122,6 +122,44 @@ impl Bindings {
         self
     }
 
+    /// Bindings from (name, value) text pairs, typed by `function`'s generics: integers (or
+    /// `true`/`false`) for `const` parameters, dtype names for element types.
+    pub fn parse_pairs<'a>(
+        function: &crate::ir::Function,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Bindings, String> {
+        let mut b = Bindings::default();
+        for (name, value) in pairs {
+            match function.generics.iter().find(|g| g.name() == name) {
+                Some(Generic::Const { .. }) => {
+                    let v: i128 = match value {
+                        "true" => 1,
+                        "false" => 0,
+                        _ => value
+                            .replace('_', "")
+                            .parse()
+                            .map_err(|_| format!("`{name}` takes an integer, found `{value}`"))?,
+                    };
+                    b = b.with_const(name, v);
+                }
+                Some(Generic::Type { .. }) => b = b.with_type(name, value.parse::<Dtype>()?),
+                None => {
+                    let known: Vec<&str> = function.generics.iter().map(Generic::name).collect();
+                    return Err(format!(
+                        "`{}` has no comptime parameter `{name}` (it has: {})",
+                        function.name,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ));
+                }
+            }
+        }
+        Ok(b)
+    }
+
     /// A stable text form (`WORDS=4, T=bf16`).
     pub fn describe(&self) -> String {
         let mut parts: Vec<String> = self
@@ -190,6 +228,7 @@ pub fn specialize(
         }
     }
     let mut values = Vec::new();
+    // indexed like the generics: `Scalar::Param(i)` is replaced by `types[i]`
     let mut types = Vec::new();
     for g in &kernel_ir.generics {
         match g {
@@ -207,6 +246,7 @@ pub fn specialize(
                 };
                 check_range(def, kernel_ir.line, name, *ty, *v)?;
                 values.push((name.clone(), *ty, *v));
+                types.push(Scalar::U32); // slot of a value parameter; never read
             }
             Generic::Type { name } => {
                 let Some(d) = bindings.types.get(name) else {

@@ -43,7 +43,7 @@ fn try_expand(attr: Tokens, item: Tokens, kind: FnKind) -> syn::Result<Tokens> {
             format!("#[kernel] and #[device] apply to functions: {e}"),
         )
     })?;
-    let attrs = parse_attrs(attr, kind)?;
+    let (attrs, examples) = parse_attrs(attr, kind)?;
     for a in &item.attrs {
         if !a.path().is_ident("doc") {
             return Err(syn::Error::new_spanned(
@@ -55,19 +55,27 @@ fn try_expand(attr: Tokens, item: Tokens, kind: FnKind) -> syn::Result<Tokens> {
     let checked =
         check_function(&item, kind, &attrs).map_err(|d| syn::Error::new(d.span, d.text()))?;
     let vis = Visibility::of(&item.vis)?;
+    let examples = check_examples(&examples, &checked.function)?;
     Ok(match kind {
-        FnKind::Kernel => emit_kernel(&item, &checked, &vis),
-        FnKind::Device => emit_device(&item, &checked, &vis),
+        FnKind::Kernel => emit_kernel(&item, &checked, &vis, &examples),
+        FnKind::Device => emit_device(&item, &checked, &vis, &examples),
     })
 }
 
-fn parse_attrs(attr: Tokens, kind: FnKind) -> syn::Result<KernelAttrs> {
+/// One `example(NAME = value, …)`: (name, value text, span) triples.
+type Example = Vec<(String, String, proc_macro2::Span)>;
+
+fn parse_attrs(attr: Tokens, kind: FnKind) -> syn::Result<(KernelAttrs, Vec<Example>)> {
     let mut attrs = KernelAttrs::default();
+    let mut examples = Vec::new();
     if attr.is_empty() {
-        return Ok(attrs);
+        return Ok((attrs, examples));
     }
     if kind == FnKind::Device {
-        return Err(syn::Error::new_spanned(attr, "#[device] takes no options"));
+        return Err(syn::Error::new_spanned(
+            attr,
+            "#[device] takes no options\n  = hint: write `#[device]`",
+        ));
     }
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("threads") {
@@ -81,12 +89,59 @@ fn parse_attrs(attr: Tokens, kind: FnKind) -> syn::Result<KernelAttrs> {
             }
             attrs.max_threads = Some(n);
             Ok(())
+        } else if meta.path.is_ident("example") {
+            let mut example = Example::new();
+            meta.parse_nested_meta(|inner| {
+                let name = inner
+                    .path
+                    .get_ident()
+                    .ok_or_else(|| inner.error("expected a comptime parameter name"))?
+                    .to_string();
+                let value: syn::Expr = inner.value()?.parse()?;
+                let text = quote!(#value).to_string().replace(' ', "");
+                example.push((name, text, syn::spanned::Spanned::span(&value)));
+                Ok(())
+            })?;
+            examples.push(example);
+            Ok(())
         } else {
-            Err(meta.error("unknown #[kernel] option\n  = hint: the option is `threads = N` (the block size the kernel is launched with)"))
+            Err(meta.error("unknown #[kernel] option\n  = hint: the options are `threads = N` (the block size the kernel is launched with) and `example(NAME = value, …)` (a specialisation that `kiln check` compiles)"))
         }
     });
     syn::parse::Parser::parse2(parser, attr)?;
-    Ok(attrs)
+    Ok((attrs, examples))
+}
+
+/// Validates each example against the function's comptime parameters.
+fn check_examples(
+    examples: &[Example],
+    f: &kiln_codegen::ir::Function,
+) -> syn::Result<Vec<Vec<(String, String)>>> {
+    let mut out = Vec::new();
+    for ex in examples {
+        let pairs: Vec<(&str, &str)> = ex
+            .iter()
+            .map(|(n, v, _)| (n.as_str(), v.as_str()))
+            .collect();
+        if let Err(msg) = kiln_codegen::Bindings::parse_pairs(f, pairs) {
+            let span = ex
+                .first()
+                .map(|e| e.2)
+                .unwrap_or_else(proc_macro2::Span::call_site);
+            return Err(syn::Error::new(span, format!("{msg}\n  = hint: an example binds every comptime parameter, e.g. `example(N = 4, T = bf16)`")));
+        }
+        for g in &f.generics {
+            if !ex.iter().any(|(n, _, _)| n == g.name()) {
+                let span = ex
+                    .first()
+                    .map(|e| e.2)
+                    .unwrap_or_else(proc_macro2::Span::call_site);
+                return Err(syn::Error::new(span, format!("this example does not bind `{}`\n  = hint: an example binds every comptime parameter", g.name())));
+            }
+        }
+        out.push(ex.iter().map(|(n, v, _)| (n.clone(), v.clone())).collect());
+    }
+    Ok(out)
 }
 
 /// The visibilities of the emitted items, from the function's.
@@ -116,7 +171,12 @@ fn docs(item: &syn::ItemFn) -> Vec<&syn::Attribute> {
 }
 
 /// The descriptor static: IR, file, module and the device functions called.
-fn descriptor(item: &syn::ItemFn, checked: &Checked, vis: &Visibility) -> (syn::Ident, Tokens) {
+fn descriptor(
+    item: &syn::ItemFn,
+    checked: &Checked,
+    vis: &Visibility,
+    examples: &[Vec<(String, String)>],
+) -> (syn::Ident, Tokens) {
     let name = &item.sig.ident;
     let static_ident = format_ident!("__kiln_fn_{}", name);
     let name_str = name.to_string();
@@ -138,6 +198,10 @@ fn descriptor(item: &syn::ItemFn, checked: &Checked, vis: &Visibility) -> (syn::
         );
     }
     let v = &vis.item;
+    let examples = examples.iter().map(|pairs| {
+        let pairs = pairs.iter().map(|(n, val)| quote!((#n, #val)));
+        quote!(&[#(#pairs),*])
+    });
     let tokens = quote! {
         #[doc(hidden)]
         #[allow(non_upper_case_globals)]
@@ -147,6 +211,7 @@ fn descriptor(item: &syn::ItemFn, checked: &Checked, vis: &Visibility) -> (syn::
             file: ::core::file!(),
             ir_json: #ir,
             deps: &[#(#deps),*],
+            examples: &[#(#examples),*],
         };
     };
     (static_ident, tokens)
@@ -221,9 +286,14 @@ fn method_ident(name: &str) -> syn::Ident {
     }
 }
 
-fn emit_kernel(item: &syn::ItemFn, checked: &Checked, vis: &Visibility) -> Tokens {
+fn emit_kernel(
+    item: &syn::ItemFn,
+    checked: &Checked,
+    vis: &Visibility,
+    examples: &[Vec<(String, String)>],
+) -> Tokens {
     let name = &item.sig.ident;
-    let (static_ident, descriptor) = descriptor(item, checked, vis);
+    let (static_ident, descriptor) = descriptor(item, checked, vis, examples);
     let checks = call_checks(item, checked);
     let docs = docs(item);
     let (v, re) = (&vis.item, &vis.reexport);
@@ -275,9 +345,14 @@ fn emit_kernel(item: &syn::ItemFn, checked: &Checked, vis: &Visibility) -> Token
     }
 }
 
-fn emit_device(item: &syn::ItemFn, checked: &Checked, vis: &Visibility) -> Tokens {
+fn emit_device(
+    item: &syn::ItemFn,
+    checked: &Checked,
+    vis: &Visibility,
+    examples: &[Vec<(String, String)>],
+) -> Tokens {
     let name = &item.sig.ident;
-    let (static_ident, descriptor) = descriptor(item, checked, vis);
+    let (static_ident, descriptor) = descriptor(item, checked, vis, examples);
     let checks = call_checks(item, checked);
     let docs = docs(item);
     let (v, re) = (&vis.item, &vis.reexport);

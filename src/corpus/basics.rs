@@ -3,7 +3,7 @@
 use crate::prelude::*;
 
 /// `out[i] = a[i] + b[i]` for any float type.
-#[kernel(threads = 256)]
+#[kernel(threads = 256, example(T = f32), example(T = bf16), example(T = f16))]
 pub fn vector_add<T: Float>(a: &[T], b: &[T], out: &mut [T], n: u32) {
     let i = block_idx().x * block_dim().x + thread_idx().x;
     if i < n {
@@ -22,7 +22,7 @@ pub fn saxpy(alpha: f32, x: &[f32], y: &mut [f32], n: u32) {
 }
 
 /// Similarity of one query code to every key code: `32·WORDS` minus the Hamming distance.
-#[kernel]
+#[kernel(example(WORDS = 4), example(WORDS = 8))]
 pub fn hamming_scores<const WORDS: u32>(q: &[u32], keys: &[u32], out: &mut [u16], n: u32) {
     let i = block_idx().x * block_dim().x + thread_idx().x;
     if i < n {
@@ -36,7 +36,7 @@ pub fn hamming_scores<const WORDS: u32>(q: &[u32], keys: &[u32], out: &mut [u16]
 
 /// Copies 16 bytes per thread with vector loads and stores, scaling each lane; a scalar
 /// loop handles the tail that does not fill a vector.
-#[kernel]
+#[kernel(example(T = f32), example(T = bf16))]
 pub fn vec_scale<T: Float>(x: &[T], out: &mut [T], scale: T, n: u32) {
     let i = block_idx().x * block_dim().x + thread_idx().x;
     let lanes = 16 / size_of::<T>();
@@ -113,7 +113,7 @@ pub fn first_above(x: &[f32], out: &mut [u32], cols: u32, rows: u32, threshold: 
 }
 
 /// Per-thread dot products of `K`-wide rows kept in a register array.
-#[kernel]
+#[kernel(example(K = 64))]
 pub fn row_dot_registers<const K: u32>(a: &[f32], b: &[f32], out: &mut [f32], rows: u32) {
     let row = block_idx().x * block_dim().x + thread_idx().x;
     if row < rows {

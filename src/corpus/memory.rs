@@ -4,7 +4,7 @@
 use crate::prelude::*;
 
 /// Transposes a `rows × cols` matrix through a padded shared tile (no bank conflicts).
-#[kernel]
+#[kernel(example(TILE = 32))]
 pub fn transpose<const TILE: u32>(input: &[f32], out: &mut [f32], rows: u32, cols: u32) {
     let tile = shared::<[[f32; TILE + 1]; TILE]>();
     let x = block_idx().x * TILE + thread_idx().x;
@@ -22,7 +22,7 @@ pub fn transpose<const TILE: u32>(input: &[f32], out: &mut [f32], rows: u32, col
 
 /// Histogram of `values` into `bins`: per-block counts in shared memory, then one global
 /// atomic per bin and block.
-#[kernel(threads = 256)]
+#[kernel(threads = 256, example(BINS = 256))]
 pub fn histogram<const BINS: u32>(values: &[u32], bins: &mut [u32], n: u32) {
     let local = shared::<[u32; BINS]>();
     for b in (thread_idx().x..BINS).step_by(block_dim().x) {
@@ -62,7 +62,7 @@ pub fn reverse_chunks(x: &[f32], out: &mut [f32], n: u32) {
 
 /// Stages `TILE` floats per block in shared memory with `cp.async` (16 bytes per copy),
 /// waits, then writes them scaled. `n` must be a multiple of 4.
-#[kernel]
+#[kernel(example(TILE = 1024))]
 pub fn async_stage<const TILE: u32>(x: &[f32], out: &mut [f32], scale: f32, n: u32) {
     let tile = shared::<[f32; TILE]>();
     let base = block_idx().x * TILE;

@@ -23,7 +23,7 @@ pub fn warp_reduce_sum(x: &[f32], out: &mut [f32], n: u32) {
 }
 
 /// One partial sum per block in shared memory (tree reduction with barriers in a comptime loop).
-#[kernel]
+#[kernel(example(BLOCK = 256))]
 pub fn block_reduce_sum<const BLOCK: u32>(x: &[f32], partial: &mut [f32], n: u32) {
     let cache = shared::<[f32; BLOCK]>();
     let t = thread_idx().x;
@@ -51,7 +51,7 @@ pub fn block_reduce_sum<const BLOCK: u32>(x: &[f32], partial: &mut [f32], n: u32
 }
 
 /// Numerically stable softmax of each row (one warp per row), accumulating in f32.
-#[kernel]
+#[kernel(example(T = f32), example(T = bf16), example(T = f16))]
 pub fn row_softmax<T: Float>(x: &[T], out: &mut [T], rows: u32, cols: u32) {
     let row = block_idx().x * (block_dim().x / 32) + warp_id();
     if row < rows {
@@ -74,7 +74,7 @@ pub fn row_softmax<T: Float>(x: &[T], out: &mut [T], rows: u32, cols: u32) {
 }
 
 /// Inclusive prefix sum of each block-sized chunk (Hillis–Steele in shared memory).
-#[kernel]
+#[kernel(example(BLOCK = 256))]
 pub fn block_scan<const BLOCK: u32>(x: &[u32], out: &mut [u32], n: u32) {
     let buf = shared::<[u32; BLOCK]>();
     let t = thread_idx().x;
@@ -122,7 +122,7 @@ pub fn warp_votes(
 }
 
 /// Mean of squares of `x` per row with a local generic device function.
-#[kernel]
+#[kernel(example(T = f32), example(T = bf16))]
 pub fn row_mean_square<T: Float>(x: &[T], out: &mut [f32], cols: u32) {
     let row = block_idx().x;
     let mut acc = 0.0f32;

@@ -4,7 +4,7 @@ use crate::prelude::*;
 
 /// Sorts each chunk of `N` keys (N a power of two, one thread per key) ascending with a
 /// bitonic network in shared memory.
-#[kernel]
+#[kernel(example(N = 1024))]
 pub fn bitonic_sort<const N: u32>(keys: &mut [u32], n: u32) {
     let buf = shared::<[u32; N]>();
     let t = thread_idx().x;

@@ -383,10 +383,7 @@ fn arg(args: &[Expr], i: usize) -> String {
 }
 
 fn place(args: &[Expr], i: usize) -> String {
-    format!(
-        "&{}",
-        args.get(i).map(|a| wrap_postfix(a)).unwrap_or_default()
-    )
+    format!("&{}", args.get(i).map(wrap_postfix).unwrap_or_default())
 }
 
 fn wrap_postfix(a: &Expr) -> String {

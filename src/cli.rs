@@ -1,0 +1,278 @@
+//! The `kiln` command's subcommands as library functions (the binary only parses
+//! arguments), so that tests can run them.
+
+use std::fmt::Write as _;
+
+use kiln_codegen::ir::Generic;
+use kiln_codegen::{find_kernel, registered_kernels, Arch, Bindings, Dtype, FnDef};
+use kiln_runtime::{compile_module, RuntimeError};
+
+/// A failed command: the message to print and the process exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub code: i32,
+}
+
+impl CliError {
+    fn usage(message: impl Into<String>) -> CliError {
+        CliError {
+            message: message.into(),
+            code: 2,
+        }
+    }
+}
+
+/// Renders rows as an aligned text table with a header and a rule.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let fmt_row = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        padded.join("  ").trim_end().to_string()
+    };
+    let mut out = fmt_row(header.iter().map(|h| h.to_string()).collect());
+    out.push('\n');
+    out.push_str(
+        &widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  "),
+    );
+    out.push('\n');
+    for r in rows {
+        out.push_str(&fmt_row(r.clone()));
+        out.push('\n');
+    }
+    out
+}
+
+fn generics_text(def: &FnDef) -> String {
+    match def.ir() {
+        Ok(f) => f
+            .generics
+            .iter()
+            .map(|g| match g {
+                Generic::Const { name, ty } => format!("const {name}: {}", ty.rust_name()),
+                Generic::Type { name } => format!("{name}: Float"),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(e) => format!("<unreadable IR: {e}>"),
+    }
+}
+
+/// `kiln list`: every registered kernel with its comptime parameters and examples.
+pub fn list() -> String {
+    let rows: Vec<Vec<String>> = registered_kernels()
+        .into_iter()
+        .map(|d| {
+            let examples = d
+                .examples
+                .iter()
+                .map(|ex| {
+                    ex.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            vec![
+                d.qualified_name(),
+                generics_text(d),
+                examples,
+                d.file.to_string(),
+            ]
+        })
+        .collect();
+    let n = rows.len();
+    format!(
+        "{}{n} kernels\n",
+        table(
+            &["kernel", "comptime parameters", "examples", "file"],
+            &rows
+        )
+    )
+}
+
+/// `kiln emit`: the CUDA of one specialisation.
+pub fn emit(
+    kernel: &str,
+    consts: &[String],
+    dtype: Option<&str>,
+    arch: &str,
+) -> Result<String, CliError> {
+    let def = find_kernel(kernel).map_err(CliError::usage)?;
+    let arch: Arch = arch.parse().map_err(CliError::usage)?;
+    let ir = def.ir().map_err(|e| CliError::usage(e.to_string()))?;
+    let mut pairs = Vec::new();
+    for c in consts {
+        let (k, v) = c
+            .split_once('=')
+            .ok_or_else(|| CliError::usage(format!("`--const {c}`: write NAME=VALUE")))?;
+        pairs.push((k.trim(), v.trim()));
+    }
+    let mut bindings = Bindings::parse_pairs(&ir, pairs).map_err(CliError::usage)?;
+    if let Some(d) = dtype {
+        let dtype: Dtype = d.parse().map_err(CliError::usage)?;
+        let type_params: Vec<&str> = ir
+            .generics
+            .iter()
+            .filter(|g| matches!(g, Generic::Type { .. }))
+            .map(Generic::name)
+            .collect();
+        match type_params.as_slice() {
+            [one] => bindings = bindings.with_type(one, dtype),
+            [] => {
+                return Err(CliError::usage(format!(
+                    "`{}` has no element-type parameter; drop --dtype",
+                    def.name
+                )))
+            }
+            many => {
+                return Err(CliError::usage(format!(
+                    "`{}` has several element types ({}); bind them with --const NAME=dtype",
+                    def.name,
+                    many.join(", ")
+                )))
+            }
+        }
+    }
+    let spec = kiln_codegen::spec::specialize(def, &bindings, arch)
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    Ok(kiln_codegen::cuda::print(&spec).source)
+}
+
+/// One compiled specialisation, as `check` and `demo` report it.
+pub struct CheckRow {
+    pub kernel: String,
+    pub spec: String,
+    pub arch: Arch,
+    pub cuda_lines: usize,
+    pub result: Result<(f64, usize), String>,
+}
+
+/// Specialises and compiles every example of every registered kernel for `arches`.
+/// Fails only when NVRTC itself cannot be found.
+pub fn compile_all(arches: &[Arch]) -> Result<Vec<CheckRow>, RuntimeError> {
+    kiln_runtime::locate_nvrtc()?;
+    let mut rows = Vec::new();
+    for def in registered_kernels() {
+        let examples = def.example_bindings();
+        for &arch in arches {
+            let list = match &examples {
+                Ok(l) => l.clone(),
+                Err(e) => {
+                    rows.push(CheckRow {
+                        kernel: def.qualified_name(),
+                        spec: "-".into(),
+                        arch,
+                        cuda_lines: 0,
+                        result: Err(e.clone()),
+                    });
+                    continue;
+                }
+            };
+            for b in list {
+                let spec = if b.describe().is_empty() {
+                    "-".to_string()
+                } else {
+                    b.describe()
+                };
+                let row = match kiln_codegen::spec::specialize(def, &b, arch) {
+                    Err(e) => CheckRow {
+                        kernel: def.qualified_name(),
+                        spec,
+                        arch,
+                        cuda_lines: 0,
+                        result: Err(e.to_string()),
+                    },
+                    Ok(p) => {
+                        let m = kiln_codegen::cuda::print(&p);
+                        let result = compile_module(&m, arch)
+                            .map(|c| (c.compile_ms, c.ptx.len()))
+                            .map_err(|e| e.to_string());
+                        CheckRow {
+                            kernel: def.qualified_name(),
+                            spec,
+                            arch,
+                            cuda_lines: m.source.lines().count(),
+                            result,
+                        }
+                    }
+                };
+                rows.push(row);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// `kiln check`: compiles every registered kernel's examples with NVRTC and prints a table.
+pub fn check(arches: &[String]) -> Result<String, CliError> {
+    let arches: Vec<Arch> = arches
+        .iter()
+        .map(|a| a.parse::<Arch>())
+        .collect::<Result<_, _>>()
+        .map_err(CliError::usage)?;
+    let rows = compile_all(&arches).map_err(|e| CliError {
+        message: e.to_string(),
+        code: 2,
+    })?;
+    let failures: Vec<&CheckRow> = rows.iter().filter(|r| r.result.is_err()).collect();
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let (status, ms) = match &r.result {
+                Ok((ms, _)) => ("ok".to_string(), format!("{ms:.1}")),
+                Err(_) => ("error".to_string(), "-".to_string()),
+            };
+            vec![
+                r.kernel.clone(),
+                r.spec.clone(),
+                r.arch.sm_name(),
+                status,
+                ms,
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["kernel", "specialisation", "arch", "status", "compile ms"],
+        &table_rows,
+    );
+    let _ = writeln!(
+        out,
+        "{} compiled, {} failed",
+        rows.len() - failures.len(),
+        failures.len()
+    );
+    if failures.is_empty() {
+        return Ok(out);
+    }
+    for f in failures {
+        let _ = writeln!(
+            out,
+            "\n{} [{}] {}:\n{}",
+            f.kernel,
+            f.spec,
+            f.arch.sm_name(),
+            f.result.as_ref().err().cloned().unwrap_or_default()
+        );
+    }
+    Err(CliError {
+        message: out,
+        code: 1,
+    })
+}
