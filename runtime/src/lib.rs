@@ -17,9 +17,12 @@ pub use error::RuntimeError;
 pub use locate::{locate_nvrtc, NvrtcLocation};
 pub use nvrtc::{compile_ptx, nvrtc_version, CompileOptions, CompiledPtx};
 
+pub mod emu;
 pub mod jit;
+pub mod launch;
 
 pub use jit::{compile_module, CompiledModule};
+pub use launch::{KernelScalar, LaunchConfig, ScalarValue};
 pub use kiln_codegen;
 
 /// What kernel authors import (through the `kiln` facade, or directly in workspace crates).

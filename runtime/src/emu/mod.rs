@@ -1,0 +1,1 @@
+//! The CPU emulator backend (being written).
