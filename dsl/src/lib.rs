@@ -316,6 +316,7 @@ fn emit_kernel(
             }
         }
     });
+    let launcher = launcher(item, checked);
     quote! {
         #descriptor
         #(#docs)*
@@ -333,7 +334,14 @@ fn emit_kernel(
 
             impl Spec {
                 #(#setters)*
+
+                /// Specialises for `device`, compiles (or loads from the cache) and loads the kernel.
+                pub fn build(&self, device: &::kiln::__private::Device) -> ::core::result::Result<::kiln::__private::Kernel, ::kiln::__private::RuntimeError> {
+                    ::kiln::__private::Build::build(&self.0, device)
+                }
             }
+
+            #launcher
 
             impl ::core::ops::Deref for Spec {
                 type Target = ::kiln::__private::SpecBuilder;
@@ -342,6 +350,65 @@ fn emit_kernel(
         }
         ::kiln::__private::inventory::submit! { ::kiln::__private::Registered(&#static_ident) }
         #checks
+    }
+}
+
+/// The typed `launch` function: rustc checks each argument against the parameter's type.
+fn launcher(item: &syn::ItemFn, checked: &Checked) -> Tokens {
+    let f = &checked.function;
+    let type_params: Vec<syn::Ident> = f
+        .generics
+        .iter()
+        .filter_map(|g| match g {
+            Generic::Type { name } => Some(format_ident!("{}", name)),
+            Generic::Const { .. } => None,
+        })
+        .collect();
+    let mut params = Vec::new();
+    let mut args = Vec::new();
+    for (p, input) in f.params.iter().zip(item.sig.inputs.iter()) {
+        let ident = format_ident!("{}", p.name, span = syn::spanned::Spanned::span(input));
+        match &p.ty {
+            Ty::Slice {
+                elem,
+                mutable: false,
+            } => {
+                let e = scalar_type(*elem, &f.generics);
+                params.push(quote!(#ident: &impl ::kiln::__private::AsKernelSlice<#e>));
+                args.push(quote!(::kiln::__private::AsKernelSlice::<#e>::kernel_arg(#ident)));
+            }
+            Ty::Slice {
+                elem,
+                mutable: true,
+            } => {
+                let e = scalar_type(*elem, &f.generics);
+                params.push(quote!(#ident: &mut impl ::kiln::__private::AsKernelSliceMut<#e>));
+                args.push(
+                    quote!(::kiln::__private::AsKernelSliceMut::<#e>::kernel_arg_mut(#ident)),
+                );
+            }
+            other => {
+                let t = rust_type(other, &f.generics);
+                params.push(quote!(#ident: #t));
+                args.push(quote!(::kiln::__private::KernelArg::scalar(#ident)));
+            }
+        }
+    }
+    let doc = format!(
+        "Launches `{}` on `kernel`'s device with `config`. Buffers may be `DeviceBuffer`s, `MappedBuffer`s or cudarc `CudaSlice`s; element types, lengths and the launch shape are checked before the launch.",
+        f.name
+    );
+    quote! {
+        #[doc = #doc]
+        #[allow(clippy::too_many_arguments)]
+        pub fn launch<#(#type_params: ::kiln::__private::Element),*>(
+            kernel: &::kiln::__private::Kernel,
+            config: &::kiln::__private::LaunchConfig,
+            #(#params),*
+        ) -> ::core::result::Result<(), ::kiln::__private::RuntimeError> {
+            let mut args = [#(#args),*];
+            kernel.launch_args(config, &mut args)
+        }
     }
 }
 

@@ -97,6 +97,33 @@ pub enum RuntimeError {
         /// The panic payload, if it was a string.
         message: String,
     },
+
+    /// A CUDA driver call failed.
+    #[error("CUDA driver error: {0}")]
+    Driver(String),
+
+    /// A kernel could not be specialised (missing or out-of-range comptime values, …).
+    #[error("{0}")]
+    Spec(#[from] kiln_codegen::SpecError),
+
+    /// A launch was rejected before reaching the GPU or emulator (shape, arguments, shared
+    /// memory), or the emulator reported a problem.
+    #[error("cannot launch `{kernel}`: {reason}")]
+    Launch {
+        /// The kernel.
+        kernel: String,
+        /// What is wrong, and how to fix it.
+        reason: String,
+    },
+
+    /// A GPU was required but none is usable.
+    #[error("no usable GPU: {0}")]
+    NoGpu(String),
+}
+
+/// A driver error as a [`RuntimeError`].
+pub fn driver(e: cudarc::driver::DriverError) -> RuntimeError {
+    RuntimeError::Driver(format!("{e:?}"))
 }
 
 /// One line per candidate, except that consecutive "not found" files of one folder and origin

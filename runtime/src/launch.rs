@@ -17,7 +17,11 @@ pub struct LaunchConfig {
 impl LaunchConfig {
     /// A one-dimensional launch: `blocks` blocks of `threads` threads.
     pub fn linear(blocks: u32, threads: u32) -> LaunchConfig {
-        LaunchConfig { grid: (blocks, 1, 1), block: (threads, 1, 1), dyn_shared_bytes: 0 }
+        LaunchConfig {
+            grid: (blocks, 1, 1),
+            block: (threads, 1, 1),
+            dyn_shared_bytes: 0,
+        }
     }
 
     /// Enough blocks of `threads` threads to cover `n` items, one per thread.
@@ -89,6 +93,9 @@ kernel_scalar! {
 impl ScalarValue {
     /// The argument for a Rust value.
     pub fn of<T: KernelScalar>(v: T) -> ScalarValue {
-        ScalarValue { ty: T::SCALAR, bits: v.to_bits64() }
+        ScalarValue {
+            ty: T::SCALAR,
+            bits: v.to_bits64(),
+        }
     }
 }

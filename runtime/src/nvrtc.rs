@@ -28,6 +28,9 @@ pub struct CompileOptions {
     pub fast_math: bool,
     /// Further NVRTC options, passed last and verbatim.
     pub extra: Vec<String>,
+    /// Also produce a CUBIN (machine code for the real architecture) that the driver loads
+    /// without a second JIT step. Default `false` (PTX only).
+    pub cubin: bool,
 }
 
 impl Default for CompileOptions {
@@ -37,6 +40,7 @@ impl Default for CompileOptions {
             line_info: true,
             fast_math: false,
             extra: Vec::new(),
+            cubin: false,
         }
     }
 }
@@ -52,8 +56,13 @@ impl CompileOptions {
 
     /// The exact NVRTC option list these options produce. Fails on a malformed `arch`.
     pub fn nvrtc_args(&self) -> Result<Vec<String>, RuntimeError> {
+        let target = if self.cubin {
+            virtual_arch(&self.arch)?.replace("compute_", "sm_")
+        } else {
+            virtual_arch(&self.arch)?
+        };
         let mut args = vec![
-            format!("--gpu-architecture={}", virtual_arch(&self.arch)?),
+            format!("--gpu-architecture={target}"),
             "--std=c++17".to_string(),
         ];
         if self.line_info {
@@ -97,6 +106,8 @@ pub struct CompiledPtx {
     pub log: String,
     /// Wall time of program creation, compilation and PTX retrieval, in milliseconds.
     pub compile_ms: f64,
+    /// Machine code for the real architecture, when [`CompileOptions::cubin`] was set.
+    pub cubin: Option<Vec<u8>>,
 }
 
 /// Compiles self-contained CUDA C++ `source` to PTX. `program_name` names the program in NVRTC's
@@ -116,7 +127,7 @@ pub fn compile_ptx(
         .collect::<Result<_, _>>()?;
     locate_nvrtc()?;
     guarded("nvrtc compilation", || {
-        compile_located(&src, &name, &args, program_name)
+        compile_located(&src, &name, &args, program_name, opts.cubin)
     })?
 }
 
@@ -147,6 +158,7 @@ fn compile_located(
     name: &CString,
     args: &[CString],
     program_name: &str,
+    want_cubin: bool,
 ) -> Result<CompiledPtx, RuntimeError> {
     let start = Instant::now();
     let prog = result::create_program(src, Some(name))
@@ -170,10 +182,30 @@ fn compile_located(
     }
     // SAFETY: `prog` is a live, successfully compiled program.
     let ptx = unsafe { result::get_ptx(prog.0) }.map_err(|e| nvrtc_err("nvrtcGetPTX", e, &log))?;
+    let cubin = if want_cubin {
+        let mut size = 0usize;
+        // SAFETY: `prog` is a live, successfully compiled program; `size` is a valid out-pointer.
+        check(
+            "nvrtcGetCUBINSize",
+            unsafe { sys::nvrtcGetCUBINSize(prog.0, &mut size) },
+            || log.clone(),
+        )?;
+        let mut bytes = vec![0u8; size];
+        // SAFETY: `bytes` holds exactly the `size` bytes NVRTC reported.
+        check(
+            "nvrtcGetCUBIN",
+            unsafe { sys::nvrtcGetCUBIN(prog.0, bytes.as_mut_ptr() as *mut c_char) },
+            || log.clone(),
+        )?;
+        Some(bytes)
+    } else {
+        None
+    };
     Ok(CompiledPtx {
         ptx: c_chars_to_string(&ptx),
         log,
         compile_ms: start.elapsed().as_secs_f64() * 1e3,
+        cubin,
     })
 }
 

@@ -49,9 +49,23 @@ fn fast_math_and_extra_options_are_accepted() {
         line_info: false,
         fast_math: true,
         extra: vec!["--maxrregcount=64".into()],
+        cubin: false,
     };
     let out = compile_ptx(DOUBLE, "k", &opts).unwrap();
     assert!(out.ptx.contains(".entry k"));
+    assert!(out.cubin.is_none());
+}
+
+#[test]
+fn cubin_is_produced_for_the_real_architecture() {
+    let Some(_) = nvrtc_or_skip() else { return };
+    let opts = CompileOptions {
+        cubin: true,
+        ..CompileOptions::for_arch("sm_90")
+    };
+    let out = compile_ptx(DOUBLE, "k", &opts).unwrap();
+    let cubin = out.cubin.expect("a CUBIN was requested");
+    assert_eq!(&cubin[..4], b"\x7fELF", "a CUBIN is an ELF image");
 }
 
 #[test]

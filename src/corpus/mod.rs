@@ -4,6 +4,7 @@
 //! functions local and from another crate). Their CUDA is snapshot-tested and
 //! NVRTC-checked in CI; `kiln demo` compiles (and, with a GPU, runs) them.
 
+pub mod bandwidth;
 pub mod basics;
 pub mod memory;
 pub mod reductions;

@@ -206,9 +206,17 @@ fn cast(a: &Expr, to: Scalar) -> String {
     match (from.is_half(), to.is_half()) {
         (true, true) => format!("kiln_{}_from(kiln_to_float({inner}))", to.rust_name()),
         (true, false) if to == Scalar::F32 => format!("kiln_to_float({inner})"),
+        (true, false) if to.is_int() => {
+            format!("kiln_float_to_int<{}>(kiln_to_float({inner}))", c_type(to))
+        }
         (true, false) => format!("({})kiln_to_float({inner})", c_type(to)),
         (false, true) if from == Scalar::F32 => format!("kiln_{}_from({inner})", to.rust_name()),
         (false, true) => format!("kiln_{}_from((float){t})", to.rust_name()),
+        // Rust's `as` saturates and sends NaN to 0; the hardware conversion saturates but
+        // gives a 64-bit NaN the minimum value, so NaN is handled explicitly.
+        (false, false) if from.is_float() && to.is_int() => {
+            format!("kiln_float_to_int<{}>({inner})", c_type(to))
+        }
         (false, false) => format!("({}){t}", c_type(to)),
     }
 }

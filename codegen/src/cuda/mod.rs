@@ -177,6 +177,12 @@ impl Printer<'_> {
                                 used.insert(Section::Vector(v));
                             }
                         }
+                        if let ExprKind::Cast(inner) = &x.kind {
+                            let from_float = inner.ty.scalar().is_some_and(Scalar::is_float);
+                            if from_float && x.ty.scalar().is_some_and(Scalar::is_int) {
+                                used.insert(Section::FloatToInt);
+                            }
+                        }
                         if let ExprKind::Intrinsic(i, args) = &x.kind {
                             let section = match i {
                                 Intrinsic::LaneId | Intrinsic::WarpId => Some(Section::LaneWarp),

@@ -15,6 +15,7 @@ pub enum Section {
     MinMax,
     Ctz,
     IsNan,
+    FloatToInt,
     CpAsync,
     DynShared,
     Vector(VecElem),
@@ -113,6 +114,10 @@ const IS_NAN: &str = r#"__device__ __forceinline__ bool kiln_isnan(float x) { re
 __device__ __forceinline__ bool kiln_isnan(double x) { return x != x; }
 "#;
 
+const FLOAT_TO_INT: &str = r#"// Rust's `as` from float to integer: saturating, NaN -> 0.
+template <typename I, typename F> __device__ __forceinline__ I kiln_float_to_int(F x) { return x != x ? (I)0 : (I)x; }
+"#;
+
 const CP_ASYNC: &str = r#"// Asynchronous 16-byte global -> shared copies (sm_80+); complete at a wait, visible to the block after a barrier.
 __device__ __forceinline__ void kiln_cp_async16(void* smem, const void* gmem) {
     unsigned int s;
@@ -160,6 +165,7 @@ pub fn prelude(used: &BTreeSet<Section>, c_type: &dyn Fn(Scalar) -> String) -> S
             Section::MinMax => out.push_str(MIN_MAX),
             Section::Ctz => out.push_str(CTZ),
             Section::IsNan => out.push_str(IS_NAN),
+            Section::FloatToInt => out.push_str(FLOAT_TO_INT),
             Section::CpAsync => out.push_str(CP_ASYNC),
             Section::DynShared => out.push_str(DYN_SHARED),
             Section::Vector(e) => out.push_str(&vector_section(*e, &c_type(e.scalar()))),

@@ -754,8 +754,9 @@ impl Checker {
             || step_ir.as_ref().is_some_and(|s| self.is_varying(s));
         // Rust evaluates the bounds once; hoist those that could change while the loop runs.
         let mut prelude = Vec::new();
-        let end_ir = self.hoist(end_ir, "end", line, &mut prelude);
-        let step_ir = step_ir.map(|s| self.hoist(s, "step", line, &mut prelude));
+        let end_ir = self.hoist(end_ir, &format!("{var_name}_end"), line, &mut prelude);
+        let step_ir =
+            step_ir.map(|s| self.hoist(s, &format!("{var_name}_step"), line, &mut prelude));
         self.push_scope();
         let var_c = self.declare(
             &var_name,
@@ -790,16 +791,14 @@ impl Checker {
         Ok(())
     }
 
-    /// Binds `e` to a fresh immutable variable unless it is a literal, comptime value or an
-    /// immutable variable already.
-    fn hoist(&mut self, e: Expr, what: &str, line: u32, prelude: &mut Vec<Stmt>) -> Expr {
-        let stable = is_comptime(&e)
-            || matches!(&e.kind, ExprKind::Var(c) if self.var_by_cname(c).is_some_and(|v| !v.mutable));
-        if stable {
+    /// Binds `e` to a fresh immutable variable unless it cannot change while the loop runs
+    /// (literals, comptime values, immutable variables, launch indices and arithmetic on them).
+    fn hoist(&mut self, e: Expr, name: &str, line: u32, prelude: &mut Vec<Stmt>) -> Expr {
+        if self.is_stable(&e) {
             return e;
         }
         let varying = self.is_varying(&e);
-        let cname = self.declare(&format!("kiln_{what}"), e.ty.clone(), false, varying);
+        let cname = self.declare(name, e.ty.clone(), false, varying);
         let ty = e.ty.clone();
         prelude.push(Stmt {
             line,
@@ -811,6 +810,32 @@ impl Checker {
             },
         });
         Expr::new(ExprKind::Var(cname), ty)
+    }
+
+    /// Whether `e` evaluates to the same value for the whole of a loop.
+    fn is_stable(&self, e: &Expr) -> bool {
+        use crate::ir::Intrinsic::*;
+        let mut stable = true;
+        e.walk(&mut |x| match &x.kind {
+            ExprKind::Var(c) => stable &= self.var_by_cname(c).is_some_and(|v| !v.mutable),
+            ExprKind::Index(..) | ExprKind::Call { .. } => stable = false,
+            ExprKind::Intrinsic(i, _) => {
+                stable &= matches!(
+                    i,
+                    ThreadIdx
+                        | BlockIdx
+                        | BlockDim
+                        | GridDim
+                        | LaneId
+                        | WarpId
+                        | WarpSize
+                        | Lanes
+                        | Len
+                )
+            }
+            _ => {}
+        });
+        stable
     }
 
     fn return_stmt(&mut self, r: &syn::ExprReturn) -> Res<StmtKind> {

@@ -1,0 +1,66 @@
+//! The `kiln` command: list, emit and check behave, and a missing NVRTC is a clear error
+//! with a non-zero exit, never a panic.
+
+use std::process::Command;
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+#[test]
+fn list_shows_the_corpus() {
+    let out = kiln().arg("list").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("kiln::corpus::basics::hamming_scores") && text.contains("const WORDS: u32"),
+        "{text}"
+    );
+}
+
+#[test]
+fn emit_prints_the_specialised_cuda_and_rejects_bad_values() {
+    let out = kiln()
+        .args(["emit", "hamming_scores", "--const", "WORDS=8"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("constexpr unsigned int WORDS = 8u;"));
+    let out = kiln()
+        .args(["emit", "row_softmax", "--dtype", "bf16"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kiln_bf16"));
+    let out = kiln().args(["emit", "hamming_scores"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no value for comptime parameter `WORDS`")
+    );
+    let out = kiln().args(["emit", "no_such_kernel"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = kiln()
+        .args(["emit", "hamming_scores", "--const", "WORDS=-1"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not fit"));
+}
+
+#[test]
+fn check_without_nvrtc_explains_and_fails() {
+    let empty = std::env::temp_dir().join(format!("kiln-no-nvrtc-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = kiln()
+        .arg("check")
+        .env_clear()
+        .env("PATH", &empty)
+        .env("KILN_NVRTC_PATH", &empty)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(
+        err.contains("nvidia-cuda-nvrtc"),
+        "the error says how to install NVRTC: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

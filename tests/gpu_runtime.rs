@@ -1,0 +1,168 @@
+//! The runtime on a real device (GPU when present, else the emulator): launches are
+//! validated before they run, buffers of every kind are accepted, and a warm kernel load
+//! from the disk cache is fast.
+
+mod common;
+
+use common::{device, unavailable, Rng};
+use half::bf16;
+use kiln::codegen::Dtype;
+use kiln::corpus::{basics, memory};
+use kiln::runtime::{LaunchConfig, RuntimeError};
+
+fn launch_error(r: Result<(), RuntimeError>) -> String {
+    match r {
+        Err(RuntimeError::Launch { reason, .. }) => reason,
+        other => panic!("expected a launch error, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_launch_shapes_are_rejected_before_running() {
+    let Some(dev) = device() else { return };
+    let k = basics::saxpy::spec().build(&dev).expect("builds");
+    let x = dev.upload(&[1.0f32; 64]).unwrap();
+    let mut y = dev.upload(&[1.0f32; 64]).unwrap();
+    let r = basics::saxpy::launch(&k, &LaunchConfig::linear(1, 2048), 1.0f32, &x, &mut y, 64);
+    assert!(launch_error(r).contains("at most 1024"));
+    let r = basics::saxpy::launch(&k, &LaunchConfig::linear(0, 32), 1.0f32, &x, &mut y, 64);
+    assert!(launch_error(r).contains("zero dimension"));
+    let bounded = basics::vector_add::spec()
+        .t(Dtype::F32)
+        .build(&dev)
+        .unwrap();
+    let mut out = dev.zeros::<f32>(64).unwrap();
+    let r = basics::vector_add::launch(
+        &bounded,
+        &LaunchConfig::linear(1, 512),
+        &x,
+        &x,
+        &mut out,
+        64,
+    );
+    assert!(launch_error(r).contains("threads = 256"));
+}
+
+#[test]
+fn element_type_must_match_the_specialisation() {
+    let Some(dev) = device() else { return };
+    let k = basics::vector_add::spec()
+        .t(Dtype::Bf16)
+        .build(&dev)
+        .unwrap();
+    let x = dev.upload(&[1.0f32; 64]).unwrap();
+    let mut out = dev.zeros::<f32>(64).unwrap();
+    let reason = launch_error(basics::vector_add::launch(
+        &k,
+        &LaunchConfig::linear(1, 64),
+        &x,
+        &x,
+        &mut out,
+        64,
+    ));
+    assert!(
+        reason.contains("holds f32") && reason.contains("T=bf16"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn dynamic_shared_memory_must_be_given() {
+    let Some(dev) = device() else { return };
+    let k = memory::reverse_chunks::spec().build(&dev).unwrap();
+    let x = dev.upload(&[1.0f32; 64]).unwrap();
+    let mut out = dev.zeros::<f32>(64).unwrap();
+    let reason = launch_error(memory::reverse_chunks::launch(
+        &k,
+        &LaunchConfig::linear(1, 64),
+        &x,
+        &mut out,
+        64,
+    ));
+    assert!(reason.contains("dyn_shared"), "{reason}");
+}
+
+#[test]
+fn mapped_host_memory_is_read_and_written_by_kernels() {
+    let Some(dev) = device() else { return };
+    let n = 5000usize;
+    let mut rng = Rng::new(21);
+    let (a, b) = (rng.f32s(n), rng.f32s(n));
+    let k = basics::vector_add::spec()
+        .t(Dtype::F32)
+        .build(&dev)
+        .unwrap();
+    let mut ma = dev.mapped::<f32>(n).unwrap();
+    ma.copy_from_slice(&a);
+    let db = dev.upload(&b).unwrap();
+    let mut mout = dev.mapped::<f32>(n).unwrap();
+    mout.fill(f32::NAN);
+    match basics::vector_add::launch(
+        &k,
+        &LaunchConfig::for_elements(n as u32, 256),
+        &ma,
+        &db,
+        &mut mout,
+        n as u32,
+    ) {
+        Err(e) if unavailable(&e) => return println!("SKIPPED: {e}"),
+        r => r.unwrap(),
+    }
+    dev.synchronize().unwrap();
+    for i in 0..n {
+        assert_eq!(mout[i], a[i] + b[i], "element {i}");
+    }
+}
+
+#[test]
+fn cudarc_slices_are_accepted_directly() {
+    let Some(dev) = device() else { return };
+    let Some(gpu) = dev.as_gpu() else {
+        return println!("SKIPPED: cudarc interop needs a GPU");
+    };
+    let data: Vec<bf16> = (0..1000).map(|i| bf16::from_f32(i as f32)).collect();
+    let a = gpu.stream.clone_htod(&data).unwrap();
+    let mut out = gpu.stream.alloc_zeros::<bf16>(1000).unwrap();
+    let k = basics::vector_add::spec()
+        .t(Dtype::Bf16)
+        .build(&dev)
+        .unwrap();
+    basics::vector_add::launch(
+        &k,
+        &LaunchConfig::for_elements(1000, 256),
+        &a,
+        &a,
+        &mut out,
+        1000,
+    )
+    .unwrap();
+    let got = gpu.stream.clone_dtoh(&out).unwrap();
+    for i in 0..1000 {
+        assert_eq!(got[i], bf16::from_f32(2.0 * i as f32));
+    }
+}
+
+#[test]
+fn warm_load_from_the_disk_cache_is_under_10_ms() {
+    let Some(dev) = device() else { return };
+    if !dev.is_gpu() {
+        return println!(
+            "SKIPPED: module loading needs a GPU (the cache itself is tested in jit_cache.rs)"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("kiln-warm-{}", std::process::id()));
+    std::env::set_var("KILN_CACHE_DIR", &dir);
+    let spec = memory::histogram::spec().bins(128);
+    let cold = std::time::Instant::now();
+    let k = spec.build(&dev).unwrap();
+    let cold_ms = cold.elapsed().as_secs_f64() * 1e3;
+    kiln::runtime::cache::clear_memory_cache();
+    let warm = std::time::Instant::now();
+    let k2 = spec.build(&dev).unwrap();
+    let warm_ms = warm.elapsed().as_secs_f64() * 1e3;
+    let image = k2.image.as_ref().unwrap();
+    println!("histogram<128>: cold build {cold_ms:.1} ms ({:?}), warm build {warm_ms:.2} ms ({:?}, cache read {:.2} ms)", k.image.as_ref().unwrap().source, image.source, image.millis);
+    assert_eq!(image.source, kiln::runtime::cache::CacheSource::Disk);
+    assert!(warm_ms < 10.0, "warm load took {warm_ms:.2} ms");
+    let _ = std::fs::remove_dir_all(dir);
+}
