@@ -39,9 +39,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let memcpy_gbs = memcpy.gb_per_s(2.0 * bytes);
 
+    // the launch shape is the only knob: try a few and keep the fastest (all are printed)
     let copy = stream_copy::spec().t(Dtype::F32).build(&dev)?;
+    let mut best: Option<(kiln::runtime::Timing, LaunchConfig)> = None;
+    for per_sm in [4u32, 8, 16, 32] {
+        for threads in [256u32, 512, 1024] {
+            let c = LaunchConfig::linear(sms * per_sm, threads);
+            let t = time(&dev, 3, 10, || {
+                stream_copy::launch(&copy, &c, &dx, &mut dy, n as u32)
+            })?;
+            println!(
+                "stream_copy {:>5} blocks x {threads:>4} threads: {:.4} ms",
+                sms * per_sm,
+                t.median_ms
+            );
+            if best.as_ref().is_none_or(|(b, _)| t.median_ms < b.median_ms) {
+                best = Some((t, c));
+            }
+        }
+    }
+    let cfg_copy = best.expect("tried").1;
     let copy_t = time(&dev, WARMUP, REPS, || {
-        stream_copy::launch(&copy, &cfg, &dx, &mut dy, n as u32)
+        stream_copy::launch(&copy, &cfg_copy, &dx, &mut dy, n as u32)
     })?;
     assert_eq!(dev.download(&dy)?[..1000], x[..1000], "copy result");
     let copy_gbs = copy_t.gb_per_s(2.0 * bytes);
@@ -79,7 +98,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             vs: None,
         },
         Row {
-            name: "kiln stream_copy<f32>".into(),
+            name: format!(
+                "kiln stream_copy<f32> {}x{}",
+                cfg_copy.grid.0, cfg_copy.block.0
+            ),
             bytes: 2.0 * bytes,
             median_ms: copy_t.median_ms,
             gb_s: copy_gbs,

@@ -11,8 +11,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 status=0
 for t in .gpu/test-*; do
   echo "== $t"
-  "$t" --test-threads=1 > "$out/$(basename "$t").log" 2>&1 || status=1
-  grep -E "^test |test result|panicked|SKIPPED|device:" "$out/$(basename "$t").log" | sort | uniq -c | sort -rn | head -40
+  "$t" --test-threads=1 --nocapture > "$out/$(basename "$t").log" 2>&1 || status=1
+  grep -E "^test |test result|panicked|SKIPPED|warm build|disk hit" "$out/$(basename "$t").log" | sort | uniq -c | sort -rn | head -40
 done
 ./.gpu/kiln demo 2>&1 | tail -5 | tee "$out/demo.log"
 for b in .gpu/bench-*; do

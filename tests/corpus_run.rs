@@ -650,3 +650,39 @@ fn bitonic_sort_chunks() {
         Ok(())
     });
 }
+
+#[test]
+fn stream_copy_and_sum() {
+    run("stream_copy + stream_sum", |dev| {
+        let n = 4 * 70_001usize;
+        let mut rng = Rng::new(18);
+        let x = rng.f32s(n);
+        let dx = dev.upload(&x)?;
+        let copy = kiln::corpus::bandwidth::stream_copy::spec()
+            .t(Dtype::F32)
+            .build(dev)?;
+        let mut out = dev.upload(&vec![POISON_F32; n])?;
+        kiln::corpus::bandwidth::stream_copy::launch(
+            &copy,
+            &LaunchConfig::linear(7, 128),
+            &dx,
+            &mut out,
+            n as u32,
+        )?;
+        assert_eq!(dev.download(&out)?, x);
+        let sum = kiln::corpus::bandwidth::stream_sum::spec().build(dev)?;
+        let mut total = dev.zeros::<f32>(1)?;
+        kiln::corpus::bandwidth::stream_sum::launch(
+            &sum,
+            &LaunchConfig::linear(5, 128),
+            &dx,
+            &mut total,
+            n as u32,
+        )?;
+        let want: f64 = x.iter().map(|v| *v as f64).sum();
+        let scale: f64 = x.iter().map(|v| v.abs() as f64).sum();
+        let got = dev.download(&total)?[0] as f64;
+        assert!((got - want).abs() / scale < 1e-5, "{got} vs {want}");
+        Ok(())
+    });
+}
