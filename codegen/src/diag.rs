@@ -6,7 +6,10 @@ use proc_macro2::Span;
 /// An error in a kernel or device function, found while checking it.
 #[derive(Clone, Debug)]
 pub struct Diagnostic {
+    /// Where the offending code starts.
     pub span: Span,
+    /// Where it ends (the same as `span` for a single token).
+    pub end: Span,
     pub message: String,
     pub hint: Option<String>,
 }
@@ -16,6 +19,7 @@ impl Diagnostic {
     pub fn new(span: Span, message: impl Into<String>) -> Diagnostic {
         Diagnostic {
             span,
+            end: span,
             message: message.into(),
             hint: None,
         }
@@ -40,9 +44,16 @@ impl Diagnostic {
         }
     }
 
-    /// A `compile_error!` at the span.
+    /// The error as a `syn::Error` covering the whole offending code.
+    pub fn to_syn_error(&self) -> syn::Error {
+        let first = proc_macro2::Ident::new("start", self.span);
+        let last = proc_macro2::Ident::new("end", self.end);
+        syn::Error::new_spanned(quote::quote!(#first #last), self.text())
+    }
+
+    /// A `compile_error!` covering the offending code.
     pub fn to_compile_error(&self) -> proc_macro2::TokenStream {
-        syn::Error::new(self.span, self.text()).to_compile_error()
+        self.to_syn_error().to_compile_error()
     }
 }
 
@@ -56,10 +67,28 @@ impl std::error::Error for Diagnostic {}
 
 /// Shorthand: `Err(Diagnostic)` at the span of `tokens`.
 pub fn err<T>(tokens: &dyn quote::ToTokens, message: impl Into<String>) -> Result<T, Diagnostic> {
-    Err(Diagnostic::new(
-        syn::spanned::Spanned::span(&SpanOf(tokens)),
-        message,
-    ))
+    Err(at(tokens, message))
+}
+
+/// A diagnostic covering `tokens` from their first to their last token.
+pub fn at(tokens: &dyn quote::ToTokens, message: impl Into<String>) -> Diagnostic {
+    let stream = tokens.to_token_stream();
+    let mut iter = stream.into_iter();
+    let first = iter.next();
+    let last = iter.last();
+    let start = match &first {
+        Some(proc_macro2::TokenTree::Group(g)) => g.span_open(),
+        Some(t) => t.span(),
+        None => Span::call_site(),
+    };
+    let end = match last.as_ref().or(first.as_ref()) {
+        Some(proc_macro2::TokenTree::Group(g)) => g.span_close(),
+        Some(t) => t.span(),
+        None => start,
+    };
+    let mut d = Diagnostic::new(start, message);
+    d.end = end;
+    d
 }
 
 /// Shorthand: `Err(Diagnostic)` with a hint at the span of `tokens`.
@@ -68,7 +97,7 @@ pub fn err_hint<T>(
     message: impl Into<String>,
     hint: impl Into<String>,
 ) -> Result<T, Diagnostic> {
-    Err(Diagnostic::new(syn::spanned::Spanned::span(&SpanOf(tokens)), message).hint(hint))
+    Err(at(tokens, message).hint(hint))
 }
 
 /// The span of anything printable as tokens.

@@ -431,6 +431,21 @@ impl Instantiator {
                 });
             }
         });
+        if problem.is_none() {
+            let mut total: i128 = 0;
+            walk_stmts(&f.body, &mut |s| {
+                if let StmtKind::SharedArray {
+                    ty: Ty::Array { elem, dims, .. },
+                    ..
+                } = &s.kind
+                {
+                    total += shared_bytes(*elem, dims, &lookup).unwrap_or(0);
+                }
+            });
+            if total > MAX_STATIC_SHARED_BYTES {
+                problem = Some((f.line, format!("the shared arrays take {total} bytes together, more than the {MAX_STATIC_SHARED_BYTES} bytes of static shared memory"), Some("use `dyn_shared::<T>()` and pass the size at launch".into())));
+            }
+        }
         if let Some((line, message, hint)) = problem {
             return Err(error(def, line, message, hint));
         }

@@ -52,8 +52,7 @@ fn try_expand(attr: Tokens, item: Tokens, kind: FnKind) -> syn::Result<Tokens> {
             ));
         }
     }
-    let checked =
-        check_function(&item, kind, &attrs).map_err(|d| syn::Error::new(d.span, d.text()))?;
+    let checked = check_function(&item, kind, &attrs).map_err(|d| d.to_syn_error())?;
     let vis = Visibility::of(&item.vis)?;
     let examples = check_examples(&examples, &checked.function)?;
     Ok(match kind {
@@ -224,11 +223,27 @@ fn call_checks(item: &syn::ItemFn, checked: &Checked) -> Tokens {
     }
     let generics = &item.sig.generics;
     let names = &checked.function.generics;
+    // a closure with one typed parameter per argument, spanned at that argument, calling
+    // the device function: rustc then points at the argument whose type is wrong
     let lets = checked.device_calls.iter().map(|c| {
-        let args = c.args.iter().map(|t| rust_type(t, names));
+        let params = c
+            .args
+            .iter()
+            .zip(&c.arg_spans)
+            .enumerate()
+            .map(|(i, (t, span))| {
+                let name = format_ident!("arg{}", i, span = *span);
+                let ty = rust_type(t, names);
+                quote_spanned!(*span=> #name: #ty)
+            });
+        let names_used = c
+            .arg_spans
+            .iter()
+            .enumerate()
+            .map(|(i, span)| format_ident!("arg{}", i, span = *span));
         let ret = rust_type(&c.ret, names);
         let path = &c.path;
-        quote_spanned!(c.span=> let _: fn(#(#args),*) -> #ret = #path;)
+        quote_spanned!(c.span=> let _ = |#(#params),*| -> #ret { #path(#(#names_used),*) };)
     });
     quote! {
         const _: () = {

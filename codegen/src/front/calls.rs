@@ -3,7 +3,7 @@
 
 use proc_macro2::Span;
 
-use super::builtins::{self, Returns, FREE_FUNCTIONS, METHODS};
+use super::builtins::{self, Returns, METHODS};
 use super::divergence::is_comptime;
 use super::expr::{path_text, strip, untyped_literal};
 use super::Checker;
@@ -18,6 +18,8 @@ pub struct DeviceCallSite {
     /// The path as written, with its generic arguments.
     pub path: syn::Path,
     pub args: Vec<Ty>,
+    /// Where each argument is written.
+    pub arg_spans: Vec<Span>,
     pub ret: Ty,
     pub span: Span,
 }
@@ -175,6 +177,7 @@ impl Checker {
         self.device_calls.push(DeviceCallSite {
             path: p.path.clone(),
             args: ir_args.iter().map(|a| a.ty.clone()).collect(),
+            arg_spans: args.iter().map(|a| span_of(a)).collect(),
             ret: ret.clone(),
             span: span_of(c),
         });
@@ -272,6 +275,10 @@ impl Checker {
         }
         if intrinsic == Intrinsic::SyncThreads {
             self.check_barrier(c)?;
+            let d = crate::diag::at(c, "");
+            for frame in self.loops.iter_mut() {
+                frame.barrier.get_or_insert((d.span, d.end));
+            }
         }
         Ok(Expr::new(ExprKind::Intrinsic(intrinsic, vec![]), ty))
     }
@@ -283,6 +290,13 @@ impl Checker {
                 c,
                 "`sync_threads()` is under a condition that differs between threads: part of the block would wait forever",
                 "move the barrier out of the `if`/loop, or make the condition depend only on block indices and comptime values",
+            );
+        }
+        if let Some(line) = self.loops.iter().find_map(|f| f.divergent_exit) {
+            return err_hint(
+                c,
+                format!("`sync_threads()` can be skipped by threads that took the thread-dependent `break`/`continue` at line {line}"),
+                "make the `break`/`continue` condition the same for the whole block, or move the barrier out of the loop",
             );
         }
         if let Some(line) = self.divergent_return {
@@ -734,18 +748,33 @@ impl Checker {
             ));
         }
         let Some(m) = builtins::method(name, s) else {
-            let names: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
+            let mut names: Vec<&str> = METHODS
+                .iter()
+                .filter(|m| m.recv.accepts(s))
+                .map(|m| m.name)
+                .collect();
+            if s.is_int() {
+                names.extend(["wrapping_add", "wrapping_sub", "wrapping_mul"]);
+            }
             return err_hint(
                 &mc.method,
                 format!("unknown intrinsic `.{name}()` on `{}`", self.scalar_name(s)),
-                format!("scalar methods: {}, wrapping_add, wrapping_sub, wrapping_mul; free functions: {}", names.join(", "), FREE_FUNCTIONS.join(", ")),
+                format!(
+                    "the methods of `{}` are: {}",
+                    self.scalar_name(s),
+                    names.join(", ")
+                ),
             );
         };
         if !m.recv.accepts(s) {
             return err_hint(
                 &mc.method,
                 format!("`.{name}()` is not defined for `{}`", self.scalar_name(s)),
-                format!("`.{name}()` works on {}", m.recv.describe()),
+                if name == "abs" {
+                    "`.abs()` works on floats and signed integers".to_string()
+                } else {
+                    format!("`.{name}()` works on {}", m.recv.describe())
+                },
             );
         }
         if args.len() != m.args {

@@ -264,6 +264,20 @@ impl Checker {
                         )
                     }
                 };
+                let overflows = match ty {
+                    Scalar::F64 => !v.is_finite(),
+                    Scalar::F32 => !(v as f32).is_finite(),
+                    Scalar::F16 => !half::f16::from_f64(v).is_finite(),
+                    Scalar::Bf16 => !half::bf16::from_f64(v).is_finite(),
+                    _ => false,
+                };
+                if overflows {
+                    return err_hint(
+                        f,
+                        format!("float literal out of range for `{}`", self.scalar_name(ty)),
+                        "use `f32::INFINITY` / `MAX` if that is what you mean",
+                    );
+                }
                 Ok(Expr::new(ExprKind::Float(v), Ty::s(ty)))
             }
             _ => err_hint(
@@ -294,6 +308,13 @@ impl Checker {
             }
             if self.type_param(name).is_some() || Scalar::from_rust(name).is_some() {
                 return err(p, format!("`{name}` is a type, not a value"));
+            }
+            if super::builtins::FREE_FUNCTIONS.contains(&name.as_str()) {
+                return err_hint(
+                    p,
+                    format!("`{name}` is a function, not a value"),
+                    format!("call it: `{name}()`"),
+                );
             }
             return err_hint(
                 p,

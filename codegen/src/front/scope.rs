@@ -19,6 +19,18 @@ pub struct Var {
     pub is_param: bool,
 }
 
+/// What the checker tracks per enclosing loop to find barriers that a thread-dependent
+/// `break`/`continue` lets part of a block skip.
+#[derive(Clone, Debug, Default)]
+pub struct LoopFrame {
+    /// `varying_control` when the loop body starts.
+    pub entry_varying: u32,
+    /// Line of a `break`/`continue` taken by only some threads.
+    pub divergent_exit: Option<u32>,
+    /// The first barrier inside the loop (start and end spans).
+    pub barrier: Option<(proc_macro2::Span, proc_macro2::Span)>,
+}
+
 /// State of one function check.
 pub struct Checker {
     pub kind: FnKind,
@@ -30,18 +42,22 @@ pub struct Checker {
     pub reserved_names: HashSet<String>,
     /// Depth of enclosing loops (for `break`/`continue`).
     pub loop_depth: u32,
+    /// One frame per enclosing loop, innermost last (barrier-divergence through break/continue).
+    pub loops: Vec<LoopFrame>,
     /// Depth of enclosing constructs whose condition differs between threads.
     pub varying_control: u32,
     /// Line of a `return` taken by only some threads, if any was seen.
     pub divergent_return: Option<u32>,
     /// Whether `dyn_shared` was already declared.
     pub has_dyn_shared: bool,
+    /// Bytes of static shared memory declared so far with literal sizes.
+    pub shared_bytes: i128,
     /// Calls of device functions, for the rustc signature check.
     pub device_calls: Vec<super::calls::DeviceCallSite>,
 }
 
 /// C/CUDA words a Rust identifier may not keep as is.
-const RESERVED: &[&str] = &[
+pub const RESERVED: &[&str] = &[
     "auto",
     "break",
     "case",
@@ -118,6 +134,11 @@ const RESERVED: &[&str] = &[
     "xor",
 ];
 
+/// Whether a Rust identifier cannot be used as is in the generated CUDA.
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED.contains(&name) || name.starts_with("kiln_") || name.starts_with("__")
+}
+
 impl Checker {
     /// A checker for a function of `kind`.
     pub fn new(kind: FnKind) -> Checker {
@@ -129,9 +150,11 @@ impl Checker {
             scopes: vec![HashMap::new()],
             reserved_names: HashSet::new(),
             loop_depth: 0,
+            loops: Vec::new(),
             varying_control: 0,
             divergent_return: None,
             has_dyn_shared: false,
+            shared_bytes: 0,
             device_calls: Vec::new(),
         }
     }
@@ -149,12 +172,11 @@ impl Checker {
     /// A CUDA name for a new variable called `name` in Rust: the same name unless it is
     /// taken (shadowing) or reserved in C.
     pub fn fresh_cname(&mut self, name: &str) -> String {
-        let base =
-            if RESERVED.contains(&name) || name.starts_with("kiln_") || name.starts_with("__") {
-                format!("{name}_")
-            } else {
-                name.to_string()
-            };
+        let base = if is_reserved(name) {
+            format!("{name}_")
+        } else {
+            name.to_string()
+        };
         let mut candidate = base.clone();
         let mut k = 0;
         while self.cname_visible(&candidate) || self.reserved_names.contains(&candidate) {

@@ -11,6 +11,20 @@ impl Checker {
     pub fn function(&mut self, item: &syn::ItemFn, attrs: &KernelAttrs) -> Res<Function> {
         let sig = &item.sig;
         self.fn_name = sig.ident.to_string();
+        if let Some(u) = &sig.unsafety {
+            return err_hint(
+                u,
+                "kernels and device functions cannot be `unsafe fn`",
+                "remove `unsafe`: Kiln checks the body itself",
+            );
+        }
+        if super::scope::is_reserved(&self.fn_name) {
+            return err_hint(
+                &sig.ident,
+                format!("`{}` is a reserved name in the generated CUDA", self.fn_name),
+                "rename the function (C/CUDA keywords, CUDA builtins such as `min`/`max`, and names starting with `kiln_` or `__` are reserved)",
+            );
+        }
         if let Some(c) = &sig.constness {
             return err(c, "kernels and device functions cannot be `const fn`");
         }

@@ -17,7 +17,7 @@ impl Checker {
         self.push_scope();
         let body = self.stmts(&block.stmts, returns_value)?;
         self.pop_scope();
-        if returns_value && !matches!(body.last().map(|s| &s.kind), Some(StmtKind::Return(_))) {
+        if returns_value && !ends_with_return(&body) {
             return err_hint(
                 &block,
                 format!("`{}` must end with its result", self.fn_name),
@@ -65,7 +65,7 @@ impl Checker {
                         let v = self.expr(e, Some(&ret))?;
                         self.expect_ty(e, &ret, &v.ty)?;
                         out.push(Stmt { line, kind: StmtKind::Return(Some(v)) });
-                    } else if semi.is_none() && last && tail_is_result && matches!(strip(e), syn::Expr::If(_)) {
+                    } else if semi.is_none() && last && tail_is_result && is_value_if(e) {
                         let ret = self.ret.clone();
                         let v = self.expr(e, Some(&ret))?;
                         out.push(Stmt { line, kind: StmtKind::Return(Some(v)) });
@@ -170,7 +170,13 @@ impl Checker {
                 }
                 Some(v)
             }
-            None => None,
+            None => {
+                return err_hint(
+                    pat,
+                    format!("`{name}` must be initialised where it is declared"),
+                    format!("give it a value: `let mut {name}: f32 = 0.0;` (Kiln does not track deferred initialisation)"),
+                )
+            }
         };
         let ty = match (&declared, &value) {
             (Some(t), _) => t.clone(),
@@ -300,6 +306,16 @@ impl Checker {
             );
         }
         check_shared_size(ty_arg, elem, &dims)?;
+        if let Some(bytes) = super::syntax_types::shared_bytes(elem, &dims, &|_| None) {
+            self.shared_bytes += bytes;
+            if self.shared_bytes > super::syntax_types::MAX_STATIC_SHARED_BYTES {
+                return err_hint(
+                    call,
+                    format!("the shared arrays of `{}` take {} bytes together, more than the {} bytes of static shared memory", self.fn_name, self.shared_bytes, super::syntax_types::MAX_STATIC_SHARED_BYTES),
+                    "use `dyn_shared::<T>()` and pass the size at launch (up to the device's opt-in limit)",
+                );
+            }
+        }
         let ty = Ty::Array {
             space: Space::Shared,
             elem,
@@ -412,8 +428,13 @@ impl Checker {
                     return err(b, "`break` with a label or a value is not supported");
                 }
                 if self.loop_depth == 0 {
-                    return err(b, "`break` outside of a loop");
+                    return err_hint(
+                        b,
+                        "`break` outside of a loop",
+                        "`break` leaves the innermost `for`, `while` or `loop`",
+                    );
                 }
+                self.note_loop_exit(line);
                 StmtKind::Break
             }
             syn::Expr::Continue(c) => {
@@ -421,8 +442,13 @@ impl Checker {
                     return err(c, "`continue` with a label is not supported");
                 }
                 if self.loop_depth == 0 {
-                    return err(c, "`continue` outside of a loop");
+                    return err_hint(
+                        c,
+                        "`continue` outside of a loop",
+                        "`continue` starts the next iteration of the innermost loop",
+                    );
                 }
+                self.note_loop_exit(line);
                 StmtKind::Continue
             }
             syn::Expr::Return(r) => self.return_stmt(r)?,
@@ -538,7 +564,7 @@ impl Checker {
                     let hint = if var.is_param {
                         format!("declare the parameter `mut {name}`")
                     } else {
-                        format!("declare it `let mut {name}`")
+                        format!("declare it `let mut {name}` (a `for` loop variable cannot change: copy it with `let mut j = {name};`)")
                     };
                     return err_hint(
                         e,
@@ -644,10 +670,35 @@ impl Checker {
     fn loop_body(&mut self, body: &syn::Block, varying: bool) -> Res<Vec<Stmt>> {
         self.loop_depth += 1;
         self.varying_control += varying as u32;
+        self.loops.push(super::scope::LoopFrame {
+            entry_varying: self.varying_control,
+            ..Default::default()
+        });
         let out = self.block(body);
+        let frame = self.loops.pop().unwrap_or_default();
         self.varying_control -= varying as u32;
         self.loop_depth -= 1;
-        out
+        let out = out?;
+        if let (Some(line), Some((start, end))) = (frame.divergent_exit, frame.barrier) {
+            let mut d = crate::diag::Diagnostic::new(
+                start,
+                format!("`sync_threads()` in a loop that some threads leave or skip ahead in (the thread-dependent `break`/`continue` at line {line}): part of the block would wait forever"),
+            )
+            .hint("make the `break`/`continue` condition the same for the whole block, or move the barrier out of the loop");
+            d.end = end;
+            return Err(d);
+        }
+        Ok(out)
+    }
+
+    /// Records a `break`/`continue` taken under a thread-dependent condition.
+    fn note_loop_exit(&mut self, line: u32) {
+        let varying = self.varying_control;
+        if let Some(frame) = self.loops.last_mut() {
+            if varying > frame.entry_varying && frame.divergent_exit.is_none() {
+                frame.divergent_exit = Some(line);
+            }
+        }
     }
 
     fn for_loop(&mut self, f: &syn::ExprForLoop, out: &mut Vec<Stmt>) -> Res<()> {
@@ -742,6 +793,18 @@ impl Checker {
             Some(s) => {
                 let v = self.expr(s, Some(&Ty::s(ty)))?;
                 self.expect_ty(s, &Ty::s(ty), &v.ty)?;
+                let zero_or_negative = match &v.kind {
+                    ExprKind::Int(bits) => *bits == 0 || (ty.is_signed_int() && (*bits as i64) < 0),
+                    ExprKind::Unary(crate::ir::UnOp::Neg, _) => true,
+                    _ => false,
+                };
+                if zero_or_negative {
+                    return err_hint(
+                        s,
+                        "`step_by` must be positive",
+                        "a step of zero or less never ends the loop; count down with `while`",
+                    );
+                }
                 Some(v)
             }
             None => None,
@@ -865,6 +928,33 @@ impl Checker {
             self.divergent_return = Some(line_of(r));
         }
         Ok(StmtKind::Return(value))
+    }
+}
+
+/// An `if` chain whose every branch is a single expression (an `if` used as a value).
+fn is_value_if(e: &syn::Expr) -> bool {
+    let syn::Expr::If(i) = strip(e) else {
+        return false;
+    };
+    let single = |b: &syn::Block| matches!(b.stmts.as_slice(), [syn::Stmt::Expr(_, None)]);
+    single(&i.then_branch)
+        && match &i.else_branch {
+            Some((_, e)) => match &**e {
+                syn::Expr::Block(b) => single(&b.block),
+                nested @ syn::Expr::If(_) => is_value_if(nested),
+                _ => false,
+            },
+            None => false,
+        }
+}
+
+/// Whether every path through `body` ends in `return`.
+fn ends_with_return(body: &[Stmt]) -> bool {
+    match body.last().map(|s| &s.kind) {
+        Some(StmtKind::Return(_)) => true,
+        Some(StmtKind::If { then, els, .. }) => ends_with_return(then) && ends_with_return(els),
+        Some(StmtKind::Block(b)) => ends_with_return(b),
+        _ => false,
     }
 }
 
