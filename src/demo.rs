@@ -1,6 +1,7 @@
 //! `kiln demo`, the README's main job: what Kiln does end to end on this machine. It grows
-//! with the project; today it specialises every registered kernel, prints how big its CUDA
-//! is and compiles it with NVRTC for the target architecture.
+//! with the project; today it specialises every registered kernel, compiles it with NVRTC,
+//! then runs the corpus on the device (the GPU when present, else the CPU emulator) and
+//! checks every result against its plain-Rust reference.
 
 use std::fmt::Write as _;
 
@@ -69,9 +70,39 @@ pub fn run(arch: &str) -> Result<String, CliError> {
         "\n{} specialisations compiled, {failed} failed.",
         rows.len() - failed
     );
+    let device = kiln_runtime::Device::from_env().map_err(|e| CliError {
+        message: format!("{out}\n{e}"),
+        code: 2,
+    })?;
     let _ = writeln!(
         out,
-        "Running them (GPU when present, CPU emulator otherwise) and the six research pipelines join this demo as they land."
+        "\nRunning the corpus on the {} and checking it against plain-Rust references:\n",
+        device.name()
+    );
+    let mut run_rows = Vec::new();
+    for (name, check) in crate::corpus::verify::CHECKS {
+        let start = std::time::Instant::now();
+        let result = check(&device);
+        let secs = start.elapsed().as_secs_f64();
+        let status = match &result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => {
+                failed += 1;
+                format!(
+                    "FAILED: {}",
+                    e.to_string().lines().next().unwrap_or_default()
+                )
+            }
+        };
+        run_rows.push(vec![name.to_string(), format!("{secs:.2}"), status]);
+    }
+    out.push_str(&table(
+        &["kernels", "seconds (incl. build)", "result"],
+        &run_rows,
+    ));
+    let _ = writeln!(
+        out,
+        "\nThe six research pipelines join this demo as they land."
     );
     if failed > 0 {
         return Err(CliError {

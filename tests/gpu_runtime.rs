@@ -4,11 +4,12 @@
 
 mod common;
 
-use common::{device, unavailable, Rng};
+use common::{device, unavailable};
 use half::bf16;
 use kiln::codegen::Dtype;
 use kiln::corpus::{basics, memory};
 use kiln::runtime::{LaunchConfig, RuntimeError};
+use kiln::verify::Rng;
 
 fn launch_error(r: Result<(), RuntimeError>) -> String {
     match r {
@@ -165,4 +166,71 @@ fn warm_load_from_the_disk_cache_is_under_10_ms() {
     assert_eq!(image.source, kiln::runtime::cache::CacheSource::Disk);
     assert!(warm_ms < 10.0, "warm load took {warm_ms:.2} ms");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn pinned_memory_that_is_not_mapped_is_refused_by_kernels() {
+    let Some(dev) = device() else { return };
+    let k = basics::vector_add::spec()
+        .t(Dtype::F32)
+        .build(&dev)
+        .unwrap();
+    let mut pinned = dev.pinned::<f32>(64).unwrap();
+    pinned.fill(1.0);
+    let x = dev.upload(&[1.0f32; 64]).unwrap();
+    let reason = launch_error(basics::vector_add::launch(
+        &k,
+        &LaunchConfig::linear(1, 64),
+        &pinned,
+        &x,
+        &mut dev.zeros::<f32>(64).unwrap(),
+        64,
+    ));
+    assert!(reason.contains("Device::mapped"), "{reason}");
+    // but it is a fast source for copies
+    let mut d = dev.zeros::<f32>(64).unwrap();
+    dev.write(&mut d, &pinned).unwrap();
+    assert_eq!(dev.download(&d).unwrap(), vec![1.0f32; 64]);
+}
+
+#[test]
+fn dynamic_shared_memory_above_48_kib_is_opted_in() {
+    let Some(dev) = device() else { return };
+    let k = memory::reverse_chunks::spec().build(&dev).unwrap();
+    let n = 256 * 8usize;
+    let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut out = dev.zeros::<f32>(n).unwrap();
+    let cfg = LaunchConfig::for_elements(n as u32, 256).with_dyn_shared(96 * 1024);
+    match memory::reverse_chunks::launch(&k, &cfg, &dev.upload(&x).unwrap(), &mut out, n as u32) {
+        Err(e) if unavailable(&e) => return println!("SKIPPED: {e}"),
+        r => r.unwrap(),
+    }
+    let got = dev.download(&out).unwrap();
+    assert_eq!(got[0], 255.0);
+    let too_much = LaunchConfig::for_elements(n as u32, 256).with_dyn_shared(4 << 20);
+    assert!(memory::reverse_chunks::launch(
+        &k,
+        &too_much,
+        &dev.upload(&x).unwrap(),
+        &mut out,
+        n as u32
+    )
+    .is_err());
+}
+
+#[test]
+fn fast_math_is_used_only_when_asked() {
+    let Some(dev) = device() else { return };
+    if !dev.is_gpu() {
+        return println!("SKIPPED: compile options matter on a GPU");
+    }
+    let spec = kiln::corpus::reductions::row_softmax::spec().t(Dtype::F32);
+    let precise = spec.build(&dev).unwrap();
+    let fast = kiln::runtime::Kernel::build_with(
+        &spec,
+        &dev,
+        &kiln::runtime::cache::JitOptions { fast_math: true },
+    )
+    .unwrap();
+    assert_ne!(precise.image.unwrap().key, fast.image.unwrap().key);
 }

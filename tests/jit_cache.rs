@@ -2,7 +2,9 @@
 //! truncated entries, and concurrent writers that never leave a broken entry.
 
 use kiln::codegen::{cuda, spec, Arch, Bindings};
-use kiln::runtime::cache::{clear_memory_cache, compile_cached_in, CacheSource};
+use kiln::runtime::cache::{clear_memory_cache, compile_cached_in, CacheSource, JitOptions};
+
+const JIT: JitOptions = JitOptions { fast_math: false };
 
 fn module(tile: i128) -> kiln::codegen::CudaModule {
     let def = kiln::codegen::find_kernel("transpose").unwrap();
@@ -29,16 +31,16 @@ fn memory_disk_and_corruption() {
     };
     let dir = temp_dir("basic");
     let m = module(17);
-    let first = compile_cached_in(&m, Arch::SM90, Some(&dir)).unwrap();
+    let first = compile_cached_in(&m, Arch::SM90, &JIT, Some(&dir)).unwrap();
     assert_eq!(first.source, CacheSource::Compiled);
     assert_eq!(
-        compile_cached_in(&m, Arch::SM90, Some(&dir))
+        compile_cached_in(&m, Arch::SM90, &JIT, Some(&dir))
             .unwrap()
             .source,
         CacheSource::Memory
     );
     clear_memory_cache();
-    let disk = compile_cached_in(&m, Arch::SM90, Some(&dir)).unwrap();
+    let disk = compile_cached_in(&m, Arch::SM90, &JIT, Some(&dir)).unwrap();
     assert_eq!(disk.source, CacheSource::Disk);
     assert_eq!(disk.cubin, first.cubin);
     println!(
@@ -52,7 +54,7 @@ fn memory_disk_and_corruption() {
     std::fs::write(&entry, &bytes[..bytes.len() / 2]).unwrap();
     clear_memory_cache();
     assert_eq!(
-        compile_cached_in(&m, Arch::SM90, Some(&dir))
+        compile_cached_in(&m, Arch::SM90, &JIT, Some(&dir))
             .unwrap()
             .source,
         CacheSource::Compiled
@@ -64,14 +66,23 @@ fn memory_disk_and_corruption() {
     std::fs::write(&entry, &bytes).unwrap();
     clear_memory_cache();
     assert_eq!(
-        compile_cached_in(&m, Arch::SM90, Some(&dir))
+        compile_cached_in(&m, Arch::SM90, &JIT, Some(&dir))
             .unwrap()
             .source,
         CacheSource::Compiled
     );
-    // the key depends on the architecture
+    // the key depends on the options and the architecture
+    let fast = JitOptions { fast_math: true };
     assert_ne!(
-        compile_cached_in(&m, Arch::SM80, Some(&dir)).unwrap().key,
+        compile_cached_in(&m, Arch::SM90, &fast, Some(&dir))
+            .unwrap()
+            .key,
+        first.key
+    );
+    assert_ne!(
+        compile_cached_in(&m, Arch::SM80, &JIT, Some(&dir))
+            .unwrap()
+            .key,
         first.key
     );
     let _ = std::fs::remove_dir_all(dir);
@@ -86,11 +97,11 @@ fn concurrent_writers_leave_a_valid_entry() {
     let m = module(29);
     std::thread::scope(|s| {
         for _ in 0..4 {
-            s.spawn(|| compile_cached_in(&m, Arch::SM90, Some(&dir)).unwrap());
+            s.spawn(|| compile_cached_in(&m, Arch::SM90, &JIT, Some(&dir)).unwrap());
         }
     });
     clear_memory_cache();
-    let hit = compile_cached_in(&m, Arch::SM90, Some(&dir)).unwrap();
+    let hit = compile_cached_in(&m, Arch::SM90, &JIT, Some(&dir)).unwrap();
     assert_eq!(hit.source, CacheSource::Disk);
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

@@ -117,10 +117,18 @@ fn write_entry(dir: &Path, path: &Path, payload: &[u8]) {
     }
 }
 
+/// How kernels are compiled, beyond the architecture.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct JitOptions {
+    /// `--use_fast_math`: approximate transcendentals and flushed denormals. Off unless asked.
+    pub fast_math: bool,
+}
+
 /// The NVRTC options Kiln compiles kernels with.
-pub fn kernel_options(arch: Arch) -> CompileOptions {
+pub fn kernel_options(arch: Arch, jit: &JitOptions) -> CompileOptions {
     CompileOptions {
         cubin: true,
+        fast_math: jit.fast_math,
         ..CompileOptions::for_arch(arch.sm_name())
     }
 }
@@ -129,10 +137,11 @@ pub fn kernel_options(arch: Arch) -> CompileOptions {
 pub fn compile_cached_in(
     module: &CudaModule,
     arch: Arch,
+    jit: &JitOptions,
     dir: Option<&Path>,
 ) -> Result<CachedImage, RuntimeError> {
     let start = Instant::now();
-    let opts = kernel_options(arch);
+    let opts = kernel_options(arch, jit);
     let (major, minor) = nvrtc_version()?;
     let args = opts.nvrtc_args()?.join(" ");
     let version = format!("nvrtc {major}.{minor}");
@@ -184,8 +193,12 @@ pub fn compile_cached_in(
 }
 
 /// [`compile_cached_in`] with the default cache folder ([`cache_dir`]).
-pub fn compile_cached(module: &CudaModule, arch: Arch) -> Result<CachedImage, RuntimeError> {
-    compile_cached_in(module, arch, cache_dir().as_deref())
+pub fn compile_cached(
+    module: &CudaModule,
+    arch: Arch,
+    jit: &JitOptions,
+) -> Result<CachedImage, RuntimeError> {
+    compile_cached_in(module, arch, jit, cache_dir().as_deref())
 }
 
 /// Forgets the in-memory cache (for measuring disk hits).

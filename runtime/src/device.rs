@@ -7,8 +7,9 @@ use cudarc::driver::{sys, CudaContext, CudaStream};
 use kiln_codegen::Arch;
 
 use crate::error::{driver, RuntimeError};
+use crate::host_memory::{MappedBuffer, PinnedBuffer};
 use crate::locate::locate_cuda_driver;
-use crate::memory::{DeviceBuffer, Element, MappedBuffer};
+use crate::memory::{DeviceBuffer, Element};
 
 /// Environment variable: `1` makes [`Device::from_env`] fail instead of falling back to the
 /// emulator when no GPU is usable (so a GPU test can never pass by skipping it).
@@ -224,8 +225,17 @@ impl Device {
     /// `n` zeroed elements of mapped pinned host memory (zero-copy from kernels).
     pub fn mapped<T: Element>(&self, n: usize) -> Result<MappedBuffer<T>, RuntimeError> {
         match &*self.inner {
-            Backend::Gpu(g) => MappedBuffer::alloc_cuda(&g.ctx, n),
-            Backend::Emulator => Ok(MappedBuffer::emulated(n)),
+            Backend::Gpu(g) => PinnedBuffer::alloc_cuda(&g.ctx, n, true),
+            Backend::Emulator => Ok(PinnedBuffer::emulated(n, true)),
+        }
+    }
+
+    /// `n` zeroed elements of pinned (page-locked) host memory: fast copies to and from the
+    /// device with `write`/`download`, but not readable by kernels (see [`Device::mapped`]).
+    pub fn pinned<T: Element>(&self, n: usize) -> Result<PinnedBuffer<T>, RuntimeError> {
+        match &*self.inner {
+            Backend::Gpu(g) => PinnedBuffer::alloc_cuda(&g.ctx, n, false),
+            Backend::Emulator => Ok(PinnedBuffer::emulated(n, false)),
         }
     }
 

@@ -9,7 +9,7 @@ use kiln_codegen::ir::{walk_stmts, StmtKind};
 use kiln_codegen::types::{Scalar, Ty};
 use kiln_codegen::{CudaModule, Program, SpecBuilder};
 
-use crate::cache::{compile_cached, CachedImage};
+use crate::cache::{compile_cached, CachedImage, JitOptions};
 use crate::device::{Backend, Device};
 use crate::error::{driver, RuntimeError};
 use crate::launch::LaunchConfig;
@@ -50,6 +50,15 @@ impl Build for SpecBuilder {
 impl Kernel {
     /// Specialises `spec` for `device`, compiles it and loads it.
     pub fn build(spec: &SpecBuilder, device: &Device) -> Result<Kernel, RuntimeError> {
+        Kernel::build_with(spec, device, &JitOptions::default())
+    }
+
+    /// [`Kernel::build`] with compile options (e.g. fast math).
+    pub fn build_with(
+        spec: &SpecBuilder,
+        device: &Device,
+        jit: &JitOptions,
+    ) -> Result<Kernel, RuntimeError> {
         let program = spec.program(device.arch())?;
         let cuda = kiln_codegen::cuda::print(&program);
         let mut uses_dyn_shared = false;
@@ -58,7 +67,7 @@ impl Kernel {
         });
         let (image, function) = match device.backend() {
             Backend::Gpu(g) => {
-                let image = compile_cached(&cuda, g.arch)?;
+                let image = compile_cached(&cuda, g.arch, jit)?;
                 let module = g
                     .ctx
                     .load_module(cudarc::nvrtc::Ptx::from_binary(
@@ -190,6 +199,9 @@ impl Kernel {
                         s.rust_name()
                     )));
                 }
+                (_, KernelArg::Invalid(why)) => {
+                    return Err(self.reject(format!("argument `{}`: {why}", p.name)))
+                }
                 _ => {
                     return Err(self.reject(format!(
                         "argument `{}` is not of the parameter's kind ({:?})",
@@ -246,6 +258,7 @@ impl Kernel {
                     )
                 }
                 KernelArg::Scalar(v) => slots.push(scalar_slot(v.ty, v.bits)),
+                KernelArg::Invalid(why) => return Err(self.reject(why.clone())),
             }
         }
         let mut ptrs: Vec<*mut std::ffi::c_void> = slots

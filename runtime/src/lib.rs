@@ -21,6 +21,7 @@ pub mod cache;
 pub mod device;
 pub mod emu;
 mod emu_launch;
+pub mod host_memory;
 pub mod jit;
 pub mod kernel;
 pub mod launch;
@@ -28,11 +29,12 @@ pub mod memory;
 pub mod timing;
 
 pub use device::{Device, REQUIRE_GPU_ENV};
+pub use host_memory::{MappedBuffer, PinnedBuffer};
 pub use jit::{compile_module, CompiledModule};
 pub use kernel::{Build, Kernel};
 pub use kiln_codegen;
 pub use launch::{KernelScalar, LaunchConfig, ScalarValue};
-pub use memory::{AsKernelSlice, AsKernelSliceMut, DeviceBuffer, Element, KernelArg, MappedBuffer};
+pub use memory::{AsKernelSlice, AsKernelSliceMut, DeviceBuffer, Element, KernelArg};
 pub use timing::{time, Timing};
 
 /// What kernel authors import (through the `kiln` facade, or directly in workspace crates).

@@ -206,3 +206,21 @@ fn no_roots_at_all_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn nvrtc_errors_name_the_rust_line() {
+    let Some(_) = nvrtc_or_skip() else { return };
+    let module = kiln_codegen::CudaModule {
+        source: "extern \"C\" __global__ void k(float* x) {\n    x[0] = undefined_name;\n}\n"
+            .into(),
+        entry: "k".into(),
+        line_map: vec![(1, 10), (2, 12)],
+        rust_file: "src/kernels.rs".into(),
+    };
+    let err = kiln_runtime::compile_module(&module, kiln_codegen::Arch::SM90).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("undefined_name") && text.contains("[at src/kernels.rs:12]"),
+        "{text}"
+    );
+}

@@ -9,3 +9,4 @@ pub mod basics;
 pub mod memory;
 pub mod reductions;
 pub mod sorting;
+pub mod verify;

@@ -1,0 +1,96 @@
+//! Tools for checking kernels against references: seeded random inputs, relative norm
+//! error, and the error a failed check returns.
+
+use kiln_runtime::RuntimeError;
+
+/// Why a check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The kernel could not be built or launched.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The kernel ran but its output differs from the reference.
+    #[error("output differs from the reference: {0}")]
+    Mismatch(String),
+}
+
+/// Fails the check with a message unless the condition holds.
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err($crate::verify::VerifyError::Mismatch(format!($($msg)+)));
+        }
+    };
+    ($cond:expr) => {
+        if !$cond {
+            return Err($crate::verify::VerifyError::Mismatch(stringify!($cond).to_string()));
+        }
+    };
+}
+
+/// Fails the check unless the two values are equal, showing both.
+macro_rules! ensure_eq {
+    ($a:expr, $b:expr, $($msg:tt)+) => {{
+        let (a, b) = (&$a, &$b);
+        if a != b {
+            return Err($crate::verify::VerifyError::Mismatch(format!("{}: {:?} != {:?}", format!($($msg)+), a, b)));
+        }
+    }};
+    ($a:expr, $b:expr) => {{
+        let (a, b) = (&$a, &$b);
+        if a != b {
+            return Err($crate::verify::VerifyError::Mismatch(format!("{:?} != {:?}", a, b)));
+        }
+    }};
+}
+
+pub(crate) use {ensure, ensure_eq};
+
+/// SplitMix64: small, seeded, good enough for test data.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// 32 random bits.
+    pub fn u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// `n` values uniform in [-1, 1).
+    pub fn f32s(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+
+    /// `n` random u32.
+    pub fn u32s(&mut self, n: usize) -> Vec<u32> {
+        (0..n).map(|_| self.u32()).collect()
+    }
+}
+
+/// ‖got − want‖ / ‖want‖ in f64; a NaN anywhere, or different lengths, give infinity.
+pub fn rel_err(got: &[f64], want: &[f64]) -> f64 {
+    if got.len() != want.len() || got.iter().any(|v| v.is_nan()) {
+        return f64::INFINITY;
+    }
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
