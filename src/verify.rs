@@ -1,7 +1,8 @@
 //! Tools for checking kernels against references: seeded random inputs, relative norm
 //! error, and the error a failed check returns.
 
-use kiln_runtime::RuntimeError;
+use kiln_codegen::Dtype;
+use kiln_runtime::{Element, RuntimeError};
 
 /// Why a check failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,4 +94,49 @@ pub fn rel_err(got: &[f64], want: &[f64]) -> f64 {
     let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
     let den: f64 = want.iter().map(|b| b * b).sum();
     (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// The float element types a check runs in, with their conversions.
+pub trait Real: Element + PartialEq + std::fmt::Debug {
+    /// The dtype a `T: Float` parameter is bound to for this type.
+    const DTYPE: Dtype;
+    /// A NaN, for poisoning outputs.
+    const NAN: Self;
+    /// Rounds an f32 to this type (to nearest even).
+    fn from_f32(v: f32) -> Self;
+    /// The value as f32 (exact).
+    fn to_f32(self) -> f32;
+}
+
+impl Real for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+    const NAN: f32 = f32::NAN;
+    fn from_f32(v: f32) -> f32 {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Real for half::bf16 {
+    const DTYPE: Dtype = Dtype::Bf16;
+    const NAN: half::bf16 = half::bf16::NAN;
+    fn from_f32(v: f32) -> half::bf16 {
+        half::bf16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
+
+impl Real for half::f16 {
+    const DTYPE: Dtype = Dtype::F16;
+    const NAN: half::f16 = half::f16::NAN;
+    fn from_f32(v: f32) -> half::f16 {
+        half::f16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
 }

@@ -303,15 +303,7 @@ fn error(def: &FnDef, line: u32, message: String, hint: Option<String>) -> SpecE
 }
 
 fn check_range(def: &FnDef, line: u32, name: &str, ty: Scalar, v: i128) -> Result<(), SpecError> {
-    let (lo, hi): (i128, i128) = match ty {
-        Scalar::Bool => (0, 1),
-        Scalar::U8 => (0, u8::MAX as i128),
-        Scalar::U16 => (0, u16::MAX as i128),
-        Scalar::U32 => (0, u32::MAX as i128),
-        Scalar::U64 => (0, u64::MAX as i128),
-        Scalar::I32 => (i32::MIN as i128, i32::MAX as i128),
-        _ => (i64::MIN as i128, i64::MAX as i128),
-    };
+    let (lo, hi) = ty.int_range();
     if v < lo || v > hi {
         return Err(error(
             def,

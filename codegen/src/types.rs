@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// A scalar element type. `Param(i)` is the i-th generic parameter of the function
 /// (an element type `T: Float`), which specialisation replaces by a concrete type.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 pub enum Scalar {
     Bool,
     U8,
@@ -91,6 +91,19 @@ impl Scalar {
             Scalar::U64 | Scalar::I64 | Scalar::F64 => 8,
             Scalar::Param(_) => return None,
         })
+    }
+
+    /// The values an integer (or bool, as 0..=1) type holds, as an inclusive range.
+    pub fn int_range(self) -> (i128, i128) {
+        match self {
+            Scalar::Bool => (0, 1),
+            Scalar::U8 => (0, u8::MAX as i128),
+            Scalar::U16 => (0, u16::MAX as i128),
+            Scalar::U32 => (0, u32::MAX as i128),
+            Scalar::U64 => (0, u64::MAX as i128),
+            Scalar::I32 => (i32::MIN as i128, i32::MAX as i128),
+            _ => (i64::MIN as i128, i64::MAX as i128),
+        }
     }
 
     /// The unsigned integer type of the same width, for `to_bits`/`from_bits`.

@@ -8,87 +8,40 @@ use kiln_codegen::Dtype;
 use kiln_runtime::{Device, LaunchConfig};
 
 use super::{bandwidth, basics, memory, reductions, sorting};
-use crate::verify::{ensure, ensure_eq, rel_err, Rng, VerifyError};
+use crate::verify::{ensure, ensure_eq, rel_err, Real, Rng, VerifyError};
 
 const POISON_F32: f32 = f32::NAN;
 
-/// vector_add: the kernel against its reference.
+/// vector_add: the kernel against its reference, for f32, bf16 and f16. The kernel adds in
+/// f32 and rounds once, so every element must equal the reference exactly.
 pub fn vector_add_all_dtypes(dev: &Device) -> Result<(), VerifyError> {
+    vector_add_as::<f32>(dev)?;
+    vector_add_as::<bf16>(dev)?;
+    vector_add_as::<f16>(dev)
+}
+
+fn vector_add_as<T: Real>(dev: &Device) -> Result<(), VerifyError> {
     let n = 100_003usize;
     let mut rng = Rng::new(1);
-    let (a, b) = (rng.f32s(n), rng.f32s(n));
-    for dtype in [Dtype::F32, Dtype::Bf16, Dtype::F16] {
-        let k = basics::vector_add::spec().t(dtype).build(dev)?;
-        let cfg = LaunchConfig::for_elements(n as u32, 256);
-        let got: Vec<f64> = match dtype {
-            Dtype::F32 => {
-                let (da, db) = (dev.upload(&a)?, dev.upload(&b)?);
-                let mut out = dev.upload(&vec![POISON_F32; n])?;
-                basics::vector_add::launch(&k, &cfg, &da, &db, &mut out, n as u32)?;
-                let got = dev.download(&out)?;
-                for i in 0..n {
-                    ensure_eq!(got[i], a[i] + b[i], "f32 element {i}");
-                }
-                continue;
-            }
-            Dtype::Bf16 => {
-                let (ha, hb): (Vec<bf16>, Vec<bf16>) = (
-                    a.iter().map(|v| bf16::from_f32(*v)).collect(),
-                    b.iter().map(|v| bf16::from_f32(*v)).collect(),
-                );
-                let mut out = dev.upload(&vec![bf16::NAN; n])?;
-                basics::vector_add::launch(
-                    &k,
-                    &cfg,
-                    &dev.upload(&ha)?,
-                    &dev.upload(&hb)?,
-                    &mut out,
-                    n as u32,
-                )?;
-                let got = dev.download(&out)?;
-                for i in 0..n {
-                    ensure_eq!(
-                        got[i],
-                        bf16::from_f32(ha[i].to_f32() + hb[i].to_f32()),
-                        "bf16 element {i}"
-                    );
-                }
-                got.iter().map(|v| v.to_f64()).collect()
-            }
-            _ => {
-                let (ha, hb): (Vec<f16>, Vec<f16>) = (
-                    a.iter().map(|v| f16::from_f32(*v)).collect(),
-                    b.iter().map(|v| f16::from_f32(*v)).collect(),
-                );
-                let mut out = dev.upload(&vec![f16::NAN; n])?;
-                basics::vector_add::launch(
-                    &k,
-                    &cfg,
-                    &dev.upload(&ha)?,
-                    &dev.upload(&hb)?,
-                    &mut out,
-                    n as u32,
-                )?;
-                let got = dev.download(&out)?;
-                for i in 0..n {
-                    ensure_eq!(
-                        got[i],
-                        f16::from_f32(ha[i].to_f32() + hb[i].to_f32()),
-                        "f16 element {i}"
-                    );
-                }
-                got.iter().map(|v| v.to_f64()).collect()
-            }
-        };
-        let want: Vec<f64> = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| *x as f64 + *y as f64)
-            .collect();
-        ensure!(
-            rel_err(&got, &want) < 1e-2,
-            "{dtype}: {}",
-            rel_err(&got, &want)
+    let a: Vec<T> = rng.f32s(n).into_iter().map(T::from_f32).collect();
+    let b: Vec<T> = rng.f32s(n).into_iter().map(T::from_f32).collect();
+    let k = basics::vector_add::spec().t(T::DTYPE).build(dev)?;
+    let mut out = dev.upload(&vec![T::NAN; n])?;
+    basics::vector_add::launch(
+        &k,
+        &LaunchConfig::for_elements(n as u32, 256),
+        &dev.upload(&a)?,
+        &dev.upload(&b)?,
+        &mut out,
+        n as u32,
+    )?;
+    let got = dev.download(&out)?;
+    for i in 0..n {
+        ensure_eq!(
+            got[i],
+            T::from_f32(a[i].to_f32() + b[i].to_f32()),
+            "{} element {i}",
+            T::DTYPE
         );
     }
     Ok(())
@@ -143,42 +96,35 @@ pub fn hamming_scores_match(dev: &Device) -> Result<(), VerifyError> {
     Ok(())
 }
 
-/// vec_scale: the kernel against its reference.
+/// vec_scale: 16-byte vector loads and stores plus the scalar tail, f32 and bf16.
 pub fn vec_scale_with_tail(dev: &Device) -> Result<(), VerifyError> {
+    vec_scale_as::<f32>(dev)?;
+    vec_scale_as::<bf16>(dev)
+}
+
+fn vec_scale_as<T: Real>(dev: &Device) -> Result<(), VerifyError> {
     let n = 10_007usize;
+    let lanes = 16 / std::mem::size_of::<T>() as u32;
     let mut rng = Rng::new(4);
-    let x = rng.f32s(n);
-    let k = basics::vec_scale::spec().t(Dtype::F32).build(dev)?;
-    let mut out = dev.upload(&vec![POISON_F32; n])?;
+    let x: Vec<T> = rng.f32s(n).into_iter().map(T::from_f32).collect();
+    let k = basics::vec_scale::spec().t(T::DTYPE).build(dev)?;
+    let mut out = dev.upload(&vec![T::NAN; n])?;
+    let cfg = LaunchConfig::for_elements((n as u32).div_ceil(lanes), 128);
     basics::vec_scale::launch(
         &k,
-        &LaunchConfig::for_elements((n as u32).div_ceil(4), 128),
+        &cfg,
         &dev.upload(&x)?,
         &mut out,
-        1.5f32,
-        n as u32,
-    )?;
-    let got = dev.download(&out)?;
-    for i in 0..n {
-        ensure_eq!(got[i], x[i] * 1.5, "element {i}");
-    }
-    let xb: Vec<bf16> = x.iter().map(|v| bf16::from_f32(*v)).collect();
-    let k = basics::vec_scale::spec().t(Dtype::Bf16).build(dev)?;
-    let mut out = dev.upload(&vec![bf16::NAN; n])?;
-    basics::vec_scale::launch(
-        &k,
-        &LaunchConfig::for_elements((n as u32).div_ceil(8), 128),
-        &dev.upload(&xb)?,
-        &mut out,
-        bf16::from_f32(1.5),
+        T::from_f32(1.5),
         n as u32,
     )?;
     let got = dev.download(&out)?;
     for i in 0..n {
         ensure_eq!(
             got[i],
-            bf16::from_f32(xb[i].to_f32() * 1.5),
-            "bf16 element {i}"
+            T::from_f32(x[i].to_f32() * 1.5),
+            "{} element {i}",
+            T::DTYPE
         );
     }
     Ok(())

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use crate::ir::{walk_stmts, Expr, ExprKind, FnKind, Function, Intrinsic, Stmt, StmtKind};
 use crate::spec::Program;
 use crate::types::{Len, Scalar, Space, Ty};
-use prelude::{Section, VecElem};
+use prelude::Section;
 
 /// Generated CUDA for one specialisation.
 #[derive(Clone, Debug, PartialEq)]
@@ -173,9 +173,7 @@ impl Printer<'_> {
                             note_scalar(sc, &mut used);
                         }
                         if let Ty::Vector { elem } = &x.ty {
-                            if let Some(v) = VecElem::of(*elem) {
-                                used.insert(Section::Vector(v));
-                            }
+                            used.insert(Section::Vector(*elem));
                         }
                         if let ExprKind::Cast(inner) = &x.kind {
                             let from_float = inner.ty.scalar().is_some_and(Scalar::is_float);
@@ -205,11 +203,9 @@ impl Printer<'_> {
                                 | Intrinsic::CpAsyncCommit
                                 | Intrinsic::CpAsyncWait
                                 | Intrinsic::CpAsyncWaitAll => Some(Section::CpAsync),
-                                Intrinsic::VStore => args
-                                    .get(2)
-                                    .and_then(|v| v.ty.elem())
-                                    .and_then(VecElem::of)
-                                    .map(Section::Vector),
+                                Intrinsic::VStore => {
+                                    args.get(2).and_then(|v| v.ty.elem()).map(Section::Vector)
+                                }
                                 _ => None,
                             };
                             if let Some(sec) = section {

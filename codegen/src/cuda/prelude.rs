@@ -18,56 +18,8 @@ pub enum Section {
     FloatToInt,
     CpAsync,
     DynShared,
-    Vector(VecElem),
-}
-
-/// Element types of the 16-byte vector structs.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-pub enum VecElem {
-    U8,
-    U16,
-    U32,
-    U64,
-    I32,
-    I64,
-    F16,
-    Bf16,
-    F32,
-    F64,
-}
-
-impl VecElem {
-    /// The vector element kind for a scalar (`None` for bool and type parameters).
-    pub fn of(s: Scalar) -> Option<VecElem> {
-        Some(match s {
-            Scalar::U8 => VecElem::U8,
-            Scalar::U16 => VecElem::U16,
-            Scalar::U32 => VecElem::U32,
-            Scalar::U64 => VecElem::U64,
-            Scalar::I32 => VecElem::I32,
-            Scalar::I64 => VecElem::I64,
-            Scalar::F16 => VecElem::F16,
-            Scalar::Bf16 => VecElem::Bf16,
-            Scalar::F32 => VecElem::F32,
-            Scalar::F64 => VecElem::F64,
-            Scalar::Bool | Scalar::Param(_) => return None,
-        })
-    }
-
-    fn scalar(self) -> Scalar {
-        match self {
-            VecElem::U8 => Scalar::U8,
-            VecElem::U16 => Scalar::U16,
-            VecElem::U32 => Scalar::U32,
-            VecElem::U64 => Scalar::U64,
-            VecElem::I32 => Scalar::I32,
-            VecElem::I64 => Scalar::I64,
-            VecElem::F16 => Scalar::F16,
-            VecElem::Bf16 => Scalar::Bf16,
-            VecElem::F32 => Scalar::F32,
-            VecElem::F64 => Scalar::F64,
-        }
-    }
+    /// The 16-byte vector struct of an element type.
+    Vector(Scalar),
 }
 
 /// The CUDA name of a vector struct.
@@ -143,8 +95,7 @@ fn half_section(name: &str) -> String {
         .replace("kiln_f16", &format!("kiln_{name}"))
 }
 
-fn vector_section(e: VecElem, c_type: &str) -> String {
-    let s = e.scalar();
+fn vector_section(s: Scalar, c_type: &str) -> String {
     let lanes = 16 / s.size_bytes().expect("concrete");
     let name = vector_type(s);
     format!(
@@ -168,7 +119,7 @@ pub fn prelude(used: &BTreeSet<Section>, c_type: &dyn Fn(Scalar) -> String) -> S
             Section::FloatToInt => out.push_str(FLOAT_TO_INT),
             Section::CpAsync => out.push_str(CP_ASYNC),
             Section::DynShared => out.push_str(DYN_SHARED),
-            Section::Vector(e) => out.push_str(&vector_section(*e, &c_type(e.scalar()))),
+            Section::Vector(e) => out.push_str(&vector_section(*e, &c_type(*e))),
         }
     }
     out

@@ -193,14 +193,7 @@ impl Checker {
                 let magnitude: u128 = i
                     .base10_parse::<u128>()
                     .map_err(|_| Diagnostic::new(i.span(), "integer literal is too large"))?;
-                let (min, max): (i128, i128) = match ty {
-                    Scalar::U8 => (0, u8::MAX as i128),
-                    Scalar::U16 => (0, u16::MAX as i128),
-                    Scalar::U32 => (0, u32::MAX as i128),
-                    Scalar::U64 => (0, u64::MAX as i128),
-                    Scalar::I32 => (i32::MIN as i128, i32::MAX as i128),
-                    _ => (i64::MIN as i128, i64::MAX as i128),
-                };
+                let (min, max) = ty.int_range();
                 let value: i128 = if negative {
                     -(magnitude as i128)
                 } else {
