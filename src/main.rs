@@ -37,6 +37,38 @@ enum Command {
         #[arg(long = "arch", default_values = ["sm_80", "sm_90"])]
         arches: Vec<String>,
     },
+    /// Launch a kernel on random inputs (GPU, or the CPU emulator with its checks).
+    Run {
+        /// Kernel name (or module::name when ambiguous).
+        kernel: String,
+        /// A comptime value, NAME=VALUE (repeatable).
+        #[arg(long = "const", value_name = "NAME=VALUE")]
+        consts: Vec<String>,
+        /// The element type bound to the kernel's `T: Float` parameter(s).
+        #[arg(long)]
+        dtype: Option<String>,
+        /// Run on the CPU emulator (bounds, race and divergence checks on) even with a GPU.
+        #[arg(long)]
+        emulate: bool,
+        /// Elements in each slice argument.
+        #[arg(long, default_value_t = 4096)]
+        len: u32,
+        /// Blocks in the grid.
+        #[arg(long, default_value_t = 16)]
+        grid: u32,
+        /// Threads per block.
+        #[arg(long, default_value_t = 256)]
+        block: u32,
+        /// Bytes of dynamic shared memory per block.
+        #[arg(long, default_value_t = 0)]
+        dyn_shared: u32,
+        /// A scalar argument, NAME=VALUE (repeatable); unset integers get --len, floats 1.0.
+        #[arg(long = "arg", value_name = "NAME=VALUE")]
+        args: Vec<String>,
+        /// Seed of the random inputs.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// The main job: run Kiln end to end on this machine and print what it did.
     Demo {
         /// Target architecture when no GPU is present.
@@ -57,6 +89,29 @@ fn main() {
         } => kiln::cli::emit(&kernel, &consts, dtype.as_deref(), &arch),
         Command::Check { arches } => kiln::cli::check(&arches),
         Command::Demo { arch } => kiln::demo::run(&arch),
+        Command::Run {
+            kernel,
+            consts,
+            dtype,
+            emulate,
+            len,
+            grid,
+            block,
+            dyn_shared,
+            args,
+            seed,
+        } => kiln::runner::run(&kiln::runner::RunRequest {
+            kernel: &kernel,
+            consts: &consts,
+            dtype: dtype.as_deref(),
+            emulate,
+            len,
+            grid,
+            block,
+            dyn_shared,
+            args: &args,
+            seed,
+        }),
     };
     match result {
         Ok(text) => print!("{text}"),

@@ -18,12 +18,14 @@ pub enum VerifyError {
 /// Fails the check with a message unless the condition holds.
 macro_rules! ensure {
     ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
+        if $cond {
+        } else {
             return Err($crate::verify::VerifyError::Mismatch(format!($($msg)+)));
         }
     };
     ($cond:expr) => {
-        if !$cond {
+        if $cond {
+        } else {
             return Err($crate::verify::VerifyError::Mismatch(stringify!($cond).to_string()));
         }
     };

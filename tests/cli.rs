@@ -64,3 +64,58 @@ fn check_without_nvrtc_explains_and_fails() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn run_on_the_emulator_reports_clean_kernels_and_catches_bugs() {
+    let out = kiln()
+        .args([
+            "run",
+            "vector_add",
+            "--dtype",
+            "f32",
+            "--emulate",
+            "--len",
+            "1000",
+            "--grid",
+            "4",
+            "--block",
+            "256",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("CPU emulator") && text.contains("clean"),
+        "{text}"
+    );
+    // n = len but keys need n * WORDS elements: the emulator reports the out-of-bounds read
+    let out = kiln()
+        .args([
+            "run",
+            "hamming_scores",
+            "--const",
+            "WORDS=4",
+            "--emulate",
+            "--len",
+            "1024",
+            "--grid",
+            "4",
+            "--block",
+            "256",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("out-of-bounds")
+            && err.contains("src/corpus/basics.rs")
+            && err.contains("keys"),
+        "{err}"
+    );
+}

@@ -35,8 +35,8 @@ pub fn gpu() -> Option<Device> {
 pub fn report(bench: &str, device: &Device, rows: &[Row]) {
     println!("{bench} on {}", device.name());
     println!(
-        "{:<34} {:>10} {:>10} {:>10}  {}",
-        "measurement", "MiB", "median ms", "GB/s", "ratio"
+        "{:<34} {:>10} {:>10} {:>10}  ratio",
+        "measurement", "MiB", "median ms", "GB/s"
     );
     for r in rows {
         let ratio =

@@ -248,3 +248,28 @@ fn the_grammar_reaches_the_printer() {
         "only {accepted} of 300 generated kernels were accepted"
     );
 }
+
+#[test]
+fn narrow_integer_arithmetic_wraps_in_its_own_type() {
+    let src = "fn k(a: &[u8], out: &mut [u8], flag: &mut [u32]) { out[0] = (a[0] + a[1]) >> 1; flag[0] = (a[0] + a[1] < 100) as u32; for i in 250u8..=255u8 { out[1] = i; } }";
+    let f = check_source(src, FnKind::Kernel).expect("accepted");
+    let def: &'static FnDef = Box::leak(Box::new(FnDef {
+        name: "k",
+        module: "t",
+        file: "t.rs",
+        ir_json: Box::leak(FnDef::encode(&f).into_boxed_str()),
+        deps: &[],
+        examples: &[],
+    }));
+    let cuda =
+        cuda::print(&spec::specialize(def, &Bindings::default(), Arch::SM90).unwrap()).source;
+    assert!(
+        cuda.contains("((unsigned char)(a[0u] + a[1u])) >> 1u"),
+        "{cuda}"
+    );
+    assert!(
+        cuda.contains("(unsigned char)(a[0u] + a[1u]) < (unsigned char)100"),
+        "{cuda}"
+    );
+    assert!(cuda.contains("i_last = i == (unsigned char)255"), "{cuda}");
+}

@@ -33,8 +33,8 @@ pub struct Gpu {
 pub enum Backend {
     /// A CUDA GPU.
     Gpu(Gpu),
-    /// The CPU emulator.
-    Emulator,
+    /// The CPU emulator, with how it schedules and checks.
+    Emulator(crate::emu::EmuOptions),
 }
 
 /// A device: cheap to clone (shared handle).
@@ -93,10 +93,16 @@ impl Device {
         })
     }
 
-    /// The CPU emulator.
+    /// The CPU emulator (deterministic schedule, all checks on).
     pub fn emulator() -> Device {
+        Device::emulator_with(crate::emu::EmuOptions::default())
+    }
+
+    /// The CPU emulator with explicit options (e.g. a shuffled schedule to expose
+    /// order-dependent bugs).
+    pub fn emulator_with(options: crate::emu::EmuOptions) -> Device {
         Device {
-            inner: Arc::new(Backend::Emulator),
+            inner: Arc::new(Backend::Emulator(options)),
         }
     }
 
@@ -140,7 +146,7 @@ impl Device {
     pub fn as_gpu(&self) -> Option<&Gpu> {
         match &*self.inner {
             Backend::Gpu(g) => Some(g),
-            Backend::Emulator => None,
+            Backend::Emulator(_) => None,
         }
     }
 
@@ -153,7 +159,7 @@ impl Device {
     pub fn name(&self) -> String {
         match &*self.inner {
             Backend::Gpu(g) => g.name.clone(),
-            Backend::Emulator => "CPU emulator".into(),
+            Backend::Emulator(_) => "CPU emulator".into(),
         }
     }
 
@@ -161,7 +167,7 @@ impl Device {
     pub fn arch(&self) -> Arch {
         match &*self.inner {
             Backend::Gpu(g) => g.arch,
-            Backend::Emulator => Arch::SM90,
+            Backend::Emulator(_) => Arch::SM90,
         }
     }
 
@@ -173,7 +179,7 @@ impl Device {
                 .alloc_zeros::<T>(n)
                 .map(DeviceBuffer::Cuda)
                 .map_err(driver),
-            Backend::Emulator => Ok(DeviceBuffer::Host(vec![T::default(); n])),
+            Backend::Emulator(_) => Ok(DeviceBuffer::Host(vec![T::default(); n])),
         }
     }
 
@@ -185,7 +191,7 @@ impl Device {
                 .clone_htod(data)
                 .map(DeviceBuffer::Cuda)
                 .map_err(driver),
-            Backend::Emulator => Ok(DeviceBuffer::Host(data.to_vec())),
+            Backend::Emulator(_) => Ok(DeviceBuffer::Host(data.to_vec())),
         }
     }
 
@@ -209,7 +215,7 @@ impl Device {
                 v.copy_from_slice(data);
                 Ok(())
             }
-            (Backend::Emulator, DeviceBuffer::Cuda(_)) => Err(mismatch()),
+            (Backend::Emulator(_), DeviceBuffer::Cuda(_)) => Err(mismatch()),
         }
     }
 
@@ -218,7 +224,7 @@ impl Device {
         match (&*self.inner, buf) {
             (Backend::Gpu(g), DeviceBuffer::Cuda(s)) => g.stream.clone_dtoh(s).map_err(driver),
             (_, DeviceBuffer::Host(v)) => Ok(v.clone()),
-            (Backend::Emulator, DeviceBuffer::Cuda(_)) => Err(mismatch()),
+            (Backend::Emulator(_), DeviceBuffer::Cuda(_)) => Err(mismatch()),
         }
     }
 
@@ -226,7 +232,7 @@ impl Device {
     pub fn mapped<T: Element>(&self, n: usize) -> Result<MappedBuffer<T>, RuntimeError> {
         match &*self.inner {
             Backend::Gpu(g) => PinnedBuffer::alloc_cuda(&g.ctx, n, true),
-            Backend::Emulator => Ok(PinnedBuffer::emulated(n, true)),
+            Backend::Emulator(_) => Ok(PinnedBuffer::emulated(n, true)),
         }
     }
 
@@ -235,7 +241,7 @@ impl Device {
     pub fn pinned<T: Element>(&self, n: usize) -> Result<PinnedBuffer<T>, RuntimeError> {
         match &*self.inner {
             Backend::Gpu(g) => PinnedBuffer::alloc_cuda(&g.ctx, n, false),
-            Backend::Emulator => Ok(PinnedBuffer::emulated(n, false)),
+            Backend::Emulator(_) => Ok(PinnedBuffer::emulated(n, false)),
         }
     }
 
@@ -243,7 +249,7 @@ impl Device {
     pub fn synchronize(&self) -> Result<(), RuntimeError> {
         match &*self.inner {
             Backend::Gpu(g) => g.stream.synchronize().map_err(driver),
-            Backend::Emulator => Ok(()),
+            Backend::Emulator(_) => Ok(()),
         }
     }
 }

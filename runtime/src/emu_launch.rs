@@ -1,18 +1,51 @@
-//! Launching on the CPU emulator (being written; see the emulator issue).
+//! Launching on the CPU emulator: the checked kernel arguments become emulator arguments,
+//! and any check that fires (out-of-bounds access, shared-memory race, barrier divergence,
+//! …) fails the launch with the kernel, Rust line, block and thread.
 
+use crate::emu::{self, EmuArg, EmuOptions};
 use crate::error::RuntimeError;
 use crate::kernel::Kernel;
 use crate::launch::LaunchConfig;
-use crate::memory::KernelArg;
+use crate::memory::{KernelArg, SliceMem};
 
-/// Runs `kernel` on the emulator.
+/// Runs `kernel` on the emulator with `opts`.
 pub fn launch(
     kernel: &Kernel,
-    _cfg: &LaunchConfig,
-    _args: &mut [KernelArg<'_>],
+    cfg: &LaunchConfig,
+    args: &mut [KernelArg<'_>],
+    opts: &EmuOptions,
 ) -> Result<(), RuntimeError> {
-    Err(RuntimeError::Launch {
+    let reject = |reason: String| RuntimeError::Launch {
         kernel: kernel.name().to_string(),
-        reason: "the CPU emulator is not available yet".into(),
-    })
+        reason,
+    };
+    let mut emu_args = Vec::with_capacity(args.len());
+    for a in args.iter_mut() {
+        emu_args.push(match a {
+            KernelArg::Slice {
+                mem: SliceMem::Host(bytes),
+                ..
+            } => EmuArg::Slice(bytes),
+            KernelArg::Slice {
+                mem: SliceMem::HostMut(bytes),
+                ..
+            } => EmuArg::SliceMut(bytes),
+            KernelArg::Slice {
+                mem: SliceMem::Device { .. },
+                ..
+            } => {
+                return Err(reject(
+                    "a GPU buffer was passed to a kernel running on the emulator".into(),
+                ))
+            }
+            KernelArg::Scalar(v) => EmuArg::Scalar(*v),
+            KernelArg::Invalid(why) => return Err(reject(why.clone())),
+        });
+    }
+    let report =
+        emu::run(&kernel.program, cfg, &mut emu_args, opts).map_err(|e| reject(e.to_string()))?;
+    report
+        .into_result()
+        .map(|_| ())
+        .map_err(|e| reject(e.to_string()))
 }

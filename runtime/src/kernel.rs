@@ -77,7 +77,7 @@ impl Kernel {
                 let function = module.load_function(&cuda.entry).map_err(driver)?;
                 (Some(image), Some(function))
             }
-            Backend::Emulator => (None, None),
+            Backend::Emulator(_) => (None, None),
         };
         Ok(Kernel {
             device: device.clone(),
@@ -223,7 +223,7 @@ impl Kernel {
         self.check_args(args)?;
         match self.device.backend() {
             Backend::Gpu(g) => self.launch_gpu(g, cfg, args),
-            Backend::Emulator => crate::emu_launch::launch(self, cfg, args),
+            Backend::Emulator(opts) => crate::emu_launch::launch(self, cfg, args, opts),
         }
     }
 

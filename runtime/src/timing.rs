@@ -81,7 +81,7 @@ pub fn time(
                 samples.push(start.elapsed_ms(&end).map_err(driver)? as f64);
             }
         }
-        Backend::Emulator => {
+        Backend::Emulator(_) => {
             for _ in 0..reps {
                 let t = Instant::now();
                 work()?;

@@ -315,9 +315,9 @@ pub fn reverse_chunks_dynamic_shared(dev: &Device) -> Result<(), VerifyError> {
         n as u32,
     )?;
     let got = dev.download(&out)?;
-    for i in 0..n {
+    for (i, g) in got.iter().enumerate() {
         let (base, t) = (i / 256 * 256, i % 256);
-        ensure_eq!(got[i], x[base + 255 - t], "element {i}");
+        ensure_eq!(*g, x[base + 255 - t], "element {i}");
     }
     Ok(())
 }
@@ -582,8 +582,11 @@ pub fn stream_copy_and_sum(dev: &Device) -> Result<(), VerifyError> {
     Ok(())
 }
 
-/// Every check, by kernel.
-pub const CHECKS: &[(&str, fn(&Device) -> Result<(), VerifyError>)] = &[
+/// A check: runs kernels on a device against their references.
+pub type Check = fn(&Device) -> Result<(), VerifyError>;
+
+/// Every check, by the kernels it covers.
+pub const CHECKS: &[(&str, Check)] = &[
     ("vector_add", vector_add_all_dtypes),
     ("saxpy", saxpy_grid_stride),
     ("hamming_scores", hamming_scores_match),

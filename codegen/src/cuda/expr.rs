@@ -181,7 +181,6 @@ fn binary(op: BinOp, a: &Expr, b: &Expr, ty: &Ty) -> (String, u8) {
             POSTFIX,
         );
     }
-    let _ = ty;
     let p = prec(op);
     let side = |x: &Expr, right: bool| {
         let (t, xp) = printp(x);
@@ -192,10 +191,16 @@ fn binary(op: BinOp, a: &Expr, b: &Expr, ty: &Ty) -> (String, u8) {
             t
         }
     };
-    (
-        format!("{} {} {}", side(a, false), op.c_op(), side(b, true)),
-        p,
-    )
+    let text = format!("{} {} {}", side(a, false), op.c_op(), side(b, true));
+    // C promotes u8/u16 to int; Kiln wraps in the narrow type, as Rust does
+    let narrow = matches!(ty.scalar(), Some(Scalar::U8 | Scalar::U16));
+    if narrow && matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Shl) {
+        return (
+            format!("({})({text})", c_type(ty.scalar().expect("narrow"))),
+            UNARY,
+        );
+    }
+    (text, p)
 }
 
 fn cast(a: &Expr, to: Scalar) -> String {

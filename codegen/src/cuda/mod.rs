@@ -457,17 +457,18 @@ impl Printer<'_> {
                 if *unroll {
                     self.line("#pragma unroll");
                 }
-                let cmp = if *inclusive { "<=" } else { "<" };
                 let inc = match step {
                     Some(st) => format!("{var} += {}", self.e(st)),
                     None => format!("++{var}"),
                 };
-                let head = format!(
-                    "for ({} {var} = {}; {var} {cmp} {}; {inc})",
-                    c_type(*ty),
-                    self.e(start),
-                    self.e(end)
-                );
+                let (t, s, e) = (c_type(*ty), self.e(start), self.e(end));
+                let head = if *inclusive {
+                    // `a..=b` stops after `b` even when `b` is the type's maximum
+                    let last = format!("{var}_last");
+                    format!("for ({t} {var} = {s}, {last} = !({var} <= {e}); !{last}; {last} = {var} == {e}, {inc})")
+                } else {
+                    format!("for ({t} {var} = {s}; {var} < {e}; {inc})")
+                };
                 self.block(&head, body, func);
             }
             StmtKind::While { cond, body } => {

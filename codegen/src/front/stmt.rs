@@ -768,6 +768,13 @@ impl Checker {
             );
         };
         let inclusive = matches!(range.limits, syn::RangeLimits::Closed(_));
+        if inclusive && step_expr.is_some() {
+            return err_hint(
+                range,
+                "`step_by` on an inclusive range is not supported",
+                "use an exclusive range: `(a..b + 1).step_by(s)`",
+            );
+        }
         let (start_ir, end_ir) =
             if untyped_literal(start).is_some() && untyped_literal(end).is_none() {
                 let e = self.expr(end, None)?;

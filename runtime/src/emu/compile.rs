@@ -19,9 +19,7 @@ use kiln_codegen::ir::{
 use kiln_codegen::spec::{eval_len, Program};
 use kiln_codegen::types::{Scalar, Ty};
 
-use super::isa::{
-    Access, Code, Instr, Loc, Origin, Reg, ShflMode, Special, WarpOp, ZERO,
-};
+use super::isa::{Access, Code, Instr, Loc, Origin, Reg, ShflMode, Special, WarpOp, ZERO};
 use super::value::{self, DivKind, MathFn, K};
 
 /// The value a kernel parameter is bound to for this launch.
@@ -40,12 +38,20 @@ const MAX_INLINE_DEPTH: u32 = 64;
 
 type Res<T> = Result<T, String>;
 
+/// (function, array name, line of its declaration) → byte offset of each static shared array.
+type SharedLayout = HashMap<(String, String, u32), u32>;
+
 /// What a name in scope denotes.
 #[derive(Clone, Debug)]
 enum Binding {
-    Scalar { slot: Reg, k: K },
+    Scalar {
+        slot: Reg,
+        k: K,
+    },
     /// A `Dim3` value in three slots (x, y, z).
-    Dim3 { slot: Reg },
+    Dim3 {
+        slot: Reg,
+    },
     /// Anything indexable: slices, shared and register arrays, vectors.
     Array {
         loc: Loc,
@@ -93,8 +99,7 @@ struct Compiler<'p> {
     loops: Vec<LoopLabels>,
     inlined: Option<Inlined>,
     depth: u32,
-    /// (function, array name, line) → byte offset of each static shared array.
-    shared: HashMap<(String, String, u32), u32>,
+    shared: SharedLayout,
     dyn_off: u32,
     dyn_bytes: u32,
     order_sensitive: bool,
@@ -151,13 +156,18 @@ pub(crate) fn compile(program: &Program, args: &[ArgBinding], dyn_bytes: u32) ->
             },
             (Ty::Scalar(s), ArgBinding::Scalar(bits)) => {
                 let slot = c.alloc(1)?;
-                c.emit(Instr::Const { dst: slot, bits: *bits });
-                Binding::Scalar {
-                    slot,
-                    k: kind(*s)?,
-                }
+                c.emit(Instr::Const {
+                    dst: slot,
+                    bits: *bits,
+                });
+                Binding::Scalar { slot, k: kind(*s)? }
             }
-            (ty, _) => return Err(format!("parameter `{}` of type {ty:?} cannot be bound", p.name)),
+            (ty, _) => {
+                return Err(format!(
+                    "parameter `{}` of type {ty:?} cannot be bound",
+                    p.name
+                ))
+            }
         };
         c.bind(&p.cname, binding);
     }
@@ -190,7 +200,7 @@ fn lanes(elem: K) -> u64 {
 }
 
 /// Byte offsets of every static shared array of the kernel and its device functions.
-fn layout_shared(program: &Program) -> Res<(HashMap<(String, String, u32), u32>, u32)> {
+fn layout_shared(program: &Program) -> Res<(SharedLayout, u32)> {
     let mut map = HashMap::new();
     let mut total: u64 = 0;
     let mut problem = None;
@@ -229,10 +239,19 @@ fn eval_dims(program: &Program, f: &Function, dims: &[kiln_codegen::types::Len])
     for d in dims {
         match eval_len(program, &f.name, d) {
             Some(v) if v >= 1 && v <= u32::MAX as i128 => out.push(v as u64),
-            _ => return Err(format!("an array length in `{}` cannot be evaluated", f.name)),
+            _ => {
+                return Err(format!(
+                    "an array length in `{}` cannot be evaluated",
+                    f.name
+                ))
+            }
         }
     }
-    if out.iter().try_fold(1u64, |a, d| a.checked_mul(*d)).is_none_or(|n| n > 1 << 30) {
+    if out
+        .iter()
+        .try_fold(1u64, |a, d| a.checked_mul(*d))
+        .is_none_or(|n| n > 1 << 30)
+    {
         return Err(format!("an array in `{}` is too large", f.name));
     }
     Ok(out)
@@ -304,7 +323,12 @@ impl Compiler<'_> {
             .get(&self.fn_name)
             .and_then(|v| v.iter().find(|(n, _, _)| n == name))
             .map(|(_, _, v)| *v)
-            .ok_or_else(|| format!("no value for comptime parameter `{name}` of `{}`", self.fn_name))
+            .ok_or_else(|| {
+                format!(
+                    "no value for comptime parameter `{name}` of `{}`",
+                    self.fn_name
+                )
+            })
     }
 
     // -----------------------------------------------------------------------------------
@@ -338,7 +362,10 @@ impl Compiler<'_> {
                     return Err(format!("shared `{name}` is not an array"));
                 };
                 let key = (self.fn_name.clone(), name.clone(), s.line);
-                let off = *self.shared.get(&key).ok_or("shared array missing from the layout")?;
+                let off = *self
+                    .shared
+                    .get(&key)
+                    .ok_or("shared array missing from the layout")?;
                 let f = self.current_fn()?;
                 let b = Binding::Array {
                     loc: Loc::Shared(off),
@@ -415,7 +442,16 @@ impl Compiler<'_> {
                 step,
                 body,
                 ..
-            } => self.for_loop(s.line, var, *ty, start, end, *inclusive, step.as_ref(), body)?,
+            } => self.for_loop(
+                s.line,
+                var,
+                *ty,
+                start,
+                end,
+                *inclusive,
+                step.as_ref(),
+                body,
+            )?,
             StmtKind::While { cond, body } => {
                 let top = self.here();
                 let c = self.scalar(cond)?;
@@ -504,7 +540,8 @@ impl Compiler<'_> {
     }
 
     /// `for (T var = start; var < end; var += step)` exactly as printed (the bound and the
-    /// step are evaluated on every iteration, the variable wraps).
+    /// step are evaluated on every iteration, the variable wraps); an inclusive range also
+    /// stops right after its last value.
     #[allow(clippy::too_many_arguments)]
     fn for_loop(
         &mut self,
@@ -542,6 +579,23 @@ impl Compiler<'_> {
         let add = value::binary(BinOp::Add, k).ok_or("`for` over a non-integer")?;
         let result = self.loop_body_with(body, u32::MAX, Some(exit), |c| {
             c.origin.line = line;
+            if inclusive {
+                // `a..=b` stops after `b` even when `b` is the type's maximum (as printed)
+                let e = c.scalar(end)?;
+                let last = c.temp()?;
+                c.emit(Instr::Bin {
+                    f: value::binary(BinOp::Eq, k).ok_or("`for` over a non-integer")?,
+                    dst: last,
+                    a: slot,
+                    b: e,
+                });
+                let j = c.emit(Instr::Branch {
+                    cond: last,
+                    when: true,
+                    to: 0,
+                });
+                c.loops.last_mut().ok_or("loop labels")?.breaks.push(j);
+            }
             let s = match step {
                 Some(st) => c.scalar(st)?,
                 None => {
@@ -595,8 +649,9 @@ impl Compiler<'_> {
             Binding::Dim3 { slot } => self.dim3_into(e, *slot),
             Binding::Array {
                 loc: Loc::Local(slot),
+                dims,
                 ..
-            } => self.vector_into(e, *slot),
+            } => self.vector_into(e, *slot, dims.iter().product()),
             Binding::Array { .. } => Err("only register values can be assigned whole".into()),
         }
     }
@@ -707,8 +762,9 @@ impl Compiler<'_> {
             (ExprKind::Call { callee, args, .. }, _) => self.call(callee, args, None),
             (_, Ty::Scalar(_)) => self.scalar(e).map(|_| ()),
             (_, Ty::Vector { elem }) => {
-                let slots = self.alloc(lanes(kind(*elem)?))?;
-                self.vector_into(e, slots)
+                let n = lanes(kind(*elem)?);
+                let slots = self.alloc(n)?;
+                self.vector_into(e, slots, n)
             }
             _ => Ok(()),
         }
@@ -885,29 +941,39 @@ impl Compiler<'_> {
         }
     }
 
-    fn vector_into(&mut self, e: &Expr, dst: Reg) -> Res<()> {
+    /// Evaluates vector `e` into the `n` slots at `dst` (its lanes must be `n`).
+    fn vector_into(&mut self, e: &Expr, dst: Reg, n: u64) -> Res<()> {
+        let mismatch = |have: u64| format!("a vector of {have} lanes where {n} are expected");
+        match &e.ty {
+            Ty::Vector { elem } if lanes(kind(*elem)?) == n => {}
+            Ty::Vector { elem } => return Err(mismatch(lanes(kind(*elem)?))),
+            other => return Err(format!("expected a vector, found {other:?}")),
+        }
         match &e.kind {
             ExprKind::Var(name) => match self.lookup(name)? {
                 Binding::Array {
                     loc: Loc::Local(slot),
                     dims,
                     ..
-                } => {
+                } if dims[..] == [n] => {
                     self.emit(Instr::Copy {
                         dst,
                         src: slot,
-                        n: dims.first().copied().unwrap_or(0) as u32,
+                        n: n as u32,
                     });
                     Ok(())
                 }
-                _ => Err(format!("`{name}` is not a vector")),
+                _ => Err(format!("`{name}` is not a vector of {n} lanes")),
             },
             ExprKind::Intrinsic(Intrinsic::VLoad, args) => {
                 let at = self.vector_access(args, false)?;
+                if lanes(at.k) != n {
+                    return Err(mismatch(lanes(at.k)));
+                }
                 self.emit(Instr::VLoad { dst, at });
                 Ok(())
             }
-            ExprKind::Select(c, a, b) => self.select(c, a, b, &|s, x| s.vector_into(x, dst)),
+            ExprKind::Select(c, a, b) => self.select(c, a, b, &|s, x| s.vector_into(x, dst, n)),
             other => Err(format!("unsupported vector expression {other:?}")),
         }
     }
@@ -1020,7 +1086,7 @@ impl Compiler<'_> {
                 Ty::Vector { elem } => {
                     let elem = kind(*elem)?;
                     let slot = self.alloc(lanes(elem))?;
-                    self.vector_into(e, slot)?;
+                    self.vector_into(e, slot, lanes(elem))?;
                     Ok(ArrayRef {
                         loc: Loc::Local(slot),
                         elem,
@@ -1042,7 +1108,10 @@ impl Compiler<'_> {
             Some(d) => d,
             None => self.temp()?,
         };
-        let arg = |n: usize| args.get(n).ok_or_else(|| format!("{i:?} is missing an argument"));
+        let arg = |n: usize| {
+            args.get(n)
+                .ok_or_else(|| format!("{i:?} is missing an argument"))
+        };
         let k0 = args.first().and_then(|a| a.ty.scalar()).and_then(K::of);
         match i {
             ThreadIdx | BlockIdx | BlockDim | GridDim | ThreadFenceBlock => Ok(()),
@@ -1120,7 +1189,9 @@ impl Compiler<'_> {
                 let n = match &arg(0)?.kind {
                     ExprKind::Int(v) => *v as i128,
                     ExprKind::ConstParam(p) => self.comptime(p)?,
-                    other => return Err(format!("`cp_async_wait` count {other:?} is not comptime")),
+                    other => {
+                        return Err(format!("`cp_async_wait` count {other:?} is not comptime"))
+                    }
                 };
                 self.emit(Instr::CpWait {
                     n: n.clamp(0, u32::MAX as i128) as u32,
@@ -1173,7 +1244,7 @@ impl Compiler<'_> {
             VStore => {
                 let at = self.vector_access(args, true)?;
                 let src = self.alloc(lanes(at.k))?;
-                self.vector_into(arg(2)?, src)?;
+                self.vector_into(arg(2)?, src, lanes(at.k))?;
                 self.emit(Instr::VStore { src, at });
                 Ok(())
             }
@@ -1185,12 +1256,17 @@ impl Compiler<'_> {
             }
             _ => {
                 let k = k0.ok_or_else(|| format!("{i:?} needs a scalar operand"))?;
-                let f = value::math(i, k).ok_or_else(|| format!("{i:?} is not defined for {k:?}"))?;
+                let f =
+                    value::math(i, k).ok_or_else(|| format!("{i:?} is not defined for {k:?}"))?;
                 let regs = args
                     .iter()
                     .map(|a| self.scalar(a))
                     .collect::<Res<Vec<Reg>>>()?;
-                let r = |n: usize| regs.get(n).copied().ok_or(format!("{i:?} is missing an argument"));
+                let r = |n: usize| {
+                    regs.get(n)
+                        .copied()
+                        .ok_or(format!("{i:?} is missing an argument"))
+                };
                 let instr = match f {
                     MathFn::Un(f) => Instr::Un { f, dst, a: r(0)? },
                     MathFn::Bin(f) => Instr::Bin {
@@ -1238,7 +1314,9 @@ impl Compiler<'_> {
             .find(|d| d.name == callee)
             .ok_or_else(|| format!("unknown device function `{callee}`"))?;
         if self.depth >= MAX_INLINE_DEPTH {
-            return Err(format!("device calls nest deeper than {MAX_INLINE_DEPTH} (`{callee}`)"));
+            return Err(format!(
+                "device calls nest deeper than {MAX_INLINE_DEPTH} (`{callee}`)"
+            ));
         }
         if f.params.len() != args.len() {
             return Err(format!("`{callee}` called with {} arguments", args.len()));
@@ -1256,10 +1334,7 @@ impl Compiler<'_> {
                 (Ty::Scalar(s), _) => {
                     let slot = self.alloc(1)?;
                     self.scalar_into(a, slot)?;
-                    Binding::Scalar {
-                        slot,
-                        k: kind(*s)?,
-                    }
+                    Binding::Scalar { slot, k: kind(*s)? }
                 }
                 (ty, _) => return Err(format!("device parameter of type {ty:?}")),
             };

@@ -237,6 +237,9 @@ pub(crate) struct Code {
 impl Code {
     /// Line and function of instruction `pc`.
     pub(crate) fn origin(&self, pc: usize) -> Origin {
-        self.origins.get(pc).copied().unwrap_or(Origin { line: 0, func: 0 })
+        self.origins
+            .get(pc)
+            .copied()
+            .unwrap_or(Origin { line: 0, func: 0 })
     }
 }

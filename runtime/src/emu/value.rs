@@ -517,7 +517,7 @@ fn count_ones(a: u64) -> u64 {
     a.count_ones() as u64
 }
 fn leading_zeros<T: Int>(a: u64) -> u64 {
-    (a.leading_zeros() - (64 - T::BITS)) as u64
+    a.leading_zeros().saturating_sub(64 - T::BITS) as u64
 }
 fn trailing_zeros<T: Int>(a: u64) -> u64 {
     if a == 0 {
