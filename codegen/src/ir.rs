@@ -54,6 +54,9 @@ pub struct Function {
     pub line: u32,
     /// `#[kernel(threads = N)]`: the block size the kernel is always launched with.
     pub max_threads: Option<u32>,
+    /// The Rust file that defines the function (set when it is specialised).
+    #[serde(default)]
+    pub file: String,
 }
 
 /// A statement with the Rust source line it came from.

@@ -499,6 +499,7 @@ impl Instantiator {
             }
         });
         f.name = instance_name;
+        f.file = def.file.to_string();
         Ok(f)
     }
 

@@ -89,6 +89,7 @@ impl Checker {
             body,
             line: line_of(&sig.ident),
             max_threads: attrs.max_threads,
+            file: String::new(),
         })
     }
 
