@@ -234,3 +234,43 @@ fn fast_math_is_used_only_when_asked() {
     .unwrap();
     assert_ne!(precise.image.unwrap().key, fast.image.unwrap().key);
 }
+
+#[test]
+fn work_on_a_second_stream_is_ordered_by_events() {
+    let Some(dev) = device() else { return };
+    let n = 1 << 20;
+    let x: Vec<f32> = (0..n).map(|i| (i % 97) as f32).collect();
+    let k = basics::saxpy::spec().build(&dev).unwrap();
+    let dx = dev.upload(&x).unwrap();
+    let mut y = dev.zeros::<f32>(n).unwrap();
+    // default stream: y = 2x; second stream, after it: y = 3x + y = 5x
+    basics::saxpy::launch(
+        &k,
+        &LaunchConfig::linear(64, 256),
+        2.0f32,
+        &dx,
+        &mut y,
+        n as u32,
+    )
+    .unwrap();
+    let ready = dev.default_stream().record().unwrap();
+    let side = dev.new_stream().unwrap();
+    side.wait(&ready).unwrap();
+    basics::saxpy::launch_on(
+        &k,
+        &side,
+        &LaunchConfig::linear(64, 256),
+        3.0f32,
+        &dx,
+        &mut y,
+        n as u32,
+    )
+    .unwrap();
+    let done = side.record().unwrap();
+    dev.default_stream().wait(&done).unwrap();
+    let got = dev.download(&y).unwrap();
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(*g, 5.0 * x[i], "element {i}");
+    }
+    assert!(done.is_done());
+}

@@ -409,8 +409,17 @@ fn launcher(item: &syn::ItemFn, checked: &Checked) -> Tokens {
             }
         }
     }
+    let names: Vec<syn::Ident> = f
+        .params
+        .iter()
+        .map(|p| format_ident!("{}", p.name))
+        .collect();
     let doc = format!(
-        "Launches `{}` on `kernel`'s device with `config`. Buffers may be `DeviceBuffer`s, `MappedBuffer`s or cudarc `CudaSlice`s; element types, lengths and the launch shape are checked before the launch.",
+        "Launches `{}` on `kernel`'s device (its default stream) with `config`. Buffers may be `DeviceBuffer`s, `MappedBuffer`s or cudarc `CudaSlice`s; element types, lengths and the launch shape are checked before the launch.",
+        f.name
+    );
+    let doc_on = format!(
+        "Launches `{}` on `stream`, otherwise like `launch`.",
         f.name
     );
     quote! {
@@ -421,8 +430,19 @@ fn launcher(item: &syn::ItemFn, checked: &Checked) -> Tokens {
             config: &::kiln::__private::LaunchConfig,
             #(#params),*
         ) -> ::core::result::Result<(), ::kiln::__private::RuntimeError> {
+            launch_on(kernel, &kernel.device.default_stream(), config, #(#names),*)
+        }
+
+        #[doc = #doc_on]
+        #[allow(clippy::too_many_arguments)]
+        pub fn launch_on<#(#type_params: ::kiln::__private::Element),*>(
+            kernel: &::kiln::__private::Kernel,
+            stream: &::kiln::__private::Stream,
+            config: &::kiln::__private::LaunchConfig,
+            #(#params),*
+        ) -> ::core::result::Result<(), ::kiln::__private::RuntimeError> {
             let mut args = [#(#args),*];
-            kernel.launch_args(config, &mut args)
+            kernel.launch_args_on(stream, config, &mut args)
         }
     }
 }

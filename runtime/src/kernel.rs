@@ -14,6 +14,7 @@ use crate::device::{Backend, Device};
 use crate::error::{driver, RuntimeError};
 use crate::launch::LaunchConfig;
 use crate::memory::{KernelArg, SliceMem};
+use crate::stream::Stream;
 
 /// A specialised, compiled kernel bound to a device.
 pub struct Kernel {
@@ -213,16 +214,35 @@ impl Kernel {
         Ok(())
     }
 
-    /// Launches with already-built arguments (the typed `launch` functions call this).
+    /// Launches on the device's default stream with already-built arguments (the typed
+    /// `launch` functions call this).
     pub fn launch_args(
         &self,
+        cfg: &LaunchConfig,
+        args: &mut [KernelArg<'_>],
+    ) -> Result<(), RuntimeError> {
+        self.launch_args_on(&self.device.default_stream(), cfg, args)
+    }
+
+    /// Launches on `stream` (the typed `launch_on` functions call this).
+    pub fn launch_args_on(
+        &self,
+        stream: &Stream,
         cfg: &LaunchConfig,
         args: &mut [KernelArg<'_>],
     ) -> Result<(), RuntimeError> {
         self.check_shape(cfg)?;
         self.check_args(args)?;
         match self.device.backend() {
-            Backend::Gpu(g) => self.launch_gpu(g, cfg, args),
+            Backend::Gpu(g) => {
+                let s = stream.cuda().ok_or_else(|| {
+                    self.reject("an emulator stream was given for a GPU kernel".into())
+                })?;
+                if s.context().cu_ctx() != g.ctx.cu_ctx() {
+                    return Err(self.reject("the stream belongs to another CUDA context".into()));
+                }
+                self.launch_gpu(g, s, cfg, args)
+            }
             Backend::Emulator(opts) => crate::emu_launch::launch(self, cfg, args, opts),
         }
     }
@@ -230,6 +250,7 @@ impl Kernel {
     fn launch_gpu(
         &self,
         g: &crate::device::Gpu,
+        stream: &cudarc::driver::CudaStream,
         cfg: &LaunchConfig,
         args: &[KernelArg<'_>],
     ) -> Result<(), RuntimeError> {
@@ -282,7 +303,7 @@ impl Kernel {
                 cfg.grid,
                 cfg.block,
                 cfg.dyn_shared_bytes,
-                g.stream.cu_stream(),
+                stream.cu_stream(),
                 &mut ptrs,
             )
         }

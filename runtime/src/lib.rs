@@ -26,6 +26,7 @@ pub mod jit;
 pub mod kernel;
 pub mod launch;
 pub mod memory;
+pub mod stream;
 pub mod timing;
 
 pub use device::{Device, REQUIRE_GPU_ENV};
@@ -35,6 +36,7 @@ pub use kernel::{Build, Kernel};
 pub use kiln_codegen;
 pub use launch::{KernelScalar, LaunchConfig, ScalarValue};
 pub use memory::{AsKernelSlice, AsKernelSliceMut, DeviceBuffer, Element, KernelArg};
+pub use stream::{Event, Stream};
 pub use timing::{time, Timing};
 
 /// What kernel authors import (through the `kiln` facade, or directly in workspace crates).
@@ -50,5 +52,6 @@ pub mod __private {
     pub use crate::kernel::{Build, Kernel};
     pub use crate::launch::{KernelScalar, LaunchConfig};
     pub use crate::memory::{AsKernelSlice, AsKernelSliceMut, Element, KernelArg};
+    pub use crate::stream::Stream;
     pub use kiln_codegen::__private::*;
 }

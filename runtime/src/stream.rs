@@ -1,0 +1,99 @@
+//! Streams and events: queues of device work and markers in them, so that independent work
+//! (e.g. prefetching the next layer's data while this layer computes) can overlap and be
+//! ordered by the device, never by the host blocking. On the emulator every launch runs to
+//! completion when issued, so streams and events are trivially ordered.
+
+use std::sync::Arc;
+
+use cudarc::driver::{sys, CudaEvent, CudaStream};
+
+use crate::device::{Backend, Device};
+use crate::error::{driver, RuntimeError};
+
+/// A queue of device work. Work on one stream runs in order; work on different streams may
+/// overlap. Buffers are allocated and copied on the device's default stream: order work on
+/// another stream after them with an [`Event`], and keep buffers alive until that work is done.
+#[derive(Clone)]
+pub struct Stream {
+    inner: Option<Arc<CudaStream>>,
+}
+
+/// A point in a stream's work that other streams can wait for.
+pub struct Event {
+    inner: Option<CudaEvent>,
+}
+
+impl Device {
+    /// The stream every copy and `launch` of this device uses.
+    pub fn default_stream(&self) -> Stream {
+        match self.backend() {
+            Backend::Gpu(g) => Stream {
+                inner: Some(g.stream.clone()),
+            },
+            Backend::Emulator(_) => Stream { inner: None },
+        }
+    }
+
+    /// A new stream, for work that may overlap the default stream's.
+    pub fn new_stream(&self) -> Result<Stream, RuntimeError> {
+        match self.backend() {
+            Backend::Gpu(g) => Ok(Stream {
+                inner: Some(g.ctx.new_stream().map_err(driver)?),
+            }),
+            Backend::Emulator(_) => Ok(Stream { inner: None }),
+        }
+    }
+}
+
+impl Stream {
+    /// The cudarc stream (GPU only), for interop.
+    pub fn cuda(&self) -> Option<&Arc<CudaStream>> {
+        self.inner.as_ref()
+    }
+
+    /// Marks the current end of this stream's work.
+    pub fn record(&self) -> Result<Event, RuntimeError> {
+        match &self.inner {
+            Some(s) => {
+                let e = s
+                    .context()
+                    .new_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
+                    .map_err(driver)?;
+                e.record(s).map_err(driver)?;
+                Ok(Event { inner: Some(e) })
+            }
+            None => Ok(Event { inner: None }),
+        }
+    }
+
+    /// Makes later work on this stream wait (on the device) until `event` has happened.
+    pub fn wait(&self, event: &Event) -> Result<(), RuntimeError> {
+        match (&self.inner, &event.inner) {
+            (Some(s), Some(e)) => s.wait(e).map_err(driver),
+            _ => Ok(()),
+        }
+    }
+
+    /// Blocks the host until this stream's work is done.
+    pub fn synchronize(&self) -> Result<(), RuntimeError> {
+        match &self.inner {
+            Some(s) => s.synchronize().map_err(driver),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Event {
+    /// Whether the work before the event has finished (never blocks).
+    pub fn is_done(&self) -> bool {
+        self.inner.as_ref().is_none_or(|e| e.is_complete())
+    }
+
+    /// Blocks the host until the event has happened.
+    pub fn synchronize(&self) -> Result<(), RuntimeError> {
+        match &self.inner {
+            Some(e) => e.synchronize().map_err(driver),
+            None => Ok(()),
+        }
+    }
+}
