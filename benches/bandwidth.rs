@@ -5,10 +5,9 @@
 
 mod support;
 
-use cudarc::driver::sys;
 use kiln::codegen::Dtype;
 use kiln::corpus::bandwidth::{stream_copy, stream_sum};
-use kiln::runtime::{time, DeviceBuffer, LaunchConfig};
+use kiln::runtime::{time, tune, DeviceBuffer, LaunchConfig};
 use support::{gpu, report, Row};
 
 const WARMUP: usize = 5;
@@ -22,11 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32) * 1e-3).collect();
     let dx = dev.upload(&x)?;
     let mut dy = dev.zeros::<f32>(n)?;
-    let sms = g
-        .ctx
-        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
-        as u32;
-    let cfg = LaunchConfig::linear(sms * 8, 256);
+    let cfg = LaunchConfig::linear(dev.multiprocessors() * 8, 256);
 
     let mut dz = dev.zeros::<f32>(n)?;
     let (DeviceBuffer::Cuda(sx), DeviceBuffer::Cuda(sz)) = (&dx, &mut dz) else {
@@ -39,26 +34,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let memcpy_gbs = memcpy.gb_per_s(2.0 * bytes);
 
-    // the launch shape is the only knob: try a few and keep the fastest (all are printed)
-    let copy = stream_copy::spec().t(Dtype::F32).build(&dev)?;
-    let mut best: Option<(kiln::runtime::Timing, LaunchConfig)> = None;
-    for per_sm in [4u32, 8, 16, 32] {
-        for threads in [256u32, 512, 1024] {
-            let c = LaunchConfig::linear(sms * per_sm, threads);
+    // the launch shape is the only knob: the autotuner searches it (or reuses its store)
+    let spec = stream_copy::spec().t(Dtype::F32);
+    let copy = spec.build(&dev)?;
+    let key = kiln::tuning::key(&spec, &dev, n as u64);
+    let quiet = tune::TuneOptions {
+        progress: false,
+        force: false,
+    };
+    let store = tune::Store::default_location();
+    let entry = tune::tune(
+        &key,
+        &kiln::tuning::launch_space(),
+        &store,
+        &quiet,
+        |_| Ok(()),
+        |p, _| {
+            let c = kiln::tuning::launch_config(&dev, p);
             let t = time(&dev, 3, 10, || {
                 stream_copy::launch(&copy, &c, &dx, &mut dy, n as u32)
-            })?;
-            println!(
-                "stream_copy {:>5} blocks x {threads:>4} threads: {:.4} ms",
-                sms * per_sm,
-                t.median_ms
-            );
-            if best.as_ref().is_none_or(|(b, _)| t.median_ms < b.median_ms) {
-                best = Some((t, c));
-            }
-        }
-    }
-    let cfg_copy = best.expect("tried").1;
+            })
+            .map_err(|e| e.to_string())?;
+            Ok((t.median_ms, None::<()>))
+        },
+        |_, _| Ok(()),
+    )?;
+    print!("{}", tune::table(&entry));
+    let cfg_copy = kiln::tuning::launch_config(&dev, &entry.winner);
     let copy_t = time(&dev, WARMUP, REPS, || {
         stream_copy::launch(&copy, &cfg_copy, &dx, &mut dy, n as u32)
     })?;

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod corpus;
 pub mod demo;
 pub mod runner;
+pub mod tuning;
 pub mod verify;
 
 pub use kiln_codegen as codegen;

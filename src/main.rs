@@ -69,6 +69,38 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Search the launch shape (and comptime values given with --search) of a kernel.
+    Tune {
+        /// Kernel name (or module::name); omit with --show.
+        kernel: Option<String>,
+        /// Print every stored search instead.
+        #[arg(long)]
+        show: bool,
+        /// Search again even if a result is stored.
+        #[arg(long)]
+        force: bool,
+        /// A comptime value to search, NAME=v1,v2,… (repeatable).
+        #[arg(long = "search", value_name = "NAME=V1,V2")]
+        search: Vec<String>,
+        /// A fixed comptime value, NAME=VALUE (repeatable).
+        #[arg(long = "const", value_name = "NAME=VALUE")]
+        consts: Vec<String>,
+        /// The element type bound to the kernel's `T: Float` parameter(s).
+        #[arg(long)]
+        dtype: Option<String>,
+        /// Tune on the CPU emulator (for trying the command without a GPU).
+        #[arg(long)]
+        emulate: bool,
+        /// Elements in each slice argument.
+        #[arg(long, default_value_t = 1 << 24)]
+        len: u32,
+        /// Bytes of dynamic shared memory per block.
+        #[arg(long, default_value_t = 0)]
+        dyn_shared: u32,
+        /// A scalar argument, NAME=VALUE (repeatable); unset integers get --len, floats 1.0.
+        #[arg(long = "arg", value_name = "NAME=VALUE")]
+        args: Vec<String>,
+    },
     /// The main job: run Kiln end to end on this machine and print what it did.
     Demo {
         /// Target architecture when no GPU is present.
@@ -89,6 +121,38 @@ fn main() {
         } => kiln::cli::emit(&kernel, &consts, dtype.as_deref(), &arch),
         Command::Check { arches } => kiln::cli::check(&arches),
         Command::Demo { arch } => kiln::demo::run(&arch),
+        Command::Tune { show: true, .. } => Ok(kiln::tuning::show()),
+        Command::Tune { kernel: None, .. } => Err(kiln::cli::CliError {
+            message: "name a kernel to tune, or pass --show".into(),
+            code: 2,
+        }),
+        Command::Tune {
+            kernel: Some(kernel),
+            force,
+            search,
+            consts,
+            dtype,
+            emulate,
+            len,
+            dyn_shared,
+            args,
+            ..
+        } => kiln::tuning::run(&kiln::tuning::TuneRequest {
+            run: kiln::runner::RunRequest {
+                kernel: &kernel,
+                consts: &consts,
+                dtype: dtype.as_deref(),
+                emulate,
+                len,
+                grid: 1,
+                block: 1,
+                dyn_shared,
+                args: &args,
+                seed: 1,
+            },
+            search: &search,
+            force,
+        }),
         Command::Run {
             kernel,
             consts,

@@ -201,19 +201,11 @@ fn values(device: &Device, b: &AnyBuffer) -> Result<Values, kiln_runtime::Runtim
     })
 }
 
-/// Specialises, builds and launches the requested kernel on `device` with random inputs
-/// drawn from the seed; returns every writable slice's contents afterwards, by parameter.
-pub fn launch_random(
-    req: &RunRequest<'_>,
-    device: &Device,
-) -> Result<Vec<(String, Values)>, CliError> {
+/// The specialisation a request asks for: its comptime values, plus `extra` ones (NAME, value).
+pub fn spec_for(req: &RunRequest<'_>, extra: &[(String, i64)]) -> Result<SpecBuilder, CliError> {
     let usage = |m: String| CliError {
         message: m,
         code: 2,
-    };
-    let failed = |e: kiln_runtime::RuntimeError| CliError {
-        message: e.to_string(),
-        code: 1,
     };
     let def = find_kernel(req.kernel).map_err(usage)?;
     let ir = def.ir().map_err(|e| usage(e.to_string()))?;
@@ -225,6 +217,9 @@ pub fn launch_random(
         pairs.push((k.trim(), v.trim()));
     }
     let mut bindings = Bindings::parse_pairs(&ir, pairs).map_err(usage)?;
+    for (name, value) in extra {
+        bindings = bindings.with_const(name, *value as i128);
+    }
     if let Some(d) = req.dtype {
         let dtype: Dtype = d.parse().map_err(usage)?;
         for g in &ir.generics {
@@ -233,48 +228,109 @@ pub fn launch_random(
             }
         }
     }
-    let spec = SpecBuilder { def, bindings };
-    let kernel = kiln_runtime::Kernel::build(&spec, device).map_err(failed)?;
-    let mut rng = Rng::new(req.seed);
-    let params = kernel.program.kernel.params.clone();
-    let mut buffers = Vec::new();
-    for p in &params {
-        if let Ty::Slice { elem, .. } = &p.ty {
-            buffers.push(Some(random_buffer(
-                device,
-                *elem,
-                req.len as usize,
-                &mut rng,
-            )?));
-        } else {
-            buffers.push(None);
-        }
-    }
-    let mut args: Vec<KernelArg<'_>> = Vec::new();
-    for (p, b) in params.iter().zip(buffers.iter_mut()) {
-        args.push(match (&p.ty, b) {
-            (Ty::Slice { mutable: true, .. }, Some(b)) => each_buffer!(b, v => v.kernel_arg_mut()),
-            (Ty::Slice { .. }, Some(b)) => each_buffer!(b, v => v.kernel_arg()),
-            (Ty::Scalar(s), _) => KernelArg::Scalar(scalar_arg(&p.name, *s, req.args, req.len)?),
-            _ => {
-                return Err(usage(format!(
-                    "parameter `{}` cannot be given by `kiln run`",
-                    p.name
-                )))
+    Ok(SpecBuilder { def, bindings })
+}
+
+/// Random arguments for a kernel's parameters, reusable across launches.
+pub struct Inputs {
+    params: Vec<kiln_codegen::ir::Param>,
+    buffers: Vec<Option<AnyBuffer>>,
+    scalars: Vec<Option<ScalarValue>>,
+}
+
+impl Inputs {
+    /// Fresh random buffers (`req.len` elements each, from `req.seed`) and the scalar arguments.
+    pub fn random(kernel: &kiln_runtime::Kernel, req: &RunRequest<'_>) -> Result<Inputs, CliError> {
+        let mut rng = Rng::new(req.seed);
+        let params = kernel.program.kernel.params.clone();
+        let mut buffers = Vec::new();
+        let mut scalars = Vec::new();
+        for p in &params {
+            match &p.ty {
+                Ty::Slice { elem, .. } => {
+                    buffers.push(Some(random_buffer(
+                        &kernel.device,
+                        *elem,
+                        req.len as usize,
+                        &mut rng,
+                    )?));
+                    scalars.push(None);
+                }
+                Ty::Scalar(s) => {
+                    buffers.push(None);
+                    scalars.push(Some(scalar_arg(&p.name, *s, req.args, req.len)?));
+                }
+                _ => {
+                    return Err(CliError {
+                        message: format!("parameter `{}` cannot be given by `kiln run`", p.name),
+                        code: 2,
+                    })
+                }
             }
-        });
-    }
-    let cfg = LaunchConfig::linear(req.grid, req.block).with_dyn_shared(req.dyn_shared);
-    kernel.launch_args(&cfg, &mut args).map_err(failed)?;
-    drop(args);
-    device.synchronize().map_err(failed)?;
-    let mut out = Vec::new();
-    for (p, b) in params.iter().zip(&buffers) {
-        if let (Ty::Slice { mutable: true, .. }, Some(b)) = (&p.ty, b) {
-            out.push((p.name.clone(), values(device, b).map_err(failed)?));
         }
+        Ok(Inputs {
+            params,
+            buffers,
+            scalars,
+        })
     }
-    Ok(out)
+
+    /// Launches `kernel` with these arguments (asynchronously on a GPU).
+    pub fn launch(
+        &mut self,
+        kernel: &kiln_runtime::Kernel,
+        cfg: &LaunchConfig,
+    ) -> Result<(), kiln_runtime::RuntimeError> {
+        let mut args: Vec<KernelArg<'_>> = Vec::new();
+        for ((p, b), s) in self
+            .params
+            .iter()
+            .zip(self.buffers.iter_mut())
+            .zip(&self.scalars)
+        {
+            args.push(match (&p.ty, b, s) {
+                (Ty::Slice { mutable: true, .. }, Some(b), _) => {
+                    each_buffer!(b, v => v.kernel_arg_mut())
+                }
+                (_, Some(b), _) => each_buffer!(b, v => v.kernel_arg()),
+                (_, None, Some(s)) => KernelArg::Scalar(*s),
+                _ => KernelArg::Invalid(format!("no value for `{}`", p.name)),
+            });
+        }
+        kernel.launch_args(cfg, &mut args)
+    }
+
+    /// Every writable slice's contents, by parameter name.
+    pub fn outputs(
+        &self,
+        device: &Device,
+    ) -> Result<Vec<(String, Values)>, kiln_runtime::RuntimeError> {
+        let mut out = Vec::new();
+        for (p, b) in self.params.iter().zip(&self.buffers) {
+            if let (Ty::Slice { mutable: true, .. }, Some(b)) = (&p.ty, b) {
+                out.push((p.name.clone(), values(device, b)?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Specialises, builds and launches the requested kernel on `device` with random inputs
+/// drawn from the seed; returns every writable slice's contents afterwards, by parameter.
+pub fn launch_random(
+    req: &RunRequest<'_>,
+    device: &Device,
+) -> Result<Vec<(String, Values)>, CliError> {
+    let failed = |e: kiln_runtime::RuntimeError| CliError {
+        message: e.to_string(),
+        code: 1,
+    };
+    let kernel = kiln_runtime::Kernel::build(&spec_for(req, &[])?, device).map_err(failed)?;
+    let mut inputs = Inputs::random(&kernel, req)?;
+    let cfg = LaunchConfig::linear(req.grid, req.block).with_dyn_shared(req.dyn_shared);
+    inputs.launch(&kernel, &cfg).map_err(failed)?;
+    device.synchronize().map_err(failed)?;
+    inputs.outputs(device).map_err(failed)
 }
 
 /// `kiln run`: launches on the chosen device and reports the first values written.

@@ -27,6 +27,8 @@ pub struct Gpu {
     pub arch: Arch,
     /// Largest dynamic shared memory a block can opt in to, in bytes.
     pub max_shared_optin: u32,
+    /// Streaming multiprocessors.
+    pub multiprocessors: u32,
 }
 
 /// Where kernels run.
@@ -81,6 +83,9 @@ impl Device {
                 sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
             )
             .map_err(driver)? as u32;
+        let multiprocessors = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver)? as u32;
         let arch = Arch((major * 10 + minor) as u32);
         Ok(Device {
             inner: Arc::new(Backend::Gpu(Gpu {
@@ -89,6 +94,7 @@ impl Device {
                 name,
                 arch,
                 max_shared_optin,
+                multiprocessors,
             })),
         })
     }
@@ -147,6 +153,15 @@ impl Device {
         match &*self.inner {
             Backend::Gpu(g) => Some(g),
             Backend::Emulator(_) => None,
+        }
+    }
+
+    /// Streaming multiprocessors of the GPU (1 for the emulator): the unit launch grids are
+    /// sized in.
+    pub fn multiprocessors(&self) -> u32 {
+        match &*self.inner {
+            Backend::Gpu(g) => g.multiprocessors,
+            Backend::Emulator(_) => 1,
         }
     }
 

@@ -28,6 +28,7 @@ pub mod launch;
 pub mod memory;
 pub mod stream;
 pub mod timing;
+pub mod tune;
 
 pub use device::{Device, REQUIRE_GPU_ENV};
 pub use host_memory::{MappedBuffer, PinnedBuffer};
