@@ -8,7 +8,7 @@ mod support;
 use kiln::codegen::Dtype;
 use kiln::corpus::bandwidth::{stream_copy, stream_sum};
 use kiln::runtime::{time, tune, DeviceBuffer, LaunchConfig};
-use support::{gpu, report, Row};
+use support::{gpu, report, Roof, Row};
 
 const WARMUP: usize = 5;
 const REPS: usize = 30;
@@ -98,6 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             median_ms: memcpy.median_ms,
             gb_s: memcpy_gbs,
             vs: None,
+            roof: Roof::DeviceMemory,
         },
         Row {
             name: format!(
@@ -108,6 +109,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             median_ms: copy_t.median_ms,
             gb_s: copy_gbs,
             vs: Some(("memcpy d2d".into(), copy_gbs / memcpy_gbs)),
+            roof: Roof::DeviceMemory,
         },
         Row {
             name: "kiln stream_sum (device memory)".into(),
@@ -115,6 +117,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             median_ms: sum_t.median_ms,
             gb_s: sum_gbs,
             vs: Some(("memcpy d2d".into(), sum_gbs / memcpy_gbs)),
+            roof: Roof::DeviceMemory,
         },
         Row {
             name: "memcpy pinned host->device".into(),
@@ -122,6 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             median_ms: h2d.median_ms,
             gb_s: h2d_gbs,
             vs: None,
+            roof: Roof::HostLink,
         },
         Row {
             name: "kiln stream_sum (mapped host)".into(),
@@ -129,6 +133,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             median_ms: mapped_t.median_ms,
             gb_s: mapped_gbs,
             vs: Some(("memcpy h2d".into(), mapped_gbs / h2d_gbs)),
+            roof: Roof::HostLink,
         },
     ];
     report("bandwidth", &dev, &rows);

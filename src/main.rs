@@ -101,6 +101,8 @@ enum Command {
         #[arg(long = "arg", value_name = "NAME=VALUE")]
         args: Vec<String>,
     },
+    /// Measure the present GPU's copy and host-to-device bandwidth and store them for the benches.
+    Roofline,
     /// The main job: run Kiln end to end on this machine and print what it did.
     Demo {
         /// Target architecture when no GPU is present.
@@ -121,6 +123,18 @@ fn main() {
         } => kiln::cli::emit(&kernel, &consts, dtype.as_deref(), &arch),
         Command::Check { arches } => kiln::cli::check(&arches),
         Command::Demo { arch } => kiln::demo::run(&arch),
+        Command::Roofline => kiln::runtime::Device::from_env()
+            .and_then(|d| kiln::runtime::roofline::Roofline::measure(&d))
+            .map(|r| {
+                format!(
+                    "{}: device copy {:.0} GB/s (read + write), pinned host->device {:.1} GB/s\n",
+                    r.device, r.copy_gb_s, r.h2d_gb_s
+                )
+            })
+            .map_err(|e| kiln::cli::CliError {
+                message: e.to_string(),
+                code: 1,
+            }),
         Command::Tune { show: true, .. } => Ok(kiln::tuning::show()),
         Command::Tune { kernel: None, .. } => Err(kiln::cli::CliError {
             message: "name a kernel to tune, or pass --show".into(),

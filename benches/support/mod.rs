@@ -3,7 +3,17 @@
 
 #![allow(dead_code)]
 
+use kiln::runtime::roofline::Roofline;
 use kiln::runtime::Device;
+
+/// Which measured ceiling a row's bandwidth is compared with.
+#[derive(Clone, Copy)]
+pub enum Roof {
+    /// Device memory (the card's device-to-device copy).
+    DeviceMemory,
+    /// The host link (a pinned host-to-device copy).
+    HostLink,
+}
 
 /// One measured row.
 pub struct Row {
@@ -13,6 +23,8 @@ pub struct Row {
     pub gb_s: f64,
     /// Name of the baseline row this one is compared with, and the ratio ours/baseline.
     pub vs: Option<(String, f64)>,
+    /// The ceiling this row's bandwidth is a percentage of.
+    pub roof: Roof,
 }
 
 /// The GPU to measure on; `None` (after saying why) when there is none, unless
@@ -31,12 +43,31 @@ pub fn gpu() -> Option<Device> {
     }
 }
 
+/// The card's measured ceilings: stored by `kiln roofline`, else measured now.
+pub fn roofline(device: &Device) -> Roofline {
+    Roofline::load(&device.name())
+        .unwrap_or_else(|| Roofline::measure(device).expect("measuring the roofline"))
+}
+
 /// Prints the table and writes `<dir>/<bench>-<device>.json`.
 pub fn report(bench: &str, device: &Device, rows: &[Row]) {
-    println!("{bench} on {}", device.name());
+    let roof = roofline(device);
+    let pct = |r: &Row| {
+        100.0 * r.gb_s
+            / match r.roof {
+                Roof::DeviceMemory => roof.copy_gb_s,
+                Roof::HostLink => roof.h2d_gb_s,
+            }
+    };
     println!(
-        "{:<34} {:>10} {:>10} {:>10}  ratio",
-        "measurement", "MiB", "median ms", "GB/s"
+        "{bench} on {} (roofline: copy {:.0} GB/s, pinned H2D {:.1} GB/s)",
+        device.name(),
+        roof.copy_gb_s,
+        roof.h2d_gb_s
+    );
+    println!(
+        "{:<38} {:>8} {:>10} {:>9} {:>7}  ratio",
+        "measurement", "MiB", "median ms", "GB/s", "% roof"
     );
     for r in rows {
         let ratio =
@@ -44,11 +75,12 @@ pub fn report(bench: &str, device: &Device, rows: &[Row]) {
                 .map(|(b, x)| format!("{:.3} of {b}", x))
                 .unwrap_or_default();
         println!(
-            "{:<34} {:>10.0} {:>10.4} {:>10.1}  {ratio}",
+            "{:<38} {:>8.0} {:>10.4} {:>9.1} {:>6.1}%  {ratio}",
             r.name,
             r.bytes / (1 << 20) as f64,
             r.median_ms,
-            r.gb_s
+            r.gb_s,
+            pct(r)
         );
     }
     let dir = std::env::var("KILN_BENCH_DIR").unwrap_or_else(|_| "bench-results".into());
@@ -68,8 +100,9 @@ pub fn report(bench: &str, device: &Device, rows: &[Row]) {
     let json = serde_json::json!({
         "bench": bench,
         "device": device.name(),
+        "roofline": { "copy_gb_per_s": roof.copy_gb_s, "h2d_gb_per_s": roof.h2d_gb_s },
         "rows": rows.iter().map(|r| serde_json::json!({
-            "name": r.name, "bytes": r.bytes, "median_ms": r.median_ms, "gb_per_s": r.gb_s,
+            "name": r.name, "bytes": r.bytes, "median_ms": r.median_ms, "gb_per_s": r.gb_s, "percent_of_roofline": pct(r),
             "baseline": r.vs.as_ref().map(|v| v.0.clone()), "ratio": r.vs.as_ref().map(|v| v.1),
         })).collect::<Vec<_>>(),
     });

@@ -26,6 +26,7 @@ pub mod jit;
 pub mod kernel;
 pub mod launch;
 pub mod memory;
+pub mod roofline;
 pub mod stream;
 pub mod timing;
 pub mod tune;
