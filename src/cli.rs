@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 
 use kiln_codegen::ir::Generic;
 use kiln_codegen::{find_kernel, registered_kernels, Arch, Bindings, Dtype, FnDef};
-use kiln_runtime::{compile_module, RuntimeError};
+use kiln_runtime::cache::{compile_cached, JitOptions};
+use kiln_runtime::RuntimeError;
 
 /// A failed command: the message to print and the process exit code.
 #[derive(Debug)]
@@ -201,8 +202,8 @@ pub fn compile_all(arches: &[Arch]) -> Result<Vec<CheckRow>, RuntimeError> {
                     },
                     Ok(p) => {
                         let m = kiln_codegen::cuda::print(&p);
-                        let result = compile_module(&m, arch)
-                            .map(|c| (c.compile_ms, c.ptx.len()))
+                        let result = compile_cached(&m, arch, &JitOptions::default())
+                            .map(|c| (c.millis, c.cubin.len()))
                             .map_err(|e| e.to_string());
                         CheckRow {
                             kernel: def.qualified_name(),

@@ -29,7 +29,7 @@ pub fn run(arch: &str) -> Result<String, CliError> {
     let table_rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let (status, ms, ptx) = match &r.result {
+            let (status, ms, cubin) = match &r.result {
                 Ok((ms, bytes)) => (
                     "ok".to_string(),
                     format!("{ms:.1}"),
@@ -49,7 +49,7 @@ pub fn run(arch: &str) -> Result<String, CliError> {
                 r.spec.clone(),
                 r.cuda_lines.to_string(),
                 ms,
-                ptx,
+                cubin,
                 status,
             ]
         })
@@ -60,7 +60,7 @@ pub fn run(arch: &str) -> Result<String, CliError> {
             "specialisation",
             "CUDA lines",
             "NVRTC ms",
-            "PTX KiB",
+            "CUBIN KiB",
             "status",
         ],
         &table_rows,

@@ -243,6 +243,27 @@ impl Inputs {
     pub fn random(kernel: &kiln_runtime::Kernel, req: &RunRequest<'_>) -> Result<Inputs, CliError> {
         let mut rng = Rng::new(req.seed);
         let params = kernel.program.kernel.params.clone();
+        for a in req.args {
+            let name = a.split_once('=').map(|(k, _)| k.trim()).unwrap_or(a);
+            if !params
+                .iter()
+                .any(|p| p.name == name && matches!(p.ty, Ty::Scalar(_)))
+            {
+                let scalars: Vec<&str> = params
+                    .iter()
+                    .filter(|p| matches!(p.ty, Ty::Scalar(_)))
+                    .map(|p| p.name.as_str())
+                    .collect();
+                return Err(CliError {
+                    message: format!(
+                        "`--arg {a}`: `{}` has no scalar parameter `{name}` (it has: {})",
+                        kernel.name(),
+                        scalars.join(", ")
+                    ),
+                    code: 2,
+                });
+            }
+        }
         let mut buffers = Vec::new();
         let mut scalars = Vec::new();
         for p in &params {

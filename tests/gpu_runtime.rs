@@ -109,7 +109,7 @@ fn mapped_host_memory_is_read_and_written_by_kernels() {
         Err(e) if unavailable(&e) => return println!("SKIPPED: {e}"),
         r => r.unwrap(),
     }
-    dev.synchronize().unwrap();
+    // no explicit synchronisation: reading mapped memory waits for the kernel that wrote it
     for i in 0..n {
         assert_eq!(mout[i], a[i] + b[i], "element {i}");
     }
@@ -273,4 +273,17 @@ fn work_on_a_second_stream_is_ordered_by_events() {
         assert_eq!(*g, 5.0 * x[i], "element {i}");
     }
     assert!(done.is_done());
+    // without events: a launch on another stream still waits for the buffers' stream
+    let mut z = dev.zeros::<f32>(n).unwrap();
+    basics::saxpy::launch_on(
+        &k,
+        &side,
+        &LaunchConfig::linear(64, 256),
+        1.0f32,
+        &dx,
+        &mut z,
+        n as u32,
+    )
+    .unwrap();
+    assert_eq!(dev.download(&z).unwrap(), x);
 }

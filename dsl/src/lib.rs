@@ -296,7 +296,14 @@ fn rust_type(t: &Ty, generics: &[Generic]) -> Tokens {
 fn method_ident(name: &str) -> syn::Ident {
     let lower = name.to_lowercase();
     match syn::parse_str::<syn::Ident>(&lower) {
-        Ok(id) if !matches!(lower.as_str(), "cuda" | "program" | "bindings") => id,
+        Ok(id)
+            if !matches!(
+                lower.as_str(),
+                "cuda" | "program" | "bindings" | "build" | "with_const" | "with_type" | "def"
+            ) =>
+        {
+            id
+        }
         _ => format_ident!("{}_", lower),
     }
 }
@@ -426,23 +433,23 @@ fn launcher(item: &syn::ItemFn, checked: &Checked) -> Tokens {
         #[doc = #doc]
         #[allow(clippy::too_many_arguments)]
         pub fn launch<#(#type_params: ::kiln::__private::Element),*>(
-            kernel: &::kiln::__private::Kernel,
-            config: &::kiln::__private::LaunchConfig,
+            __kiln_kernel: &::kiln::__private::Kernel,
+            __kiln_config: &::kiln::__private::LaunchConfig,
             #(#params),*
         ) -> ::core::result::Result<(), ::kiln::__private::RuntimeError> {
-            launch_on(kernel, &kernel.device.default_stream(), config, #(#names),*)
+            launch_on(__kiln_kernel, &__kiln_kernel.device.default_stream(), __kiln_config, #(#names),*)
         }
 
         #[doc = #doc_on]
         #[allow(clippy::too_many_arguments)]
         pub fn launch_on<#(#type_params: ::kiln::__private::Element),*>(
-            kernel: &::kiln::__private::Kernel,
-            stream: &::kiln::__private::Stream,
-            config: &::kiln::__private::LaunchConfig,
+            __kiln_kernel: &::kiln::__private::Kernel,
+            __kiln_stream: &::kiln::__private::Stream,
+            __kiln_config: &::kiln::__private::LaunchConfig,
             #(#params),*
         ) -> ::core::result::Result<(), ::kiln::__private::RuntimeError> {
             let mut args = [#(#args),*];
-            kernel.launch_args_on(stream, config, &mut args)
+            __kiln_kernel.launch_args_on(__kiln_stream, __kiln_config, &mut args)
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct CachedImage {
     pub millis: f64,
     /// The cache key (hex).
     pub key: String,
+    /// NVRTC's warnings, annotated with Rust lines (empty unless compiled now).
+    pub log: String,
 }
 
 const MAGIC: &[u8; 8] = b"KILNCB01";
@@ -151,14 +153,15 @@ pub fn compile_cached_in(
         version.as_bytes(),
         arch.sm_name().as_bytes(),
     ]);
-    let done = |cubin: Arc<Vec<u8>>, source| CachedImage {
+    let done = |cubin: Arc<Vec<u8>>, source, log: String| CachedImage {
         cubin,
         source,
         millis: start.elapsed().as_secs_f64() * 1e3,
         key: key.clone(),
+        log,
     };
     if let Some(hit) = memory().lock().map_err(|_| poisoned())?.get(&key).cloned() {
-        return Ok(done(hit, CacheSource::Memory));
+        return Ok(done(hit, CacheSource::Memory, String::new()));
     }
     let path = dir.map(|d| d.join(format!("{key}.cubin")));
     if let Some(bytes) = path.as_deref().and_then(read_entry) {
@@ -167,7 +170,7 @@ pub fn compile_cached_in(
             .lock()
             .map_err(|_| poisoned())?
             .insert(key.clone(), bytes.clone());
-        return Ok(done(bytes, CacheSource::Disk));
+        return Ok(done(bytes, CacheSource::Disk, String::new()));
     }
     let program = format!("{}.cu", module.entry);
     let compiled = compile_ptx(&module.source, &program, &opts).map_err(|e| match e {
@@ -189,7 +192,11 @@ pub fn compile_cached_in(
         .lock()
         .map_err(|_| poisoned())?
         .insert(key.clone(), cubin.clone());
-    Ok(done(cubin, CacheSource::Compiled))
+    Ok(done(
+        cubin,
+        CacheSource::Compiled,
+        annotate_log(&compiled.log, &program, module),
+    ))
 }
 
 /// [`compile_cached_in`] with the default cache folder ([`cache_dir`]).

@@ -71,9 +71,10 @@ impl Device {
                 RuntimeError::NoGpu("the CUDA driver panicked while creating a context".into())
             })?
             .map_err(|e| RuntimeError::NoGpu(format!("cannot open GPU {ordinal}: {e:?}")))?;
-        // Kiln orders all work on one stream per device; cudarc's cross-stream event
-        // tracking would only add events to every launch.
-        // SAFETY: every allocation, copy and launch of this device goes to `stream`.
+        // Kiln orders work itself: each launch waits for the streams its buffers belong to and
+        // makes them wait for it, and mapped host memory waits for its last launch; cudarc's
+        // own per-slice events would only duplicate that on every launch.
+        // SAFETY: the ordering above covers every launch Kiln makes.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(driver)?;
         let name = ctx.name().map_err(driver)?;

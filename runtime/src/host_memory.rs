@@ -1,33 +1,49 @@
 //! Page-locked (pinned) host memory: copies to and from it run at full PCIe speed, and when
 //! it is also mapped into the device's address space, kernels read and write it directly
 //! (zero-copy). On the emulator it is ordinary host memory.
+//!
+//! A kernel may still be using mapped memory after `launch` returns, so every launch that
+//! uses a buffer records an event in it, and host access (`Deref`, `DerefMut`) and `Drop`
+//! wait for that event first.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{sys, CudaContext};
+use cudarc::driver::{sys, CudaContext, CudaEvent};
 
 use crate::error::{driver, RuntimeError};
 use crate::memory::{AsKernelSlice, AsKernelSliceMut, Element, KernelArg, SliceMem};
 
+/// Where the elements live.
+enum Storage<T> {
+    /// `cuMemHostAlloc` memory in `ctx`, with its device address when mapped.
+    Cuda {
+        host: *mut T,
+        device: Option<sys::CUdeviceptr>,
+        ctx: Arc<CudaContext>,
+    },
+    /// Host memory standing in on the emulator.
+    Emulated(Vec<T>),
+}
+
 /// Pinned host memory, optionally mapped for zero-copy kernel access.
 pub struct PinnedBuffer<T: Element> {
-    host: *mut T,
+    storage: Storage<T>,
     len: usize,
-    /// The device address when mapped.
-    device: Option<sys::CUdeviceptr>,
-    ctx: Option<Arc<CudaContext>>,
-    /// Backing store on the emulator.
-    emulated: Vec<T>,
     mapped: bool,
+    /// The last launch that used the buffer, which host access waits for.
+    last_use: Mutex<Option<CudaEvent>>,
 }
 
 /// Pinned host memory that kernels read and write directly.
 pub type MappedBuffer<T> = PinnedBuffer<T>;
 
-// SAFETY: the buffer owns its allocation; access goes through &/&mut like a Vec.
+// SAFETY: the buffer owns its allocation; host access goes through &/&mut like a Vec and
+// waits for the kernels that use it (`last_use`).
 unsafe impl<T: Element> Send for PinnedBuffer<T> {}
-// SAFETY: shared access only reads.
+// SAFETY: as above; `&self` only reads, after pending kernels finished.
 unsafe impl<T: Element> Sync for PinnedBuffer<T> {}
+
+const NOT_MAPPED: &str = "a pinned buffer that is not mapped cannot be read by kernels; allocate it with `Device::mapped`";
 
 impl<T: Element> PinnedBuffer<T> {
     /// `len` zeroed elements of pinned memory in `ctx`, mapped into the device when `mapped`.
@@ -54,35 +70,36 @@ impl<T: Element> PinnedBuffer<T> {
         // SAFETY: `host` points to at least `bytes` writable bytes just allocated.
         unsafe { std::ptr::write_bytes(host as *mut u8, 0, bytes) };
         let mut buf = PinnedBuffer {
-            host,
+            storage: Storage::Cuda {
+                host,
+                device: None,
+                ctx: ctx.clone(),
+            },
             len,
-            device: None,
-            ctx: Some(ctx.clone()),
-            emulated: Vec::new(),
             mapped,
+            last_use: Mutex::new(None),
         };
         if mapped {
             let mut device: sys::CUdeviceptr = 0;
             // SAFETY: `host` was allocated with DEVICEMAP in this context.
             let r = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, host as *mut _, 0) };
             if r != sys::CUresult::CUDA_SUCCESS {
-                return Err(driver(cudarc::driver::DriverError(r))); // `buf` frees the memory
+                return Err(driver(cudarc::driver::DriverError(r))); // dropping `buf` frees the memory
             }
-            buf.device = Some(device);
+            if let Storage::Cuda { device: d, .. } = &mut buf.storage {
+                *d = Some(device);
+            }
         }
         Ok(buf)
     }
 
     /// Host memory standing in for pinned memory on the emulator.
     pub(crate) fn emulated(len: usize, mapped: bool) -> PinnedBuffer<T> {
-        let mut emulated = vec![T::default(); len];
         PinnedBuffer {
-            host: emulated.as_mut_ptr(),
+            storage: Storage::Emulated(vec![T::default(); len]),
             len,
-            device: None,
-            ctx: None,
-            emulated,
             mapped,
+            last_use: Mutex::new(None),
         }
     }
 
@@ -93,47 +110,83 @@ impl<T: Element> PinnedBuffer<T> {
 
     /// The device address, when mapped on a GPU.
     pub fn device_ptr(&self) -> Option<sys::CUdeviceptr> {
-        self.device
+        match &self.storage {
+            Storage::Cuda { device, .. } => *device,
+            Storage::Emulated(_) => None,
+        }
     }
 
-    fn arg(&self, writable: bool) -> KernelArg<'_> {
-        match (&self.ctx, self.device) {
-            (Some(ctx), Some(ptr)) => KernelArg::Slice { elem: T::SCALAR, len: self.len, mem: SliceMem::Device { ptr, ctx: ctx.cu_ctx() }, writable },
-            (Some(_), None) => KernelArg::Invalid("a pinned buffer that is not mapped cannot be read by kernels; allocate it with `Device::mapped`".into()),
-            (None, _) if !self.mapped => KernelArg::Invalid("a pinned buffer that is not mapped cannot be read by kernels; allocate it with `Device::mapped`".into()),
-            (None, _) => KernelArg::Slice { elem: T::SCALAR, len: self.len, mem: SliceMem::Host(bytemuck::cast_slice(&self.emulated)), writable },
+    /// Waits for the last kernel that used the buffer.
+    fn wait_for_kernels(&self) {
+        let pending = self
+            .last_use
+            .lock()
+            .map(|mut e| e.take())
+            .unwrap_or_else(|p| p.into_inner().take());
+        if let Some(event) = pending {
+            // a failed wait means the context is broken; the kernel is no longer running
+            let _ = event.synchronize();
         }
+    }
+}
+
+/// The kernel argument for GPU pinned memory: its device address when mapped.
+fn device_arg<'a, T: Element>(
+    device: Option<sys::CUdeviceptr>,
+    ctx: &Arc<CudaContext>,
+    len: usize,
+    last_use: &'a Mutex<Option<CudaEvent>>,
+    writable: bool,
+) -> KernelArg<'a> {
+    match device {
+        Some(ptr) => KernelArg::Slice {
+            elem: T::SCALAR,
+            len,
+            mem: SliceMem::Device {
+                ptr,
+                ctx: ctx.cu_ctx(),
+                stream: None,
+                last_use: Some(last_use),
+            },
+            writable,
+        },
+        None => KernelArg::Invalid(NOT_MAPPED.into()),
     }
 }
 
 impl<T: Element> std::ops::Deref for PinnedBuffer<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        if self.ctx.is_none() {
-            return &self.emulated;
+        self.wait_for_kernels();
+        match &self.storage {
+            // SAFETY: `host` holds `len` initialised elements owned by self; no kernel uses them now.
+            Storage::Cuda { host, .. } => unsafe { std::slice::from_raw_parts(*host, self.len) },
+            Storage::Emulated(v) => v,
         }
-        // SAFETY: `host` holds `len` initialised elements owned by self.
-        unsafe { std::slice::from_raw_parts(self.host, self.len) }
     }
 }
 
 impl<T: Element> std::ops::DerefMut for PinnedBuffer<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        if self.ctx.is_none() {
-            return &mut self.emulated;
+        self.wait_for_kernels();
+        match &mut self.storage {
+            // SAFETY: as for Deref, borrowed mutably.
+            Storage::Cuda { host, .. } => unsafe {
+                std::slice::from_raw_parts_mut(*host, self.len)
+            },
+            Storage::Emulated(v) => v,
         }
-        // SAFETY: `host` holds `len` initialised elements owned by self, borrowed mutably.
-        unsafe { std::slice::from_raw_parts_mut(self.host, self.len) }
     }
 }
 
 impl<T: Element> Drop for PinnedBuffer<T> {
     fn drop(&mut self) {
-        if let Some(ctx) = &self.ctx {
+        self.wait_for_kernels();
+        if let Storage::Cuda { host, ctx, .. } = &self.storage {
             let _ = ctx.bind_to_thread();
-            // SAFETY: `host` came from cuMemHostAlloc and is freed once.
+            // SAFETY: `host` came from cuMemHostAlloc, no kernel uses it, and it is freed once.
             unsafe {
-                let _ = cudarc::driver::result::free_host(self.host as *mut _);
+                let _ = cudarc::driver::result::free_host(*host as *mut _);
             }
         }
     }
@@ -141,21 +194,33 @@ impl<T: Element> Drop for PinnedBuffer<T> {
 
 impl<T: Element> AsKernelSlice<T> for PinnedBuffer<T> {
     fn kernel_arg(&self) -> KernelArg<'_> {
-        self.arg(false)
+        match &self.storage {
+            Storage::Emulated(_) if !self.mapped => KernelArg::Invalid(NOT_MAPPED.into()),
+            Storage::Emulated(v) => KernelArg::Slice {
+                elem: T::SCALAR,
+                len: self.len,
+                mem: SliceMem::Host(bytemuck::cast_slice(v)),
+                writable: false,
+            },
+            Storage::Cuda { device, ctx, .. } => {
+                device_arg::<T>(*device, ctx, self.len, &self.last_use, false)
+            }
+        }
     }
 }
 
 impl<T: Element> AsKernelSliceMut<T> for PinnedBuffer<T> {
     fn kernel_arg_mut(&mut self) -> KernelArg<'_> {
-        if self.ctx.is_none() && self.mapped {
-            let len = self.len;
-            return KernelArg::Slice {
+        let (len, mapped, last_use) = (self.len, self.mapped, &self.last_use);
+        match &mut self.storage {
+            Storage::Emulated(_) if !mapped => KernelArg::Invalid(NOT_MAPPED.into()),
+            Storage::Emulated(v) => KernelArg::Slice {
                 elem: T::SCALAR,
                 len,
-                mem: SliceMem::HostMut(bytemuck::cast_slice_mut(&mut self.emulated)),
+                mem: SliceMem::HostMut(bytemuck::cast_slice_mut(v)),
                 writable: true,
-            };
+            },
+            Storage::Cuda { device, ctx, .. } => device_arg::<T>(*device, ctx, len, last_use, true),
         }
-        self.arg(true)
     }
 }

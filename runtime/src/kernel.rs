@@ -2,8 +2,6 @@
 //! loaded. Launches are checked before they reach the GPU or the emulator: launch shape,
 //! shared memory, and every argument's kind, element type and length.
 
-use std::sync::Arc;
-
 use cudarc::driver::{sys, CudaFunction};
 use kiln_codegen::ir::{walk_stmts, StmtKind};
 use kiln_codegen::types::{Scalar, Ty};
@@ -260,15 +258,32 @@ impl Kernel {
             .ok_or_else(|| self.reject("not loaded on the GPU".into()))?;
         // parameter values, each in its own 8-byte slot (little-endian: the first bytes are the value)
         let mut slots: Vec<u64> = Vec::with_capacity(args.len() * 2);
+        // streams whose work on the arguments must come before the launch, and wait after it
+        let mut other_streams: Vec<&std::sync::Arc<cudarc::driver::CudaStream>> = Vec::new();
         for a in args.iter() {
             match a {
                 KernelArg::Slice {
                     len,
-                    mem: SliceMem::Device { ptr, ctx },
+                    mem:
+                        SliceMem::Device {
+                            ptr,
+                            ctx,
+                            stream: buffer_stream,
+                            ..
+                        },
                     ..
                 } => {
                     if *ctx != g.ctx.cu_ctx() {
                         return Err(self.reject("a buffer belongs to another CUDA context".into()));
+                    }
+                    if let Some(bs) = buffer_stream {
+                        if bs.cu_stream() != stream.cu_stream()
+                            && !other_streams
+                                .iter()
+                                .any(|o| o.cu_stream() == bs.cu_stream())
+                        {
+                            other_streams.push(bs);
+                        }
                     }
                     slots.push(*ptr);
                     slots.push(*len as u64);
@@ -295,6 +310,9 @@ impl Kernel {
                 .map_err(driver)?;
         }
         g.ctx.bind_to_thread().map_err(driver)?;
+        for other in &other_streams {
+            stream.join(other).map_err(driver)?;
+        }
         // SAFETY: the arguments were checked against the parameters (count, kinds, element
         // types); each pointer refers to a live slot of the right size for its parameter.
         unsafe {
@@ -307,7 +325,29 @@ impl Kernel {
                 &mut ptrs,
             )
         }
-        .map_err(|e| self.reject(format!("the driver refused the launch: {e:?}")))
+        .map_err(|e| self.reject(format!("the driver refused the launch: {e:?}")))?;
+        // later work on the buffers' own streams (writes, frees) waits for this launch, and host
+        // access to mapped memory waits for it too
+        for other in &other_streams {
+            other.join(stream).map_err(driver)?;
+        }
+        for a in args.iter() {
+            if let KernelArg::Slice {
+                mem:
+                    SliceMem::Device {
+                        last_use: Some(slot),
+                        ..
+                    },
+                ..
+            } = a
+            {
+                let event = stream.record_event(None).map_err(driver)?;
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(event);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -318,6 +358,3 @@ fn scalar_slot(ty: Scalar, bits: u64) -> u64 {
         _ => bits,
     }
 }
-
-/// Shared handle to a kernel.
-pub type KernelRef = Arc<Kernel>;

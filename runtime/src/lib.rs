@@ -1,5 +1,6 @@
 //! Kiln runtime: finds the CUDA libraries without panicking, JIT-compiles Kiln's generated CUDA
-//! C++ with NVRTC, and (later) launches kernels through cudarc.
+//! with NVRTC (cached in memory and on disk), and launches kernels on a GPU through cudarc or on
+//! the CPU emulator, with devices, memory, streams, timing and the autotuner.
 //!
 //! Everything that calls into cudarc first goes through [`locate_nvrtc`] (or
 //! [`locate::locate_cuda_driver`]), because cudarc panics when it cannot load a library and
@@ -33,7 +34,6 @@ pub mod tune;
 
 pub use device::{Device, REQUIRE_GPU_ENV};
 pub use host_memory::{MappedBuffer, PinnedBuffer};
-pub use jit::{compile_module, CompiledModule};
 pub use kernel::{Build, Kernel};
 pub use kiln_codegen;
 pub use launch::{KernelScalar, LaunchConfig, ScalarValue};

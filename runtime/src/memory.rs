@@ -3,7 +3,11 @@
 //! (`crate::host_memory`) and a cudarc user's own `CudaSlice` through [`AsKernelSlice`] /
 //! [`AsKernelSliceMut`].
 
-use cudarc::driver::{sys, CudaSlice, DevicePtr, DeviceRepr, ValidAsZeroBits};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    sys, CudaEvent, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits,
+};
 use kiln_codegen::types::Scalar;
 
 use crate::launch::{KernelScalar, ScalarValue};
@@ -70,6 +74,11 @@ pub enum SliceMem<'a> {
         ptr: sys::CUdeviceptr,
         /// The context the address is valid in.
         ctx: sys::CUcontext,
+        /// The stream the memory's other work (allocation, copies, frees) is ordered on; a
+        /// launch on another stream waits for it and makes it wait for the launch.
+        stream: Option<Arc<CudaStream>>,
+        /// For host memory: where the launch leaves an event that host access waits for.
+        last_use: Option<&'a Mutex<Option<CudaEvent>>>,
     },
     /// Read-only host memory (emulator).
     Host(&'a [u8]),
@@ -116,6 +125,7 @@ pub trait AsKernelSliceMut<T: Element> {
 }
 
 fn cuda_arg<T: Element>(s: &CudaSlice<T>, writable: bool) -> KernelArg<'_> {
+    // the launch orders itself against the slice's stream (see `Kernel::launch_args_on`)
     let (ptr, guard) = s.device_ptr(s.stream());
     drop(guard);
     KernelArg::Slice {
@@ -124,6 +134,8 @@ fn cuda_arg<T: Element>(s: &CudaSlice<T>, writable: bool) -> KernelArg<'_> {
         mem: SliceMem::Device {
             ptr,
             ctx: s.context().cu_ctx(),
+            stream: Some(s.stream().clone()),
+            last_use: None,
         },
         writable,
     }

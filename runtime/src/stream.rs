@@ -11,8 +11,10 @@ use crate::device::{Backend, Device};
 use crate::error::{driver, RuntimeError};
 
 /// A queue of device work. Work on one stream runs in order; work on different streams may
-/// overlap. Buffers are allocated and copied on the device's default stream: order work on
-/// another stream after them with an [`Event`], and keep buffers alive until that work is done.
+/// overlap. A launch on a stream first waits for the streams its buffers belong to (device
+/// buffers are allocated and copied on the device's default stream) and makes them wait for
+/// it, so buffers are never freed or overwritten under a running kernel; use [`Event`]s to
+/// order anything else.
 #[derive(Clone)]
 pub struct Stream {
     inner: Option<Arc<CudaStream>>,

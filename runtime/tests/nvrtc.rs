@@ -217,7 +217,13 @@ fn nvrtc_errors_name_the_rust_line() {
         line_map: vec![(1, 10), (2, 12)],
         rust_file: "src/kernels.rs".into(),
     };
-    let err = kiln_runtime::compile_module(&module, kiln_codegen::Arch::SM90).unwrap_err();
+    let err = kiln_runtime::cache::compile_cached_in(
+        &module,
+        kiln_codegen::Arch::SM90,
+        &Default::default(),
+        None,
+    )
+    .unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("undefined_name") && text.contains("[at src/kernels.rs:12]"),

@@ -26,5 +26,6 @@ fn device_function_by_full_path_compiles_with_nvrtc() {
     let Some(_) = kiln::runtime::require::nvrtc_or_skip() else {
         return;
     };
-    kiln::runtime::compile_module(&cuda, Arch::SM90).expect("NVRTC compiles it");
+    kiln::runtime::cache::compile_cached(&cuda, Arch::SM90, &Default::default())
+        .expect("NVRTC compiles it");
 }
