@@ -124,13 +124,33 @@ fn run_on_the_emulator_reports_clean_kernels_and_catches_bugs() {
 fn tune_searches_stores_and_shows() {
     let dir = std::env::temp_dir().join(format!("kiln-cli-tune-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = kiln().args(["tune", "vector_add", "--dtype", "f32", "--emulate", "--len", "4096"]).env("KILN_CACHE_DIR", &dir).output().unwrap();
+    let out = kiln()
+        .args([
+            "tune",
+            "vector_add",
+            "--dtype",
+            "f32",
+            "--emulate",
+            "--len",
+            "4096",
+        ])
+        .env("KILN_CACHE_DIR", &dir)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("<- winner"), "{text}");
     // vector_add is declared `threads = 256`: larger blocks are dropped with the launch check's reason
     assert!(text.contains("threads = 256"), "{text}");
-    let shown = kiln().args(["tune", "--show"]).env("KILN_CACHE_DIR", &dir).output().unwrap();
+    let shown = kiln()
+        .args(["tune", "--show"])
+        .env("KILN_CACHE_DIR", &dir)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&shown.stdout).contains("vector_add"));
     let _ = std::fs::remove_dir_all(dir);
 }

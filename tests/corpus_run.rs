@@ -119,6 +119,16 @@ fn stream_copy_and_sum() {
 }
 
 #[test]
+fn mma_tile_exact() {
+    check("mma_tile_exact", verify::mma_tile_exact);
+}
+
+#[test]
+fn fragment_layout_per_lane() {
+    check("fragment_layout_per_lane", verify::fragment_layout_per_lane);
+}
+
+#[test]
 fn every_corpus_kernel_has_a_check() {
     let checked: Vec<&str> = verify::CHECKS
         .iter()

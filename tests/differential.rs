@@ -121,6 +121,12 @@ const CASES: &[Case] = &[
     case("bitonic_sort", &["N=1024"], None, 4, 1024, &[], 0.0),
     case("stream_copy", &[], Some("f32"), 2, 128, &[], 0.0),
     case("stream_sum", &[], None, 2, 128, &[], 1e-6),
+    // tensor cores: one warp; the fragment registers after ldmatrix and the packed halves
+    // must be bit-identical lane by lane, the mma results within f32 rounding
+    case("mma_tile_16x8x16", &[], Some("bf16"), 1, 32, &[], 1e-6),
+    case("mma_tile_16x8x16", &[], Some("f16"), 1, 32, &[], 1e-6),
+    case("fragment_layout", &[], Some("bf16"), 1, 32, &[], 1e-6),
+    case("fragment_layout", &[], Some("f16"), 1, 32, &[], 1e-6),
 ];
 
 #[test]
@@ -158,10 +164,16 @@ fn gpu_and_emulator_agree_on_random_inputs() {
             let line = match (g, e) {
                 (Values::Int(g), Values::Int(e)) => {
                     let differ = g.iter().zip(e).filter(|(a, b)| a != b).count();
+                    let first = g.iter().zip(e).position(|(a, b)| a != b);
                     assert_eq!(
-                        differ, 0,
-                        "{} `{name}`: {differ} integer elements differ",
-                        c.kernel
+                        differ,
+                        0,
+                        "{} {:?} `{name}`: {differ} integer elements differ, the first at index {:?}: GPU {:#x?} vs emulator {:#x?}",
+                        c.kernel,
+                        c.dtype,
+                        first,
+                        first.map(|i| g[i]),
+                        first.map(|i| e[i])
                     );
                     format!(
                         "{} {:?} `{name}`: {} integers identical",

@@ -303,6 +303,24 @@ pub enum Intrinsic {
     CpAsyncCommit,
     CpAsyncWait,
     CpAsyncWaitAll,
+    // tensor cores: warp-level matrix fragments (see `front::tensor`)
+    /// `ldmatrix.sync.aligned.m8n8.x{num}[.trans].shared.b16`: `num` 8×8 matrices of 16-bit
+    /// elements from shared memory, one row address per lane. Argument: the lane's row.
+    Ldmatrix {
+        num: u8,
+        trans: bool,
+    },
+    /// `mma.sync.aligned.m16n8k16.row.col.f32.T.T.f32`: `D = A·B + C` (arguments A, B, C).
+    Mma,
+    /// A fragment of zeros (the result type says which).
+    FragZero,
+    /// Two `f32` rounded to nearest even into a `b32` of two halves of the given type
+    /// (`cvt.rn.{bf16x2,f16x2}.f32`): arguments (low half, high half).
+    Pack2(Scalar),
+    /// The low half of a `b32` as the 16-bit float of the result type.
+    UnpackLo,
+    /// The high half of a `b32` as the 16-bit float of the result type.
+    UnpackHi,
     // slices and vectors
     Len,
     VLoad,
@@ -340,6 +358,12 @@ pub enum Intrinsic {
 }
 
 impl Intrinsic {
+    /// True for the warp-synchronous tensor-core instructions (every lane of the warp must
+    /// execute them together).
+    pub fn is_warp_matrix(self) -> bool {
+        matches!(self, Intrinsic::Ldmatrix { .. } | Intrinsic::Mma)
+    }
+
     /// True for atomics (their first argument is a memory place).
     pub fn is_atomic(self) -> bool {
         use Intrinsic::*;

@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 
 use crate::defs::FnDef;
 use crate::front::syntax_types::{shared_bytes, MAX_STATIC_SHARED_BYTES};
+use crate::front::tensor;
 use crate::ir::{
-    walk_stmts, walk_stmts_mut, ExprKind, FnKind, Function, Generic, GenericArg, StmtKind,
+    walk_stmts, walk_stmts_mut, ExprKind, FnKind, Function, Generic, GenericArg, Intrinsic,
+    StmtKind,
 };
 use crate::types::{Len, Scalar, Ty};
 
@@ -419,6 +421,18 @@ impl Instantiator {
                                 *t = subst(*t);
                             }
                         }
+                    }
+                    if let ExprKind::Intrinsic(Intrinsic::Pack2(s), _) = &mut x.kind {
+                        *s = subst(*s);
+                    }
+                });
+                e.walk(&mut |x| {
+                    if let (None, Some(found)) = (&problem, tensor::non_half_operand(x)) {
+                        problem = Some((
+                            line,
+                            format!("tensor-core instructions take f16 or bf16 elements, but this specialisation gives them `{}`", found.rust_name()),
+                            Some("bind the element type to bf16 or f16: mma.sync m16n8k16 has no f32 or f64 inputs".into()),
+                        ));
                     }
                 });
             }

@@ -1,5 +1,5 @@
 //! Kiln's types: the scalar element types and the kinds of values a kernel handles
-//! (scalars, global slices, shared/register arrays, 16-byte vectors).
+//! (scalars, global slices, shared/register arrays, 16-byte vectors, tensor-core fragments).
 
 use serde::{Deserialize, Serialize};
 
@@ -202,6 +202,51 @@ pub enum Ty {
     Vector {
         elem: Scalar,
     },
+    /// One lane's registers of a warp-level matrix fragment of `mma.sync` m16n8k16 (see
+    /// [`FragKind`]); `elem` is the 16-bit input type of A and B, `f32` for C.
+    Frag {
+        kind: FragKind,
+        elem: Scalar,
+    },
+}
+
+/// The operands of `mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32`, as one
+/// lane holds them (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type").
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub enum FragKind {
+    /// A, 16×16 row-major: four `.b32` registers, each two halves.
+    A,
+    /// B, 16×8 column-major: two `.b32` registers, each two halves.
+    B,
+    /// C/D, 16×8: four `f32` accumulators.
+    C,
+}
+
+impl FragKind {
+    /// Registers one lane holds.
+    pub fn regs(self) -> u32 {
+        match self {
+            FragKind::A | FragKind::C => 4,
+            FragKind::B => 2,
+        }
+    }
+
+    /// The type of one register: `u32` (a packed pair of halves) for A and B, `f32` for C.
+    pub fn reg_type(self) -> Scalar {
+        match self {
+            FragKind::A | FragKind::B => Scalar::U32,
+            FragKind::C => Scalar::F32,
+        }
+    }
+
+    /// The Rust spelling of the fragment type (`FragA`, `FragB`, `FragC`).
+    pub fn rust_name(self) -> &'static str {
+        match self {
+            FragKind::A => "FragA",
+            FragKind::B => "FragB",
+            FragKind::C => "FragC",
+        }
+    }
 }
 
 impl Ty {
@@ -218,13 +263,22 @@ impl Ty {
         Ty::Scalar(s)
     }
 
-    /// The element type of anything indexable.
+    /// The element type of anything indexable (a fragment's is its register type).
     pub fn elem(&self) -> Option<Scalar> {
         match self {
             Ty::Slice { elem, .. }
             | Ty::Array { elem, .. }
             | Ty::DynShared { elem }
             | Ty::Vector { elem } => Some(*elem),
+            Ty::Frag { kind, .. } => Some(kind.reg_type()),
+            _ => None,
+        }
+    }
+
+    /// The fragment kind and input element type, if this is a fragment.
+    pub fn frag(&self) -> Option<(FragKind, Scalar)> {
+        match self {
+            Ty::Frag { kind, elem } => Some((*kind, *elem)),
             _ => None,
         }
     }
@@ -246,6 +300,10 @@ impl Ty {
             },
             Ty::DynShared { elem } => Ty::DynShared { elem: f(*elem) },
             Ty::Vector { elem } => Ty::Vector { elem: f(*elem) },
+            Ty::Frag { kind, elem } => Ty::Frag {
+                kind: *kind,
+                elem: f(*elem),
+            },
         }
     }
 }

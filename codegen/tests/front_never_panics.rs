@@ -68,6 +68,9 @@ fn leaf() -> impl Strategy<Value = String> {
         Just("u32::MAX".to_string()),
         Just("x.len()".to_string()),
         Just("size_of::<T>()".to_string()),
+        Just("frag_c_zero()[0]".to_string()),
+        Just("pack2::<T>(s, 0.5)".to_string()),
+        Just("unpack_hi::<T>(7u32)".to_string()),
         "[a-z]{1,3}".prop_map(|s| s),
     ]
 }
@@ -140,6 +143,8 @@ fn stmt() -> impl Strategy<Value = String> {
         Just("let mut r = [0.0f32; N];".to_string()),
         Just("cp_async_wait::<0>();".to_string()),
         Just("let c = |q: f32| q;".to_string()),
+        Just("let ht = shared::<[[T; 16]; 16]>(); let fa = ldmatrix_x4::<T>(&ht[lane_id() % 16][lane_id() / 16 * 8]); let mut acc = mma(fa, ldmatrix_x2_trans::<T>(&ht[lane_id() % 16][0]), frag_c_zero()); acc[1] += 1.0; y[0] = acc[1];".to_string()),
+        Just("let mut p = frag_a_zero::<T>(); p[3] = pack2::<T>(s, s); o[0] = unpack_lo::<T>(p[3]);".to_string()),
     ];
     simple.prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
@@ -161,6 +166,7 @@ const CORPUS: &[&str] = &[
     include_str!("../../src/corpus/memory.rs"),
     include_str!("../../src/corpus/reductions.rs"),
     include_str!("../../src/corpus/sorting.rs"),
+    include_str!("../../src/corpus/tensor.rs"),
 ];
 
 /// Every function of the corpus, as source text with whitespace-separated tokens.

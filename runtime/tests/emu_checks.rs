@@ -758,3 +758,37 @@ fn invalid_launches_and_arguments_are_errors() {
     .unwrap_err();
     assert!(matches!(&e, EmuError::StepLimit { line: 1, .. }), "{e}");
 }
+
+#[test]
+fn findings_in_a_device_function_name_its_file() {
+    let device = "fn read_past(x: &[f32], i: u32) -> f32 {
+    x[i + 1] // past the end
+}";
+    let kernel = "fn calls_it(x: &[f32], out: &mut [f32]) {
+    let i = thread_idx().x;
+    let v: f32 = read_past(x, i);
+    out[i] = v + x[i + 2]; // kernel read
+}";
+    let p = program_with_files(
+        kernel,
+        &[(device, "lib/device_fns.rs")],
+        kiln_codegen::spec::Bindings::default(),
+    );
+    let x = bytes(&[1f32; 32]);
+    let mut out = bytes(&[0f32; 32]);
+    let r = run(
+        &p,
+        LaunchConfig::linear(1, 32),
+        &mut [EmuArg::Slice(&x), EmuArg::SliceMut(&mut out)],
+    );
+    let in_device = finding(
+        &r,
+        device,
+        FindingKind::GlobalOutOfBounds,
+        "// past the end",
+    );
+    assert_eq!(in_device.file, "lib/device_fns.rs", "{in_device}");
+    assert!(in_device.detail.contains("read_past"), "{in_device}");
+    let in_kernel = finding(&r, kernel, FindingKind::GlobalOutOfBounds, "// kernel read");
+    assert_eq!(in_kernel.file, FILE, "{in_kernel}");
+}

@@ -7,7 +7,7 @@ use half::{bf16, f16};
 use kiln_codegen::Dtype;
 use kiln_runtime::{Device, LaunchConfig};
 
-use super::{bandwidth, basics, memory, reductions, sorting};
+use super::{bandwidth, basics, memory, reductions, sorting, tensor};
 use crate::verify::{ensure, ensure_eq, rel_err, Real, Rng, VerifyError};
 
 const POISON_F32: f32 = f32::NAN;
@@ -582,6 +582,124 @@ pub fn stream_copy_and_sum(dev: &Device) -> Result<(), VerifyError> {
     Ok(())
 }
 
+/// mma_tile_16x8x16: one tensor-core multiply of small-integer tiles (every product and sum
+/// is exact in f32), in bf16 and f16, against a Rust matmul: exact.
+pub fn mma_tile_exact(dev: &Device) -> Result<(), VerifyError> {
+    mma_tile_as::<bf16>(dev)?;
+    mma_tile_as::<f16>(dev)
+}
+
+/// Small integers in -8..=8, as `T` (exact in f16 and bf16).
+fn small_ints<T: Real>(n: usize, mul: usize, add: usize) -> Vec<T> {
+    (0..n)
+        .map(|i| T::from_f32(((i * mul + add) % 17) as f32 - 8.0))
+        .collect()
+}
+
+fn mma_tile_as<T: Real>(dev: &Device) -> Result<(), VerifyError> {
+    let (a, b) = (small_ints::<T>(256, 7, 3), small_ints::<T>(128, 5, 11));
+    let k = tensor::mma_tile_16x8x16::spec().t(T::DTYPE).build(dev)?;
+    let mut c = dev.upload(&vec![POISON_F32; 128])?;
+    tensor::mma_tile_16x8x16::launch(
+        &k,
+        &LaunchConfig::linear(1, 32),
+        &dev.upload(&a)?,
+        &dev.upload(&b)?,
+        &mut c,
+    )?;
+    let got = dev.download(&c)?;
+    for i in 0..16 {
+        for j in 0..8 {
+            let want: f32 = (0..16)
+                .map(|k| a[i * 16 + k].to_f32() * b[k * 8 + j].to_f32())
+                .sum();
+            ensure_eq!(got[i * 8 + j], want, "{} C[{i}][{j}]", T::DTYPE);
+        }
+    }
+    Ok(())
+}
+
+/// fragment_layout: what every lane holds after `ldmatrix_x4`, `ldmatrix_x2_trans` and `mma`
+/// against the PTX ISA's m16n8k16 fragment layouts (groupID `g = lane / 4`,
+/// threadID_in_group `t = lane % 4`), and the packed conversions against the `half` crate's
+/// round-to-nearest-even; bf16 and f16, exact.
+pub fn fragment_layout_per_lane(dev: &Device) -> Result<(), VerifyError> {
+    fragment_layout_as::<bf16>(dev)?;
+    fragment_layout_as::<f16>(dev)
+}
+
+/// A register of two halves: `lo` in bits 0-15.
+fn halves<T: Real>(lo: T, hi: T) -> u32 {
+    lo.to_bits64() as u32 | (hi.to_bits64() as u32) << 16
+}
+
+fn fragment_layout_as<T: Real>(dev: &Device) -> Result<(), VerifyError> {
+    let (a, b) = (small_ints::<T>(256, 5, 2), small_ints::<T>(128, 3, 7));
+    let k = tensor::fragment_layout::spec().t(T::DTYPE).build(dev)?;
+    let mut a_regs = dev.upload(&vec![u32::MAX; 128])?;
+    let mut b_regs = dev.upload(&vec![u32::MAX; 64])?;
+    let mut c_vals = dev.upload(&vec![POISON_F32; 128])?;
+    let mut p_regs = dev.upload(&vec![u32::MAX; 128])?;
+    tensor::fragment_layout::launch(
+        &k,
+        &LaunchConfig::linear(1, 32),
+        &dev.upload(&a)?,
+        &dev.upload(&b)?,
+        &mut a_regs,
+        &mut b_regs,
+        &mut c_vals,
+        &mut p_regs,
+    )?;
+    let (ga, gb, gc, gp) = (
+        dev.download(&a_regs)?,
+        dev.download(&b_regs)?,
+        dev.download(&c_vals)?,
+        dev.download(&p_regs)?,
+    );
+    let at = |i: usize, k: usize| a[i * 16 + k];
+    let bt = |k: usize, n: usize| b[k * 8 + n];
+    let dt = T::DTYPE;
+    for lane in 0..32 {
+        let (g, t) = (lane / 4, lane % 4);
+        for r in 0..4 {
+            // A: rows g, g+8 (odd registers), columns 2t, 2t+1 (+8 for registers 2, 3)
+            let (row, col) = (g + 8 * (r % 2), 2 * t + 8 * (r / 2));
+            let want = halves(at(row, col), at(row, col + 1));
+            ensure_eq!(ga[lane * 4 + r], want, "{dt} lane {lane} A register {r}");
+        }
+        for r in 0..2 {
+            // B: rows (k) 2t, 2t+1 (+8 for register 1), column (n) g
+            let want = halves(bt(2 * t + 8 * r, g), bt(2 * t + 8 * r + 1, g));
+            ensure_eq!(gb[lane * 2 + r], want, "{dt} lane {lane} B register {r}");
+        }
+        let mut d = [0f32; 4];
+        for (r, dr) in d.iter_mut().enumerate() {
+            // C/D: rows g, g+8 (registers 2, 3), columns 2t, 2t+1
+            let (row, col) = (g + 8 * (r / 2), 2 * t + r % 2);
+            let dot: f32 = (0..16)
+                .map(|k| at(row, k).to_f32() * bt(k, col).to_f32())
+                .sum();
+            *dr = dot + lane as f32 + r as f32 * 0.25;
+            ensure_eq!(gc[lane * 4 + r], *dr, "{dt} lane {lane} D register {r}");
+        }
+        let h = |v: f32| T::from_f32(v);
+        let want_p = [
+            halves(h(d[0]), h(d[1])),
+            halves(h(d[2]), h(d[3])),
+            halves(h(d[1]), h(d[2])),
+            0,
+        ];
+        for (r, want) in want_p.iter().enumerate() {
+            ensure_eq!(
+                gp[lane * 4 + r],
+                *want,
+                "{dt} lane {lane} packed register {r}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A check: runs kernels on a device against their references.
 pub type Check = fn(&Device) -> Result<(), VerifyError>;
 
@@ -608,4 +726,6 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("row_mean_square", row_mean_square_cross_crate_device_fn),
     ("bitonic_sort", bitonic_sort_chunks),
     ("stream_copy + stream_sum", stream_copy_and_sum),
+    ("mma_tile_16x8x16", mma_tile_exact),
+    ("fragment_layout", fragment_layout_per_lane),
 ];

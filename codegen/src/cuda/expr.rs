@@ -3,7 +3,7 @@
 //! intrinsic.
 
 use super::c_type;
-use super::prelude::vector_type;
+use super::prelude::{frag_type, vector_type};
 use crate::ir::{Axis, BinOp, Expr, ExprKind, Intrinsic, TypeConst, UnOp};
 use crate::types::{ConstOp, Len, Scalar, Ty};
 
@@ -129,6 +129,7 @@ fn printp(e: &Expr) -> (String, u8) {
             let i = strip_parens(&i).to_string();
             match &base.ty {
                 Ty::Vector { .. } => (format!("{}.lane[{i}]", wrap(b, bp, POSTFIX)), POSTFIX),
+                Ty::Frag { .. } => (format!("{}.x[{i}]", wrap(b, bp, POSTFIX)), POSTFIX),
                 _ => (format!("{}[{i}]", wrap(b, bp, POSTFIX)), POSTFIX),
             }
         }
@@ -604,5 +605,35 @@ fn intrinsic(i: Intrinsic, args: &[Expr], ty: &Ty) -> String {
             }
         }
         DivCeil => format!("kiln_div_ceil({}, {})", a(0), a(1)),
+        Ldmatrix { num, trans } => format!(
+            "kiln_ldmatrix_x{num}{}({})",
+            if trans { "_trans" } else { "" },
+            place(args, 0)
+        ),
+        Mma => {
+            let elem = args.first().and_then(|x| x.ty.frag()).map(|(_, e)| e);
+            format!(
+                "kiln_mma_{}({}, {}, {})",
+                elem.unwrap_or(Scalar::Bf16).rust_name(),
+                a(0),
+                a(1),
+                a(2)
+            )
+        }
+        FragZero => match ty.frag() {
+            Some((kind, _)) => format!("{}{{}}", frag_type(kind)),
+            None => "/* not a fragment */ 0".into(),
+        },
+        Pack2(elem) => format!("kiln_pack2_{}({}, {})", elem.rust_name(), a(0), a(1)),
+        UnpackLo | UnpackHi => {
+            let half = ty.scalar().unwrap_or(Scalar::Bf16).rust_name();
+            let bits = if i == UnpackHi {
+                let (t, p) = printp(&args[0]);
+                format!("{} >> 16", wrap(t, p, prec(BinOp::Shl) + 1))
+            } else {
+                a(0)
+            };
+            format!("kiln_{half}{{(unsigned short)({bits})}}")
+        }
     }
 }

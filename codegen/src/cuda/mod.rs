@@ -175,6 +175,9 @@ impl Printer<'_> {
                         if let Ty::Vector { elem } = &x.ty {
                             used.insert(Section::Vector(*elem));
                         }
+                        if let Ty::Frag { .. } = &x.ty {
+                            used.insert(Section::Frag);
+                        }
                         if let ExprKind::Cast(inner) = &x.kind {
                             let from_float = inner.ty.scalar().is_some_and(Scalar::is_float);
                             if from_float && x.ty.scalar().is_some_and(Scalar::is_int) {
@@ -199,10 +202,25 @@ impl Printer<'_> {
                                     Some(Section::Ctz)
                                 }
                                 Intrinsic::IsNan => Some(Section::IsNan),
-                                Intrinsic::CpAsync
-                                | Intrinsic::CpAsyncCommit
+                                Intrinsic::CpAsync => {
+                                    used.insert(Section::SmemAddr);
+                                    Some(Section::CpAsync)
+                                }
+                                Intrinsic::CpAsyncCommit
                                 | Intrinsic::CpAsyncWait
                                 | Intrinsic::CpAsyncWaitAll => Some(Section::CpAsync),
+                                Intrinsic::Ldmatrix { num, trans } => {
+                                    used.insert(Section::SmemAddr);
+                                    Some(Section::Ldmatrix {
+                                        num: *num,
+                                        trans: *trans,
+                                    })
+                                }
+                                Intrinsic::Mma => args
+                                    .first()
+                                    .and_then(|a| a.ty.frag())
+                                    .map(|(_, elem)| Section::Mma(elem)),
+                                Intrinsic::Pack2(elem) => Some(Section::Pack2(*elem)),
                                 Intrinsic::VStore => {
                                     args.get(2).and_then(|v| v.ty.elem()).map(Section::Vector)
                                 }
@@ -323,6 +341,7 @@ impl Printer<'_> {
                     Ty::Scalar(sc) => c_type(*sc),
                     Ty::Dim3 => "uint3".to_string(),
                     Ty::Vector { elem } => prelude::vector_type(*elem),
+                    Ty::Frag { kind, .. } => prelude::frag_type(*kind).to_string(),
                     other => format!("/* {other:?} */ auto"),
                 };
                 let constness = if *mutable { "" } else { "const " };

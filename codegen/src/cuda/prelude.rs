@@ -1,10 +1,11 @@
 //! The CUDA prelude: the few helpers generated code needs that NVRTC does not provide
 //! without headers (f16/bf16 storage types and conversions through inline PTX, async
-//! copies, vector types, bit helpers). Only the sections a program uses are emitted.
+//! copies, vector types, bit helpers, tensor-core fragments with `ldmatrix`, `mma.sync` and
+//! packed conversions). Only the sections a program uses are emitted.
 
 use std::collections::BTreeSet;
 
-use crate::types::Scalar;
+use crate::types::{FragKind, Scalar};
 
 /// A section of the prelude, emitted when the program needs it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -16,10 +17,32 @@ pub enum Section {
     Ctz,
     IsNan,
     FloatToInt,
+    /// `kiln_smem_addr`: the shared-state-space address of a generic pointer.
+    SmemAddr,
     CpAsync,
     DynShared,
     /// The 16-byte vector struct of an element type.
     Vector(Scalar),
+    /// The fragment structs of `mma.sync` m16n8k16.
+    Frag,
+    /// One `ldmatrix` variant: `num` 8×8 matrices, transposed or not.
+    Ldmatrix {
+        num: u8,
+        trans: bool,
+    },
+    /// `mma.sync` m16n8k16 with f32 accumulation for one input type (f16 or bf16).
+    Mma(Scalar),
+    /// Two f32 into one `b32` of two halves of a type (f16 or bf16).
+    Pack2(Scalar),
+}
+
+/// The CUDA name of a fragment struct.
+pub fn frag_type(kind: FragKind) -> &'static str {
+    match kind {
+        FragKind::A => "kiln_frag_a",
+        FragKind::B => "kiln_frag_b",
+        FragKind::C => "kiln_frag_c",
+    }
 }
 
 /// The CUDA name of a vector struct.
@@ -70,11 +93,17 @@ const FLOAT_TO_INT: &str = r#"// Rust's `as` from float to integer: saturating, 
 template <typename I, typename F> __device__ __forceinline__ I kiln_float_to_int(F x) { return x != x ? (I)0 : (I)x; }
 "#;
 
+const SMEM_ADDR: &str = r#"// The 32-bit shared-memory address of a generic pointer into shared memory.
+__device__ __forceinline__ unsigned int kiln_smem_addr(const void* p) {
+    unsigned int s;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(s) : "l"(p));
+    return s;
+}
+"#;
+
 const CP_ASYNC: &str = r#"// Asynchronous 16-byte global -> shared copies (sm_80+); complete at a wait, visible to the block after a barrier.
 __device__ __forceinline__ void kiln_cp_async16(void* smem, const void* gmem) {
-    unsigned int s;
-    asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(s) : "l"(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(s), "l"(gmem) : "memory");
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(kiln_smem_addr(smem)), "l"(gmem) : "memory");
 }
 __device__ __forceinline__ void kiln_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void kiln_cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
@@ -82,6 +111,50 @@ __device__ __forceinline__ void kiln_cp_async_wait_all() { asm volatile("cp.asyn
 "#;
 
 const DYN_SHARED: &str = "extern __shared__ __align__(16) unsigned char kiln_dyn_smem[];\n";
+
+const FRAG: &str = r#"// One lane's registers of the mma.sync m16n8k16 operands: A 16x16 (4 x b32 of two halves), B 16x8 (2 x b32), C/D 16x8 (4 x f32).
+struct kiln_frag_a { unsigned int x[4]; };
+struct kiln_frag_b { unsigned int x[2]; };
+struct kiln_frag_c { float x[4]; };
+"#;
+
+const MMA: &str = r#"// D = A * B + C on tensor cores: mma.sync m16n8k16, HNAME inputs, f32 accumulation (sm_80+).
+__device__ __forceinline__ kiln_frag_c kiln_mma_HNAME(kiln_frag_a a, kiln_frag_b b, kiln_frag_c c) {
+    kiln_frag_c d;
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.HNAME.HNAME.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"
+        : "=f"(d.x[0]), "=f"(d.x[1]), "=f"(d.x[2]), "=f"(d.x[3])
+        : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(b.x[0]), "r"(b.x[1]),
+          "f"(c.x[0]), "f"(c.x[1]), "f"(c.x[2]), "f"(c.x[3]));
+    return d;
+}
+"#;
+
+const PACK2: &str = r#"// Two floats rounded to nearest even into one b32 of two HNAME: `lo` in bits 0-15, `hi` in bits 16-31.
+__device__ __forceinline__ unsigned int kiln_pack2_HNAME(float lo, float hi) { unsigned int r; asm("cvt.rn.HNAMEx2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r; }
+"#;
+
+/// One `ldmatrix` helper: `num` 8×8 b16 matrices from shared memory, one row address per
+/// lane (lanes 8i..8i+7 address the rows of matrix i); each lane receives one `b32` per matrix.
+fn ldmatrix_section(num: u8, trans: bool) -> String {
+    let (ret, regs): (&str, Vec<String>) = match num {
+        1 => ("unsigned int", vec!["r".into()]),
+        2 => ("kiln_frag_b", (0..2).map(|i| format!("r.x[{i}]")).collect()),
+        _ => ("kiln_frag_a", (0..4).map(|i| format!("r.x[{i}]")).collect()),
+    };
+    let suffix = if trans { "_trans" } else { "" };
+    let ptx_trans = if trans { ".trans" } else { "" };
+    let outs: Vec<String> = (0..regs.len()).map(|i| format!("%{i}")).collect();
+    let constraints: Vec<String> = regs.iter().map(|r| format!("\"=r\"({r})")).collect();
+    format!(
+        "__device__ __forceinline__ {ret} kiln_ldmatrix_x{num}{suffix}(const void* p) {{\n    \
+         {ret} r;\n    \
+         asm volatile(\"ldmatrix.sync.aligned.m8n8.x{num}{ptx_trans}.shared.b16 {{{}}}, [%{}];\" : {} : \"r\"(kiln_smem_addr(p)) : \"memory\");\n    \
+         return r;\n}}\n",
+        outs.join(", "),
+        regs.len(),
+        constraints.join(", ")
+    )
+}
 
 /// The storage type, conversions, operators and shuffles of one 16-bit float type.
 fn half_section(name: &str) -> String {
@@ -117,9 +190,14 @@ pub fn prelude(used: &BTreeSet<Section>, c_type: &dyn Fn(Scalar) -> String) -> S
             Section::Ctz => out.push_str(CTZ),
             Section::IsNan => out.push_str(IS_NAN),
             Section::FloatToInt => out.push_str(FLOAT_TO_INT),
+            Section::SmemAddr => out.push_str(SMEM_ADDR),
             Section::CpAsync => out.push_str(CP_ASYNC),
             Section::DynShared => out.push_str(DYN_SHARED),
             Section::Vector(e) => out.push_str(&vector_section(*e, &c_type(*e))),
+            Section::Frag => out.push_str(FRAG),
+            Section::Ldmatrix { num, trans } => out.push_str(&ldmatrix_section(*num, *trans)),
+            Section::Mma(e) => out.push_str(&MMA.replace("HNAME", &e.rust_name())),
+            Section::Pack2(e) => out.push_str(&PACK2.replace("HNAME", &e.rust_name())),
         }
     }
     out

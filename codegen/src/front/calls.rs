@@ -257,7 +257,7 @@ impl Checker {
             "rsqrt" => self.math_fn(c, Rsqrt, args, 1),
             "min" => self.math_fn(c, Min, args, 2),
             "max" => self.math_fn(c, Max, args, 2),
-            _ => return None,
+            _ => return self.tensor_call(c, name, turbofish, args),
         };
         Some(result)
     }
@@ -310,13 +310,13 @@ impl Checker {
     }
 
     /// An argument checked against a known type.
-    fn typed_arg(&mut self, a: &syn::Expr, ty: &Ty) -> Res<Expr> {
+    pub(super) fn typed_arg(&mut self, a: &syn::Expr, ty: &Ty) -> Res<Expr> {
         let v = self.expr(a, Some(ty))?;
         self.expect_ty(a, ty, &v.ty)?;
         Ok(v)
     }
 
-    fn arity(
+    pub(super) fn arity(
         &self,
         c: &syn::ExprCall,
         name: &str,
@@ -467,11 +467,7 @@ impl Checker {
             );
         };
         let place = self.index(ix)?;
-        let mut root = &place;
-        while let ExprKind::Index(base, _) = &root.kind {
-            root = base;
-        }
-        match &root.ty {
+        match &place_root(&place).ty {
             Ty::Slice { mutable: false, .. } if writable => err_hint(
                 a,
                 format!("`{name}` writes to a read-only slice"),
@@ -486,6 +482,11 @@ impl Checker {
                 format!("`{name}` works on global slices and shared arrays"),
             ),
             Ty::Vector { .. } => err(a, format!("`{name}` cannot address a vector lane")),
+            Ty::Frag { .. } => err_hint(
+                a,
+                format!("`{name}` cannot address a fragment register"),
+                "fragment registers are private to a lane; read them with `frag[i]`",
+            ),
             _ if place.ty.scalar().is_none() => err(a, "expected one element"),
             _ => Ok(place),
         }
@@ -496,14 +497,7 @@ impl Checker {
         self.arity(c, "cp_async", args, 2, usage)?;
         let dst = self.memory_place(args[0], "cp_async", usage, true)?;
         let src = self.memory_place(args[1], "cp_async", usage, false)?;
-        let space_of = |e: &Expr| {
-            let mut root = e;
-            while let ExprKind::Index(base, _) = &root.kind {
-                root = base;
-            }
-            root.ty.clone()
-        };
-        match space_of(&dst) {
+        match &place_root(&dst).ty {
             Ty::Array {
                 space: Space::Shared,
                 ..
@@ -517,7 +511,7 @@ impl Checker {
                 )
             }
         }
-        if !matches!(space_of(&src), Ty::Slice { .. }) {
+        if !matches!(place_root(&src).ty, Ty::Slice { .. }) {
             return err_hint(
                 args[1],
                 "`cp_async` copies from global memory",
@@ -894,6 +888,15 @@ impl Checker {
             ),
         }
     }
+}
+
+/// The array, slice or vector a place (`x[i][j]`) indexes.
+pub(super) fn place_root(place: &Expr) -> &Expr {
+    let mut root = place;
+    while let ExprKind::Index(base, _) = &root.kind {
+        root = base;
+    }
+    root
 }
 
 /// Whether an expression is known at compile time (re-exported for the statement checker).

@@ -37,6 +37,7 @@ fn varies_per_thread(i: Intrinsic) -> bool {
             | AnySync
             | ActiveMask
     ) || i.is_atomic()
+        || i.is_warp_matrix()
 }
 
 /// True when `e` is known at compile time (literals, comptime parameters, type constants

@@ -561,6 +561,7 @@ impl Checker {
         }
         let ty = match &base.ty {
             Ty::Slice { elem, .. } | Ty::DynShared { elem } | Ty::Vector { elem } => Ty::s(*elem),
+            Ty::Frag { kind, .. } => self.frag_index(i, &base.ty, *kind, &idx)?,
             Ty::Array { space, elem, dims } => {
                 if dims.len() > 1 {
                     Ty::Array {
@@ -576,7 +577,7 @@ impl Checker {
                 return err_hint(
                     &i.expr,
                     format!("cannot index a value of type `{}`", self.ty_name(other)),
-                    "index slices, arrays and vectors",
+                    "index slices, arrays, vectors and fragments",
                 )
             }
         };

@@ -10,6 +10,7 @@ mod scope;
 mod signature;
 mod stmt;
 pub mod syntax_types;
+pub(crate) mod tensor;
 
 use crate::diag::{Diagnostic, Res};
 use crate::ir::{FnKind, Function};

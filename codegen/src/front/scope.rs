@@ -309,6 +309,13 @@ impl Checker {
             }
             Ty::DynShared { elem } => format!("dyn_shared [{}]", self.scalar_name(*elem)),
             Ty::Vector { elem } => format!("Vec16<{}>", self.scalar_name(*elem)),
+            Ty::Frag {
+                kind: crate::types::FragKind::C,
+                ..
+            } => "FragC".into(),
+            Ty::Frag { kind, elem } => {
+                format!("{}<{}>", kind.rust_name(), self.scalar_name(*elem))
+            }
         }
     }
 

@@ -189,11 +189,14 @@ impl Checker {
                 )
             }
         };
-        if !matches!(ty, Ty::Scalar(_) | Ty::Dim3 | Ty::Vector { .. }) {
+        if !matches!(
+            ty,
+            Ty::Scalar(_) | Ty::Dim3 | Ty::Vector { .. } | Ty::Frag { .. }
+        ) {
             return err_hint(
                 l,
                 format!("a variable cannot hold `{}`", self.ty_name(&ty)),
-                "variables hold scalars and vectors; use slices and arrays through their names",
+                "variables hold scalars, vectors and fragments; use slices and arrays through their names",
             );
         }
         if ty == (Ty::Vector { elem: Scalar::Bool }) {
@@ -529,6 +532,7 @@ impl Checker {
                     space: Space::Local,
                     ..
                 } | Ty::Vector { .. }
+                    | Ty::Frag { .. }
             );
         if varying && per_thread {
             if let Some(root) = root_var(&target) {
@@ -553,7 +557,10 @@ impl Checker {
                 let Some(var) = self.lookup(&name).cloned() else {
                     return err(e, format!("cannot find `{name}` in this kernel"));
                 };
-                if !matches!(var.ty, Ty::Scalar(_) | Ty::Vector { .. } | Ty::Dim3) {
+                if !matches!(
+                    var.ty,
+                    Ty::Scalar(_) | Ty::Vector { .. } | Ty::Dim3 | Ty::Frag { .. }
+                ) {
                     return err_hint(
                         e,
                         format!("cannot assign to `{name}` as a whole"),
@@ -597,7 +604,8 @@ impl Checker {
                         space: Space::Local,
                         ..
                     }
-                    | Ty::Vector { .. } => {
+                    | Ty::Vector { .. }
+                    | Ty::Frag { .. } => {
                         if let ExprKind::Var(c) = &root.kind {
                             let mutable = self.var_by_cname(c).is_some_and(|v| v.mutable);
                             if !mutable {

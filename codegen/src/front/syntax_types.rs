@@ -58,8 +58,12 @@ impl Checker {
         err_hint(ty, format!("unsupported type `{name}`"), hint)
     }
 
-    /// A type written in a `let` annotation: a scalar or an array (register array).
+    /// A type written in a `let` annotation: a scalar, an array (register array) or a
+    /// fragment (`FragA<T>`, `FragB<T>`, `FragC`).
     pub fn value_type(&self, ty: &syn::Type) -> Res<Ty> {
+        if let Some(frag) = self.frag_type(ty) {
+            return frag;
+        }
         match ty {
             syn::Type::Array(_) => {
                 let (elem, dims) = self.array_type(ty)?;

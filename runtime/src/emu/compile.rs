@@ -19,7 +19,9 @@ use kiln_codegen::ir::{
 use kiln_codegen::spec::{eval_len, Program};
 use kiln_codegen::types::{Scalar, Ty};
 
-use super::isa::{Access, Code, Instr, Loc, Origin, Reg, ShflMode, Special, WarpOp, ZERO};
+use super::isa::{
+    Access, Code, Instr, Loc, MatrixOp, Origin, Reg, ShflMode, Special, WarpOp, ZERO,
+};
 use super::value::{self, DivKind, MathFn, K};
 
 /// The value a kernel parameter is bound to for this launch.
@@ -91,6 +93,7 @@ struct Compiler<'p> {
     origins: Vec<Origin>,
     origin: Origin,
     funcs: Vec<String>,
+    files: Vec<String>,
     mems: Vec<String>,
     next: Reg,
     max: Reg,
@@ -119,6 +122,11 @@ pub(crate) fn compile(program: &Program, args: &[ArgBinding], dyn_bytes: u32) ->
             func: 0,
         },
         funcs: vec![program.kernel.name.clone()],
+        files: vec![if program.kernel.file.is_empty() {
+            program.file.clone()
+        } else {
+            program.kernel.file.clone()
+        }],
         mems: Vec::new(),
         next: ZERO + 1,
         max: ZERO + 1,
@@ -177,6 +185,7 @@ pub(crate) fn compile(program: &Program, args: &[ArgBinding], dyn_bytes: u32) ->
         instrs: c.instrs,
         origins: c.origins,
         funcs: c.funcs,
+        files: c.files,
         mems: c.mems,
         frame: c.max,
         shared_bytes: dyn_off.saturating_add(dyn_bytes),
@@ -197,6 +206,18 @@ fn scalar_kind(ty: &Ty) -> Res<K> {
 
 fn lanes(elem: K) -> u64 {
     16 / elem.size() as u64
+}
+
+/// The register kind, slot count and report name of a vector or fragment value.
+fn aggregate(ty: &Ty) -> Res<(K, u64, &'static str)> {
+    match ty {
+        Ty::Vector { elem } => {
+            let k = kind(*elem)?;
+            Ok((k, lanes(k), "vector"))
+        }
+        Ty::Frag { kind: f, .. } => Ok((kind(f.reg_type())?, f.regs() as u64, "fragment")),
+        other => Err(format!("expected a vector or fragment, found {other:?}")),
+    }
 }
 
 /// Byte offsets of every static shared array of the kernel and its device functions.
@@ -628,13 +649,13 @@ impl Compiler<'_> {
             Ty::Dim3 => Binding::Dim3 {
                 slot: self.alloc(3)?,
             },
-            Ty::Vector { elem } => {
-                let elem = kind(*elem)?;
+            Ty::Vector { .. } | Ty::Frag { .. } => {
+                let (elem, n, name) = aggregate(ty)?;
                 Binding::Array {
-                    loc: Loc::Local(self.alloc(lanes(elem))?),
+                    loc: Loc::Local(self.alloc(n)?),
                     elem,
-                    dims: vec![lanes(elem)],
-                    mem: self.mem("vector"),
+                    dims: vec![n],
+                    mem: self.mem(name),
                     writable: true,
                 }
             }
@@ -651,7 +672,7 @@ impl Compiler<'_> {
                 loc: Loc::Local(slot),
                 dims,
                 ..
-            } => self.vector_into(e, *slot, dims.iter().product()),
+            } => self.aggregate_into(e, *slot, dims.iter().product()),
             Binding::Array { .. } => Err("only register values can be assigned whole".into()),
         }
     }
@@ -758,14 +779,11 @@ impl Compiler<'_> {
     /// An expression statement: evaluated for its effects (a read can still be out of bounds).
     fn effect(&mut self, e: &Expr) -> Res<()> {
         match (&e.kind, &e.ty) {
+            (_, Ty::Frag { .. }) => self.aggregate(e).map(|_| ()),
             (ExprKind::Intrinsic(i, args), _) => self.intrinsic(*i, args, &e.ty, None),
             (ExprKind::Call { callee, args, .. }, _) => self.call(callee, args, None),
             (_, Ty::Scalar(_)) => self.scalar(e).map(|_| ()),
-            (_, Ty::Vector { elem }) => {
-                let n = lanes(kind(*elem)?);
-                let slots = self.alloc(n)?;
-                self.vector_into(e, slots, n)
-            }
+            (_, Ty::Vector { .. }) => self.aggregate(e).map(|_| ()),
             _ => Ok(()),
         }
     }
@@ -941,13 +959,31 @@ impl Compiler<'_> {
         }
     }
 
-    /// Evaluates vector `e` into the `n` slots at `dst` (its lanes must be `n`).
-    fn vector_into(&mut self, e: &Expr, dst: Reg, n: u64) -> Res<()> {
-        let mismatch = |have: u64| format!("a vector of {have} lanes where {n} are expected");
-        match &e.ty {
-            Ty::Vector { elem } if lanes(kind(*elem)?) == n => {}
-            Ty::Vector { elem } => return Err(mismatch(lanes(kind(*elem)?))),
-            other => return Err(format!("expected a vector, found {other:?}")),
+    /// The slots holding the value of vector or fragment `e`: a variable's own, else fresh ones.
+    fn aggregate(&mut self, e: &Expr) -> Res<Reg> {
+        let (_, n, _) = aggregate(&e.ty)?;
+        if let ExprKind::Var(name) = &e.kind {
+            if let Binding::Array {
+                loc: Loc::Local(slot),
+                dims,
+                ..
+            } = self.lookup(name)?
+            {
+                if dims[..] == [n] {
+                    return Ok(slot);
+                }
+            }
+        }
+        let slot = self.alloc(n)?;
+        self.aggregate_into(e, slot, n)?;
+        Ok(slot)
+    }
+
+    /// Evaluates vector or fragment `e` into the `n` slots at `dst` (it must have `n`).
+    fn aggregate_into(&mut self, e: &Expr, dst: Reg, n: u64) -> Res<()> {
+        let (_, have, _) = aggregate(&e.ty)?;
+        if have != n {
+            return Err(format!("a value of {have} slots where {n} are expected"));
         }
         match &e.kind {
             ExprKind::Var(name) => match self.lookup(name)? {
@@ -963,19 +999,85 @@ impl Compiler<'_> {
                     });
                     Ok(())
                 }
-                _ => Err(format!("`{name}` is not a vector of {n} lanes")),
+                _ => Err(format!("`{name}` is not a value of {n} slots")),
             },
             ExprKind::Intrinsic(Intrinsic::VLoad, args) => {
                 let at = self.vector_access(args, false)?;
-                if lanes(at.k) != n {
-                    return Err(mismatch(lanes(at.k)));
-                }
                 self.emit(Instr::VLoad { dst, at });
                 Ok(())
             }
-            ExprKind::Select(c, a, b) => self.select(c, a, b, &|s, x| s.vector_into(x, dst, n)),
-            other => Err(format!("unsupported vector expression {other:?}")),
+            ExprKind::Intrinsic(Intrinsic::FragZero, _) => {
+                self.emit(Instr::Const { dst, bits: 0 });
+                self.emit(Instr::Fill {
+                    dst,
+                    src: dst,
+                    n: n as u32,
+                });
+                Ok(())
+            }
+            ExprKind::Intrinsic(Intrinsic::Ldmatrix { num, trans }, args) => {
+                self.ldmatrix(args, *num, *trans, dst)
+            }
+            ExprKind::Intrinsic(Intrinsic::Mma, args) => self.mma(args, dst),
+            ExprKind::Select(c, a, b) => self.select(c, a, b, &|s, x| s.aggregate_into(x, dst, n)),
+            other => Err(format!(
+                "unsupported vector or fragment expression {other:?}"
+            )),
         }
+    }
+
+    /// `ldmatrix`: lanes below `8 * num` load the 16-byte row they address (checked like any
+    /// 16-byte shared load), then the warp redistributes the rows into `num` registers at `dst`.
+    fn ldmatrix(&mut self, args: &[Expr], num: u8, trans: bool, dst: Reg) -> Res<()> {
+        let place = args.first().ok_or("`ldmatrix` without an address")?;
+        let row = self.alloc(8)?;
+        let lane = self.temp()?;
+        self.emit(Instr::Special {
+            dst: lane,
+            which: Special::LaneId,
+        });
+        let limit = self.temp()?;
+        self.constant(limit, 8 * num as u64)?;
+        let addresses = self.temp()?;
+        self.binop(BinOp::Lt, K::U32, addresses, lane, limit)?;
+        let skip = self.emit(Instr::Branch {
+            cond: addresses,
+            when: false,
+            to: 0,
+        });
+        let at = self.access(place, false)?;
+        if !matches!(at.loc, Loc::Shared(_)) || at.k.size() != 2 {
+            return Err("`ldmatrix` reads 16-bit elements of shared memory".into());
+        }
+        self.emit(Instr::VLoad { dst: row, at });
+        self.patch(skip, self.here());
+        self.emit(Instr::Matrix {
+            op: MatrixOp::Ldmatrix { num, trans },
+            dst,
+            src: [row, ZERO, ZERO],
+        });
+        Ok(())
+    }
+
+    /// `mma`: D = A·B + C into the four slots at `dst`.
+    fn mma(&mut self, args: &[Expr], dst: Reg) -> Res<()> {
+        let [a, b, c] = args else {
+            return Err("`mma` takes three fragments".into());
+        };
+        let elem = match a.ty.frag() {
+            Some((_, e)) => kind(e)?,
+            None => return Err("`mma` without an A fragment".into()),
+        };
+        if !matches!(elem, K::F16 | K::Bf16) {
+            return Err(format!("`mma` on {elem:?} fragments"));
+        }
+        let src = [self.aggregate(a)?, self.aggregate(b)?, self.aggregate(c)?];
+        self.emit(Instr::Matrix {
+            op: MatrixOp::Mma { elem },
+            dst,
+            src,
+        });
+        Ok(())
     }
 
     /// `base.vload(i)` / `base.vstore(i, v)`: 16 bytes from element `i` of `base`.
@@ -1082,22 +1184,18 @@ impl Compiler<'_> {
                     ..a
                 })
             }
-            _ => match &e.ty {
-                Ty::Vector { elem } => {
-                    let elem = kind(*elem)?;
-                    let slot = self.alloc(lanes(elem))?;
-                    self.vector_into(e, slot, lanes(elem))?;
-                    Ok(ArrayRef {
-                        loc: Loc::Local(slot),
-                        elem,
-                        dims: vec![lanes(elem)],
-                        base: ZERO,
-                        mem: self.mem("vector"),
-                        writable: false,
-                    })
-                }
-                other => Err(format!("cannot index a value of type {other:?}")),
-            },
+            _ => {
+                let (elem, n, name) = aggregate(&e.ty)?;
+                let slot = self.aggregate(e)?;
+                Ok(ArrayRef {
+                    loc: Loc::Local(slot),
+                    elem,
+                    dims: vec![n],
+                    base: ZERO,
+                    mem: self.mem(name),
+                    writable: false,
+                })
+            }
         }
     }
 
@@ -1244,10 +1342,40 @@ impl Compiler<'_> {
             VStore => {
                 let at = self.vector_access(args, true)?;
                 let src = self.alloc(lanes(at.k))?;
-                self.vector_into(arg(2)?, src, lanes(at.k))?;
+                self.aggregate_into(arg(2)?, src, lanes(at.k))?;
                 self.emit(Instr::VStore { src, at });
                 Ok(())
             }
+            Ldmatrix { num, trans } => self.ldmatrix(args, num, trans, dst),
+            Pack2(elem) => {
+                let k = kind(elem)?;
+                let lo = self.scalar(arg(0)?)?;
+                let hi = self.scalar(arg(1)?)?;
+                let (l, h, sixteen) = (self.temp()?, self.temp()?, self.temp()?);
+                for (d, a) in [(l, lo), (h, hi)] {
+                    self.emit(Instr::Cast {
+                        from: K::F32,
+                        to: k,
+                        dst: d,
+                        a,
+                    });
+                }
+                self.constant(sixteen, 16)?;
+                self.binop(BinOp::Shl, K::U32, h, h, sixteen)?;
+                self.binop(BinOp::BitOr, K::U32, dst, l, h)
+            }
+            UnpackLo | UnpackHi => {
+                let r = self.scalar(arg(0)?)?;
+                let c = self.temp()?;
+                if i == UnpackLo {
+                    self.constant(c, 0xffff)?;
+                    self.binop(BinOp::BitAnd, K::U32, dst, r, c)
+                } else {
+                    self.constant(c, 16)?;
+                    self.binop(BinOp::Shr, K::U32, dst, r, c)
+                }
+            }
+            Mma | FragZero => Err(format!("{i:?} yields a fragment, not a scalar")),
             DivCeil => {
                 let k = k0.ok_or("`div_ceil` of a non-integer")?;
                 let a = self.scalar(arg(0)?)?;
@@ -1349,6 +1477,7 @@ impl Compiler<'_> {
             Some(i) => i,
             None => {
                 self.funcs.push(f.name.clone());
+                self.files.push(f.file.clone());
                 self.funcs.len() - 1
             }
         };

@@ -529,7 +529,7 @@ pub(crate) fn run(env: &mut Env, t: &mut Thread, regs: &mut [u64], budget: u64) 
             Instr::CpWait { n } => env.cp_complete(t, Some(*n)),
             Instr::CpWaitAll => env.cp_complete(t, None),
             Instr::Barrier => break Yield::Barrier,
-            Instr::Warp { .. } => break Yield::Warp,
+            Instr::Warp { .. } | Instr::Matrix { .. } => break Yield::Warp,
             Instr::Fence => env.global.fence(),
             Instr::Exit => break Yield::Exit,
         }

@@ -77,6 +77,18 @@ pub(crate) enum ShflMode {
     Up,
 }
 
+/// The warp-synchronous tensor-core instructions (see `matrix`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum MatrixOp {
+    /// `ldmatrix.m8n8.x{num}[.trans].b16`: `src[0]` holds the 8-element row this lane
+    /// addressed (one b16 per slot; loaded only by lanes below `8 * num`), `dst` receives
+    /// `num` b32 registers.
+    Ldmatrix { num: u8, trans: bool },
+    /// `mma.sync.m16n8k16` with f32 accumulation for inputs of kind `elem` (f16 or bf16):
+    /// A at `src[0]` (4 slots), B at `src[1]` (2), C at `src[2]` (4), D at `dst` (4).
+    Mma { elem: K },
+}
+
 /// One instruction.
 #[derive(Clone, Debug)]
 pub(crate) enum Instr {
@@ -201,6 +213,12 @@ pub(crate) enum Instr {
         val: Reg,
         lane: Reg,
     },
+    /// A tensor-core instruction: a collective like `Warp` that needs all 32 lanes.
+    Matrix {
+        op: MatrixOp,
+        dst: Reg,
+        src: [Reg; 3],
+    },
     Fence,
     Exit,
 }
@@ -222,6 +240,8 @@ pub(crate) struct Code {
     pub origins: Vec<Origin>,
     /// Names of the kernel (first) and the inlined device functions.
     pub funcs: Vec<String>,
+    /// The Rust file of each function in `funcs`.
+    pub files: Vec<String>,
     /// Names of memory objects, for reports.
     pub mems: Vec<String>,
     /// Registers per thread.
@@ -241,5 +261,14 @@ impl Code {
             .get(pc)
             .copied()
             .unwrap_or(Origin { line: 0, func: 0 })
+    }
+
+    /// The Rust file of function `func` (an index into `funcs`).
+    pub(crate) fn file(&self, func: u16) -> &str {
+        self.files
+            .get(func as usize)
+            .or(self.files.first())
+            .map(String::as_str)
+            .unwrap_or("?")
     }
 }

@@ -9,14 +9,16 @@
 //! * **Semantics.** Grids and blocks of up to 1024 threads, warps of 32 lanes, barriers
 //!   anywhere (in loops and branches), shuffles/ballot/all/any/`activemask`/`sync_warp`
 //!   with PTX's lane rules, atomics that are real read-modify-writes across blocks, static
-//!   and dynamic shared memory, register arrays, 16-byte vector loads and stores, and
+//!   and dynamic shared memory, register arrays, 16-byte vector loads and stores,
 //!   `cp_async` copies that read global memory when issued and land in shared memory at
-//!   `cp_async_wait`. Arithmetic is CUDA's as the printer writes it (see `value`): `f32`
+//!   `cp_async_wait`, and tensor-core fragments (`ldmatrix`, `mma.sync` m16n8k16, packed
+//!   conversions) with the PTX ISA's lane layouts. Arithmetic is CUDA's as the printer writes it (see `value`): `f32`
 //!   stays `f32`, `f16`/`bf16` round to nearest even, integers wrap, shifts clamp like PTX,
 //!   float→int casts saturate with NaN→0.
 //! * **Checks.** Out-of-bounds global, shared and register-array accesses; shared-memory
 //!   races between two barriers; barrier divergence; shuffles reading inactive lanes and
-//!   collective masks naming absent lanes; reads of shared memory never written;
+//!   collective masks naming absent lanes; `ldmatrix`/`mma` without all 32 lanes of the
+//!   warp; reads of shared memory never written;
 //!   misaligned 16-byte accesses; integer division by zero. Each [`Finding`] names the
 //!   kernel, the Rust line, and the block and thread.
 //! * **Findings are not errors.** A faulty access never touches memory (a bad load gives 0,
@@ -37,7 +39,9 @@
 //!
 //! Known differences from a GPU: the GPU may contract `a * b + c` into an FMA
 //! (`--fmad=true` is NVRTC's default) and its `expf`/`sinf`/… differ from the host's libm by
-//! a few ulp; NaN payloads may differ; data races on *global* memory are not detected.
+//! a few ulp; NaN payloads may differ; data races on *global* memory are not detected;
+//! `mma` sums its products exactly and rounds once to f32, where tensor cores may truncate
+//! intermediate sums in the last bits.
 //! `u8`/`u16` arithmetic wraps in its own width here (Kiln's rule), whereas the printed
 //! CUDA currently promotes such operands to `int` before e.g. a shift or a comparison.
 
@@ -45,6 +49,7 @@ mod check;
 mod compile;
 mod interp;
 mod isa;
+mod matrix;
 mod memory;
 mod report;
 mod scheduler;
@@ -251,7 +256,7 @@ pub fn run(
     if let Some(s) = outcome.step_limit {
         return Err(EmuError::StepLimit {
             kernel,
-            file: program.file.clone(),
+            file: code.file(code.origin(s.pc).func).to_string(),
             line: code.origin(s.pc).line,
             block: (s.block[0], s.block[1], s.block[2]),
             thread: (s.thread[0], s.thread[1], s.thread[2]),
@@ -262,9 +267,7 @@ pub fn run(
         blocks: cfg.blocks(),
         threads: cfg.blocks().saturating_mul(cfg.threads_per_block()),
         instructions: outcome.instructions,
-        findings: outcome
-            .findings
-            .into_findings(&code, &program.kernel.name, &program.file),
+        findings: outcome.findings.into_findings(&code, &program.kernel.name),
     })
 }
 

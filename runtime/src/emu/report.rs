@@ -28,6 +28,9 @@ pub enum FindingKind {
     /// A warp collective's mask names a lane that is not executing it, does not contain the
     /// calling lane, or differs between the lanes.
     WarpMaskMismatch,
+    /// A tensor-core instruction (`ldmatrix`, `mma`) executed by fewer than all 32 lanes of
+    /// the warp (`.sync.aligned` needs every lane; the missing lanes' operands count as 0).
+    IncompleteWarp,
     /// A read of shared memory no thread of the block has written.
     UninitializedSharedRead,
     /// A 16-byte vector access or `cp_async` at an address that is not 16-byte aligned
@@ -48,6 +51,7 @@ impl FindingKind {
             FindingKind::BarrierDivergence => "barrier divergence",
             FindingKind::InactiveLaneShuffle => "shuffle from an inactive lane",
             FindingKind::WarpMaskMismatch => "warp collective mask mismatch",
+            FindingKind::IncompleteWarp => "tensor-core instruction without the whole warp",
             FindingKind::UninitializedSharedRead => "read of uninitialised shared memory",
             FindingKind::MisalignedAccess => "misaligned 16-byte access",
             FindingKind::DivisionByZero => "integer division by zero",
@@ -62,7 +66,7 @@ pub struct Finding {
     pub kind: FindingKind,
     /// The kernel's name.
     pub kernel: String,
-    /// The Rust file of the kernel.
+    /// The Rust file of the offending statement (in a device function: that function's file).
     pub file: String,
     /// The Rust source line of the offending statement (in a device function: its line).
     pub line: u32,
@@ -175,7 +179,7 @@ impl Findings {
     }
 
     /// The findings, ordered by block, thread, line and check.
-    pub(crate) fn into_findings(self, code: &Code, kernel: &str, file: &str) -> Vec<Finding> {
+    pub(crate) fn into_findings(self, code: &Code, kernel: &str) -> Vec<Finding> {
         let mut v: Vec<(u64, u32, Finding)> = self
             .map
             .into_iter()
@@ -197,7 +201,7 @@ impl Findings {
                 let finding = Finding {
                     kind,
                     kernel: kernel.to_string(),
-                    file: file.to_string(),
+                    file: code.file(origin.func).to_string(),
                     line: origin.line,
                     block: (bx, by, bz),
                     thread: (tx, ty, tz),

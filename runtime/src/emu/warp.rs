@@ -14,6 +14,8 @@
 //! Checked here: a mask that names a lane which is not active, that leaves out the caller,
 //! or that differs between lanes ([`FindingKind::WarpMaskMismatch`]); a shuffle whose source
 //! lane is not active ([`FindingKind::InactiveLaneShuffle`], the lane gets its own value).
+//! The tensor-core instructions (`ldmatrix`, `mma`) rendezvous the same way; `matrix`
+//! computes them and checks that the whole warp takes part.
 
 use super::interp::{State, Thread};
 use super::isa::{Code, Instr, Reg, ShflMode, WarpOp};
@@ -46,7 +48,7 @@ fn op_name(op: WarpOp) -> &'static str {
 }
 
 /// `0-3,7` for a set of lanes.
-fn lane_list(bits: u32) -> String {
+pub(crate) fn lane_list(bits: u32) -> String {
     let mut parts = Vec::new();
     let mut l = 0u32;
     while l < 32 {
@@ -82,11 +84,11 @@ pub(crate) struct WarpView<'a> {
 }
 
 impl WarpView<'_> {
-    fn reg(&self, lane: usize, r: Reg) -> u64 {
+    pub(crate) fn reg(&self, lane: usize, r: Reg) -> u64 {
         self.regs[lane * self.frame + r as usize]
     }
 
-    fn who(&self, lane: usize) -> Who {
+    pub(crate) fn who(&self, lane: usize) -> Who {
         Who {
             block: self.block,
             block_lin: self.block_lin,
@@ -110,7 +112,7 @@ impl WarpView<'_> {
     }
 
     /// Groups lanes by where they are: `lanes 16-31 has exited (line 9)`.
-    fn describe(&self, bits: u32) -> String {
+    pub(crate) fn describe(&self, bits: u32) -> String {
         let mut groups: Vec<(String, u32)> = Vec::new();
         for l in (0..32).filter(|l| bits >> l & 1 == 1) {
             let w = self.whereabouts(l);
@@ -144,34 +146,18 @@ impl WarpView<'_> {
                 .enumerate()
                 .filter(|(_, t)| t.state == State::Warp && t.pc == pc)
                 .fold(0u32, |m, (l, _)| m | 1 << l);
-            let Some(Instr::Warp {
-                op,
-                dst,
-                mask,
-                val,
-                lane,
-            }) = self.code.instrs.get(pc as usize).cloned()
-            else {
-                continue;
-            };
-            self.check_masks(pc as usize, op, members, mask);
-            let preds = (0..32)
-                .filter(|l| members >> l & 1 == 1 && self.reg(*l, val) != 0)
-                .fold(0u32, |m, l| m | 1 << l);
-            if op == WarpOp::SyncWarp {
-                *self.epoch += 1;
-            }
-            for l in (0..32usize).filter(|l| members >> l & 1 == 1) {
-                let in_mask = members & self.reg(l, mask) as u32;
-                let result = match op {
-                    WarpOp::Shfl(mode) => self.shuffle(pc as usize, l, mode, members, val, lane),
-                    WarpOp::Ballot => (preds & in_mask) as u64,
-                    WarpOp::All => (in_mask & !preds == 0) as u64,
-                    WarpOp::Any => (in_mask & preds != 0) as u64,
-                    WarpOp::ActiveMask => members as u64,
-                    WarpOp::SyncWarp => 0,
-                };
-                self.regs[l * self.frame + dst as usize] = result;
+            match self.code.instrs.get(pc as usize).cloned() {
+                Some(Instr::Warp {
+                    op,
+                    dst,
+                    mask,
+                    val,
+                    lane,
+                }) => self.collective(pc as usize, op, members, dst, mask, val, lane),
+                Some(Instr::Matrix { op, dst, src }) => {
+                    self.matrix(pc as usize, op, members, dst, src)
+                }
+                _ => continue,
             }
             for l in (0..32usize).filter(|l| members >> l & 1 == 1) {
                 self.lanes[l].pc += 1;
@@ -181,6 +167,39 @@ impl WarpView<'_> {
         }
         ready.sort_unstable();
         ready
+    }
+
+    /// Computes a shuffle, vote, `activemask` or `sync_warp` for the lanes `members`.
+    #[allow(clippy::too_many_arguments)]
+    fn collective(
+        &mut self,
+        pc: usize,
+        op: WarpOp,
+        members: u32,
+        dst: Reg,
+        mask: Reg,
+        val: Reg,
+        lane: Reg,
+    ) {
+        self.check_masks(pc, op, members, mask);
+        let preds = (0..32)
+            .filter(|l| members >> l & 1 == 1 && self.reg(*l, val) != 0)
+            .fold(0u32, |m, l| m | 1 << l);
+        if op == WarpOp::SyncWarp {
+            *self.epoch += 1;
+        }
+        for l in (0..32usize).filter(|l| members >> l & 1 == 1) {
+            let in_mask = members & self.reg(l, mask) as u32;
+            let result = match op {
+                WarpOp::Shfl(mode) => self.shuffle(pc, l, mode, members, val, lane),
+                WarpOp::Ballot => (preds & in_mask) as u64,
+                WarpOp::All => (in_mask & !preds == 0) as u64,
+                WarpOp::Any => (in_mask & preds != 0) as u64,
+                WarpOp::ActiveMask => members as u64,
+                WarpOp::SyncWarp => 0,
+            };
+            self.regs[l * self.frame + dst as usize] = result;
+        }
     }
 
     fn shuffle(

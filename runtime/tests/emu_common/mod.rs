@@ -19,6 +19,11 @@ fn leak(s: String) -> &'static str {
 
 /// Checks one function from source and embeds it like `#[kernel]`/`#[device]` would.
 fn def(source: &str, kind: FnKind, deps: &'static [Dep]) -> &'static FnDef {
+    def_in(source, kind, deps, FILE)
+}
+
+/// [`def`] for a function defined in `file`.
+fn def_in(source: &str, kind: FnKind, deps: &'static [Dep], file: &'static str) -> &'static FnDef {
     let f = match check_source(source, kind) {
         Ok(f) => f,
         Err(d) => panic!(
@@ -29,7 +34,7 @@ fn def(source: &str, kind: FnKind, deps: &'static [Dep]) -> &'static FnDef {
     Box::leak(Box::new(FnDef {
         name: leak(f.name.clone()),
         module: "emu_test",
-        file: FILE,
+        file,
         ir_json: leak(FnDef::encode(&f)),
         deps,
         examples: &[],
@@ -39,10 +44,20 @@ fn def(source: &str, kind: FnKind, deps: &'static [Dep]) -> &'static FnDef {
 /// A kernel calling the device functions `devices` (by their names), specialised with
 /// `bindings` for sm_90.
 pub fn program_with(source: &str, devices: &[&str], bindings: Bindings) -> Program {
+    let in_file: Vec<(&str, &'static str)> = devices.iter().map(|d| (*d, FILE)).collect();
+    program_with_files(source, &in_file, bindings)
+}
+
+/// [`program_with`] where each device function comes with the file that defines it.
+pub fn program_with_files(
+    source: &str,
+    devices: &[(&str, &'static str)],
+    bindings: Bindings,
+) -> Program {
     let deps: Vec<Dep> = devices
         .iter()
-        .map(|d| {
-            let def = def(d, FnKind::Device, &[]);
+        .map(|(d, file)| {
+            let def = def_in(d, FnKind::Device, &[], file);
             Dep {
                 path: def.name,
                 def,

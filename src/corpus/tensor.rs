@@ -1,0 +1,83 @@
+//! Tensor cores: warp-level matrix fragments loaded with `ldmatrix` and multiplied with
+//! `mma.sync` m16n8k16 (f16/bf16 inputs, f32 accumulation), one warp per block.
+
+use crate::prelude::*;
+
+/// `C = A·B` for one 16×16 A tile and one 16×8 B tile (both row-major), by one warp: the
+/// tiles go through shared memory, A is loaded with `ldmatrix_x4`, B (stored k-major) with
+/// `ldmatrix_x2_trans`, one `mma` multiplies them, and each lane stores its four results.
+#[kernel(threads = 32, example(T = bf16), example(T = f16))]
+pub fn mma_tile_16x8x16<T: Float>(a: &[T], b: &[T], c: &mut [f32]) {
+    let sa = shared::<[[T; 16]; 16]>();
+    let sb = shared::<[[T; 8]; 16]>();
+    let lane = lane_id();
+    for i in (lane..256).step_by(32) {
+        sa[i / 16][i % 16] = a[i];
+    }
+    for i in (lane..128).step_by(32) {
+        sb[i / 8][i % 8] = b[i];
+    }
+    sync_threads();
+    // lanes 0-15 address rows 0-15 of the left 8 columns, lanes 16-31 those of the right 8
+    let fa = ldmatrix_x4::<T>(&sa[lane % 16][lane / 16 * 8]);
+    // lanes 0-15 address the 16 rows (k) of B; each lane receives a column (n) pair
+    let fb = ldmatrix_x2_trans::<T>(&sb[lane % 16][0]);
+    let acc = mma(fa, fb, frag_c_zero());
+    // C fragment: rows lane/4 and lane/4 + 8, columns 2·(lane%4) and 2·(lane%4) + 1
+    let row = lane / 4;
+    let col = lane % 4 * 2;
+    c[row * 8 + col] = acc[0];
+    c[row * 8 + col + 1] = acc[1];
+    c[(row + 8) * 8 + col] = acc[2];
+    c[(row + 8) * 8 + col + 1] = acc[3];
+}
+
+/// What every lane holds: after `ldmatrix_x4` of the 16×16 tile `a` (4 registers per lane
+/// into `a_regs[lane * 4 ..]`), after `ldmatrix_x2_trans` of the 16×8 tile `b` (2 into
+/// `b_regs[lane * 2 ..]`), and after `mma` of the two plus an accumulator whose register
+/// `i` starts at `lane + i / 4` (4 into `c_vals[lane * 4 ..]`). It also round-trips the
+/// accumulator through `pack2`/`unpack_lo`/`unpack_hi` into a `FragA` (`p_regs`), as
+/// softmax probabilities become an A operand.
+#[kernel(threads = 32, example(T = bf16), example(T = f16))]
+pub fn fragment_layout<T: Float>(
+    a: &[T],
+    b: &[T],
+    a_regs: &mut [u32],
+    b_regs: &mut [u32],
+    c_vals: &mut [f32],
+    p_regs: &mut [u32],
+) {
+    let sa = shared::<[[T; 16]; 16]>();
+    let sb = shared::<[[T; 8]; 16]>();
+    let lane = lane_id();
+    for i in (lane..256).step_by(32) {
+        sa[i / 16][i % 16] = a[i];
+    }
+    for i in (lane..128).step_by(32) {
+        sb[i / 8][i % 8] = b[i];
+    }
+    sync_threads();
+    let fa: FragA<T> = ldmatrix_x4(&sa[lane % 16][lane / 16 * 8]);
+    let fb = ldmatrix_x2_trans::<T>(&sb[lane % 16][0]);
+    let mut acc = frag_c_zero();
+    for i in 0..4u32 {
+        acc[i] = lane as f32 + i as f32 * 0.25;
+    }
+    acc = mma(fa, fb, acc);
+    for i in 0..4u32 {
+        a_regs[lane * 4 + i] = fa[i];
+        c_vals[lane * 4 + i] = acc[i];
+    }
+    for i in 0..2u32 {
+        b_regs[lane * 2 + i] = fb[i];
+    }
+    let mut p = frag_a_zero::<T>();
+    p[0] = pack2::<T>(acc[0], acc[1]);
+    p[1] = pack2::<T>(acc[2], acc[3]);
+    let lo = unpack_lo::<T>(p[1]) as f32;
+    let hi = unpack_hi::<T>(p[0]) as f32;
+    p[2] = pack2::<T>(hi, lo);
+    for i in 0..4u32 {
+        p_regs[lane * 4 + i] = p[i];
+    }
+}
