@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use kiln_codegen::ir::Generic;
-use kiln_codegen::{find_kernel, registered_kernels, Arch, Bindings, Dtype, FnDef};
+use kiln_codegen::{registered_kernels, Arch, FnDef};
 use kiln_runtime::cache::{compile_cached, JitOptions};
 use kiln_runtime::RuntimeError;
 
@@ -108,52 +108,30 @@ pub fn list() -> String {
     )
 }
 
-/// `kiln emit`: the CUDA of one specialisation.
+/// `kiln emit`: the CUDA of one specialisation (`--dtype` binds every element-type parameter).
 pub fn emit(
     kernel: &str,
     consts: &[String],
     dtype: Option<&str>,
     arch: &str,
 ) -> Result<String, CliError> {
-    let def = find_kernel(kernel).map_err(CliError::usage)?;
     let arch: Arch = arch.parse().map_err(CliError::usage)?;
-    let ir = def.ir().map_err(|e| CliError::usage(e.to_string()))?;
-    let mut pairs = Vec::new();
-    for c in consts {
-        let (k, v) = c
-            .split_once('=')
-            .ok_or_else(|| CliError::usage(format!("`--const {c}`: write NAME=VALUE")))?;
-        pairs.push((k.trim(), v.trim()));
-    }
-    let mut bindings = Bindings::parse_pairs(&ir, pairs).map_err(CliError::usage)?;
-    if let Some(d) = dtype {
-        let dtype: Dtype = d.parse().map_err(CliError::usage)?;
-        let type_params: Vec<&str> = ir
-            .generics
-            .iter()
-            .filter(|g| matches!(g, Generic::Type { .. }))
-            .map(Generic::name)
-            .collect();
-        match type_params.as_slice() {
-            [one] => bindings = bindings.with_type(one, dtype),
-            [] => {
-                return Err(CliError::usage(format!(
-                    "`{}` has no element-type parameter; drop --dtype",
-                    def.name
-                )))
-            }
-            many => {
-                return Err(CliError::usage(format!(
-                    "`{}` has several element types ({}); bind them with --const NAME=dtype",
-                    def.name,
-                    many.join(", ")
-                )))
-            }
-        }
-    }
-    let spec = kiln_codegen::spec::specialize(def, &bindings, arch)
+    let request = crate::runner::RunRequest {
+        kernel,
+        consts,
+        dtype,
+        emulate: false,
+        len: 0,
+        grid: 1,
+        block: 1,
+        dyn_shared: 0,
+        args: &[],
+        seed: 0,
+    };
+    let spec = crate::runner::spec_for(&request, &[])?;
+    let program = kiln_codegen::spec::specialize(spec.def, &spec.bindings, arch)
         .map_err(|e| CliError::usage(e.to_string()))?;
-    Ok(kiln_codegen::cuda::print(&spec).source)
+    Ok(kiln_codegen::cuda::print(&program).source)
 }
 
 /// One compiled specialisation, as `check` and `demo` report it.

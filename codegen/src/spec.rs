@@ -679,7 +679,10 @@ impl Instantiator {
         self.stack.pop();
         let param_tys: Vec<&Ty> = inst.params.iter().map(|p| &p.ty).collect();
         for (k, (p, a)) in param_tys.iter().zip(arg_tys).enumerate() {
-            if *p != a {
+            // a `&mut [T]` argument may be passed where `&[T]` is expected, as in Rust
+            let compatible = *p == a
+                || matches!((p, a), (Ty::Slice { elem: pe, mutable: false }, Ty::Slice { elem: ae, .. }) if pe == ae);
+            if !compatible {
                 return Err(error(
                     caller,
                     line,

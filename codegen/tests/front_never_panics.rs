@@ -277,5 +277,52 @@ fn narrow_integer_arithmetic_wraps_in_its_own_type() {
         cuda.contains("(unsigned char)(a[0u] + a[1u]) < (unsigned char)100"),
         "{cuda}"
     );
-    assert!(cuda.contains("i_last = i == (unsigned char)255"), "{cuda}");
+    assert!(
+        cuda.contains("kiln_last_i = i == (unsigned char)255"),
+        "{cuda}"
+    );
+}
+
+#[test]
+fn loop_carried_thread_dependence_is_seen_before_the_barrier() {
+    let rejected = [
+        "fn k(out: &mut [u32]) { let mut k = 0u32; while k < 10 { sync_threads(); k += thread_idx().x; } out[0] = k; }",
+        "fn k(out: &mut [u32]) { let mut flag = true; for j in 0..4u32 { if flag { sync_threads(); } flag = thread_idx().x == j; } out[0] = 1; }",
+    ];
+    for src in rejected {
+        let err = check_source(src, FnKind::Kernel).expect_err(src);
+        assert!(
+            err.message.contains("sync_threads"),
+            "{src}: {}",
+            err.message
+        );
+    }
+    // a uniform loop-carried value stays accepted
+    let ok = "fn k(out: &mut [u32], n: u32) { let mut k = 0u32; while k < n { sync_threads(); k += 1; } out[0] = k; }";
+    assert!(check_source(ok, FnKind::Kernel).is_ok());
+}
+
+#[test]
+fn printed_names_never_capture_user_variables() {
+    let src = "fn k(x: &[f32], out: &mut [f32], n: u32) { let i_end = 10.0f32; let kiln_last_i = 2.0f32; let mut m = n; for i in 0..m { out[i] = i_end + kiln_last_i + x[i]; m = m - 1; } for i in 0..=3u32 { out[i] = -(-x[i]); } }";
+    let f = check_source(src, FnKind::Kernel).expect("accepted");
+    let def: &'static FnDef = Box::leak(Box::new(FnDef {
+        name: "k",
+        module: "t",
+        file: "t.rs",
+        ir_json: Box::leak(FnDef::encode(&f).into_boxed_str()),
+        deps: &[],
+        examples: &[],
+    }));
+    let cuda =
+        cuda::print(&spec::specialize(def, &Bindings::default(), Arch::SM90).unwrap()).source;
+    assert!(
+        cuda.contains("out[i] = i_end + kiln_last_i_ + x[i];"),
+        "{cuda}"
+    );
+    assert!(
+        cuda.contains("-(-x[i_1])") || cuda.contains("-(-x[i])"),
+        "{cuda}"
+    );
+    assert!(!cuda.contains("--"), "{cuda}");
 }

@@ -115,6 +115,8 @@ fn printp(e: &Expr) -> (String, u8) {
             let t = wrap(t, p, UNARY);
             let s = a.ty.scalar();
             let text = match op {
+                // `- -x`, never `--x` (a decrement)
+                UnOp::Neg if t.starts_with('-') => format!("-({t})"),
                 UnOp::Neg => format!("-{t}"),
                 UnOp::Not if s == Some(Scalar::Bool) => format!("!{t}"),
                 UnOp::Not => format!("({})~{t}", c_type(s.unwrap_or(Scalar::I32))),
@@ -182,6 +184,21 @@ fn binary(op: BinOp, a: &Expr, b: &Expr, ty: &Ty) -> (String, u8) {
             POSTFIX,
         );
     }
+    if needs_shift_helper(op, a, b) {
+        let f = if op == BinOp::Shl {
+            "kiln_shl"
+        } else {
+            "kiln_shr"
+        };
+        return (
+            format!(
+                "{f}({}, (unsigned int)({}))",
+                strip_parens(&print(a)),
+                strip_parens(&print(b))
+            ),
+            POSTFIX,
+        );
+    }
     let p = prec(op);
     let side = |x: &Expr, right: bool| {
         let (t, xp) = printp(x);
@@ -204,6 +221,16 @@ fn binary(op: BinOp, a: &Expr, b: &Expr, ty: &Ty) -> (String, u8) {
     (text, p)
 }
 
+/// Whether a shift needs the helper that defines shifting by the type's width or more (C
+/// leaves it undefined): every shift whose amount is not a literal below the width.
+pub fn needs_shift_helper(op: BinOp, a: &Expr, b: &Expr) -> bool {
+    if !matches!(op, BinOp::Shl | BinOp::Shr) {
+        return false;
+    }
+    let width = a.ty.scalar().and_then(Scalar::size_bytes).unwrap_or(4) * 8;
+    !matches!(b.kind, ExprKind::Int(v) if v < width)
+}
+
 fn cast(a: &Expr, to: Scalar) -> String {
     let from = a.ty.scalar().unwrap_or(Scalar::I32);
     let (t, p) = printp(a);
@@ -213,7 +240,11 @@ fn cast(a: &Expr, to: Scalar) -> String {
         (true, true) => format!("kiln_{}_from(kiln_to_float({inner}))", to.rust_name()),
         (true, false) if to == Scalar::F32 => format!("kiln_to_float({inner})"),
         (true, false) if to.is_int() => {
-            format!("kiln_float_to_int<{}>(kiln_to_float({inner}))", c_type(to))
+            format!(
+                "kiln_float_to_int<{}>(kiln_to_float({inner}), {})",
+                c_type(to),
+                int_bounds(to)
+            )
         }
         (true, false) => format!("({})kiln_to_float({inner})", c_type(to)),
         (false, true) if from == Scalar::F32 => format!("kiln_{}_from({inner})", to.rust_name()),
@@ -221,10 +252,24 @@ fn cast(a: &Expr, to: Scalar) -> String {
         // Rust's `as` saturates and sends NaN to 0; the hardware conversion saturates but
         // gives a 64-bit NaN the minimum value, so NaN is handled explicitly.
         (false, false) if from.is_float() && to.is_int() => {
-            format!("kiln_float_to_int<{}>({inner})", c_type(to))
+            format!(
+                "kiln_float_to_int<{}>({inner}, {})",
+                c_type(to),
+                int_bounds(to)
+            )
         }
         (false, false) => format!("({}){t}", c_type(to)),
     }
+}
+
+/// `lo, hi`: the bounds of an integer type, as literals.
+fn int_bounds(s: Scalar) -> String {
+    let (lo, hi) = s.int_range();
+    format!(
+        "{}, {}",
+        int_literal(s, lo as u64),
+        int_literal(s, hi as u64)
+    )
 }
 
 /// An integer literal of type `s` from its two's-complement bits.

@@ -178,6 +178,11 @@ impl Printer<'_> {
                         if let Ty::Frag { .. } = &x.ty {
                             used.insert(Section::Frag);
                         }
+                        if let ExprKind::Binary(op, a, b) = &x.kind {
+                            if expr::needs_shift_helper(*op, a, b) {
+                                used.insert(Section::Shift);
+                            }
+                        }
                         if let ExprKind::Cast(inner) = &x.kind {
                             let from_float = inner.ty.scalar().is_some_and(Scalar::is_float);
                             if from_float && x.ty.scalar().is_some_and(Scalar::is_int) {
@@ -397,7 +402,27 @@ impl Printer<'_> {
                 } else {
                     format!("(&{name}{})[kiln_i]", "[0]".repeat(dims.len()))
                 };
-                let fill = self.e(fill);
+                let simple = matches!(
+                    fill.kind,
+                    ExprKind::Int(_)
+                        | ExprKind::Float(_)
+                        | ExprKind::Bool(_)
+                        | ExprKind::Var(_)
+                        | ExprKind::ConstParam(_)
+                        | ExprKind::TypeConst(_)
+                );
+                let fill_text = self.e(fill);
+                let fill = if simple {
+                    fill_text
+                } else {
+                    // evaluated once, as in Rust
+                    self.line(&format!(
+                        "const {} kiln_fill_{name} = {};",
+                        c_type(*elem),
+                        expr::strip_parens(&fill_text)
+                    ));
+                    format!("kiln_fill_{name}")
+                };
                 self.line("#pragma unroll");
                 self.line(&format!(
                     "for (unsigned int kiln_i = 0u; kiln_i < {total}; ++kiln_i) {target} = {fill};"
@@ -406,14 +431,16 @@ impl Printer<'_> {
             StmtKind::Assign { target, op, value } => {
                 let t = self.e(target);
                 let v = self.e(value);
-                let is_half = target.ty.scalar().is_some_and(Scalar::is_half);
                 let is_float_rem = *op == Some(crate::ir::BinOp::Rem)
                     && target.ty.scalar().is_some_and(Scalar::is_float);
                 match op {
                     None => self.line(&format!("{t} = {};", expr::strip_parens(&v))),
-                    Some(o) if is_half || is_float_rem => {
-                        let whole = expr::binary_text(*o, &target.ty, &t, &v);
-                        self.line(&format!("{t} = {whole};"));
+                    Some(o) if is_float_rem => {
+                        // the place is evaluated once, as in Rust
+                        let whole = expr::binary_text(*o, &target.ty, "kiln_place", &v);
+                        self.line(&format!(
+                            "{{ auto& kiln_place = {t}; kiln_place = {whole}; }}"
+                        ));
                     }
                     Some(o) => self.line(&format!("{t} {}= {v};", o.c_op())),
                 }
@@ -476,14 +503,27 @@ impl Printer<'_> {
                 if *unroll {
                     self.line("#pragma unroll");
                 }
+                let (t, s, e) = (c_type(*ty), self.e(start), self.e(end));
                 let inc = match step {
-                    Some(st) => format!("{var} += {}", self.e(st)),
+                    // as Rust's step_by: stop at the end instead of wrapping past it
+                    Some(st) => {
+                        let st = self.e(st);
+                        if ty.is_signed_int() {
+                            let u = c_type(if *ty == Scalar::I64 {
+                                Scalar::U64
+                            } else {
+                                Scalar::U32
+                            });
+                            format!("{var} = ({u})({e}) - ({u}){var} <= ({u})({st}) ? {e} : {var} + {st}")
+                        } else {
+                            format!("{var} = {e} - {var} <= {st} ? {e} : {var} + {st}")
+                        }
+                    }
                     None => format!("++{var}"),
                 };
-                let (t, s, e) = (c_type(*ty), self.e(start), self.e(end));
                 let head = if *inclusive {
                     // `a..=b` stops after `b` even when `b` is the type's maximum
-                    let last = format!("{var}_last");
+                    let last = format!("kiln_last_{var}");
                     format!("for ({t} {var} = {s}, {last} = !({var} <= {e}); !{last}; {last} = {var} == {e}, {inc})")
                 } else {
                     format!("for ({t} {var} = {s}; {var} < {e}; {inc})")

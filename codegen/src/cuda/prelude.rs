@@ -17,6 +17,7 @@ pub enum Section {
     Ctz,
     IsNan,
     FloatToInt,
+    Shift,
     /// `kiln_smem_addr`: the shared-state-space address of a generic pointer.
     SmemAddr,
     CpAsync,
@@ -58,6 +59,10 @@ __device__ __forceinline__ kiln_f16 operator+(kiln_f16 a, kiln_f16 b) { return k
 __device__ __forceinline__ kiln_f16 operator-(kiln_f16 a, kiln_f16 b) { return kiln_f16_from(kiln_to_float(a) - kiln_to_float(b)); }
 __device__ __forceinline__ kiln_f16 operator*(kiln_f16 a, kiln_f16 b) { return kiln_f16_from(kiln_to_float(a) * kiln_to_float(b)); }
 __device__ __forceinline__ kiln_f16 operator/(kiln_f16 a, kiln_f16 b) { return kiln_f16_from(kiln_to_float(a) / kiln_to_float(b)); }
+__device__ __forceinline__ kiln_f16& operator+=(kiln_f16& a, kiln_f16 b) { a = a + b; return a; }
+__device__ __forceinline__ kiln_f16& operator-=(kiln_f16& a, kiln_f16 b) { a = a - b; return a; }
+__device__ __forceinline__ kiln_f16& operator*=(kiln_f16& a, kiln_f16 b) { a = a * b; return a; }
+__device__ __forceinline__ kiln_f16& operator/=(kiln_f16& a, kiln_f16 b) { a = a / b; return a; }
 __device__ __forceinline__ kiln_f16 operator-(kiln_f16 a) { kiln_f16 r; r.bits = a.bits ^ 0x8000u; return r; }
 __device__ __forceinline__ bool operator==(kiln_f16 a, kiln_f16 b) { return kiln_to_float(a) == kiln_to_float(b); }
 __device__ __forceinline__ bool operator!=(kiln_f16 a, kiln_f16 b) { return kiln_to_float(a) != kiln_to_float(b); }
@@ -89,8 +94,8 @@ const IS_NAN: &str = r#"__device__ __forceinline__ bool kiln_isnan(float x) { re
 __device__ __forceinline__ bool kiln_isnan(double x) { return x != x; }
 "#;
 
-const FLOAT_TO_INT: &str = r#"// Rust's `as` from float to integer: saturating, NaN -> 0.
-template <typename I, typename F> __device__ __forceinline__ I kiln_float_to_int(F x) { return x != x ? (I)0 : (I)x; }
+const FLOAT_TO_INT: &str = r#"// Rust's `as` from float to integer: saturating at the type's bounds, NaN -> 0.
+template <typename I, typename F> __device__ __forceinline__ I kiln_float_to_int(F x, I lo, I hi) { return x != x ? (I)0 : x <= (F)lo ? lo : x >= (F)hi ? hi : (I)x; }
 "#;
 
 const SMEM_ADDR: &str = r#"// The 32-bit shared-memory address of a generic pointer into shared memory.
@@ -99,6 +104,11 @@ __device__ __forceinline__ unsigned int kiln_smem_addr(const void* p) {
     asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(s) : "l"(p));
     return s;
 }
+"#;
+
+const SHIFT: &str = r#"// Shifts by the type's width or more: 0, or the sign for a signed right shift (as PTX).
+template <typename T> __device__ __forceinline__ T kiln_shl(T a, unsigned int b) { return b >= sizeof(T) * 8u ? (T)0 : (T)(a << b); }
+template <typename T> __device__ __forceinline__ T kiln_shr(T a, unsigned int b) { return b >= sizeof(T) * 8u ? (a < (T)0 ? (T)-1 : (T)0) : (T)(a >> b); }
 "#;
 
 const CP_ASYNC: &str = r#"// Asynchronous 16-byte global -> shared copies (sm_80+); complete at a wait, visible to the block after a barrier.
@@ -190,6 +200,7 @@ pub fn prelude(used: &BTreeSet<Section>, c_type: &dyn Fn(Scalar) -> String) -> S
             Section::Ctz => out.push_str(CTZ),
             Section::IsNan => out.push_str(IS_NAN),
             Section::FloatToInt => out.push_str(FLOAT_TO_INT),
+            Section::Shift => out.push_str(SHIFT),
             Section::SmemAddr => out.push_str(SMEM_ADDR),
             Section::CpAsync => out.push_str(CP_ASYNC),
             Section::DynShared => out.push_str(DYN_SHARED),

@@ -132,6 +132,54 @@ pub const RESERVED: &[&str] = &[
     "or",
     "not",
     "xor",
+    // CUDA functions the printer emits
+    "expf",
+    "exp",
+    "exp2f",
+    "exp2",
+    "logf",
+    "log",
+    "log2f",
+    "log2",
+    "sqrtf",
+    "sqrt",
+    "rsqrtf",
+    "rsqrt",
+    "sinf",
+    "sin",
+    "cosf",
+    "cos",
+    "tanhf",
+    "tanh",
+    "fabsf",
+    "fabs",
+    "floorf",
+    "floor",
+    "ceilf",
+    "ceil",
+    "roundf",
+    "round",
+    "truncf",
+    "trunc",
+    "fmaxf",
+    "fmax",
+    "fminf",
+    "fmin",
+    "powf",
+    "pow",
+    "fmaf",
+    "fma",
+    "fmodf",
+    "fmod",
+    "atomicAdd",
+    "atomicSub",
+    "atomicMin",
+    "atomicMax",
+    "atomicAnd",
+    "atomicOr",
+    "atomicXor",
+    "atomicExch",
+    "atomicCAS",
 ];
 
 /// Whether a Rust identifier cannot be used as is in the generated CUDA.
@@ -192,6 +240,24 @@ impl Checker {
         self.scopes
             .iter()
             .any(|s| s.values().any(|v| v.cname == cname))
+    }
+
+    /// Declares a variable Kiln introduces (no Rust name can refer to it); returns its CUDA name.
+    pub fn declare_hidden(&mut self, base: &str, ty: Ty, varying: bool) -> String {
+        let cname = self.fresh_cname(base);
+        let var = Var {
+            cname: cname.clone(),
+            ty,
+            mutable: false,
+            varying,
+            is_param: false,
+        };
+        // '#' cannot start a Rust identifier, so lookups by Rust name never see it
+        self.scopes
+            .last_mut()
+            .expect("a scope is always open")
+            .insert(format!("#{cname}"), var);
+        cname
     }
 
     /// Declares a variable in the innermost scope; returns its CUDA name.

@@ -59,6 +59,14 @@ impl Checker {
             self.reserved_names.insert(generic.name().to_string());
             self.generics.push(generic);
         }
+        // each slice `x` also passes `x_len`: no parameter or variable may take that name
+        for input in &sig.inputs {
+            if let syn::FnArg::Typed(pt) = input {
+                if let (syn::Pat::Ident(pi), syn::Type::Reference(_)) = (&*pt.pat, &*pt.ty) {
+                    self.reserved_names.insert(format!("{}_len", pi.ident));
+                }
+            }
+        }
         let mut params = Vec::new();
         for input in &sig.inputs {
             params.push(self.param(input)?);
@@ -189,6 +197,13 @@ impl Checker {
                     );
                 };
                 let elem = self.scalar_type(&s.elem)?;
+                if elem == Scalar::Bool {
+                    return err_hint(
+                        &s.elem,
+                        "slices of bool are not supported",
+                        "use `&[u8]` (0 or 1) or `&[u32]`",
+                    );
+                }
                 Ty::Slice {
                     elem,
                     mutable: r.mutability.is_some(),

@@ -410,6 +410,7 @@ impl Checker {
                         "restructure with a flag variable",
                     );
                 }
+                self.prescan_loop(&w.body);
                 let cond = self.condition(&w.cond)?;
                 let varying = self.is_varying(&cond);
                 let body = self.loop_body(&w.body, varying)?;
@@ -423,6 +424,7 @@ impl Checker {
                         "restructure with a flag variable",
                     );
                 }
+                self.prescan_loop(&l.body);
                 let body = self.loop_body(&l.body, false)?;
                 StmtKind::Loop { body }
             }
@@ -776,6 +778,7 @@ impl Checker {
             );
         };
         let inclusive = matches!(range.limits, syn::RangeLimits::Closed(_));
+        self.prescan_loop(&f.body);
         if inclusive && step_expr.is_some() {
             return err_hint(
                 range,
@@ -876,7 +879,7 @@ impl Checker {
             return e;
         }
         let varying = self.is_varying(&e);
-        let cname = self.declare(name, e.ty.clone(), false, varying);
+        let cname = self.declare_hidden(name, e.ty.clone(), varying);
         let ty = e.ty.clone();
         prelude.push(Stmt {
             line,

@@ -618,7 +618,37 @@ impl Compiler<'_> {
                 c.loops.last_mut().ok_or("loop labels")?.breaks.push(j);
             }
             let s = match step {
-                Some(st) => c.scalar(st)?,
+                Some(st) => {
+                    // as Rust's step_by (and the printed loop): stop instead of wrapping past the end
+                    let s = c.scalar(st)?;
+                    let e = c.scalar(end)?;
+                    let unsigned = kind(match ty {
+                        Scalar::I32 => Scalar::U32,
+                        Scalar::I64 => Scalar::U64,
+                        other => other,
+                    })?;
+                    let left = c.temp()?;
+                    c.emit(Instr::Bin {
+                        f: value::binary(BinOp::Sub, unsigned).ok_or("`for` over a non-integer")?,
+                        dst: left,
+                        a: e,
+                        b: slot,
+                    });
+                    let done = c.temp()?;
+                    c.emit(Instr::Bin {
+                        f: value::binary(BinOp::Le, unsigned).ok_or("`for` over a non-integer")?,
+                        dst: done,
+                        a: left,
+                        b: s,
+                    });
+                    let j = c.emit(Instr::Branch {
+                        cond: done,
+                        when: true,
+                        to: 0,
+                    });
+                    c.loops.last_mut().ok_or("loop labels")?.breaks.push(j);
+                    s
+                }
                 None => {
                     let one = c.temp()?;
                     c.emit(Instr::Const { dst: one, bits: 1 });
