@@ -11,7 +11,9 @@ use kiln_runtime::RuntimeError;
 /// A failed command: the message to print and the process exit code.
 #[derive(Debug)]
 pub struct CliError {
+    /// What to print on stderr.
     pub message: String,
+    /// The process exit code (2: usage or environment, 1: a failure of the work).
     pub code: i32,
 }
 
@@ -136,11 +138,16 @@ pub fn emit(
 
 /// One compiled specialisation, as `check` and `demo` report it.
 pub struct CheckRow {
+    /// The kernel's qualified name.
     pub kernel: String,
+    /// Its comptime values (`-` when it has none).
     pub spec: String,
+    /// The target architecture.
     pub arch: Arch,
+    /// Lines of generated CUDA.
     pub cuda_lines: usize,
-    pub result: Result<(f64, usize), String>,
+    /// Build time in ms (NVRTC, or a cache hit) with where the CUBIN came from, and its size; or the error.
+    pub result: Result<(f64, &'static str, usize), String>,
 }
 
 /// Specialises and compiles every example of every registered kernel for `arches`.
@@ -181,7 +188,14 @@ pub fn compile_all(arches: &[Arch]) -> Result<Vec<CheckRow>, RuntimeError> {
                     Ok(p) => {
                         let m = kiln_codegen::cuda::print(&p);
                         let result = compile_cached(&m, arch, &JitOptions::default())
-                            .map(|c| (c.millis, c.cubin.len()))
+                            .map(|c| {
+                                let from = match c.source {
+                                    kiln_runtime::cache::CacheSource::Compiled => "nvrtc",
+                                    kiln_runtime::cache::CacheSource::Disk => "disk cache",
+                                    kiln_runtime::cache::CacheSource::Memory => "memory",
+                                };
+                                (c.millis, from, c.cubin.len())
+                            })
                             .map_err(|e| e.to_string());
                         CheckRow {
                             kernel: def.qualified_name(),
@@ -215,7 +229,7 @@ pub fn check(arches: &[String]) -> Result<String, CliError> {
         .iter()
         .map(|r| {
             let (status, ms) = match &r.result {
-                Ok((ms, _)) => ("ok".to_string(), format!("{ms:.1}")),
+                Ok((ms, from, _)) => ("ok".to_string(), format!("{ms:.1} ({from})")),
                 Err(_) => ("error".to_string(), "-".to_string()),
             };
             vec![
@@ -228,7 +242,7 @@ pub fn check(arches: &[String]) -> Result<String, CliError> {
         })
         .collect();
     let mut out = table(
-        &["kernel", "specialisation", "arch", "status", "compile ms"],
+        &["kernel", "specialisation", "arch", "status", "build ms"],
         &table_rows,
     );
     let _ = writeln!(

@@ -30,9 +30,9 @@ pub fn run(arch: &str) -> Result<String, CliError> {
         .iter()
         .map(|r| {
             let (status, ms, cubin) = match &r.result {
-                Ok((ms, bytes)) => (
+                Ok((ms, from, bytes)) => (
                     "ok".to_string(),
-                    format!("{ms:.1}"),
+                    format!("{ms:.1} ({from})"),
                     format!("{:.1}", *bytes as f64 / 1024.0),
                 ),
                 Err(e) => {
@@ -59,7 +59,7 @@ pub fn run(arch: &str) -> Result<String, CliError> {
             "kernel",
             "specialisation",
             "CUDA lines",
-            "NVRTC ms",
+            "build ms",
             "CUBIN KiB",
             "status",
         ],
