@@ -1115,12 +1115,17 @@ impl Compiler<'_> {
         let [base, idx, ..] = args else {
             return Err("vector access without an index".into());
         };
+        self.element(base, idx, write)
+    }
+
+    /// Element `idx` of the one-dimensional array, slice or vector `base`.
+    fn element(&mut self, base: &Expr, idx: &Expr, write: bool) -> Res<Access> {
         let arr = self.array_ref(base)?;
         if write && !arr.writable {
-            return Err("`vstore` to a read-only slice".into());
+            return Err("write to a read-only slice".into());
         }
         let [len] = arr.dims[..] else {
-            return Err("vector access on a multi-dimensional array".into());
+            return Err("indexing yields a row, not an element".into());
         };
         let idx = self.index(idx)?;
         Ok(Access {
@@ -1155,22 +1160,7 @@ impl Compiler<'_> {
         let ExprKind::Index(base, idx) = &e.kind else {
             return Err(format!("not a memory place: {:?}", e.kind));
         };
-        let arr = self.array_ref(base)?;
-        if write && !arr.writable {
-            return Err("write to a read-only slice".into());
-        }
-        let [len] = arr.dims[..] else {
-            return Err("indexing yields a row, not an element".into());
-        };
-        let idx = self.index(idx)?;
-        Ok(Access {
-            loc: arr.loc,
-            k: arr.elem,
-            base: arr.base,
-            idx,
-            len,
-            mem: arr.mem,
-        })
+        self.element(base, idx, write)
     }
 
     fn array_ref(&mut self, e: &Expr) -> Res<ArrayRef> {
