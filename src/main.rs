@@ -53,12 +53,12 @@ enum Command {
         /// Elements in each slice argument.
         #[arg(long, default_value_t = 4096)]
         len: u32,
-        /// Blocks in the grid.
-        #[arg(long, default_value_t = 16)]
-        grid: u32,
-        /// Threads per block.
-        #[arg(long, default_value_t = 256)]
-        block: u32,
+        /// Blocks in the grid: X, XxY or XxYxZ.
+        #[arg(long, default_value = "16", value_parser = kiln::runner::parse_dim)]
+        grid: (u32, u32, u32),
+        /// Threads per block: X, XxY or XxYxZ.
+        #[arg(long, default_value = "256", value_parser = kiln::runner::parse_dim)]
+        block: (u32, u32, u32),
         /// Bytes of dynamic shared memory per block.
         #[arg(long, default_value_t = 0)]
         dyn_shared: u32,
@@ -158,8 +158,8 @@ fn main() {
                 dtype: dtype.as_deref(),
                 emulate,
                 len,
-                grid: 1,
-                block: 1,
+                grid: (1, 1, 1),
+                block: (1, 1, 1),
                 dyn_shared,
                 args: &args,
                 seed: 1,

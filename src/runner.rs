@@ -27,10 +27,10 @@ pub struct RunRequest<'a> {
     pub emulate: bool,
     /// Elements per slice argument.
     pub len: u32,
-    /// Blocks in the grid (x).
-    pub grid: u32,
-    /// Threads per block (x).
-    pub block: u32,
+    /// Blocks in the grid (x, y, z).
+    pub grid: (u32, u32, u32),
+    /// Threads per block (x, y, z).
+    pub block: (u32, u32, u32),
     /// Bytes of dynamic shared memory per block.
     pub dyn_shared: u32,
     /// Scalar arguments, NAME=VALUE; unset integers get `len`, floats 1.0.
@@ -201,6 +201,21 @@ fn values(device: &Device, b: &AnyBuffer) -> Result<Values, kiln_runtime::Runtim
     })
 }
 
+/// A launch dimension written `X`, `XxY` or `XxYxZ`.
+pub fn parse_dim(text: &str) -> Result<(u32, u32, u32), String> {
+    let parts: Vec<u32> = text
+        .split('x')
+        .map(|p| p.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("`{text}`: write X, XxY or XxYxZ"))?;
+    match parts[..] {
+        [x] => Ok((x, 1, 1)),
+        [x, y] => Ok((x, y, 1)),
+        [x, y, z] => Ok((x, y, z)),
+        _ => Err(format!("`{text}`: write X, XxY or XxYxZ")),
+    }
+}
+
 /// The specialisation a request asks for: its comptime values, plus `extra` ones (NAME, value).
 pub fn spec_for(req: &RunRequest<'_>, extra: &[(String, i64)]) -> Result<SpecBuilder, CliError> {
     let usage = |m: String| CliError {
@@ -348,7 +363,11 @@ pub fn launch_random(
     };
     let kernel = kiln_runtime::Kernel::build(&spec_for(req, &[])?, device).map_err(failed)?;
     let mut inputs = Inputs::random(&kernel, req)?;
-    let cfg = LaunchConfig::linear(req.grid, req.block).with_dyn_shared(req.dyn_shared);
+    let cfg = LaunchConfig {
+        grid: req.grid,
+        block: req.block,
+        dyn_shared_bytes: req.dyn_shared,
+    };
     inputs.launch(&kernel, &cfg).map_err(failed)?;
     device.synchronize().map_err(failed)?;
     inputs.outputs(device).map_err(failed)
@@ -368,7 +387,7 @@ pub fn run(req: &RunRequest<'_>) -> Result<String, CliError> {
     let outputs = launch_random(req, &device)?;
     let secs = start.elapsed().as_secs_f64();
     let mut out = String::new();
-    let _ = writeln!(out, "ran `{}` on the {}: grid {} x block {}, {} elements per slice, {secs:.3} s (including the build)", req.kernel, device.name(), req.grid, req.block, req.len);
+    let _ = writeln!(out, "ran `{}` on the {}: grid {:?} x block {:?}, {} elements per slice, {secs:.3} s (including the build)", req.kernel, device.name(), req.grid, req.block, req.len);
     if !device.is_gpu() {
         let _ = writeln!(out, "emulator checks (bounds, races, barrier divergence, shuffles, uninitialised shared reads): clean");
     }

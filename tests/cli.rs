@@ -154,3 +154,42 @@ fn tune_searches_stores_and_shows() {
     assert!(String::from_utf8_lossy(&shown.stdout).contains("vector_add"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn run_takes_two_dimensional_launches() {
+    let out = kiln()
+        .args([
+            "run",
+            "transpose",
+            "--const",
+            "TILE=32",
+            "--block",
+            "32x32",
+            "--grid",
+            "2x2",
+            "--arg",
+            "rows=64",
+            "--arg",
+            "cols=64",
+            "--emulate",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kiln()
+        .args([
+            "run",
+            "transpose",
+            "--const",
+            "TILE=32",
+            "--block",
+            "32by32",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
