@@ -14,6 +14,7 @@ for t in .gpu/test-*; do
   "$t" --test-threads=1 --nocapture > "$out/$(basename "$t").log" 2>&1 || status=1
   grep -E "^test |test result|panicked|SKIPPED|warm build|disk hit" "$out/$(basename "$t").log" | sort | uniq -c | sort -rn | head -40
 done
+./.gpu/kiln roofline 2>&1 | tee "$out/roofline.log" || status=1
 ./.gpu/kiln demo 2>&1 | tail -5 | tee "$out/demo.log"
 for b in .gpu/bench-*; do
   [ -e "$b" ] || continue

@@ -10,6 +10,7 @@ extern crate self as kiln;
 pub mod cli;
 pub mod corpus;
 pub mod demo;
+pub mod roofline;
 pub mod runner;
 pub mod tuning;
 pub mod verify;

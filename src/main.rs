@@ -124,17 +124,17 @@ fn main() {
         Command::Check { arches } => kiln::cli::check(&arches),
         Command::Demo { arch } => kiln::demo::run(&arch),
         Command::Roofline => kiln::runtime::Device::from_env()
-            .and_then(|d| kiln::runtime::roofline::Roofline::measure(&d))
+            .and_then(|d| kiln::roofline::measure(&d))
             .map(|r| {
                 format!(
-                    "{}: device copy {:.0} GB/s (read + write), pinned host->device {:.1} GB/s\n",
-                    r.device, r.copy_gb_s, r.h2d_gb_s
+                    "{}: device copy {:.0} GB/s (read + write), pinned host->device {:.1} GB/s, mma.sync bf16 {:.0} TFLOP/s\n",
+                    r.device,
+                    r.copy_gb_s,
+                    r.h2d_gb_s,
+                    r.mma_bf16_tflops.unwrap_or(f64::NAN)
                 )
             })
-            .map_err(|e| kiln::cli::CliError {
-                message: e.to_string(),
-                code: 1,
-            }),
+            .map_err(|e| kiln::cli::CliError { message: e.to_string(), code: 1 }),
         Command::Tune { show: true, .. } => Ok(kiln::tuning::show()),
         Command::Tune { kernel: None, .. } => Err(kiln::cli::CliError {
             message: "name a kernel to tune, or pass --show".into(),

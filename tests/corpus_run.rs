@@ -129,6 +129,11 @@ fn fragment_layout_per_lane() {
 }
 
 #[test]
+fn mma_throughput_exact() {
+    check("mma_throughput_exact", verify::mma_throughput_exact);
+}
+
+#[test]
 fn every_corpus_kernel_has_a_check() {
     let checked: Vec<&str> = verify::CHECKS
         .iter()

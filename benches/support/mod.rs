@@ -100,7 +100,7 @@ pub fn report(bench: &str, device: &Device, rows: &[Row]) {
     let json = serde_json::json!({
         "bench": bench,
         "device": device.name(),
-        "roofline": { "copy_gb_per_s": roof.copy_gb_s, "h2d_gb_per_s": roof.h2d_gb_s },
+        "roofline": { "copy_gb_per_s": roof.copy_gb_s, "h2d_gb_per_s": roof.h2d_gb_s, "mma_bf16_tflops": roof.mma_bf16_tflops },
         "rows": rows.iter().map(|r| serde_json::json!({
             "name": r.name, "bytes": r.bytes, "median_ms": r.median_ms, "gb_per_s": r.gb_s, "percent_of_roofline": pct(r),
             "baseline": r.vs.as_ref().map(|v| v.0.clone()), "ratio": r.vs.as_ref().map(|v| v.1),

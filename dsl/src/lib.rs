@@ -378,12 +378,19 @@ fn emit_kernel(
 /// The typed `launch` function: rustc checks each argument against the parameter's type.
 fn launcher(item: &syn::ItemFn, checked: &Checked) -> Tokens {
     let f = &checked.function;
+    // only the element types some parameter mentions (the others are bound by `spec()` alone)
+    let mentioned = |i: usize| {
+        f.params.iter().any(
+            |p| matches!(p.ty.elem().or(p.ty.scalar()), Some(Scalar::Param(j)) if j as usize == i),
+        )
+    };
     let type_params: Vec<syn::Ident> = f
         .generics
         .iter()
-        .filter_map(|g| match g {
-            Generic::Type { name } => Some(format_ident!("{}", name)),
-            Generic::Const { .. } => None,
+        .enumerate()
+        .filter_map(|(i, g)| match g {
+            Generic::Type { name } if mentioned(i) => Some(format_ident!("{}", name)),
+            _ => None,
         })
         .collect();
     let mut params = Vec::new();

@@ -21,6 +21,9 @@ pub struct Roofline {
     pub copy_gb_s: f64,
     /// Pinned host-to-device copy bandwidth, GB/s.
     pub h2d_gb_s: f64,
+    /// `mma.sync` m16n8k16 bf16 rate measured by a Kiln kernel, TFLOP/s (when measured).
+    #[serde(default)]
+    pub mma_bf16_tflops: Option<f64>,
 }
 
 fn store_path() -> Option<PathBuf> {
@@ -28,7 +31,8 @@ fn store_path() -> Option<PathBuf> {
 }
 
 impl Roofline {
-    /// Measures the ceilings of `device` (a GPU) and stores them.
+    /// Measures the bandwidth ceilings of `device` (a GPU) and stores them (the tensor-core
+    /// rate needs a Kiln kernel: `kiln::roofline::measure` adds it).
     pub fn measure(device: &Device) -> Result<Roofline, RuntimeError> {
         let g = device
             .as_gpu()
@@ -54,6 +58,7 @@ impl Roofline {
             device: device.name(),
             copy_gb_s: copy.gb_per_s(2.0 * (n * 4) as f64),
             h2d_gb_s: h2d.gb_per_s((n * 4) as f64),
+            mma_bf16_tflops: None,
         };
         roofline.save()?;
         Ok(roofline)
@@ -71,7 +76,8 @@ impl Roofline {
         Roofline::all().remove(name)
     }
 
-    fn save(&self) -> Result<(), RuntimeError> {
+    /// Stores these ceilings for the device (replacing earlier ones).
+    pub fn save(&self) -> Result<(), RuntimeError> {
         let Some(path) = store_path() else {
             return Ok(());
         };

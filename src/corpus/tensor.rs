@@ -81,3 +81,34 @@ pub fn fragment_layout<T: Float>(
         p_regs[lane * 4 + i] = p[i];
     }
 }
+
+/// Tensor-core rate: each warp keeps four independent accumulators busy with `iters` rounds of
+/// `mma` on register-resident fragments (A all ones, B all halves), then each lane writes the
+/// sum of its four accumulators. With those inputs every output is exactly 32·iters.
+#[kernel(example(T = bf16), example(T = f16))]
+pub fn mma_throughput<T: Float>(out: &mut [f32], iters: u32) {
+    let mut a = frag_a_zero::<T>();
+    let mut b = frag_b_zero::<T>();
+    let ones = pack2::<T>(1.0, 1.0);
+    let halves = pack2::<T>(0.5, 0.5);
+    for r in 0..4u32 {
+        a[r] = ones;
+    }
+    for r in 0..2u32 {
+        b[r] = halves;
+    }
+    let mut c0 = frag_c_zero();
+    let mut c1 = frag_c_zero();
+    let mut c2 = frag_c_zero();
+    let mut c3 = frag_c_zero();
+    for _ in 0..iters {
+        c0 = mma(a, b, c0);
+        c1 = mma(a, b, c1);
+        c2 = mma(a, b, c2);
+        c3 = mma(a, b, c3);
+    }
+    let i = (block_idx().x * block_dim().x + thread_idx().x) * 4;
+    for k in 0..4u32 {
+        out[i + k] = c0[k] + c1[k] + c2[k] + c3[k];
+    }
+}

@@ -728,4 +728,24 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("stream_copy + stream_sum", stream_copy_and_sum),
     ("mma_tile_16x8x16", mma_tile_exact),
     ("fragment_layout", fragment_layout_per_lane),
+    ("mma_throughput", mma_throughput_exact),
 ];
+
+/// mma_throughput: a few rounds on a small grid; every output is exactly 32·iters.
+pub fn mma_throughput_exact(dev: &Device) -> Result<(), VerifyError> {
+    for dtype in [Dtype::Bf16, Dtype::F16] {
+        let k = tensor::mma_throughput::spec().t(dtype).build(dev)?;
+        let (blocks, threads, iters) = (3u32, 64u32, 5u32);
+        let mut out = dev.upload(&vec![f32::NAN; (blocks * threads * 4) as usize])?;
+        tensor::mma_throughput::launch(
+            &k,
+            &LaunchConfig::linear(blocks, threads),
+            &mut out,
+            iters,
+        )?;
+        for (i, v) in dev.download(&out)?.iter().enumerate() {
+            ensure_eq!(*v, 32.0 * iters as f32, "{dtype} element {i}");
+        }
+    }
+    Ok(())
+}
