@@ -60,10 +60,11 @@ pub fn report(bench: &str, device: &Device, rows: &[Row]) {
             }
     };
     println!(
-        "{bench} on {} (roofline: copy {:.0} GB/s, pinned H2D {:.1} GB/s)",
+        "{bench} on {} (roofline: copy {:.0} GB/s, pinned H2D {:.1} GB/s, mma.sync bf16 {:.0} TFLOP/s)",
         device.name(),
         roof.copy_gb_s,
-        roof.h2d_gb_s
+        roof.h2d_gb_s,
+        roof.mma_bf16_tflops.unwrap_or(f64::NAN)
     );
     println!(
         "{:<38} {:>8} {:>10} {:>9} {:>7}  ratio",

@@ -5,6 +5,7 @@
 /// functions it calls, each under the path written at the call site.
 #[derive(Debug)]
 pub struct FnDef {
+    /// The function's Rust name.
     pub name: &'static str,
     /// `module_path!()` of the defining module.
     pub module: &'static str,
@@ -12,6 +13,7 @@ pub struct FnDef {
     pub file: &'static str,
     /// The serialised [`crate::ir::Function`].
     pub ir_json: &'static str,
+    /// The device functions it calls directly.
     pub deps: &'static [Dep],
     /// Example specialisations from `#[kernel(example(N = 4, T = bf16))]`: what `kiln check`,
     /// `kiln demo` and CI compile. Each is a list of (parameter, value).
@@ -23,6 +25,7 @@ pub struct FnDef {
 pub struct Dep {
     /// The callee's path as written at the call site (`dot`, `common::warp_sum`).
     pub path: &'static str,
+    /// The callee's descriptor.
     pub def: &'static FnDef,
 }
 

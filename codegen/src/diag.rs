@@ -10,7 +10,9 @@ pub struct Diagnostic {
     pub span: Span,
     /// Where it ends (the same as `span` for a single token).
     pub end: Span,
+    /// What is wrong.
     pub message: String,
+    /// What is allowed instead, if there is something useful to suggest.
     pub hint: Option<String>,
 }
 

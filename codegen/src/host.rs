@@ -38,7 +38,9 @@ impl Float for half::bf16 {
 /// per comptime parameter.
 #[derive(Clone, Debug)]
 pub struct SpecBuilder {
+    /// The kernel being specialised.
     pub def: &'static FnDef,
+    /// The comptime values bound so far.
     pub bindings: Bindings,
 }
 

@@ -9,7 +9,10 @@ use crate::types::{Scalar, Ty};
 /// Whether a function is a kernel entry point or a device function.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum FnKind {
+    /// A `#[kernel]`: an `extern "C" __global__` entry point launched from the host.
     Kernel,
+    /// A `#[device]` function: a `__device__` helper called from kernels and other device
+    /// functions.
     Device,
 }
 
@@ -17,9 +20,17 @@ pub enum FnKind {
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum Generic {
     /// `const NAME: ty` — an integer or bool value fixed per specialisation.
-    Const { name: String, ty: Scalar },
+    Const {
+        /// The parameter's name (also its `constexpr` name in CUDA).
+        name: String,
+        /// Its integer or bool type.
+        ty: Scalar,
+    },
     /// `T: Float` — an element type fixed per specialisation (f32, f16, bf16, f64).
-    Type { name: String },
+    Type {
+        /// The parameter's name.
+        name: String,
+    },
 }
 
 impl Generic {
@@ -38,17 +49,25 @@ pub struct Param {
     pub name: String,
     /// Name in the generated CUDA.
     pub cname: String,
+    /// Its type: a scalar, or a slice (which also passes its length in CUDA).
     pub ty: Ty,
 }
 
 /// A checked function.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Function {
+    /// The function's name, which the CUDA keeps (after specialisation, a device function's
+    /// instance name).
     pub name: String,
+    /// Kernel entry point or device function.
     pub kind: FnKind,
+    /// Comptime parameters in declaration order (`Scalar::Param(i)` refers to the i-th).
     pub generics: Vec<Generic>,
+    /// Run-time parameters, in order.
     pub params: Vec<Param>,
+    /// The return type (`Unit` for kernels and for device functions without a result).
     pub ret: Ty,
+    /// The statements of the function body.
     pub body: Vec<Stmt>,
     /// Line of the `fn` in its source file.
     pub line: u32,
@@ -62,7 +81,9 @@ pub struct Function {
 /// A statement with the Rust source line it came from.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Stmt {
+    /// The Rust source line (maps CUDA lines back to the kernel's source).
     pub line: u32,
+    /// What the statement does.
     pub kind: StmtKind,
 }
 
@@ -71,60 +92,94 @@ pub struct Stmt {
 pub enum StmtKind {
     /// `let [mut] name: ty = init;`
     Let {
+        /// The variable's CUDA name.
         name: String,
+        /// Its declared or inferred type.
         ty: Ty,
+        /// `let mut`; otherwise the CUDA declares it `const`.
         mutable: bool,
+        /// The initial value (`None` for `let x;` assigned later).
         init: Option<Expr>,
     },
     /// `let name = shared::<[T; N]>();` — a static shared array.
     SharedArray {
+        /// The array's CUDA name.
         name: String,
+        /// The array type (a `Ty::Array` in shared memory).
         ty: Ty,
     },
     /// `let name = dyn_shared::<T>();` — the dynamic shared memory.
     DynShared {
+        /// The CUDA name of the typed pointer to it.
         name: String,
+        /// The element type the memory is viewed as.
         elem: Scalar,
     },
     /// `let mut name = [fill; N];` — a register array.
     LocalArray {
+        /// The array's CUDA name.
         name: String,
+        /// The array type (a `Ty::Array` in registers).
         ty: Ty,
+        /// The value every element starts with (evaluated once).
         fill: Expr,
     },
     /// `target op= value` (op is `None` for plain `=`).
     Assign {
+        /// The place written: a variable or an indexed element.
         target: Expr,
+        /// The compound operator, `None` for plain `=`.
         op: Option<BinOp>,
+        /// The value stored or combined with the place.
         value: Expr,
     },
     /// An expression evaluated for its effect.
     Expr(Expr),
+    /// `if cond { then } else { els }`; an `else if` is an `If` alone in `els`.
     If {
+        /// The condition (a `bool`).
         cond: Expr,
+        /// Run when the condition holds.
         then: Vec<Stmt>,
+        /// Run otherwise (empty without an `else`).
         els: Vec<Stmt>,
     },
     /// `for var in start..end` (or `..=`, `.step_by(step)`); unrolled when the bounds are comptime.
     For {
+        /// The loop variable's CUDA name.
         var: String,
+        /// The loop variable's integer type.
         ty: Scalar,
+        /// The first value.
         start: Expr,
+        /// The end bound, excluded unless `inclusive`.
         end: Expr,
+        /// Whether the range is `start..=end`.
         inclusive: bool,
+        /// The positive `step_by` amount, if any.
         step: Option<Expr>,
+        /// Bounds and step are all comptime: the loop is printed with `#pragma unroll`.
         unroll: bool,
+        /// The loop body.
         body: Vec<Stmt>,
     },
+    /// `while cond { body }`.
     While {
+        /// Checked before each iteration.
         cond: Expr,
+        /// The loop body.
         body: Vec<Stmt>,
     },
+    /// `loop { body }` (printed as `for (;;)`).
     Loop {
+        /// The loop body.
         body: Vec<Stmt>,
     },
+    /// `break` out of the innermost loop.
     Break,
+    /// `continue` with the next iteration of the innermost loop.
     Continue,
+    /// `return` (with a value in a device function that has a result).
     Return(Option<Expr>),
     /// A nested `{ … }` block (its own scope).
     Block(Vec<Stmt>),
@@ -133,7 +188,9 @@ pub enum StmtKind {
 /// A typed expression.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Expr {
+    /// What the expression computes.
     pub kind: ExprKind,
+    /// The type of its value.
     pub ty: Ty,
 }
 
@@ -142,7 +199,9 @@ pub struct Expr {
 pub enum ExprKind {
     /// An integer literal (two's complement bits; the type says how to read them).
     Int(u64),
+    /// A float literal, printed in the precision of its type.
     Float(f64),
+    /// `true` or `false`.
     Bool(bool),
     /// A local variable or run-time parameter, by its CUDA name.
     Var(String),
@@ -150,7 +209,9 @@ pub enum ExprKind {
     ConstParam(String),
     /// `f32::INFINITY`, `u32::MAX`, …
     TypeConst(TypeConst),
+    /// `-a` or `!a`.
     Unary(UnOp, Box<Expr>),
+    /// `a op b`.
     Binary(BinOp, Box<Expr>, Box<Expr>),
     /// `expr as ty` (the target is this expression's type).
     Cast(Box<Expr>),
@@ -162,8 +223,12 @@ pub enum ExprKind {
     Intrinsic(Intrinsic, Vec<Expr>),
     /// A call of a `#[device]` function; `callee` is the path as written at the call site.
     Call {
+        /// The device function, by the path written at the call site (by instance name
+        /// after specialisation).
         callee: String,
+        /// Generic arguments written at the call (`f::<T, 4>`), cleared by specialisation.
         generics: Vec<GenericArg>,
+        /// The run-time arguments.
         args: Vec<Expr>,
     },
     /// `if c { a } else { b }` used as a value.
@@ -175,32 +240,44 @@ pub enum ExprKind {
 /// A generic argument given at a device-function call (`f::<T, 4>(…)`).
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum GenericArg {
+    /// An element type, for a `T: Float` parameter.
     Type(Scalar),
+    /// A comptime value, for a `const` parameter.
     Const(crate::types::Len),
 }
 
 /// Associated constants of the scalar types.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum TypeConst {
+    /// `MIN`: the smallest value (the most negative finite one for floats).
     Min,
+    /// `MAX`: the largest finite value.
     Max,
+    /// `INFINITY`
     Infinity,
+    /// `NEG_INFINITY`
     NegInfinity,
+    /// `NAN`
     Nan,
+    /// `EPSILON`: the gap between 1.0 and the next larger float.
     Epsilon,
 }
 
 /// The three axes of a `Dim3`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Axis {
+    /// `.x`
     X,
+    /// `.y`
     Y,
+    /// `.z`
     Z,
 }
 
 /// Unary operators.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum UnOp {
+    /// `-` — arithmetic negation.
     Neg,
     /// `!` — logical not on bool, bitwise not on integers.
     Not,
@@ -209,23 +286,41 @@ pub enum UnOp {
 /// Binary operators.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum BinOp {
+    /// `+`
     Add,
+    /// `-`
     Sub,
+    /// `*`
     Mul,
+    /// `/`
     Div,
+    /// `%` (`fmod` for floats)
     Rem,
+    /// `&`
     BitAnd,
+    /// `|`
     BitOr,
+    /// `^`
     BitXor,
+    /// `<<`
     Shl,
+    /// `>>` (arithmetic on signed integers)
     Shr,
+    /// `&&` on bools
     And,
+    /// `||` on bools
     Or,
+    /// `==`
     Eq,
+    /// `!=`
     Ne,
+    /// `<`
     Lt,
+    /// `<=`
     Le,
+    /// `>`
     Gt,
+    /// `>=`
     Ge,
 }
 
@@ -267,47 +362,87 @@ impl BinOp {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub enum Intrinsic {
     // indices
+    /// `thread_idx()`: the thread's index in its block (`threadIdx`).
     ThreadIdx,
+    /// `block_idx()`: the block's index in the grid (`blockIdx`).
     BlockIdx,
+    /// `block_dim()`: the threads per block (`blockDim`).
     BlockDim,
+    /// `grid_dim()`: the blocks per grid (`gridDim`).
     GridDim,
+    /// `lane_id()`: the thread's lane in its warp, 0..32 (`%laneid`).
     LaneId,
+    /// `warp_id()`: the thread's warp in its block (linear thread index / 32).
     WarpId,
+    /// `warp_size()`: 32, a comptime value.
     WarpSize,
     // synchronisation
+    /// `sync_threads()`: a barrier for every thread of the block (`__syncthreads`).
     SyncThreads,
+    /// `sync_warp()`: a barrier for every lane of the warp (`__syncwarp`).
     SyncWarp,
+    /// `thread_fence()`: orders the thread's memory accesses as seen by the whole device
+    /// (`__threadfence`).
     ThreadFence,
+    /// `thread_fence_block()`: the same, as seen by the block (`__threadfence_block`).
     ThreadFenceBlock,
     // warp collectives
+    /// `shfl_sync(mask, v, lane)`: `v` of lane `lane` (`__shfl_sync`).
     ShflSync,
+    /// `shfl_xor_sync(mask, v, lane_mask)`: `v` of lane `lane_id ^ lane_mask`
+    /// (`__shfl_xor_sync`).
     ShflXorSync,
+    /// `shfl_down_sync(mask, v, delta)`: `v` of lane `lane_id + delta` (`__shfl_down_sync`).
     ShflDownSync,
+    /// `shfl_up_sync(mask, v, delta)`: `v` of lane `lane_id - delta` (`__shfl_up_sync`).
     ShflUpSync,
+    /// `ballot_sync(mask, pred)`: one bit per lane whose `pred` holds (`__ballot_sync`).
     BallotSync,
+    /// `all_sync(mask, pred)`: whether `pred` holds on every lane in `mask` (`__all_sync`).
     AllSync,
+    /// `any_sync(mask, pred)`: whether `pred` holds on some lane in `mask` (`__any_sync`).
     AnySync,
+    /// `activemask()`: the lanes executing this code together (`__activemask`).
     ActiveMask,
     // atomics: first argument is a place in global or shared memory; they return the old value
+    /// `atomic_add(&mut x[i], v)`: `x[i] += v` (`atomicAdd`).
     AtomicAdd,
+    /// `atomic_sub(&mut x[i], v)`: `x[i] -= v` (`atomicSub`).
     AtomicSub,
+    /// `atomic_min(&mut x[i], v)`: `x[i] = min(x[i], v)` (`atomicMin`).
     AtomicMin,
+    /// `atomic_max(&mut x[i], v)`: `x[i] = max(x[i], v)` (`atomicMax`).
     AtomicMax,
+    /// `atomic_and(&mut x[i], v)`: `x[i] &= v` (`atomicAnd`).
     AtomicAnd,
+    /// `atomic_or(&mut x[i], v)`: `x[i] |= v` (`atomicOr`).
     AtomicOr,
+    /// `atomic_xor(&mut x[i], v)`: `x[i] ^= v` (`atomicXor`).
     AtomicXor,
+    /// `atomic_exch(&mut x[i], v)`: `x[i] = v` (`atomicExch`).
     AtomicExch,
+    /// `atomic_cas(&mut x[i], expected, new)`: `x[i] = new` if `x[i] == expected`
+    /// (`atomicCAS`).
     AtomicCas,
     // asynchronous global -> shared copies (16 bytes each)
+    /// `cp_async(&mut tile[j], &src[i])`: starts a 16-byte copy from global to shared
+    /// memory (`cp.async.cg`).
     CpAsync,
+    /// `cp_async_commit()`: closes the group of the copies started since the last commit
+    /// (`cp.async.commit_group`).
     CpAsyncCommit,
+    /// `cp_async_wait::<N>()`: waits until at most `N` committed groups are still in flight
+    /// (`cp.async.wait_group`). Argument: `N`.
     CpAsyncWait,
+    /// `cp_async_wait_all()`: waits for every started copy (`cp.async.wait_all`).
     CpAsyncWaitAll,
     // tensor cores: warp-level matrix fragments (see `front::tensor`)
     /// `ldmatrix.sync.aligned.m8n8.x{num}[.trans].shared.b16`: `num` 8×8 matrices of 16-bit
     /// elements from shared memory, one row address per lane. Argument: the lane's row.
     Ldmatrix {
+        /// The number of matrices: 1, 2 or 4.
         num: u8,
+        /// Whether each matrix is transposed on the way (`.trans`).
         trans: bool,
     },
     /// `mma.sync.aligned.m16n8k16.row.col.f32.T.T.f32`: `D = A·B + C` (arguments A, B, C).
@@ -322,38 +457,72 @@ pub enum Intrinsic {
     /// The high half of a `b32` as the 16-bit float of the result type.
     UnpackHi,
     // slices and vectors
+    /// `x.len()`: a slice's length (its `_len` parameter) or an array's first dimension.
     Len,
+    /// `x.vload(i)`: the 16 bytes starting at element `i`, as a vector.
     VLoad,
+    /// `x.vstore(i, v)`: writes the vector `v` to the 16 bytes starting at element `i`.
     VStore,
+    /// `v.lanes()`: the number of elements in a vector (comptime).
     Lanes,
     // float math
+    /// `x.exp()`: eˣ (`expf`/`exp`).
     Exp,
+    /// `x.exp2()`: 2ˣ (`exp2f`/`exp2`).
     Exp2,
+    /// `x.ln()`: the natural logarithm (`logf`/`log`).
     Ln,
+    /// `x.log2()`: the base-2 logarithm (`log2f`/`log2`).
     Log2,
+    /// `x.sqrt()`: the square root (`sqrtf`/`sqrt`).
     Sqrt,
+    /// `x.rsqrt()` or `rsqrt(x)`: 1/√x (`rsqrtf`/`rsqrt`).
     Rsqrt,
+    /// `x.recip()`: 1/x.
     Recip,
+    /// `x.sin()` (`sinf`/`sin`).
     Sin,
+    /// `x.cos()` (`cosf`/`cos`).
     Cos,
+    /// `x.tanh()` (`tanhf`/`tanh`).
     Tanh,
+    /// `x.abs()`: the absolute value of a float (`fabsf`/`fabs`) or signed integer
+    /// (`kiln_abs`).
     Abs,
+    /// `x.floor()`: rounded down (`floorf`/`floor`).
     Floor,
+    /// `x.ceil()`: rounded up (`ceilf`/`ceil`).
     Ceil,
+    /// `x.round()`: rounded to the nearest integer, halves away from zero (`roundf`/`round`).
     Round,
+    /// `x.trunc()`: rounded toward zero (`truncf`/`trunc`).
     Trunc,
+    /// `x.max(y)` or `max(x, y)`: the larger of two numbers (`fmaxf`/`fmax`, `kiln_max` for
+    /// integers).
     Max,
+    /// `x.min(y)` or `min(x, y)`: the smaller of two numbers (`fminf`/`fmin`, `kiln_min` for
+    /// integers).
     Min,
+    /// `x.powf(y)`: xʸ (`powf`/`pow`).
     Powf,
+    /// `x.mul_add(a, b)` or `fma(x, a, b)`: x·a + b with one rounding (`fmaf`/`fma`).
     MulAdd,
+    /// `x.is_nan()`: whether `x` is NaN.
     IsNan,
+    /// `x.to_bits()`: the float's bits as the unsigned integer of its width.
     ToBits,
+    /// `f32::from_bits(b)` (and f16, bf16, f64): the float with the given bits.
     FromBits,
     // integer bit operations
+    /// `x.count_ones()`: the number of set bits (`__popc`).
     CountOnes,
+    /// `x.leading_zeros()`: the zero bits above the highest set bit (`__clz`).
     LeadingZeros,
+    /// `x.trailing_zeros()`: the zero bits below the lowest set bit.
     TrailingZeros,
+    /// `x.reverse_bits()`: the bits in reverse order (`__brev`).
     ReverseBits,
+    /// `a.div_ceil(b)`: `a / b` rounded up, for unsigned integers.
     DivCeil,
 }
 

@@ -5,6 +5,8 @@
 //! build time and embed the IR; at run time [`spec::specialize`] binds the comptime values
 //! and [`cuda::print`] produces the CUDA that NVRTC compiles.
 
+#![warn(missing_docs)]
+
 pub mod cuda;
 pub mod defs;
 pub mod diag;

@@ -17,9 +17,13 @@ use crate::types::{Len, Scalar, Ty};
 /// The element types a `T: Float` parameter can be bound to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub enum Dtype {
+    /// `f32`
     F32,
+    /// `f16`, IEEE half precision.
     F16,
+    /// `bf16`, bfloat16.
     Bf16,
+    /// `f64`
     F64,
 }
 
@@ -107,7 +111,9 @@ impl std::str::FromStr for Arch {
 /// Comptime values for a specialisation, by parameter name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Bindings {
+    /// Values of `const` parameters (a bool as 0 or 1).
     pub consts: BTreeMap<String, i128>,
+    /// Element types of `T: Float` parameters.
     pub types: BTreeMap<String, Dtype>,
 }
 
@@ -178,10 +184,15 @@ impl Bindings {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{function} ({file}:{line}): {message}{}", hint.as_ref().map(|h| format!("\n  = hint: {h}")).unwrap_or_default())]
 pub struct SpecError {
+    /// The function (kernel or device function) the error is in.
     pub function: String,
+    /// The Rust file that defines it.
     pub file: String,
+    /// The line in that file (0 when there is none to point at).
     pub line: u32,
+    /// What went wrong.
     pub message: String,
+    /// What to do about it, if there is something to suggest.
     pub hint: Option<String>,
 }
 
@@ -189,13 +200,17 @@ pub struct SpecError {
 /// every type and comptime value concrete.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Program {
+    /// The specialised kernel.
     pub kernel: Function,
     /// Comptime values of each function, by function name (kernel and instances).
     pub comptime: BTreeMap<String, Vec<(String, Scalar, i128)>>,
     /// Device-function instances, callees before callers; calls name them by instance name.
     pub devices: Vec<Function>,
+    /// The Rust file that defines the kernel.
     pub file: String,
+    /// The comptime values the kernel was specialised for.
     pub bindings: Bindings,
+    /// The GPU architecture the program targets.
     pub arch: Arch,
 }
 

@@ -7,17 +7,30 @@ use serde::{Deserialize, Serialize};
 /// (an element type `T: Float`), which specialisation replaces by a concrete type.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 pub enum Scalar {
+    /// `bool` (CUDA `bool`).
     Bool,
+    /// `u8` (CUDA `unsigned char`).
     U8,
+    /// `u16` (CUDA `unsigned short`).
     U16,
+    /// `u32` (CUDA `unsigned int`).
     U32,
+    /// `u64` (CUDA `unsigned long long`).
     U64,
+    /// `i32` (CUDA `int`).
     I32,
+    /// `i64` (CUDA `long long`).
     I64,
+    /// `f16`, IEEE half precision (CUDA `kiln_f16`, a storage type from the prelude).
     F16,
+    /// `bf16`, bfloat16 (CUDA `kiln_bf16`, a storage type from the prelude).
     Bf16,
+    /// `f32` (CUDA `float`).
     F32,
+    /// `f64` (CUDA `double`).
     F64,
+    /// The `T: Float` parameter at this index of the function's generics, until
+    /// specialisation binds it.
     Param(u8),
 }
 
@@ -130,20 +143,30 @@ pub enum Space {
 /// evaluated when the kernel is specialised.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum Len {
+    /// A literal length.
     Lit(u64),
+    /// A `const` parameter, by name.
     Param(String),
+    /// `a op b` of two comptime lengths.
     Bin(ConstOp, Box<Len>, Box<Len>),
 }
 
 /// Operators allowed in comptime lengths.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum ConstOp {
+    /// `+`
     Add,
+    /// `-`
     Sub,
+    /// `*`
     Mul,
+    /// `/` (integer division)
     Div,
+    /// `%`
     Rem,
+    /// `<<`
     Shl,
+    /// `>>`
     Shr,
 }
 
@@ -180,32 +203,42 @@ impl Len {
 pub enum Ty {
     /// No value (statements, functions without a result).
     Unit,
+    /// A scalar of the given element type.
     Scalar(Scalar),
     /// The result of `thread_idx()`, `block_idx()`, `block_dim()`, `grid_dim()`: fields x, y, z.
     Dim3,
     /// A global-memory slice parameter: `&[T]` or `&mut [T]`.
     Slice {
+        /// The element type.
         elem: Scalar,
+        /// Whether it is `&mut [T]` (read-write) rather than `&[T]` (read-only).
         mutable: bool,
     },
     /// A shared or register array with one or more comptime dimensions (outermost first).
     Array {
+        /// Shared memory or registers.
         space: Space,
+        /// The element type.
         elem: Scalar,
+        /// The length of each dimension, outermost first.
         dims: Vec<Len>,
     },
     /// The block's dynamic shared memory viewed as `[T]`, sized at launch.
     DynShared {
+        /// The element type the memory is viewed as.
         elem: Scalar,
     },
     /// 16 bytes of `T` (4 × f32, 8 × f16, …), from `vload` and for `vstore`.
     Vector {
+        /// The element type of the lanes.
         elem: Scalar,
     },
     /// One lane's registers of a warp-level matrix fragment of `mma.sync` m16n8k16 (see
     /// [`FragKind`]); `elem` is the 16-bit input type of A and B, `f32` for C.
     Frag {
+        /// Which operand: A, B or C/D.
         kind: FragKind,
+        /// The input element type: f16 or bf16 for A and B, f32 for C.
         elem: Scalar,
     },
 }

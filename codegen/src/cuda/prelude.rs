@@ -10,17 +10,30 @@ use crate::types::{FragKind, Scalar};
 /// A section of the prelude, emitted when the program needs it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Section {
+    /// `kiln_f16`: the f16 storage type with its conversions through `float`, operators
+    /// and shuffles.
     Half,
+    /// `kiln_bf16`: the same for bf16.
     Bf16,
+    /// `kiln_lane_id`/`kiln_warp_id`, for `lane_id()`/`warp_id()`.
     LaneWarp,
+    /// `kiln_min`/`kiln_max`/`kiln_abs`/`kiln_div_ceil`: the integer `min`, `max`, `abs`
+    /// and `div_ceil`.
     MinMax,
+    /// `kiln_ctz32`/`kiln_ctz64`: trailing zeros of a 32- or 64-bit integer.
     Ctz,
+    /// `kiln_isnan`, for `is_nan()`.
     IsNan,
+    /// `kiln_float_to_int`: Rust's float-to-integer `as` (saturating, NaN to 0).
     FloatToInt,
+    /// `kiln_shl`/`kiln_shr`: shifts that are defined for amounts of the type's width or
+    /// more, as in PTX.
     Shift,
     /// `kiln_smem_addr`: the shared-state-space address of a generic pointer.
     SmemAddr,
+    /// `kiln_cp_async16` and the commit/wait helpers: asynchronous global -> shared copies.
     CpAsync,
+    /// `kiln_dyn_smem`: the `extern __shared__` array behind `dyn_shared`.
     DynShared,
     /// The 16-byte vector struct of an element type.
     Vector(Scalar),
@@ -28,7 +41,9 @@ pub enum Section {
     Frag,
     /// One `ldmatrix` variant: `num` 8×8 matrices, transposed or not.
     Ldmatrix {
+        /// Matrices loaded at once: 1, 2 or 4.
         num: u8,
+        /// Whether the matrices are transposed on the way (`.trans`).
         trans: bool,
     },
     /// `mma.sync` m16n8k16 with f32 accumulation for one input type (f16 or bf16).

@@ -17,10 +17,13 @@ use crate::types::{Len, Scalar, Space, Ty};
 pub struct DeviceCallSite {
     /// The path as written, with its generic arguments.
     pub path: syn::Path,
+    /// The argument types Kiln inferred.
     pub args: Vec<Ty>,
     /// Where each argument is written.
     pub arg_spans: Vec<Span>,
+    /// The result type the call's context expects.
     pub ret: Ty,
+    /// The whole call expression (where rustc reports a mismatch).
     pub span: Span,
 }
 

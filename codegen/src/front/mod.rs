@@ -28,6 +28,7 @@ pub struct KernelAttrs {
 /// A checked function and the device-function calls it makes.
 #[derive(Clone, Debug)]
 pub struct Checked {
+    /// The function's IR.
     pub function: Function,
     /// Every call of a `#[device]` function, with the types Kiln inferred for it.
     pub device_calls: Vec<calls::DeviceCallSite>,

@@ -33,9 +33,13 @@ pub struct LoopFrame {
 
 /// State of one function check.
 pub struct Checker {
+    /// Whether the function is a kernel or a device function.
     pub kind: FnKind,
+    /// The function's Rust name.
     pub fn_name: String,
+    /// Its comptime parameters.
     pub generics: Vec<Generic>,
+    /// Its declared return type (`Unit` without one).
     pub ret: Ty,
     scopes: Vec<HashMap<String, Var>>,
     /// Names no variable may take in CUDA (comptime parameters).
