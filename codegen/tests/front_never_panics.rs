@@ -11,6 +11,18 @@ use proptest::prelude::*;
 const HEADER: &str =
     "fn k<const N: u32, T: Float>(x: &[f32], y: &mut [f32], h: &[T], o: &mut [T], n: u32, s: f32) ";
 
+/// A kernel descriptor for `f` that lives for the rest of the test process.
+fn leak_def(f: &kiln_codegen::ir::Function) -> &'static FnDef {
+    Box::leak(Box::new(FnDef {
+        name: "k",
+        module: "t",
+        file: "t.rs",
+        ir_json: Box::leak(FnDef::encode(f).into_boxed_str()),
+        deps: &[],
+        examples: &[],
+    }))
+}
+
 /// Checks `source`; on success also specialises and prints it. Returns whether it was accepted.
 fn check_and_print(source: &str) -> bool {
     match check_source(source, FnKind::Kernel) {
@@ -30,14 +42,7 @@ fn check_and_print(source: &str) -> bool {
                     Generic::Type { name } => b.with_type(name, Dtype::Bf16),
                 };
             }
-            let def: &'static FnDef = Box::leak(Box::new(FnDef {
-                name: "k",
-                module: "prop",
-                file: "prop.rs",
-                ir_json: Box::leak(FnDef::encode(&f).into_boxed_str()),
-                deps: &[],
-                examples: &[],
-            }));
+            let def = leak_def(&f);
             // specialisation may reject (e.g. unknown device function); it must not panic
             if let Ok(p) = spec::specialize(def, &b, Arch::SM90) {
                 let m = cuda::print(&p);
@@ -259,14 +264,7 @@ fn the_grammar_reaches_the_printer() {
 fn narrow_integer_arithmetic_wraps_in_its_own_type() {
     let src = "fn k(a: &[u8], out: &mut [u8], flag: &mut [u32]) { out[0] = (a[0] + a[1]) >> 1; flag[0] = (a[0] + a[1] < 100) as u32; for i in 250u8..=255u8 { out[1] = i; } }";
     let f = check_source(src, FnKind::Kernel).expect("accepted");
-    let def: &'static FnDef = Box::leak(Box::new(FnDef {
-        name: "k",
-        module: "t",
-        file: "t.rs",
-        ir_json: Box::leak(FnDef::encode(&f).into_boxed_str()),
-        deps: &[],
-        examples: &[],
-    }));
+    let def = leak_def(&f);
     let cuda =
         cuda::print(&spec::specialize(def, &Bindings::default(), Arch::SM90).unwrap()).source;
     assert!(
@@ -306,14 +304,7 @@ fn loop_carried_thread_dependence_is_seen_before_the_barrier() {
 fn printed_names_never_capture_user_variables() {
     let src = "fn k(x: &[f32], out: &mut [f32], n: u32) { let i_end = 10.0f32; let kiln_last_i = 2.0f32; let mut m = n; for i in 0..m { out[i] = i_end + kiln_last_i + x[i]; m = m - 1; } for i in 0..=3u32 { out[i] = -(-x[i]); } }";
     let f = check_source(src, FnKind::Kernel).expect("accepted");
-    let def: &'static FnDef = Box::leak(Box::new(FnDef {
-        name: "k",
-        module: "t",
-        file: "t.rs",
-        ir_json: Box::leak(FnDef::encode(&f).into_boxed_str()),
-        deps: &[],
-        examples: &[],
-    }));
+    let def = leak_def(&f);
     let cuda =
         cuda::print(&spec::specialize(def, &Bindings::default(), Arch::SM90).unwrap()).source;
     assert!(

@@ -161,6 +161,31 @@ pub fn method(name: &str, recv: Scalar) -> Option<&'static Method> {
     METHODS.iter().find(|m| m.name == name)
 }
 
+/// Built-ins whose result differs between the threads of a block (besides `ldmatrix*` and
+/// `mma`), for the barrier analysis of loop bodies.
+pub const THREAD_VARYING_FUNCTIONS: &[&str] = &[
+    "thread_idx",
+    "lane_id",
+    "warp_id",
+    "shfl_sync",
+    "shfl_xor_sync",
+    "shfl_down_sync",
+    "shfl_up_sync",
+    "ballot_sync",
+    "all_sync",
+    "any_sync",
+    "activemask",
+    "atomic_add",
+    "atomic_sub",
+    "atomic_min",
+    "atomic_max",
+    "atomic_and",
+    "atomic_or",
+    "atomic_xor",
+    "atomic_exch",
+    "atomic_cas",
+];
+
 /// Names of the free functions Kiln provides, for "unknown function" hints.
 pub const FREE_FUNCTIONS: &[&str] = &[
     "thread_idx",

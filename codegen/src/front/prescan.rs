@@ -6,30 +6,6 @@ use syn::visit::Visit;
 
 use super::Checker;
 
-/// Built-ins whose result differs between the threads of a block.
-const VARYING_CALLS: &[&str] = &[
-    "thread_idx",
-    "lane_id",
-    "warp_id",
-    "shfl_sync",
-    "shfl_xor_sync",
-    "shfl_down_sync",
-    "shfl_up_sync",
-    "ballot_sync",
-    "all_sync",
-    "any_sync",
-    "activemask",
-    "atomic_add",
-    "atomic_sub",
-    "atomic_min",
-    "atomic_max",
-    "atomic_and",
-    "atomic_or",
-    "atomic_xor",
-    "atomic_exch",
-    "atomic_cas",
-];
-
 /// Whether an expression mentions a thread-dependent built-in or variable.
 struct Mentions<'a> {
     checker: &'a Checker,
@@ -40,7 +16,7 @@ impl<'ast> Visit<'ast> for Mentions<'_> {
     fn visit_expr_call(&mut self, c: &'ast syn::ExprCall) {
         if let syn::Expr::Path(p) = &*c.func {
             if p.path.get_ident().is_some_and(|i| {
-                VARYING_CALLS.contains(&i.to_string().as_str())
+                super::builtins::THREAD_VARYING_FUNCTIONS.contains(&i.to_string().as_str())
                     || i.to_string().starts_with("ldmatrix")
                     || i == "mma"
             }) {
