@@ -34,6 +34,16 @@ impl Float for half::bf16 {
     const DTYPE: Dtype = Dtype::Bf16;
 }
 
+/// The host-side name of an A fragment (a warp's share of a 16×16 `T` matrix), so that
+/// `#[device]` functions can take and return fragments; it has no value on the host.
+pub struct FragA<T>(std::marker::PhantomData<T>);
+
+/// The host-side name of a B fragment (a warp's share of a 16×8 `T` matrix).
+pub struct FragB<T>(std::marker::PhantomData<T>);
+
+/// The host-side name of an accumulator fragment (a warp's share of a 16×8 f32 matrix).
+pub struct FragC;
+
 /// Collects a kernel's comptime values; `#[kernel]` wraps it in a builder with one method
 /// per comptime parameter.
 #[derive(Clone, Debug)]

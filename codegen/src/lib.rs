@@ -24,7 +24,7 @@ pub use spec::{Arch, Bindings, Dtype, Program, SpecError};
 
 /// What kernel authors import: the `Float` bound and the 16-bit float types.
 pub mod prelude {
-    pub use crate::host::{bf16, f16, Float};
+    pub use crate::host::{bf16, f16, Float, FragA, FragB, FragC};
     pub use crate::spec::{Arch, Dtype};
 }
 
@@ -33,7 +33,7 @@ pub mod prelude {
 pub mod __private {
     pub use crate::cuda::CudaModule;
     pub use crate::defs::{Dep, FnDef, Registered};
-    pub use crate::host::{bf16, device_only, f16, Float, SpecBuilder};
+    pub use crate::host::{bf16, device_only, f16, Float, FragA, FragB, FragC, SpecBuilder};
     pub use crate::spec::{Arch, Bindings, Dtype, SpecError};
     pub use inventory;
 }

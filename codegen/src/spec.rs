@@ -623,9 +623,7 @@ impl Instantiator {
             }
         }
         for (p, a) in ir.params.iter().zip(arg_tys) {
-            if let (Some(Scalar::Param(i)), Some(actual)) =
-                (param_scalar(&p.ty), a.elem().or(a.scalar()))
-            {
+            if let (Some(Scalar::Param(i)), Some(actual)) = (param_scalar(&p.ty), param_scalar(a)) {
                 match types[i as usize] {
                     None => types[i as usize] = Some(actual),
                     Some(t) if t == actual => {}
@@ -726,9 +724,16 @@ impl Instantiator {
     }
 }
 
+/// The scalar a parameter or argument type names, for inferring element-type parameters
+/// (the input type of an A or B fragment; none for accumulators).
 fn param_scalar(t: &Ty) -> Option<Scalar> {
     match t {
         Ty::Scalar(s) => Some(*s),
+        Ty::Frag {
+            kind: crate::types::FragKind::C,
+            ..
+        } => None,
+        Ty::Frag { elem, .. } => Some(*elem),
         other => other.elem(),
     }
 }

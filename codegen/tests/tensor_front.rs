@@ -163,12 +163,23 @@ fn fragments_differ_per_lane_so_barriers_under_them_are_rejected() {
 }
 
 #[test]
-fn fragments_cannot_be_passed_to_device_functions_yet() {
-    let src = "fn k(o: &mut [f32]) {
+fn fragments_cross_device_function_boundaries_but_not_kernel_ones() {
+    let call = "fn k(o: &mut [f32]) {
     let acc = frag_c_zero();
     let s: f32 = row_sum(acc);
     o[0] = s;
 }";
-    let e = check_source(src, FnKind::Kernel).expect_err("fragment argument");
-    assert!(e.message.contains("not `FragC`"), "{}", e.text());
+    let f = check_source(call, FnKind::Kernel).expect("a fragment is a device-function argument");
+    assert!(format!("{:?}", f.body).contains("Call"));
+    let device = "fn row_sum(acc: FragC) -> f32 { acc[0] + acc[1] }";
+    check_source(device, FnKind::Device).expect("a device function takes a fragment");
+    let returns = "fn step<T: Float>(a: FragA<T>, b: FragB<T>, c: FragC) -> FragC { mma(a, b, c) }";
+    check_source(returns, FnKind::Device).expect("a device function returns a fragment");
+    let kernel = "fn k(a: FragC, o: &mut [f32]) { o[0] = a[0]; }";
+    let e = check_source(kernel, FnKind::Kernel).expect_err("kernels take no fragments");
+    assert!(
+        e.message.contains("kernels cannot take fragments"),
+        "{}",
+        e.text()
+    );
 }

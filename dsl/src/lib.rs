@@ -289,6 +289,15 @@ fn rust_type(t: &Ty, generics: &[Generic]) -> Tokens {
             let e = scalar_type(*elem, generics);
             quote!(&mut [#e])
         }
+        Ty::Frag { kind, elem } => {
+            let name = format_ident!("{}", kind.rust_name());
+            if *kind == kiln_codegen::types::FragKind::C {
+                quote!(::kiln::__private::#name)
+            } else {
+                let e = scalar_type(*elem, generics);
+                quote!(::kiln::__private::#name<#e>)
+            }
+        }
         _ => quote!(()),
     }
 }

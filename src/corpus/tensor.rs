@@ -5,7 +5,8 @@ use crate::prelude::*;
 
 /// `C = A·B` for one 16×16 A tile and one 16×8 B tile (both row-major), by one warp: the
 /// tiles go through shared memory, A is loaded with `ldmatrix_x4`, B (stored k-major) with
-/// `ldmatrix_x2_trans`, one `mma` multiplies them, and each lane stores its four results.
+/// `ldmatrix_x2_trans`, one `mma` (through the device function `mma_step`) multiplies them, and
+/// each lane stores its four results.
 #[kernel(threads = 32, example(T = bf16), example(T = f16))]
 pub fn mma_tile_16x8x16<T: Float>(a: &[T], b: &[T], c: &mut [f32]) {
     let sa = shared::<[[T; 16]; 16]>();
@@ -22,7 +23,7 @@ pub fn mma_tile_16x8x16<T: Float>(a: &[T], b: &[T], c: &mut [f32]) {
     let fa = ldmatrix_x4::<T>(&sa[lane % 16][lane / 16 * 8]);
     // lanes 0-15 address the 16 rows (k) of B; each lane receives a column (n) pair
     let fb = ldmatrix_x2_trans::<T>(&sb[lane % 16][0]);
-    let acc = mma(fa, fb, frag_c_zero());
+    let acc: FragC = mma_step(fa, fb, frag_c_zero());
     // C fragment: rows lane/4 and lane/4 + 8, columns 2·(lane%4) and 2·(lane%4) + 1
     let row = lane / 4;
     let col = lane % 4 * 2;
@@ -111,4 +112,11 @@ pub fn mma_throughput<T: Float>(out: &mut [f32], iters: u32) {
     for k in 0..4u32 {
         out[i + k] = c0[k] + c1[k] + c2[k] + c3[k];
     }
+}
+
+/// One tensor-core step, `acc + a·b`: a device function that takes and returns fragments
+/// (generic over the input type, inlined into each kernel that calls it).
+#[device]
+pub fn mma_step<T: Float>(a: FragA<T>, b: FragB<T>, acc: FragC) -> FragC {
+    mma(a, b, acc)
 }

@@ -260,6 +260,7 @@ impl Printer<'_> {
                     ]
                 }
                 Ty::Scalar(s) => vec![format!("{} {}", c_type(*s), p.cname)],
+                Ty::Frag { kind, .. } => vec![format!("{} {}", prelude::frag_type(*kind), p.cname)],
                 other => vec![format!(
                     "/* unsupported parameter type {other:?} */ int {}",
                     p.cname
@@ -284,7 +285,10 @@ impl Printer<'_> {
                 ));
             }
             FnKind::Device => {
-                let ret = f.ret.scalar().map(c_type).unwrap_or_else(|| "void".into());
+                let ret = match &f.ret {
+                    Ty::Frag { kind, .. } => prelude::frag_type(*kind).to_string(),
+                    other => other.scalar().map(c_type).unwrap_or_else(|| "void".into()),
+                };
                 self.line(&format!(
                     "__device__ __forceinline__ {ret} {}({params}) {{",
                     f.name

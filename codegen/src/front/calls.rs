@@ -153,12 +153,12 @@ impl Checker {
             }
             let v = self.expr(a, None)?;
             match &v.ty {
-                Ty::Scalar(_) | Ty::Slice { .. } => {}
+                Ty::Scalar(_) | Ty::Slice { .. } | Ty::Frag { .. } => {}
                 other => {
                     return err_hint(
                         a,
                         format!(
-                            "device functions take scalars and slices, not `{}`",
+                            "device functions take scalars, slices and fragments, not `{}`",
                             self.ty_name(other)
                         ),
                         "pass the elements you need, or a global slice",

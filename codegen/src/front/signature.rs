@@ -83,7 +83,10 @@ impl Checker {
                 }
                 match &**ty {
                     syn::Type::Tuple(t) if t.elems.is_empty() => Ty::Unit,
-                    _ => Ty::Scalar(self.scalar_type(ty)?),
+                    other => match self.frag_type(other) {
+                        Some(frag) => frag?,
+                        None => Ty::Scalar(self.scalar_type(other)?),
+                    },
                 }
             }
         };
@@ -223,7 +226,15 @@ impl Checker {
                     "pass a slice: `&[T]` or `&mut [T]`",
                 )
             }
-            other => Ty::Scalar(self.scalar_type(other)?),
+            other => match self.frag_type(other) {
+                Some(_) if self.kind == FnKind::Kernel => return err_hint(
+                    other,
+                    "kernels cannot take fragments",
+                    "fragments live in one warp's registers; pass them to `#[device]` functions",
+                ),
+                Some(frag) => frag?,
+                None => Ty::Scalar(self.scalar_type(other)?),
+            },
         };
         let mutable = pi.mutability.is_some();
         if mutable && matches!(ty, Ty::Slice { .. }) {

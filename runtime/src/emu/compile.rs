@@ -84,6 +84,8 @@ struct LoopLabels {
 
 struct Inlined {
     dst: Option<Reg>,
+    /// Slots of the result: 1 for a scalar, more for a fragment.
+    slots: u64,
     exits: Vec<usize>,
 }
 
@@ -505,8 +507,11 @@ impl Compiler<'_> {
                     self.emit(Instr::Exit);
                 }
                 Some(dst) => {
-                    if let (Some(v), Some(dst)) = (v, dst) {
-                        self.scalar_into(v, dst)?;
+                    let slots = self.inlined.as_ref().map_or(1, |i| i.slots);
+                    match (v, dst) {
+                        (Some(v), Some(dst)) if slots > 1 => self.aggregate_into(v, dst, slots)?,
+                        (Some(v), Some(dst)) => self.scalar_into(v, dst)?,
+                        _ => {}
                     }
                     let j = self.emit(Instr::Jump { to: 0 });
                     if let Some(i) = self.inlined.as_mut() {
@@ -1049,6 +1054,7 @@ impl Compiler<'_> {
                 self.ldmatrix(args, *num, *trans, dst)
             }
             ExprKind::Intrinsic(Intrinsic::Mma, args) => self.mma(args, dst),
+            ExprKind::Call { callee, args, .. } => self.call(callee, args, Some(dst)),
             ExprKind::Select(c, a, b) => self.select(c, a, b, &|s, x| s.aggregate_into(x, dst, n)),
             other => Err(format!(
                 "unsupported vector or fragment expression {other:?}"
@@ -1484,13 +1490,30 @@ impl Compiler<'_> {
                     self.scalar_into(a, slot)?;
                     Binding::Scalar { slot, k: kind(*s)? }
                 }
+                (ty @ Ty::Frag { .. }, _) => {
+                    let (elem, n, name) = aggregate(ty)?;
+                    let slot = self.alloc(n)?;
+                    self.aggregate_into(a, slot, n)?;
+                    Binding::Array {
+                        loc: Loc::Local(slot),
+                        elem,
+                        dims: vec![n],
+                        mem: self.mem(name),
+                        writable: true,
+                    }
+                }
                 (ty, _) => return Err(format!("device parameter of type {ty:?}")),
             };
             params.insert(p.cname.clone(), b);
         }
+        let slots = match &f.ret {
+            ret @ Ty::Frag { .. } => aggregate(ret)?.1,
+            _ => 1,
+        };
         let ret_dst = match (&f.ret, dst) {
-            (Ty::Scalar(_), Some(d)) => Some(d),
+            (Ty::Scalar(_) | Ty::Frag { .. }, Some(d)) => Some(d),
             (Ty::Scalar(_), None) => Some(self.temp()?),
+            (Ty::Frag { .. }, None) => Some(self.alloc(slots)?),
             _ => None,
         };
         let func = match self.funcs.iter().position(|n| *n == f.name) {
@@ -1507,6 +1530,7 @@ impl Compiler<'_> {
         let saved_loops = std::mem::take(&mut self.loops);
         let saved_inlined = self.inlined.replace(Inlined {
             dst: ret_dst,
+            slots,
             exits: Vec::new(),
         });
         self.origin = Origin {
