@@ -134,6 +134,11 @@ fn mma_throughput_exact() {
 }
 
 #[test]
+fn gemm_tiled_close() {
+    check("gemm_tiled_close", verify::gemm_tiled_close);
+}
+
+#[test]
 fn every_corpus_kernel_has_a_check() {
     let checked: Vec<&str> = verify::CHECKS
         .iter()

@@ -6,24 +6,37 @@
 use kiln::runtime::roofline::Roofline;
 use kiln::runtime::Device;
 
-/// Which measured ceiling a row's bandwidth is compared with.
+/// Which measured ceiling a row's rate is compared with (and so its unit).
 #[derive(Clone, Copy)]
 pub enum Roof {
-    /// Device memory (the card's device-to-device copy).
+    /// Device memory (the card's device-to-device copy); the rate is in GB/s.
     DeviceMemory,
-    /// The host link (a pinned host-to-device copy).
+    /// The host link (a pinned host-to-device copy); GB/s.
     HostLink,
+    /// The tensor cores (a Kiln `mma.sync` kernel); the rate is in TFLOP/s.
+    TensorCores,
+}
+
+impl Roof {
+    fn unit(self) -> &'static str {
+        match self {
+            Roof::TensorCores => "TFLOP/s",
+            _ => "GB/s",
+        }
+    }
 }
 
 /// One measured row.
 pub struct Row {
     pub name: String,
-    pub bytes: f64,
+    /// Bytes moved, or floating-point operations done, per run.
+    pub work: f64,
     pub median_ms: f64,
-    pub gb_s: f64,
+    /// GB/s or TFLOP/s (see [`Roof`]).
+    pub rate: f64,
     /// Name of the baseline row this one is compared with, and the ratio ours/baseline.
     pub vs: Option<(String, f64)>,
-    /// The ceiling this row's bandwidth is a percentage of.
+    /// The ceiling this row's rate is a percentage of.
     pub roof: Roof,
 }
 
@@ -53,10 +66,11 @@ pub fn roofline(device: &Device) -> Roofline {
 pub fn report(bench: &str, device: &Device, rows: &[Row]) {
     let roof = roofline(device);
     let pct = |r: &Row| {
-        100.0 * r.gb_s
+        100.0 * r.rate
             / match r.roof {
                 Roof::DeviceMemory => roof.copy_gb_s,
                 Roof::HostLink => roof.h2d_gb_s,
+                Roof::TensorCores => roof.mma_bf16_tflops.unwrap_or(f64::NAN),
             }
     };
     println!(
@@ -67,20 +81,20 @@ pub fn report(bench: &str, device: &Device, rows: &[Row]) {
         roof.mma_bf16_tflops.unwrap_or(f64::NAN)
     );
     println!(
-        "{:<38} {:>8} {:>10} {:>9} {:>7}  ratio",
-        "measurement", "MiB", "median ms", "GB/s", "% roof"
+        "{:<40} {:>10} {:>16} {:>7}  ratio",
+        "measurement", "median ms", "rate", "% roof"
     );
     for r in rows {
         let ratio =
             r.vs.as_ref()
                 .map(|(b, x)| format!("{:.3} of {b}", x))
                 .unwrap_or_default();
+        let rate = format!("{:.1} {}", r.rate, r.roof.unit());
         println!(
-            "{:<38} {:>8.0} {:>10.4} {:>9.1} {:>6.1}%  {ratio}",
+            "{:<40} {:>10.4} {:>16} {:>6.1}%  {ratio}",
             r.name,
-            r.bytes / (1 << 20) as f64,
             r.median_ms,
-            r.gb_s,
+            rate,
             pct(r)
         );
     }
@@ -103,7 +117,7 @@ pub fn report(bench: &str, device: &Device, rows: &[Row]) {
         "device": device.name(),
         "roofline": { "copy_gb_per_s": roof.copy_gb_s, "h2d_gb_per_s": roof.h2d_gb_s, "mma_bf16_tflops": roof.mma_bf16_tflops },
         "rows": rows.iter().map(|r| serde_json::json!({
-            "name": r.name, "bytes": r.bytes, "median_ms": r.median_ms, "gb_per_s": r.gb_s, "percent_of_roofline": pct(r),
+            "name": r.name, "work": r.work, "median_ms": r.median_ms, "rate": r.rate, "unit": r.roof.unit(), "percent_of_roofline": pct(r),
             "baseline": r.vs.as_ref().map(|v| v.0.clone()), "ratio": r.vs.as_ref().map(|v| v.1),
         })).collect::<Vec<_>>(),
     });

@@ -120,3 +120,57 @@ pub fn mma_throughput<T: Float>(out: &mut [f32], iters: u32) {
 pub fn mma_step<T: Float>(a: FragA<T>, b: FragB<T>, acc: FragC) -> FragC {
     mma(a, b, acc)
 }
+
+/// Stores a warp's accumulator tile: rows `row0 + lane/4` and `+8`, columns
+/// `col0 + 2·(lane%4)` and `+1` of the row-major `c` with `n` columns.
+#[device]
+pub fn store_c(acc: FragC, c: &mut [f32], row0: u32, col0: u32, n: u32) {
+    let lane = lane_id();
+    let row = row0 + lane / 4;
+    let col = col0 + lane % 4 * 2;
+    c[row * n + col] = acc[0];
+    c[row * n + col + 1] = acc[1];
+    c[(row + 8) * n + col] = acc[2];
+    c[(row + 8) * n + col + 1] = acc[3];
+}
+
+/// `C = A·B` (A `m×k`, B `k×n`, both row-major `T`; C row-major f32) on tensor cores: each
+/// block of 4 warps computes a 32×64 tile of C, each warp a 16×32 part of it with four
+/// accumulators, stepping through `k` 16 at a time via shared memory (rows padded by 8
+/// elements so every `ldmatrix` row is 16-byte aligned). `m`, `n` and `k` must be multiples
+/// of 32, 64 and 16; the grid is (n / 64, m / 32) blocks of 128 threads.
+#[kernel(threads = 128, example(T = bf16), example(T = f16))]
+pub fn gemm_tiled<T: Float>(a: &[T], b: &[T], c: &mut [f32], m: u32, n: u32, k: u32) {
+    let sa = shared::<[[T; 24]; 32]>();
+    let sb = shared::<[[T; 72]; 16]>();
+    let t = thread_idx().x;
+    let lane = lane_id();
+    let warp = warp_id();
+    let row0 = block_idx().y * 32;
+    let col0 = block_idx().x * 64;
+    let wr = warp / 2 * 16;
+    let wc = warp % 2 * 32;
+    let mut c0 = frag_c_zero();
+    let mut c1 = frag_c_zero();
+    let mut c2 = frag_c_zero();
+    let mut c3 = frag_c_zero();
+    for k0 in (0..k).step_by(16) {
+        for i in (t..512).step_by(128) {
+            sa[i / 16][i % 16] = a[(row0 + i / 16) * k + k0 + i % 16];
+        }
+        for i in (t..1024).step_by(128) {
+            sb[i / 64][i % 64] = b[(k0 + i / 64) * n + col0 + i % 64];
+        }
+        sync_threads();
+        let fa = ldmatrix_x4::<T>(&sa[wr + lane % 16][lane / 16 * 8]);
+        c0 = mma_step(fa, ldmatrix_x2_trans::<T>(&sb[lane % 16][wc]), c0);
+        c1 = mma_step(fa, ldmatrix_x2_trans::<T>(&sb[lane % 16][wc + 8]), c1);
+        c2 = mma_step(fa, ldmatrix_x2_trans::<T>(&sb[lane % 16][wc + 16]), c2);
+        c3 = mma_step(fa, ldmatrix_x2_trans::<T>(&sb[lane % 16][wc + 24]), c3);
+        sync_threads();
+    }
+    store_c(c0, c, row0 + wr, col0 + wc, n);
+    store_c(c1, c, row0 + wr, col0 + wc + 8, n);
+    store_c(c2, c, row0 + wr, col0 + wc + 16, n);
+    store_c(c3, c, row0 + wr, col0 + wc + 24, n);
+}

@@ -729,6 +729,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("mma_tile_16x8x16", mma_tile_exact),
     ("fragment_layout", fragment_layout_per_lane),
     ("mma_throughput", mma_throughput_exact),
+    ("gemm_tiled", gemm_tiled_close),
 ];
 
 /// mma_throughput: a few rounds on a small grid; every output is exactly 32·iters.
@@ -747,5 +748,47 @@ pub fn mma_throughput_exact(dev: &Device) -> Result<(), VerifyError> {
             ensure_eq!(*v, 32.0 * iters as f32, "{dtype} element {i}");
         }
     }
+    Ok(())
+}
+
+/// gemm_tiled: bf16 and f16 inputs (exactly representable), f32 accumulation, against a
+/// float64 matmul of the same inputs.
+pub fn gemm_tiled_close(dev: &Device) -> Result<(), VerifyError> {
+    gemm_as::<bf16>(dev)?;
+    gemm_as::<f16>(dev)
+}
+
+fn gemm_as<T: Real>(dev: &Device) -> Result<(), VerifyError> {
+    let (m, n, k) = (64usize, 128usize, 48usize);
+    let mut rng = Rng::new(23);
+    let a: Vec<T> = rng.f32s(m * k).into_iter().map(T::from_f32).collect();
+    let b: Vec<T> = rng.f32s(k * n).into_iter().map(T::from_f32).collect();
+    let kernel = tensor::gemm_tiled::spec().t(T::DTYPE).build(dev)?;
+    let mut c = dev.upload(&vec![f32::NAN; m * n])?;
+    let cfg = LaunchConfig {
+        grid: ((n / 64) as u32, (m / 32) as u32, 1),
+        block: (128, 1, 1),
+        dyn_shared_bytes: 0,
+    };
+    tensor::gemm_tiled::launch(
+        &kernel,
+        &cfg,
+        &dev.upload(&a)?,
+        &dev.upload(&b)?,
+        &mut c,
+        m as u32,
+        n as u32,
+        k as u32,
+    )?;
+    let got: Vec<f64> = dev.download(&c)?.iter().map(|v| *v as f64).collect();
+    let want: Vec<f64> = (0..m * n)
+        .map(|ij| {
+            (0..k)
+                .map(|p| a[ij / n * k + p].to_f32() as f64 * b[p * n + ij % n].to_f32() as f64)
+                .sum()
+        })
+        .collect();
+    let err = rel_err(&got, &want);
+    ensure!(err < 1e-5, "{}: relative error {err:e}", T::DTYPE);
     Ok(())
 }
