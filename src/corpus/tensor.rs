@@ -136,13 +136,14 @@ pub fn store_c(acc: FragC, c: &mut [f32], row0: u32, col0: u32, n: u32) {
 
 /// `C = A·B` (A `m×k`, B `k×n`, both row-major `T`; C row-major f32) on tensor cores: each
 /// block of 4 warps computes a 32×64 tile of C, each warp a 16×32 part of it with four
-/// accumulators, stepping through `k` 16 at a time via shared memory (rows padded by 8
-/// elements so every `ldmatrix` row is 16-byte aligned). `m`, `n` and `k` must be multiples
-/// of 32, 64 and 16; the grid is (n / 64, m / 32) blocks of 128 threads.
+/// accumulators. Tiles of 64 along `k` are staged in shared memory with 16-byte `cp_async`
+/// copies (rows padded by 8 elements, so every `ldmatrix` row stays 16-byte aligned and rows
+/// fall in different banks), then consumed in four 16-deep `mma` steps. `m`, `n` and `k`
+/// must be multiples of 32, 64 and 64; the grid is (n / 64, m / 32) blocks of 128 threads.
 #[kernel(threads = 128, example(T = bf16), example(T = f16))]
 pub fn gemm_tiled<T: Float>(a: &[T], b: &[T], c: &mut [f32], m: u32, n: u32, k: u32) {
-    let sa = shared::<[[T; 24]; 32]>();
-    let sb = shared::<[[T; 72]; 16]>();
+    let sa = shared::<[[T; 72]; 32]>();
+    let sb = shared::<[[T; 72]; 64]>();
     let t = thread_idx().x;
     let lane = lane_id();
     let warp = warp_id();
@@ -154,19 +155,25 @@ pub fn gemm_tiled<T: Float>(a: &[T], b: &[T], c: &mut [f32], m: u32, n: u32, k: 
     let mut c1 = frag_c_zero();
     let mut c2 = frag_c_zero();
     let mut c3 = frag_c_zero();
-    for k0 in (0..k).step_by(16) {
-        for i in (t..512).step_by(128) {
-            sa[i / 16][i % 16] = a[(row0 + i / 16) * k + k0 + i % 16];
+    for k0 in (0..k).step_by(64) {
+        // 32×64 of A and 64×64 of B, 8 elements (16 bytes) per copy
+        for v in (t..256).step_by(128) {
+            cp_async(&mut sa[v / 8][v % 8 * 8], &a[(row0 + v / 8) * k + k0 + v % 8 * 8]);
         }
-        for i in (t..1024).step_by(128) {
-            sb[i / 64][i % 64] = b[(k0 + i / 64) * n + col0 + i % 64];
+        for v in (t..512).step_by(128) {
+            cp_async(&mut sb[v / 8][v % 8 * 8], &b[(k0 + v / 8) * n + col0 + v % 8 * 8]);
         }
+        cp_async_commit();
+        cp_async_wait_all();
         sync_threads();
-        let fa = ldmatrix_x4::<T>(&sa[wr + lane % 16][lane / 16 * 8]);
-        c0 = mma_step(fa, ldmatrix_x2_trans::<T>(&sb[lane % 16][wc]), c0);
-        c1 = mma_step(fa, ldmatrix_x2_trans::<T>(&sb[lane % 16][wc + 8]), c1);
-        c2 = mma_step(fa, ldmatrix_x2_trans::<T>(&sb[lane % 16][wc + 16]), c2);
-        c3 = mma_step(fa, ldmatrix_x2_trans::<T>(&sb[lane % 16][wc + 24]), c3);
+        for kk in 0..4u32 {
+            let fa = ldmatrix_x4::<T>(&sa[wr + lane % 16][kk * 16 + lane / 16 * 8]);
+            let r = kk * 16 + lane % 16;
+            c0 = mma_step(fa, ldmatrix_x2_trans::<T>(&sb[r][wc]), c0);
+            c1 = mma_step(fa, ldmatrix_x2_trans::<T>(&sb[r][wc + 8]), c1);
+            c2 = mma_step(fa, ldmatrix_x2_trans::<T>(&sb[r][wc + 16]), c2);
+            c3 = mma_step(fa, ldmatrix_x2_trans::<T>(&sb[r][wc + 24]), c3);
+        }
         sync_threads();
     }
     store_c(c0, c, row0 + wr, col0 + wc, n);

@@ -759,7 +759,7 @@ pub fn gemm_tiled_close(dev: &Device) -> Result<(), VerifyError> {
 }
 
 fn gemm_as<T: Real>(dev: &Device) -> Result<(), VerifyError> {
-    let (m, n, k) = (64usize, 128usize, 48usize);
+    let (m, n, k) = (64usize, 128usize, 192usize);
     let mut rng = Rng::new(23);
     let a: Vec<T> = rng.f32s(m * k).into_iter().map(T::from_f32).collect();
     let b: Vec<T> = rng.f32s(k * n).into_iter().map(T::from_f32).collect();
