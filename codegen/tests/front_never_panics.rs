@@ -326,3 +326,24 @@ fn printed_names_never_capture_user_variables() {
     );
     assert!(!cuda.contains("--"), "{cuda}");
 }
+
+#[test]
+fn shared_memory_of_a_generic_type_is_sized_when_specialised() {
+    // 2 × 13824 elements: 55 KB at 4 bytes, 27 KB at 2 bytes
+    let src = "fn k<T: Float>(o: &mut [T]) { let a = shared::<[[T; 72]; 96]>(); let b = shared::<[[T; 72]; 96]>(); a[0][0] = b[0][0]; sync_threads(); o[0] = a[0][0]; }";
+    let f = check_source(src, FnKind::Kernel).expect("the size depends on T");
+    let def = leak_def(&f);
+    assert!(spec::specialize(
+        def,
+        &Bindings::default().with_type("T", Dtype::Bf16),
+        Arch::SM90
+    )
+    .is_ok());
+    let err = spec::specialize(
+        def,
+        &Bindings::default().with_type("T", Dtype::F32),
+        Arch::SM90,
+    )
+    .unwrap_err();
+    assert!(err.message.contains("shared"), "{err}");
+}

@@ -158,10 +158,16 @@ pub fn gemm_tiled<T: Float>(a: &[T], b: &[T], c: &mut [f32], m: u32, n: u32, k: 
     for k0 in (0..k).step_by(64) {
         // 32×64 of A and 64×64 of B, 8 elements (16 bytes) per copy
         for v in (t..256).step_by(128) {
-            cp_async(&mut sa[v / 8][v % 8 * 8], &a[(row0 + v / 8) * k + k0 + v % 8 * 8]);
+            cp_async(
+                &mut sa[v / 8][v % 8 * 8],
+                &a[(row0 + v / 8) * k + k0 + v % 8 * 8],
+            );
         }
         for v in (t..512).step_by(128) {
-            cp_async(&mut sb[v / 8][v % 8 * 8], &b[(k0 + v / 8) * n + col0 + v % 8 * 8]);
+            cp_async(
+                &mut sb[v / 8][v % 8 * 8],
+                &b[(k0 + v / 8) * n + col0 + v % 8 * 8],
+            );
         }
         cp_async_commit();
         cp_async_wait_all();

@@ -181,13 +181,13 @@ fn uses_param(len: &Len) -> bool {
 /// dynamic opt-in.
 pub const MAX_STATIC_SHARED_BYTES: i128 = 48 * 1024;
 
-/// Checks a shared array's size once all lengths are known; `None` if not yet known.
+/// A shared array's size in bytes; `None` while a length or the element type is not yet known.
 pub fn shared_bytes(
     elem: Scalar,
     dims: &[Len],
     lookup: &dyn Fn(&str) -> Option<i128>,
 ) -> Option<i128> {
-    let mut n: i128 = elem.size_bytes().unwrap_or(4) as i128;
+    let mut n: i128 = elem.size_bytes()? as i128;
     for d in dims {
         n = n.checked_mul(d.eval(lookup)?)?;
     }
