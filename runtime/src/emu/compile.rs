@@ -608,19 +608,8 @@ impl Compiler<'_> {
             if inclusive {
                 // `a..=b` stops after `b` even when `b` is the type's maximum (as printed)
                 let e = c.scalar(end)?;
-                let last = c.temp()?;
-                c.emit(Instr::Bin {
-                    f: value::binary(BinOp::Eq, k).ok_or("`for` over a non-integer")?,
-                    dst: last,
-                    a: slot,
-                    b: e,
-                });
-                let j = c.emit(Instr::Branch {
-                    cond: last,
-                    when: true,
-                    to: 0,
-                });
-                c.loops.last_mut().ok_or("loop labels")?.breaks.push(j);
+                let last = c.binary(BinOp::Eq, k, slot, e)?;
+                c.break_if(last)?;
             }
             let s = match step {
                 Some(st) => {
@@ -632,26 +621,9 @@ impl Compiler<'_> {
                         Scalar::I64 => Scalar::U64,
                         other => other,
                     })?;
-                    let left = c.temp()?;
-                    c.emit(Instr::Bin {
-                        f: value::binary(BinOp::Sub, unsigned).ok_or("`for` over a non-integer")?,
-                        dst: left,
-                        a: e,
-                        b: slot,
-                    });
-                    let done = c.temp()?;
-                    c.emit(Instr::Bin {
-                        f: value::binary(BinOp::Le, unsigned).ok_or("`for` over a non-integer")?,
-                        dst: done,
-                        a: left,
-                        b: s,
-                    });
-                    let j = c.emit(Instr::Branch {
-                        cond: done,
-                        when: true,
-                        to: 0,
-                    });
-                    c.loops.last_mut().ok_or("loop labels")?.breaks.push(j);
+                    let left = c.binary(BinOp::Sub, unsigned, e, slot)?;
+                    let done = c.binary(BinOp::Le, unsigned, left, s)?;
+                    c.break_if(done)?;
                     s
                 }
                 None => {
@@ -672,6 +644,25 @@ impl Compiler<'_> {
         });
         self.scopes.pop();
         result
+    }
+
+    /// `a op b` on integers of kind `k`, into a fresh temporary.
+    fn binary(&mut self, op: BinOp, k: K, a: Reg, b: Reg) -> Res<Reg> {
+        let dst = self.temp()?;
+        let f = value::binary(op, k).ok_or("`for` over a non-integer")?;
+        self.emit(Instr::Bin { f, dst, a, b });
+        Ok(dst)
+    }
+
+    /// Leaves the innermost loop when `cond` holds.
+    fn break_if(&mut self, cond: Reg) -> Res<()> {
+        let j = self.emit(Instr::Branch {
+            cond,
+            when: true,
+            to: 0,
+        });
+        self.loops.last_mut().ok_or("loop labels")?.breaks.push(j);
+        Ok(())
     }
 
     /// Slots for a new variable of type `ty`.
