@@ -44,6 +44,10 @@ pub struct FragB<T>(std::marker::PhantomData<T>);
 /// The host-side name of an accumulator fragment (a warp's share of a 16×8 f32 matrix).
 pub struct FragC;
 
+/// The host-side stand-in for a `#[device]` function's array-reference parameter
+/// (`&mut [E; N]`): Kiln checks those arguments when it specialises the caller.
+pub struct ArrayRef;
+
 /// Collects a kernel's comptime values; `#[kernel]` wraps it in a builder with one method
 /// per comptime parameter.
 #[derive(Clone, Debug)]

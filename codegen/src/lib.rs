@@ -33,7 +33,9 @@ pub mod prelude {
 pub mod __private {
     pub use crate::cuda::CudaModule;
     pub use crate::defs::{Dep, FnDef, Registered};
-    pub use crate::host::{bf16, device_only, f16, Float, FragA, FragB, FragC, SpecBuilder};
+    pub use crate::host::{
+        bf16, device_only, f16, ArrayRef, Float, FragA, FragB, FragC, SpecBuilder,
+    };
     pub use crate::spec::{Arch, Bindings, Dtype, SpecError};
     pub use inventory;
 }

@@ -398,7 +398,7 @@ impl Instantiator {
                 ..
             }
             | StmtKind::LocalArray {
-                ty: Ty::Array { dims, .. },
+                ty: Ty::Array { dims, .. } | Ty::FragArray { dims, .. },
                 ..
             } = &s.kind
             {
@@ -603,7 +603,12 @@ impl Instantiator {
                     values.push((name.clone(), *ty, v));
                 }
                 (Generic::Type { .. }, Some(GenericArg::Type(t))) => types[i] = Some(*t),
-                (Generic::Const { name, .. }, None) => {
+                (Generic::Const { name, ty }, None) => {
+                    if let Some(v) = inferred_const(name, &ir.params, arg_tys, lookup) {
+                        check_range(def, ir.line, name, *ty, v)?;
+                        values.push((name.clone(), *ty, v));
+                        continue;
+                    }
                     return Err(error(
                         caller,
                         line,
@@ -688,22 +693,28 @@ impl Instantiator {
         }
         self.stack.push(addr);
         let types_only: Vec<Scalar> = concrete;
+        let inst_values = values.clone();
         let inst = self.instantiate(def, ir, values, types_only, name.clone())?;
         self.stack.pop();
         let param_tys: Vec<&Ty> = inst.params.iter().map(|p| &p.ty).collect();
+        let callee_values = values_of(&inst_values);
+        let callee_lookup = |n: &str| callee_values.get(n).copied();
         for (k, (p, a)) in param_tys.iter().zip(arg_tys).enumerate() {
             // a `&mut [T]` argument may be passed where `&[T]` is expected, as in Rust
             let compatible = *p == a
-                || matches!((p, a), (Ty::Slice { elem: pe, mutable: false }, Ty::Slice { elem: ae, .. }) if pe == ae);
+                || matches!((p, a), (Ty::Slice { elem: pe, mutable: false }, Ty::Slice { elem: ae, .. }) if pe == ae)
+                || same_array_ref(p, a, &callee_lookup, lookup);
             if !compatible {
                 return Err(error(
                     caller,
                     line,
                     format!(
-                        "argument {} of `{callee}` has type {a:?}, expected {p:?}",
+                        "argument {} of `{callee}` has type `{a}`, expected `{p}`",
                         k + 1
                     ),
-                    None,
+                    matches!(p, Ty::Ref { .. }).then(|| {
+                        "pass an array of the same element type and lengths: a shared one where the parameter says `Shared<…>`, a register one otherwise, and `&mut` where it says `&mut`".to_string()
+                    }),
                 ));
             }
         }
@@ -712,7 +723,7 @@ impl Instantiator {
                 caller,
                 line,
                 format!(
-                    "`{callee}` returns {:?} but the call site expects {ret:?}",
+                    "`{callee}` returns `{}` but the call site expects `{ret}`",
                     inst.ret
                 ),
                 None,
@@ -722,6 +733,85 @@ impl Instantiator {
         self.instances.push(inst);
         Ok(name)
     }
+}
+
+/// A comptime value by name, from a list of (name, type, value).
+fn values_of(values: &[(String, Scalar, i128)]) -> BTreeMap<String, i128> {
+    values.iter().map(|(n, _, v)| (n.clone(), *v)).collect()
+}
+
+/// The value of the callee's comptime parameter `name` told by an array-reference argument
+/// whose parameter has a dimension of exactly `name` (`acc: &mut [FragC; N]`).
+fn inferred_const(
+    name: &str,
+    params: &[crate::ir::Param],
+    args: &[Ty],
+    lookup: &dyn Fn(&str) -> Option<i128>,
+) -> Option<i128> {
+    params.iter().zip(args).find_map(|(p, a)| {
+        let (Ty::Ref { to: pt, .. }, Ty::Ref { to: at, .. }) = (&p.ty, a) else {
+            return None;
+        };
+        let (pd, ad) = (pt.array_dims()?, at.array_dims()?);
+        let k = pd
+            .iter()
+            .position(|d| matches!(d, Len::Param(n) if n == name))?;
+        ad.get(k)?.eval(lookup)
+    })
+}
+
+/// Whether array-reference argument `a` (lengths in the caller's comptime values) may be
+/// passed for parameter `p` (lengths in the callee's): same element, same evaluated lengths,
+/// and `&mut` wherever the callee writes. Shared and register arrays are both accepted.
+fn same_array_ref(
+    p: &Ty,
+    a: &Ty,
+    callee: &dyn Fn(&str) -> Option<i128>,
+    caller: &dyn Fn(&str) -> Option<i128>,
+) -> bool {
+    let (
+        Ty::Ref {
+            to: pt,
+            mutable: pm,
+        },
+        Ty::Ref {
+            to: at,
+            mutable: am,
+        },
+    ) = (p, a)
+    else {
+        return false;
+    };
+    let same_elem = match (&**pt, &**at) {
+        (
+            Ty::Array {
+                elem: pe,
+                space: ps,
+                ..
+            },
+            Ty::Array {
+                elem: ae,
+                space: sa,
+                ..
+            },
+        ) => pe == ae && ps == sa,
+        (
+            Ty::FragArray {
+                kind: pk, elem: pe, ..
+            },
+            Ty::FragArray {
+                kind: ak, elem: ae, ..
+            },
+        ) => pk == ak && pe == ae,
+        _ => false,
+    };
+    let (Some(pd), Some(ad)) = (pt.array_dims(), at.array_dims()) else {
+        return false;
+    };
+    let lens = |dims: &[Len], f: &dyn Fn(&str) -> Option<i128>| -> Option<Vec<i128>> {
+        dims.iter().map(|d| d.eval(f)).collect()
+    };
+    same_elem && (!pm || *am) && lens(pd, callee).is_some() && lens(pd, callee) == lens(ad, caller)
 }
 
 /// The scalar a parameter or argument type names, for inferring element-type parameters
@@ -734,6 +824,14 @@ fn param_scalar(t: &Ty) -> Option<Scalar> {
             ..
         } => None,
         Ty::Frag { elem, .. } => Some(*elem),
+        Ty::Ref { to, .. } => match &**to {
+            Ty::FragArray {
+                kind: crate::types::FragKind::C,
+                ..
+            } => None,
+            Ty::FragArray { elem, .. } | Ty::Array { elem, .. } => Some(*elem),
+            _ => None,
+        },
         other => other.elem(),
     }
 }

@@ -170,6 +170,21 @@ pub enum ConstOp {
     Shr,
 }
 
+impl ConstOp {
+    /// The operator as Rust and C write it.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            ConstOp::Add => "+",
+            ConstOp::Sub => "-",
+            ConstOp::Mul => "*",
+            ConstOp::Div => "/",
+            ConstOp::Rem => "%",
+            ConstOp::Shl => "<<",
+            ConstOp::Shr => ">>",
+        }
+    }
+}
+
 impl Len {
     /// The value of the length given the comptime values (`None` if a name is unbound or
     /// the arithmetic overflows/divides by zero).
@@ -241,6 +256,24 @@ pub enum Ty {
         /// The input element type: f16 or bf16 for A and B, f32 for C.
         elem: Scalar,
     },
+    /// A register array of fragments, `[frag_c_zero(); N]` (one or more comptime dimensions,
+    /// outermost first): the accumulators of a warp's tile, indexed like any array.
+    FragArray {
+        /// Which operand the fragments are.
+        kind: FragKind,
+        /// The input element type of A/B fragments, `f32` for C.
+        elem: Scalar,
+        /// The length of each dimension, outermost first.
+        dims: Vec<Len>,
+    },
+    /// A reference to a whole register or shared array (`&[E; N]` / `&mut [E; N]`, where `E`
+    /// is a scalar or a fragment): how device functions take tiles without copying them.
+    Ref {
+        /// The array referred to (`Ty::Array` or `Ty::FragArray`).
+        to: Box<Ty>,
+        /// Whether the callee may write through it.
+        mutable: bool,
+    },
 }
 
 /// The operands of `mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32`, as one
@@ -282,6 +315,62 @@ impl FragKind {
     }
 }
 
+impl std::fmt::Display for Len {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Len::Lit(v) => write!(f, "{v}"),
+            Len::Param(name) => f.write_str(name),
+            Len::Bin(op, a, b) => write!(f, "({a} {} {b})", op.symbol()),
+        }
+    }
+}
+
+/// Types as a Rust user would write them (in messages about specialised code, where type
+/// parameters are already bound).
+impl std::fmt::Display for Ty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nest = |mut s: String, dims: &[Len]| {
+            for d in dims.iter().rev() {
+                s = format!("[{s}; {d}]");
+            }
+            s
+        };
+        match self {
+            Ty::Unit => f.write_str("()"),
+            Ty::Dim3 => f.write_str("Dim3"),
+            Ty::Scalar(s) => f.write_str(&s.rust_name()),
+            Ty::Slice { elem, mutable } => {
+                let m = if *mutable { "mut " } else { "" };
+                write!(f, "&{m}[{}]", elem.rust_name())
+            }
+            Ty::Array { space, elem, dims } => {
+                let a = nest(elem.rust_name(), dims);
+                match space {
+                    Space::Shared => write!(f, "Shared<{a}>"),
+                    Space::Local => f.write_str(&a),
+                }
+            }
+            Ty::DynShared { elem } => write!(f, "dyn_shared [{}]", elem.rust_name()),
+            Ty::Vector { elem } => write!(f, "Vec16<{}>", elem.rust_name()),
+            Ty::Frag {
+                kind: FragKind::C, ..
+            } => f.write_str("FragC"),
+            Ty::Frag { kind, elem } => write!(f, "{}<{}>", kind.rust_name(), elem.rust_name()),
+            Ty::FragArray { kind, elem, dims } => {
+                let frag = Ty::Frag {
+                    kind: *kind,
+                    elem: *elem,
+                };
+                f.write_str(&nest(frag.to_string(), dims))
+            }
+            Ty::Ref { to, mutable } => {
+                let m = if *mutable { "mut " } else { "" };
+                write!(f, "&{m}{to}")
+            }
+        }
+    }
+}
+
 impl Ty {
     /// The scalar, if this is a scalar type.
     pub fn scalar(&self) -> Option<Scalar> {
@@ -304,6 +393,37 @@ impl Ty {
             | Ty::DynShared { elem }
             | Ty::Vector { elem } => Some(*elem),
             Ty::Frag { kind, .. } => Some(kind.reg_type()),
+            _ => None,
+        }
+    }
+
+    /// The dimensions of a register/shared array or of an array of fragments.
+    pub fn array_dims(&self) -> Option<&[Len]> {
+        match self {
+            Ty::Array { dims, .. } | Ty::FragArray { dims, .. } => Some(dims),
+            _ => None,
+        }
+    }
+
+    /// The type of `self[i]` for an array of several dimensions or of fragments: the
+    /// array less its outermost dimension, or one fragment.
+    pub fn array_row(&self) -> Option<Ty> {
+        match self {
+            Ty::Array { space, elem, dims } if dims.len() > 1 => Some(Ty::Array {
+                space: *space,
+                elem: *elem,
+                dims: dims[1..].to_vec(),
+            }),
+            Ty::Array { elem, .. } => Some(Ty::s(*elem)),
+            Ty::FragArray { kind, elem, dims } if dims.len() > 1 => Some(Ty::FragArray {
+                kind: *kind,
+                elem: *elem,
+                dims: dims[1..].to_vec(),
+            }),
+            Ty::FragArray { kind, elem, .. } => Some(Ty::Frag {
+                kind: *kind,
+                elem: *elem,
+            }),
             _ => None,
         }
     }
@@ -336,6 +456,15 @@ impl Ty {
             Ty::Frag { kind, elem } => Ty::Frag {
                 kind: *kind,
                 elem: f(*elem),
+            },
+            Ty::FragArray { kind, elem, dims } => Ty::FragArray {
+                kind: *kind,
+                elem: f(*elem),
+                dims: dims.clone(),
+            },
+            Ty::Ref { to, mutable } => Ty::Ref {
+                to: Box::new(to.map_scalars(f)),
+                mutable: *mutable,
             },
         }
     }

@@ -225,7 +225,13 @@ fn call_checks(item: &syn::ItemFn, checked: &Checked) -> Tokens {
     let names = &checked.function.generics;
     // a closure with one typed parameter per argument, spanned at that argument, calling
     // the device function: rustc then points at the argument whose type is wrong
-    let lets = checked.device_calls.iter().map(|c| {
+    // calls that pass array references are checked at specialisation instead: their lengths
+    // are comptime expressions that Rust's array types cannot spell
+    let plain = checked
+        .device_calls
+        .iter()
+        .filter(|c| !c.args.iter().any(|t| matches!(t, Ty::Ref { .. })));
+    let lets = plain.map(|c| {
         let params = c
             .args
             .iter()
@@ -470,6 +476,23 @@ fn launcher(item: &syn::ItemFn, checked: &Checked) -> Tokens {
     }
 }
 
+/// The signature rustc sees for a device function: array references (`&mut [E; N]`, whose
+/// `u32` lengths Rust cannot spell as array types) become an opaque marker.
+fn stub_signature(sig: &syn::Signature) -> syn::Signature {
+    let mut sig = sig.clone();
+    for input in sig.inputs.iter_mut() {
+        if let syn::FnArg::Typed(pt) = input {
+            if let syn::Type::Reference(r) = &*pt.ty {
+                let shared = matches!(&*r.elem, syn::Type::Path(tp) if tp.path.segments.last().is_some_and(|s| s.ident == "Shared"));
+                if shared || matches!(&*r.elem, syn::Type::Array(_)) {
+                    *pt.ty = syn::parse_quote!(::kiln::__private::ArrayRef);
+                }
+            }
+        }
+    }
+    sig
+}
+
 fn emit_device(
     item: &syn::ItemFn,
     checked: &Checked,
@@ -481,7 +504,7 @@ fn emit_device(
     let checks = call_checks(item, checked);
     let docs = docs(item);
     let (v, re) = (&vis.item, &vis.reexport);
-    let sig = &item.sig;
+    let sig = stub_signature(&item.sig);
     let name_str = name.to_string();
     quote! {
         #descriptor

@@ -5,7 +5,7 @@
 use super::c_type;
 use super::prelude::{frag_type, vector_type};
 use crate::ir::{Axis, BinOp, Expr, ExprKind, Intrinsic, TypeConst, UnOp};
-use crate::types::{ConstOp, Len, Scalar, Ty};
+use crate::types::{Len, Scalar, Ty};
 
 const ATOM: u8 = 16;
 const POSTFIX: u8 = 15;
@@ -417,15 +417,7 @@ pub fn len(l: &Len) -> String {
         Len::Lit(v) => v.to_string(),
         Len::Param(n) => n.clone(),
         Len::Bin(op, a, b) => {
-            let o = match op {
-                ConstOp::Add => "+",
-                ConstOp::Sub => "-",
-                ConstOp::Mul => "*",
-                ConstOp::Div => "/",
-                ConstOp::Rem => "%",
-                ConstOp::Shl => "<<",
-                ConstOp::Shr => ">>",
-            };
+            let o = op.symbol();
             let side = |x: &Len| match x {
                 Len::Bin(..) => format!("({})", len(x)),
                 _ => len(x),

@@ -164,6 +164,9 @@ impl Printer<'_> {
                         if let Some(e) = ty.elem().or(ty.scalar()) {
                             note_scalar(e, &mut used);
                         }
+                        if let Ty::FragArray { .. } = ty {
+                            used.insert(Section::Frag);
+                        }
                     }
                     _ => {}
                 }
@@ -175,7 +178,7 @@ impl Printer<'_> {
                         if let Ty::Vector { elem } = &x.ty {
                             used.insert(Section::Vector(*elem));
                         }
-                        if let Ty::Frag { .. } = &x.ty {
+                        if let Ty::Frag { .. } | Ty::FragArray { .. } = &x.ty {
                             used.insert(Section::Frag);
                         }
                         if let ExprKind::Binary(op, a, b) = &x.kind {
@@ -261,6 +264,25 @@ impl Printer<'_> {
                 }
                 Ty::Scalar(s) => vec![format!("{} {}", c_type(*s), p.cname)],
                 Ty::Frag { kind, .. } => vec![format!("{} {}", prelude::frag_type(*kind), p.cname)],
+                Ty::Ref { to, mutable } => {
+                    let (cty, dims) = match &**to {
+                        Ty::FragArray { kind, dims, .. } => {
+                            (prelude::frag_type(*kind).to_string(), dims.clone())
+                        }
+                        Ty::Array { elem, dims, .. } => (c_type(*elem), dims.clone()),
+                        other => (format!("/* unsupported {other:?} */ int"), Vec::new()),
+                    };
+                    let constness = if *mutable { "" } else { "const " };
+                    // the comptime constants are declared inside the body: print the values
+                    let ds: String = dims
+                        .iter()
+                        .map(|d| match crate::spec::eval_len(self.program, &f.name, d) {
+                            Some(v) => format!("[{v}]"),
+                            None => format!("[{}]", self.len(d)),
+                        })
+                        .collect();
+                    vec![format!("{constness}{cty} (&{}){ds}", p.cname)]
+                }
                 other => vec![format!(
                     "/* unsupported parameter type {other:?} */ int {}",
                     p.cname
@@ -385,17 +407,22 @@ impl Printer<'_> {
                 ));
             }
             StmtKind::LocalArray { name, ty, fill } => {
-                let Ty::Array {
-                    elem,
-                    dims,
-                    space: Space::Local,
-                } = ty
-                else {
-                    self.line(&format!("/* unsupported register array {ty:?} */"));
-                    return;
+                let (cty, dims) = match ty {
+                    Ty::Array {
+                        elem,
+                        dims,
+                        space: Space::Local,
+                    } => (c_type(*elem), dims),
+                    Ty::FragArray { kind, dims, .. } => {
+                        (prelude::frag_type(*kind).to_string(), dims)
+                    }
+                    _ => {
+                        self.line(&format!("/* unsupported register array {ty:?} */"));
+                        return;
+                    }
                 };
                 let ds: String = dims.iter().map(|d| format!("[{}]", self.len(d))).collect();
-                self.line(&format!("{} {name}{ds};", c_type(*elem)));
+                self.line(&format!("{cty} {name}{ds};"));
                 let total = dims
                     .iter()
                     .map(|d| self.len(d))
@@ -421,8 +448,7 @@ impl Printer<'_> {
                 } else {
                     // evaluated once, as in Rust
                     self.line(&format!(
-                        "const {} kiln_fill_{name} = {};",
-                        c_type(*elem),
+                        "const {cty} kiln_fill_{name} = {};",
                         expr::strip_parens(&fill_text)
                     ));
                     format!("kiln_fill_{name}")

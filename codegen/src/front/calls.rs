@@ -134,6 +134,10 @@ impl Checker {
                                 _ => GenericArg::Type(self.scalar_type(t)?),
                             }
                         }
+                        syn::GenericArgument::Const(syn::Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Bool(b),
+                            ..
+                        })) => GenericArg::Const(Len::Lit(b.value as u64)),
                         syn::GenericArgument::Const(e) => GenericArg::Const(self.len_expr(e)?),
                         other => return err(other, "unsupported generic argument"),
                     });
@@ -151,14 +155,25 @@ impl Checker {
                     "suffix it (`2u32`, `1.0f32`) or bind it with a typed `let`",
                 );
             }
+            if let syn::Expr::Reference(r) = a {
+                ir_args.push(self.array_arg(r)?);
+                continue;
+            }
             let v = self.expr(a, None)?;
             match &v.ty {
                 Ty::Scalar(_) | Ty::Slice { .. } | Ty::Frag { .. } => {}
+                Ty::Array { .. } | Ty::FragArray { .. } => {
+                    return err_hint(
+                        a,
+                        "arrays are passed to device functions by reference",
+                        "write `&mut name` (or `&name` when the callee only reads it)",
+                    )
+                }
                 other => {
                     return err_hint(
                         a,
                         format!(
-                            "device functions take scalars, slices and fragments, not `{}`",
+                            "device functions take scalars, slices, fragments and array references, not `{}`",
                             self.ty_name(other)
                         ),
                         "pass the elements you need, or a global slice",
@@ -191,6 +206,57 @@ impl Checker {
                 args: ir_args,
             },
             ret,
+        ))
+    }
+
+    /// `&name` / `&mut name` passed to a device function: a whole register or shared array,
+    /// or array of fragments. A callee that may write marks the array thread-varying.
+    fn array_arg(&mut self, r: &syn::ExprReference) -> Res<Expr> {
+        let target = strip(&r.expr);
+        // the variable at the root of `tiles[stage]`
+        let mut root = target;
+        while let syn::Expr::Index(ix) = root {
+            root = strip(&ix.expr);
+        }
+        let Some(name) = (match root {
+            syn::Expr::Path(p) => p.path.get_ident().map(|i| i.to_string()),
+            _ => None,
+        }) else {
+            return err_hint(
+                r,
+                "only arrays and their rows can be passed by reference",
+                "pass the array variable (`&mut tile`) or a row of it (`&mut tiles[stage]`)",
+            );
+        };
+        let v = self.expr(target, None)?;
+        if !matches!(v.ty, Ty::Array { .. } | Ty::FragArray { .. }) {
+            return err_hint(
+                r,
+                format!(
+                    "only arrays are passed by reference, not `{}`",
+                    self.ty_name(&v.ty)
+                ),
+                "pass scalars and fragments by value and global slices as they are",
+            );
+        }
+        let mutable = r.mutability.is_some();
+        if mutable {
+            let Some(var) = self.lookup(&name).filter(|var| var.mutable) else {
+                return err_hint(
+                    r,
+                    format!("`{name}` is not mutable"),
+                    format!("declare it `let mut {name}`, or pass `&{name}` if the callee only reads it"),
+                );
+            };
+            let cname = var.cname.clone();
+            self.mark_varying(&cname);
+        }
+        Ok(Expr::new(
+            v.kind,
+            Ty::Ref {
+                to: Box::new(v.ty),
+                mutable,
+            },
         ))
     }
 

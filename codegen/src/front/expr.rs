@@ -562,16 +562,8 @@ impl Checker {
         let ty = match &base.ty {
             Ty::Slice { elem, .. } | Ty::DynShared { elem } | Ty::Vector { elem } => Ty::s(*elem),
             Ty::Frag { kind, .. } => self.frag_index(i, &base.ty, *kind, &idx)?,
-            Ty::Array { space, elem, dims } => {
-                if dims.len() > 1 {
-                    Ty::Array {
-                        space: *space,
-                        elem: *elem,
-                        dims: dims[1..].to_vec(),
-                    }
-                } else {
-                    Ty::s(*elem)
-                }
+            t @ (Ty::Array { .. } | Ty::FragArray { .. }) => {
+                t.array_row().expect("arrays have rows")
             }
             other => {
                 return err_hint(

@@ -364,19 +364,21 @@ impl Checker {
                 mutable: false,
             } => format!("&[{}]", self.scalar_name(*elem)),
             Ty::Array { space, elem, dims } => {
-                let mut s = self.scalar_name(*elem);
-                for d in dims.iter().rev() {
-                    let len = match d.literal_value() {
-                        Some(v) => v.to_string(),
-                        None => "N".to_string(),
-                    };
-                    s = format!("[{s}; {len}]");
-                }
+                let s = array_name(self.scalar_name(*elem), dims);
                 match space {
                     crate::types::Space::Shared => format!("shared {s}"),
                     crate::types::Space::Local => s,
                 }
             }
+            Ty::FragArray { kind, elem, .. } => {
+                let frag = self.ty_name(&Ty::Frag {
+                    kind: *kind,
+                    elem: *elem,
+                });
+                array_name(frag, ty.array_dims().unwrap_or_default())
+            }
+            Ty::Ref { to, mutable: true } => format!("&mut {}", self.ty_name(to)),
+            Ty::Ref { to, mutable: false } => format!("&{}", self.ty_name(to)),
             Ty::DynShared { elem } => format!("dyn_shared [{}]", self.scalar_name(*elem)),
             Ty::Vector { elem } => format!("Vec16<{}>", self.scalar_name(*elem)),
             Ty::Frag {
@@ -423,4 +425,17 @@ impl Checker {
             hint,
         )
     }
+}
+
+/// `[[E; A]; B]` for element name `elem` and dimensions `[B, A]` (`N` for a comptime length).
+fn array_name(elem: String, dims: &[crate::types::Len]) -> String {
+    let mut s = elem;
+    for d in dims.iter().rev() {
+        let len = match d.literal_value() {
+            Some(v) => v.to_string(),
+            None => "N".to_string(),
+        };
+        s = format!("[{s}; {len}]");
+    }
+    s
 }

@@ -192,11 +192,41 @@ impl Checker {
                         "write `&[T]` or `&mut [T]`",
                     );
                 }
+                if matches!(&*r.elem, syn::Type::Array(_))
+                    || matches!(&*r.elem, syn::Type::Path(tp) if tp.path.segments.last().is_some_and(|s| s.ident == "Shared"))
+                {
+                    if self.kind == FnKind::Kernel {
+                        return err_hint(
+                            &pt.ty,
+                            "kernels cannot take arrays",
+                            "pass a slice: `&[T]` or `&mut [T]`; `#[device]` functions take `&mut [E; N]` of register or shared arrays",
+                        );
+                    }
+                    let to = self.array_param_type(&r.elem)?;
+                    let mutable = r.mutability.is_some();
+                    if let Some(m) = &pi.mutability {
+                        return err_hint(
+                            m,
+                            "`mut` on an array reference has no meaning here",
+                            "write `x: &mut [E; N]` to write through it",
+                        );
+                    }
+                    let cname = self.declare_param(&name, to.clone(), mutable);
+                    self.mark_varying(&cname);
+                    return Ok(Param {
+                        name,
+                        cname,
+                        ty: Ty::Ref {
+                            to: Box::new(to),
+                            mutable,
+                        },
+                    });
+                }
                 let syn::Type::Slice(s) = &*r.elem else {
                     return err_hint(
                         &r.elem,
-                        "only slices can be passed by reference",
-                        "pass scalars by value (`n: u32`) and arrays as `&[T]` or `&mut [T]`",
+                        "only slices and arrays can be passed by reference",
+                        "pass scalars by value (`n: u32`), global memory as `&[T]` or `&mut [T]`, and (to device functions) register or shared arrays as `&mut [E; N]`",
                     );
                 };
                 let elem = self.scalar_type(&s.elem)?;

@@ -367,14 +367,24 @@ impl Checker {
             );
         }
         let fill = self.expr(fill_expr, elem_expected.as_ref())?;
-        let Some(elem) = fill.ty.scalar() else {
-            return err(fill_expr, "a register array holds scalars");
-        };
-        let ty = Ty::Array {
-            space: Space::Local,
-            elem,
-            dims: lens,
-        };
+        let ty =
+            match &fill.ty {
+                Ty::Scalar(elem) => Ty::Array {
+                    space: Space::Local,
+                    elem: *elem,
+                    dims: lens,
+                },
+                Ty::Frag { kind, elem } => Ty::FragArray {
+                    kind: *kind,
+                    elem: *elem,
+                    dims: lens,
+                },
+                _ => return err_hint(
+                    fill_expr,
+                    "a register array holds scalars or fragments",
+                    "fill it with a number (`[0.0f32; N]`) or a fragment (`[frag_c_zero(); N]`)",
+                ),
+            };
         let varying = self.is_varying(&fill) || self.varying_control > 0;
         let cname = self.declare(name, ty.clone(), mutable, varying);
         Ok(StmtKind::LocalArray {
@@ -602,26 +612,31 @@ impl Checker {
                                 .unwrap_or_default()
                         ),
                     ),
-                    Ty::Array {
-                        space: Space::Local,
-                        ..
-                    }
+                    Ty::Array { .. }
+                    | Ty::FragArray { .. }
                     | Ty::Vector { .. }
                     | Ty::Frag { .. } => {
                         if let ExprKind::Var(c) = &root.kind {
-                            let mutable = self.var_by_cname(c).is_some_and(|v| v.mutable);
-                            if !mutable {
+                            let var = self.var_by_cname(c);
+                            if !var.as_ref().is_some_and(|v| v.mutable) {
+                                let hint = if var.is_some_and(|v| v.is_param) {
+                                    "take the parameter as `&mut [E; N]` (or `&mut Shared<[E; N]>`)"
+                                } else {
+                                    "declare it with `let mut`"
+                                };
                                 return err_hint(
                                     e,
                                     format!(
                                         "cannot write to `{}`: it is not mutable",
                                         rust_name_of(&ix.expr)
                                     ),
-                                    "declare it with `let mut`",
+                                    hint,
                                 );
                             }
                         }
-                        if place.ty.scalar().is_none() {
+                        let whole_fragment = matches!(root.ty, Ty::FragArray { .. })
+                            && matches!(place.ty, Ty::Frag { .. });
+                        if place.ty.scalar().is_none() && !whole_fragment {
                             return err(e, "assign one element at a time");
                         }
                         Ok(place)

@@ -82,6 +82,54 @@ impl Checker {
         }
     }
 
+    /// The array behind a device function's `&[E; N]` / `&mut [E; N]` parameter: `E` is a
+    /// scalar (a register or shared array is passed) or a fragment (an array of fragments).
+    /// `Shared<[E; N]>` says the array lives in shared memory (what `ldmatrix` and
+    /// `cp_async` need); a plain `[E; N]` is a register array.
+    pub fn array_param_type(&self, ty: &syn::Type) -> Res<Ty> {
+        let mut dims = Vec::new();
+        let mut cur = ty;
+        let mut space = Space::Local;
+        if let Some(inner) = shared_wrapper(ty) {
+            space = Space::Shared;
+            cur = inner;
+        }
+        loop {
+            match cur {
+                syn::Type::Array(a) => {
+                    dims.push(self.len_expr(&a.len)?);
+                    cur = &a.elem;
+                }
+                syn::Type::Paren(p) => cur = &p.elem,
+                _ => break,
+            }
+        }
+        if dims.is_empty() {
+            return err_hint(
+                ty,
+                "expected an array type",
+                "write `&mut [E; N]` for a register array or `&mut Shared<[E; N]>` for a shared one",
+            );
+        }
+        if let Some(frag) = self.frag_type(cur) {
+            if space == Space::Shared {
+                return err_hint(
+                    ty,
+                    "fragments live in registers, not shared memory",
+                    "write `&mut [FragC; N]`",
+                );
+            }
+            if let Ty::Frag { kind, elem } = frag? {
+                return Ok(Ty::FragArray { kind, elem, dims });
+            }
+        }
+        Ok(Ty::Array {
+            space,
+            elem: self.scalar_type(cur)?,
+            dims,
+        })
+    }
+
     /// `[[T; A]; B]` → (T, [B, A]).
     pub fn array_type(&self, ty: &syn::Type) -> Res<(Scalar, Vec<Len>)> {
         match ty {
@@ -206,4 +254,22 @@ pub fn check_shared_size(at: &dyn quote::ToTokens, elem: Scalar, dims: &[Len]) -
         }
     }
     Ok(())
+}
+
+/// The `[E; N]` of a `Shared<[E; N]>` parameter type.
+fn shared_wrapper(ty: &syn::Type) -> Option<&syn::Type> {
+    let syn::Type::Path(p) = ty else {
+        return None;
+    };
+    let seg = p.path.segments.last()?;
+    if seg.ident != "Shared" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(a) = &seg.arguments else {
+        return None;
+    };
+    match a.args.iter().collect::<Vec<_>>()[..] {
+        [syn::GenericArgument::Type(t)] => Some(t),
+        _ => None,
+    }
 }

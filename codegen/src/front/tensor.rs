@@ -233,7 +233,17 @@ impl Checker {
             .zip([FragKind::A, FragKind::B, FragKind::C])
             .enumerate()
         {
-            let v = self.expr(a, None)?;
+            // a device call's result type comes from here: B has A's element type
+            let expected = match (want, ir.first().and_then(|x: &Expr| x.ty.frag())) {
+                (FragKind::A, _) => None,
+                (FragKind::B, Some((_, elem))) => Some(Ty::Frag { kind: want, elem }),
+                (FragKind::B, None) => None,
+                (FragKind::C, _) => Some(Ty::Frag {
+                    kind: FragKind::C,
+                    elem: Scalar::F32,
+                }),
+            };
+            let v = self.expr(a, expected.as_ref())?;
             if v.ty.frag().map(|(kind, _)| kind) != Some(want) {
                 let which = ["first", "second", "third"][k];
                 let expected = match want {

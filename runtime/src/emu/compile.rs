@@ -62,6 +62,9 @@ enum Binding {
         mem: u16,
         writable: bool,
     },
+    /// A row of an array passed to a device function (`&mut tiles[stage]`): where it starts
+    /// is known only at run time.
+    View(ArrayRef),
 }
 
 /// An indexable object, possibly a row of a multi-dimensional one.
@@ -74,6 +77,23 @@ struct ArrayRef {
     base: Reg,
     mem: u16,
     writable: bool,
+}
+
+impl ArrayRef {
+    /// Element `idx` (a register) of this one-dimensional array; `None` for a row.
+    fn access(&self, idx: Reg) -> Option<Access> {
+        let [len] = self.dims[..] else {
+            return None;
+        };
+        Some(Access {
+            loc: self.loc,
+            k: self.elem,
+            base: self.base,
+            idx,
+            len,
+            mem: self.mem,
+        })
+    }
 }
 
 #[derive(Default)]
@@ -410,6 +430,39 @@ impl Compiler<'_> {
                 };
                 self.bind(name, b);
             }
+            StmtKind::LocalArray {
+                name,
+                ty: ty @ Ty::FragArray { dims, .. },
+                fill,
+            } => {
+                // an array of fragments: each fragment's registers are the innermost dimension
+                let (elem, regs, _) = aggregate(&fill.ty)?;
+                let f = self.current_fn()?;
+                let mut dims = eval_dims(self.program, f, dims)?;
+                let count: u64 = dims.iter().product();
+                let slot = self.alloc(count * regs)?;
+                let mark = self.next;
+                let v = self.aggregate(fill)?;
+                for i in 0..count {
+                    self.emit(Instr::Copy {
+                        dst: slot + (i * regs) as Reg,
+                        src: v,
+                        n: regs as u32,
+                    });
+                }
+                self.next = mark;
+                dims.push(regs);
+                let b = Binding::Array {
+                    loc: Loc::Local(slot),
+                    elem,
+                    dims,
+                    mem: self.mem(name),
+                    writable: true,
+                };
+                debug_assert!(matches!(ty, Ty::FragArray { .. }));
+                self.bind(name, b);
+                return Ok(());
+            }
             StmtKind::LocalArray { name, ty, fill } => {
                 let Ty::Array { elem, dims, .. } = ty else {
                     return Err(format!("register array `{name}` is not an array"));
@@ -699,7 +752,9 @@ impl Compiler<'_> {
                 dims,
                 ..
             } => self.aggregate_into(e, *slot, dims.iter().product()),
-            Binding::Array { .. } => Err("only register values can be assigned whole".into()),
+            Binding::Array { .. } | Binding::View(_) => {
+                Err("only register values can be assigned whole".into())
+            }
         }
     }
 
@@ -742,7 +797,7 @@ impl Compiler<'_> {
                     mem,
                     writable: true,
                 },
-                Binding::Scalar { .. } => unreachable_binding()?,
+                Binding::Scalar { .. } | Binding::View(_) => unreachable_binding()?,
             };
             self.value_into(value, &tb)?;
             self.emit(Instr::Copy {
@@ -750,6 +805,18 @@ impl Compiler<'_> {
                 src: tmp,
                 n: n as u32,
             });
+            return Ok(());
+        }
+        if let (Ty::Frag { .. }, None) = (&target.ty, op) {
+            let src = self.aggregate(value)?;
+            let (_, n, _) = aggregate(&target.ty)?;
+            for r in 0..n {
+                let at = self.register_of(target, r)?;
+                self.emit(Instr::Store {
+                    src: src + r as Reg,
+                    at,
+                });
+            }
             return Ok(());
         }
         let at = self.access(target, true)?;
@@ -1047,10 +1114,30 @@ impl Compiler<'_> {
             ExprKind::Intrinsic(Intrinsic::Mma, args) => self.mma(args, dst),
             ExprKind::Call { callee, args, .. } => self.call(callee, args, Some(dst)),
             ExprKind::Select(c, a, b) => self.select(c, a, b, &|s, x| s.aggregate_into(x, dst, n)),
+            ExprKind::Index(..) => {
+                // one fragment of an array of fragments: its registers one by one
+                for r in 0..n {
+                    let at = self.register_of(e, r)?;
+                    self.emit(Instr::Load {
+                        dst: dst + r as Reg,
+                        at,
+                    });
+                }
+                Ok(())
+            }
             other => Err(format!(
                 "unsupported vector or fragment expression {other:?}"
             )),
         }
+    }
+
+    /// Register `r` of the fragment `frag` designates (an element of an array of fragments).
+    fn register_of(&mut self, frag: &Expr, r: u64) -> Res<Access> {
+        let arr = self.array_ref(frag)?;
+        let idx = self.temp()?;
+        self.constant(idx, r)?;
+        arr.access(idx)
+            .ok_or_else(|| "a fragment's registers expected".into())
     }
 
     /// `ldmatrix`: lanes below `8 * num` load the 16-byte row they address (checked like any
@@ -1121,18 +1208,12 @@ impl Compiler<'_> {
         if write && !arr.writable {
             return Err("write to a read-only slice".into());
         }
-        let [len] = arr.dims[..] else {
+        if arr.dims.len() != 1 {
             return Err("indexing yields a row, not an element".into());
-        };
+        }
         let idx = self.index(idx)?;
-        Ok(Access {
-            loc: arr.loc,
-            k: arr.elem,
-            base: arr.base,
-            idx,
-            len,
-            mem: arr.mem,
-        })
+        arr.access(idx)
+            .ok_or_else(|| "indexing yields a row, not an element".into())
     }
 
     /// An index as a 64-bit offset (negative signed indices become huge, hence out of bounds).
@@ -1177,6 +1258,7 @@ impl Compiler<'_> {
                     mem,
                     writable,
                 }),
+                Binding::View(a) => Ok(a),
                 _ => Err(format!("`{name}` cannot be indexed")),
             },
             ExprKind::Index(b, i) => {
@@ -1469,6 +1551,33 @@ impl Compiler<'_> {
         let mut params = HashMap::new();
         for (p, a) in f.params.iter().zip(args) {
             let b = match (&p.ty, &a.kind) {
+                (Ty::Ref { mutable, .. }, ExprKind::Var(name)) => match self.lookup(name)? {
+                    Binding::Array {
+                        loc,
+                        elem,
+                        dims,
+                        mem,
+                        writable,
+                    } => Binding::Array {
+                        loc,
+                        elem,
+                        dims,
+                        mem,
+                        writable: writable && *mutable,
+                    },
+                    Binding::View(a) => Binding::View(ArrayRef {
+                        writable: a.writable && *mutable,
+                        ..a
+                    }),
+                    _ => return Err(format!("`{name}` is not an array")),
+                },
+                (Ty::Ref { mutable, .. }, ExprKind::Index(..)) => {
+                    let a = self.array_ref(a)?;
+                    Binding::View(ArrayRef {
+                        writable: a.writable && *mutable,
+                        ..a
+                    })
+                }
                 (Ty::Slice { .. }, ExprKind::Var(name)) => match self.lookup(name)? {
                     b @ Binding::Array {
                         loc: Loc::Global(_),

@@ -1,0 +1,15 @@
+use kiln::prelude::*;
+
+#[device]
+pub fn first(values: &[f32; 4]) -> f32 {
+    values[0]
+}
+
+#[kernel]
+pub fn use_first(out: &mut [f32]) {
+    let values = [1.0f32; 4];
+    let v: f32 = first(values);
+    out[0] = v;
+}
+
+fn main() {}
