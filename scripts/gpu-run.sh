@@ -1,24 +1,50 @@
 #!/usr/bin/env bash
 # Runs the bundle made by scripts/gpu-bundle.sh on a GPU machine: every GPU test with
-# KILN_REQUIRE_GPU=1 (a missing GPU fails), then the benches. Logs and bench JSON go to
-# $OUT (or ./gpu-out).
+# KILN_REQUIRE_GPU=1 (a missing GPU fails), then the PyTorch attention baseline
+# (benches/baselines/attention.py, whose JSON the Rust benches read through KILN_BASELINE_JSON),
+# then the benches. Logs, bench JSON and SVG plots go to $OUT (or ./gpu-out).
+#   bash scripts/gpu-run.sh            # everything
+#   bash scripts/gpu-run.sh tests      # only the GPU tests (and roofline, demo)
+#   bash scripts/gpu-run.sh benches    # only the baseline and the benches
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+what="${1:-all}"
+case "$what" in
+  all|tests|benches) ;;
+  *) echo "usage: $0 [all|tests|benches]" >&2; exit 2 ;;
+esac
 out="${OUT:-gpu-out}"
 mkdir -p "$out"
-export KILN_REQUIRE_GPU=1 KILN_REQUIRE_NVRTC=1 KILN_BENCH_DIR="$out" KILN_CACHE_DIR="${KILN_CACHE_DIR:-/tmp/kiln-cache}"
+export KILN_REQUIRE_GPU=1 KILN_REQUIRE_NVRTC=1 KILN_REQUIRE_CUBLAS=1 KILN_BENCH_DIR="$out" KILN_CACHE_DIR="${KILN_CACHE_DIR:-/tmp/kiln-cache}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 status=0
-for t in .gpu/test-*; do
-  echo "== $t"
-  "$t" --test-threads=1 --nocapture > "$out/$(basename "$t").log" 2>&1 || status=1
-  grep -E "^test |test result|panicked|SKIPPED|warm build|disk hit" "$out/$(basename "$t").log" | sort | uniq -c | sort -rn | head -40
-done
+if [ "$what" != benches ]; then
+  for t in .gpu/test-*; do
+    echo "== $t"
+    "$t" --test-threads=1 --nocapture > "$out/$(basename "$t").log" 2>&1 || status=1
+    grep -E "^test |test result|panicked|SKIPPED|warm build|disk hit" "$out/$(basename "$t").log" | sort | uniq -c | sort -rn | head -40
+  done
+fi
+# the measured ceilings (mma.sync rate included) that every bench's "% roof" column uses
 ./.gpu/kiln roofline 2>&1 | tee "$out/roofline.log" || status=1
-./.gpu/kiln demo 2>&1 | tail -5 | tee "$out/demo.log"
-for b in .gpu/bench-*; do
-  [ -e "$b" ] || continue
-  echo "== $b"
-  "$b" --bench 2>&1 | tee "$out/$(basename "$b").log" || status=1
-done
+if [ "$what" != benches ]; then
+  ./.gpu/kiln demo 2>&1 | tail -5 | tee "$out/demo.log"
+fi
+if [ "$what" != tests ]; then
+  baseline_json="$out/attention-baseline-torch.json"
+  echo "== benches/baselines/attention.py"
+  if python3 benches/baselines/attention.py "$baseline_json" 2>&1 | tee "$out/attention-baseline.log" \
+      && [ -s "$baseline_json" ]; then
+    export KILN_BASELINE_JSON="$baseline_json"
+  else
+    echo "the PyTorch attention baseline failed; see $out/attention-baseline.log"
+    status=1
+  fi
+  # autotune first: it stores the winners the other benches' kernels then use
+  for b in .gpu/bench-autotune $(ls .gpu/bench-* | grep -v bench-autotune); do
+    [ -e "$b" ] || continue
+    echo "== $b"
+    "$b" --bench 2>&1 | tee "$out/$(basename "$b").log" || status=1
+  done
+fi
 exit $status

@@ -1,7 +1,13 @@
 //! What the benches share: the device to measure on, a results table and the JSON file
-//! under `bench-results/` (or `KILN_BENCH_DIR`).
+//! under `bench-results/` (or `KILN_BENCH_DIR`), SVG plots next to it ([`plot`]), and baseline
+//! times measured by PyTorch outside the process ([`baseline`], `KILN_BASELINE_JSON`).
 
 #![allow(dead_code)]
+
+pub mod baseline;
+pub mod plot;
+
+use std::path::PathBuf;
 
 use kiln::runtime::roofline::Roofline;
 use kiln::runtime::Device;
@@ -34,10 +40,29 @@ pub struct Row {
     pub median_ms: f64,
     /// GB/s or TFLOP/s (see [`Roof`]).
     pub rate: f64,
-    /// Name of the baseline row this one is compared with, and the ratio ours/baseline.
+    /// Name of the baseline row this one is compared with, and the ratio ours/baseline by rate
+    /// (baseline time / our time: above 1 is faster than the baseline).
     pub vs: Option<(String, f64)>,
     /// The ceiling this row's rate is a percentage of.
     pub roof: Roof,
+}
+
+/// `n` random bf16 values: fresh ones for small inputs; for large ones a random block of 16M
+/// repeated (timings do not depend on the values, and filling gigabytes on the host one value
+/// at a time would take minutes).
+pub fn random_bf16(rng: &mut kiln::verify::Rng, n: usize) -> Vec<half::bf16> {
+    let block: Vec<half::bf16> = rng
+        .f32s(n.min(1 << 24))
+        .into_iter()
+        .map(half::bf16::from_f32)
+        .collect();
+    block.iter().copied().cycle().take(n).collect()
+}
+
+/// How many copies of `bytes` of inputs a bench rotates through so that every timed run
+/// reads device memory, not L2 (together above 512 MiB; at most 16).
+pub fn rotations(bytes: usize) -> usize {
+    (512usize << 20).div_ceil(bytes.max(1)).clamp(1, 16)
 }
 
 /// The GPU to measure on; `None` (after saying why) when there is none, unless
@@ -64,6 +89,37 @@ pub fn roofline(device: &Device) -> Roofline {
 
 /// Prints the table and writes `<dir>/<bench>-<device>.json`.
 pub fn report(bench: &str, device: &Device, rows: &[Row]) {
+    report_with(bench, device, rows, serde_json::Value::Null)
+}
+
+/// The folder results go to: `KILN_BENCH_DIR`, else `bench-results` (created if missing).
+pub fn results_dir() -> PathBuf {
+    let dir =
+        PathBuf::from(std::env::var("KILN_BENCH_DIR").unwrap_or_else(|_| "bench-results".into()));
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// `<results dir>/<stem>-<device slug>.<ext>`: where a bench's JSON (`ext = "json"`) and plots
+/// (`"svg"`) go, one file per bench and device.
+pub fn results_path(stem: &str, device: &Device, ext: &str) -> PathBuf {
+    let slug: String = device
+        .name()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    results_dir().join(format!("{stem}-{slug}.{ext}"))
+}
+
+/// [`report`] with `extra` (an object, e.g. the baseline library's version and the
+/// correctness checks) stored under `"extra"` in the JSON.
+pub fn report_with(bench: &str, device: &Device, rows: &[Row], extra: serde_json::Value) {
     let roof = roofline(device);
     let pct = |r: &Row| {
         100.0 * r.rate
@@ -80,8 +136,9 @@ pub fn report(bench: &str, device: &Device, rows: &[Row]) {
         roof.h2d_gb_s,
         roof.mma_bf16_tflops.unwrap_or(f64::NAN)
     );
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(40);
     println!(
-        "{:<40} {:>10} {:>16} {:>7}  ratio",
+        "{:<width$} {:>10} {:>16} {:>7}  ratio",
         "measurement", "median ms", "rate", "% roof"
     );
     for r in rows {
@@ -91,27 +148,14 @@ pub fn report(bench: &str, device: &Device, rows: &[Row]) {
                 .unwrap_or_default();
         let rate = format!("{:.1} {}", r.rate, r.roof.unit());
         println!(
-            "{:<40} {:>10.4} {:>16} {:>6.1}%  {ratio}",
+            "{:<width$} {:>10.4} {:>16} {:>6.1}%  {ratio}",
             r.name,
             r.median_ms,
             rate,
             pct(r)
         );
     }
-    let dir = std::env::var("KILN_BENCH_DIR").unwrap_or_else(|_| "bench-results".into());
-    let _ = std::fs::create_dir_all(&dir);
-    let slug: String = device
-        .name()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let path = format!("{dir}/{bench}-{slug}.json");
+    let path = results_path(bench, device, "json");
     let json = serde_json::json!({
         "bench": bench,
         "device": device.name(),
@@ -120,9 +164,10 @@ pub fn report(bench: &str, device: &Device, rows: &[Row]) {
             "name": r.name, "work": r.work, "median_ms": r.median_ms, "rate": r.rate, "unit": r.roof.unit(), "percent_of_roofline": pct(r),
             "baseline": r.vs.as_ref().map(|v| v.0.clone()), "ratio": r.vs.as_ref().map(|v| v.1),
         })).collect::<Vec<_>>(),
+        "extra": extra,
     });
     match std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")) {
-        Ok(()) => println!("wrote {path}"),
-        Err(e) => println!("could not write {path}: {e}"),
+        Ok(()) => println!("wrote {}", path.display()),
+        Err(e) => println!("could not write {}: {e}", path.display()),
     }
 }

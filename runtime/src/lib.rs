@@ -18,6 +18,7 @@ pub use error::RuntimeError;
 pub use locate::{locate_nvrtc, NvrtcLocation};
 pub use nvrtc::{compile_ptx, nvrtc_version, CompileOptions, CompiledPtx};
 
+pub mod blas;
 pub mod cache;
 pub mod device;
 pub mod emu;
@@ -32,6 +33,7 @@ pub mod stream;
 pub mod timing;
 pub mod tune;
 
+pub use blas::{Blas, BlasError};
 pub use device::{Device, REQUIRE_GPU_ENV};
 pub use host_memory::{MappedBuffer, PinnedBuffer};
 pub use kernel::{Build, Kernel};

@@ -1,4 +1,5 @@
-//! Finding and preloading NVRTC (and, with the same mechanism, the CUDA driver) without panicking.
+//! Finding and preloading NVRTC (and, with the same mechanism, the CUDA driver and cuBLAS)
+//! without panicking.
 //!
 //! cudarc loads its libraries lazily by soname and panics when none is found. Kiln therefore
 //! searches for the library itself, in this order:
@@ -13,8 +14,10 @@
 //!
 //! The first candidate that loads is preloaded by full path with `RTLD_NOW | RTLD_GLOBAL`, together
 //! with its companion libraries from the same folder (`libnvrtc-builtins.so.*`, which NVRTC dlopens
-//! by soname when it compiles). Kiln then replays cudarc's own lookup and checks it resolves to
-//! the very same loaded object before anything calls into cudarc.
+//! by soname when it compiles). Libraries that need another one from their own folder (cuBLAS
+//! needs `libcublasLt.so.*`) have that dependency preloaded first, so a toolkit folder that is
+//! not on the loader path still works. Kiln then replays cudarc's own lookup and checks it
+//! resolves to the very same loaded object before anything calls into cudarc.
 //!
 //! The search itself is [`locate_library_in`] over explicit [`SearchRoots`], so it can be tested
 //! without touching the process environment; [`locate_nvrtc`] builds the roots from the
@@ -48,6 +51,11 @@ pub struct LibrarySpec {
     /// File-name prefix of companion libraries to preload from the same folder, e.g.
     /// `libnvrtc-builtins.so.` (NVRTC dlopens it by soname at compile time).
     pub companion_prefix: Option<&'static str>,
+    /// File-name prefix of libraries from the same folder to preload *before* the library
+    /// itself, because it needs them at load time (`DT_NEEDED`) and may carry no `RUNPATH`
+    /// pointing at its own folder, e.g. `libcublasLt.so.` for cuBLAS. Restricted to the
+    /// library's major version like the companions.
+    pub dependency_prefix: Option<&'static str>,
     /// A symbol the library must export; used to identify the loaded object.
     pub probe_symbol: &'static str,
     /// Library names as cudarc spells them for `get_lib_name_candidates` (e.g. `["nvrtc"]`).
@@ -67,6 +75,7 @@ pub const NVRTC: LibrarySpec = LibrarySpec {
     system_dirs: &["/usr/local/cuda/lib64"],
     wheel_subdirs: &["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"],
     companion_prefix: Some("libnvrtc-builtins.so."),
+    dependency_prefix: None,
     probe_symbol: "nvrtcVersion",
     cudarc_lib_names: &["nvrtc"],
     cudarc_present: cudarc::nvrtc::sys::is_culib_present,
@@ -91,11 +100,42 @@ pub const CUDA_DRIVER: LibrarySpec = LibrarySpec {
     ],
     wheel_subdirs: &[],
     companion_prefix: None,
+    dependency_prefix: None,
     probe_symbol: "cuInit",
     cudarc_lib_names: &["cuda", "nvcuda"],
     cudarc_present: cudarc::driver::sys::is_culib_present,
     install_hint: "install the NVIDIA driver (libcuda.so.1 comes with it, not with the toolkit), \
         or set KILN_CUDA_PATH to libcuda.so.1 or to the folder that contains it.",
+};
+
+/// cuBLAS (`libcublas`, which loads `libcublasLt` from its folder), the baseline GEMM the benches
+/// compare Kiln's kernels with (see `crate::blas`).
+///
+/// On a GPU machine it usually comes with PyTorch's CUDA wheels: the CUDA 13 wheel
+/// `nvidia-cublas` installs `site-packages/nvidia/cu13/lib/libcublas.so.13` (next to NVRTC's),
+/// the CUDA 12 wheel `nvidia-cublas-cu12` installs `site-packages/nvidia/cublas/lib/libcublas.so.12`;
+/// a CUDA toolkit has it in `lib64/`. cudarc resolves it by the names
+/// `cudarc::get_lib_name_candidates("cublas")` (`libcublas.so`, …, `libcublas.so.13`,
+/// `libcublas.so.12`, …), the first that `dlopen`s winning; the preloaded copy answers to its
+/// soname (`libcublas.so.13`), so cudarc binds it unless another `libcublas.so` is on the
+/// loader path, which [`locate_library_in`] detects and reports.
+pub const CUBLAS: LibrarySpec = LibrarySpec {
+    display_name: "cuBLAS (libcublas)",
+    env_var: "KILN_CUBLAS_PATH",
+    file_names: &["libcublas.so.13", "libcublas.so.12", "libcublas.so"],
+    toolkit_subdirs: &["lib64", "lib"],
+    system_dirs: &["/usr/local/cuda/lib64"],
+    wheel_subdirs: &["nvidia/cu13/lib", "nvidia/cublas/lib"],
+    companion_prefix: None,
+    dependency_prefix: Some("libcublasLt.so."),
+    probe_symbol: "cublasGemmEx",
+    cudarc_lib_names: &["cublas"],
+    cudarc_present: cudarc::cublas::sys::is_culib_present,
+    install_hint: "install cuBLAS into the active Python with `python3 -m pip install nvidia-cublas` \
+        (CUDA 13; PyTorch's CUDA wheels bring it, or `nvidia-cublas-cu12` for CUDA 12; Kiln looks in \
+        site-packages/nvidia/cu13/lib and site-packages/nvidia/cublas/lib), \
+        or install the CUDA toolkit and set CUDA_HOME to it, \
+        or set KILN_CUBLAS_PATH to libcublas.so.13 or to the folder that contains it.",
 };
 
 /// The places to search, in order. Build it with [`SearchRoots::from_env`] for real use, or fill
@@ -290,7 +330,8 @@ impl fmt::Display for TriedPath {
 pub struct LibraryLocation {
     /// The file that was loaded (as the loader reports it).
     pub library: PathBuf,
-    /// Companion libraries preloaded from the same folder (NVRTC's `libnvrtc-builtins.so.*`).
+    /// Companion and dependency libraries preloaded from the same folder (NVRTC's
+    /// `libnvrtc-builtins.so.*`, cuBLAS's `libcublasLt.so.*`).
     pub companions: Vec<PathBuf>,
     /// The search root it was found in.
     pub origin: SearchOrigin,
@@ -421,6 +462,25 @@ fn load_candidate(
     spec: &LibrarySpec,
     path: &Path,
 ) -> Result<(PathBuf, Vec<PathBuf>, usize), String> {
+    // dependencies first, so that loading the library itself finds them by soname
+    let mut handles = Vec::new();
+    let mut companions = Vec::new();
+    if let Some(prefix) = spec.dependency_prefix {
+        for file in companion_files(path, prefix) {
+            match preload::open_global(file.as_os_str()) {
+                Ok(h) => {
+                    handles.push(h);
+                    companions.push(file);
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "the library it needs, {}, failed to load: {e}",
+                        file.display()
+                    ))
+                }
+            }
+        }
+    }
     let lib = preload::open_global(path.as_os_str())?;
     let Some(addr) = preload::symbol_address(&lib, spec.probe_symbol) else {
         return Err(format!(
@@ -429,8 +489,7 @@ fn load_candidate(
         ));
     };
     let loaded = preload::file_of_address(addr).unwrap_or_else(|| path.to_path_buf());
-    let mut companions = Vec::new();
-    let mut handles = vec![lib];
+    handles.push(lib);
     if let Some(prefix) = spec.companion_prefix {
         for file in companion_files(&loaded, prefix) {
             match preload::open_global(file.as_os_str()) {
@@ -547,6 +606,19 @@ pub fn locate_cuda_driver() -> Result<&'static LibraryLocation, RuntimeError> {
     cached(&DRIVER_LOCATION, &CUDA_DRIVER)
 }
 
+/// Searches the given roots for cuBLAS; see [`locate_library_in`] and [`CUBLAS`].
+pub fn locate_cublas_in(roots: &SearchRoots) -> Result<LibraryLocation, RuntimeError> {
+    locate_library_in(&CUBLAS, roots)
+}
+
+/// Finds and preloads cuBLAS (with `libcublasLt`) using the process environment, once per
+/// process, like [`locate_nvrtc`]. Call it before anything that uses `cudarc::cublas`
+/// (`crate::blas::Blas::new` does).
+pub fn locate_cublas() -> Result<&'static LibraryLocation, RuntimeError> {
+    static CUBLAS_LOCATION: OnceLock<Result<LibraryLocation, RuntimeError>> = OnceLock::new();
+    cached(&CUBLAS_LOCATION, &CUBLAS)
+}
+
 fn cached(
     cell: &'static OnceLock<Result<LibraryLocation, RuntimeError>>,
     spec: &LibrarySpec,
@@ -605,5 +677,106 @@ mod tests {
             Some("12")
         );
         assert_eq!(major_version(Path::new("/nope/libnvrtc.so")), None);
+    }
+
+    #[test]
+    fn cublas_is_searched_in_both_wheel_layouts_and_the_toolkit() {
+        let roots = SearchRoots {
+            toolkit_roots: vec!["/cuda".into()],
+            site_packages: vec!["/site".into()],
+            ..SearchRoots::empty()
+        };
+        let paths: Vec<String> = candidates(&CUBLAS, &roots)
+            .iter()
+            .map(|c| c.path.display().to_string())
+            .collect();
+        assert_eq!(paths[0], "/cuda/lib64/libcublas.so.13");
+        assert!(paths.contains(&"/site/nvidia/cu13/lib/libcublas.so.13".to_string()));
+        assert!(paths.contains(&"/site/nvidia/cublas/lib/libcublas.so.13".to_string()));
+        assert!(paths.contains(&"/site/nvidia/cublas/lib/libcublas.so.12".to_string()));
+    }
+
+    #[test]
+    fn missing_cublas_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("kiln-no-cublas-{}", std::process::id()));
+        let roots = SearchRoots {
+            site_packages: vec![dir.clone()],
+            notes: vec!["LD_LIBRARY_PATH is not set".into()],
+            ..SearchRoots::empty()
+        };
+        let err = locate_cublas_in(&roots).expect_err("nothing to find");
+        assert!(matches!(err, RuntimeError::LibraryNotFound { .. }));
+        let msg = err.to_string();
+        for needle in [
+            "cuBLAS (libcublas) could not be loaded",
+            "nvidia/cu13/lib/{libcublas.so.13, libcublas.so.12, libcublas.so} [Python wheel]: not found",
+            "nvidia/cublas/lib/{libcublas.so.13",
+            "LD_LIBRARY_PATH is not set",
+            "python3 -m pip install nvidia-cublas",
+            "KILN_CUBLAS_PATH",
+        ] {
+            assert!(msg.contains(needle), "`{needle}` missing from:\n{msg}");
+        }
+        assert!(msg.contains(&dir.display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_library_is_reported_with_the_loader_message() {
+        let dir = std::env::temp_dir().join(format!("kiln-fake-cublas-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let fake = dir.join("libcublas.so.13");
+        std::fs::write(&fake, b"not an ELF file").expect("write");
+        let roots = SearchRoots {
+            explicit: Some(fake.clone()),
+            ..SearchRoots::empty()
+        };
+        let err = locate_cublas_in(&roots).expect_err("not a library");
+        let RuntimeError::LibraryNotFound { tried, .. } = &err else {
+            panic!("unexpected error: {err}");
+        };
+        assert_eq!(tried.len(), 1);
+        assert_eq!(tried[0].path, fake);
+        assert!(
+            matches!(tried[0].outcome, TryOutcome::LoadFailed(_)),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dependencies_are_found_next_to_the_library_with_its_major_version() {
+        let dir = std::env::temp_dir().join(format!("kiln-cublas-deps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for f in [
+            "libcublas.so.13",
+            "libcublasLt.so.13",
+            "libcublasLt.so.12",
+            "libcublasLt_static.a",
+        ] {
+            std::fs::write(dir.join(f), b"").expect("write");
+        }
+        let deps = companion_files(&dir.join("libcublas.so.13"), "libcublasLt.so.");
+        assert_eq!(deps, vec![dir.join("libcublasLt.so.13")]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// With `KILN_TEST_CUBLAS_SITE` set to a folder laid out like site-packages (e.g. made with
+    /// `pip install --no-deps --target DIR nvidia-cublas`), the real library is found, preloaded
+    /// and bound by cudarc. Without it the test has nothing to check.
+    #[test]
+    fn a_real_cublas_wheel_is_located() {
+        let Some(site) = std::env::var_os("KILN_TEST_CUBLAS_SITE") else {
+            return;
+        };
+        let roots = SearchRoots {
+            site_packages: vec![PathBuf::from(site)],
+            ..SearchRoots::empty()
+        };
+        let loc = locate_cublas_in(&roots).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loc.origin, SearchOrigin::PythonWheel);
+        assert!(loc
+            .companions
+            .iter()
+            .any(|c| c.to_string_lossy().contains("libcublasLt.so.")));
     }
 }
