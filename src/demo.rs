@@ -1,7 +1,8 @@
 //! `kiln demo`, the README's main job: what Kiln does end to end on this machine. It grows
 //! with the project; today it specialises every registered kernel, compiles it with NVRTC,
-//! then runs the corpus on the device (the GPU when present, else the CPU emulator) and
-//! checks every result against its plain-Rust reference.
+//! then runs the corpus and the tile-layer kernels the pipelines build on (GEMM, flash
+//! attention, flash-decoding) on the device (the GPU when present, else the CPU emulator)
+//! and checks every result against its plain-Rust (float64) reference.
 
 use std::fmt::Write as _;
 
@@ -76,11 +77,14 @@ pub fn run(arch: &str) -> Result<String, CliError> {
     })?;
     let _ = writeln!(
         out,
-        "\nRunning the corpus on the {} and checking it against plain-Rust references:\n",
+        "\nRunning the corpus and the tile-layer kernels on the {} and checking them against plain-Rust references:\n",
         device.name()
     );
     let mut run_rows = Vec::new();
-    for (name, check) in crate::corpus::verify::CHECKS {
+    for (name, check) in crate::corpus::verify::CHECKS
+        .iter()
+        .chain(crate::checks::CHECKS)
+    {
         let start = std::time::Instant::now();
         let result = check(&device);
         let secs = start.elapsed().as_secs_f64();

@@ -7,6 +7,7 @@
 
 extern crate self as kiln;
 
+pub mod checks;
 pub mod cli;
 pub mod corpus;
 pub mod demo;

@@ -142,6 +142,7 @@ fn gemm_tiled_close() {
 fn every_corpus_kernel_has_a_check() {
     let checked: Vec<&str> = verify::CHECKS
         .iter()
+        .chain(kiln::checks::CHECKS)
         .flat_map(|(label, _)| label.split(" + "))
         .collect();
     for def in kiln::codegen::registered_kernels() {

@@ -6,4 +6,8 @@
 // workspace that path is provided by the runtime crate.
 extern crate kiln_runtime as kiln;
 
+pub mod attention;
 pub mod common;
+pub mod gemm;
+pub mod tile;
+pub mod tuning;

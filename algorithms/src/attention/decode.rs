@@ -1,0 +1,578 @@
+//! Flash-decoding: attention of one query token per sequence over a KV cache, split along
+//! the sequence across warps and merged by log-sum-exp; optionally over an index list of
+//! selected keys per (batch, KV head), which the sparse pipelines (HATA, CLO, Chelsea) reuse.
+
+use crate::common::{warp_max, warp_sum};
+use crate::tile::*;
+use crate::tuning::Choices;
+use kiln::prelude::*;
+use kiln::tune::{tune, Entry, Space, Store, TuneKey, TuneOptions};
+use kiln::{timing, DeviceBuffer, Kernel, LaunchConfig, RuntimeError};
+use kiln_dsl::{device, kernel};
+
+/// Keys a warp processes per step.
+pub const KEYS_PER_STEP: u32 = 16;
+/// Warps (independent splits) per block of [`flash_decode`].
+pub const WARPS: u32 = 2;
+/// Most splits [`decode_merge`] accepts (its weights live in shared memory).
+pub const MAX_SPLITS: u32 = 4096;
+
+/// Partial attention of one split per warp. The `G = H / H_kv` query heads of a KV head
+/// (G ≤ 16) are the rows of one 16-row strip, so each key tile feeds the tensor cores once
+/// for the whole group. Warp `w` of block `x` handles split `s = 2x + w`: keys
+/// `[s·chunk, min((s + 1)·chunk, n_keys))`, 16 at a time through its own two shared stages,
+/// so the next tile is in flight while this one is multiplied.
+///
+/// `q` `[B, H, D]`; `k`, `v` `[B, S, H_kv, D]`; with `INDEXED`, the i-th key of (b, h_kv) is
+/// token `ids[(b·H_kv + h_kv)·n_keys + i]`, else token `i`. Writes, per query head and split,
+/// the normalised partial output `o_part[((b·H + h)·splits + s)·D ..]` (f32) and its
+/// log-sum-exp in log2 units `lse_part[(b·H + h)·splits + s]`. Grid `(⌈splits / 2⌉, H_kv, B)`,
+/// 64 threads.
+#[kernel(
+    threads = 64,
+    example(T = bf16, D = 128, INDEXED = false),
+    example(T = bf16, D = 128, INDEXED = true),
+    example(T = f16, D = 64, INDEXED = false)
+)]
+pub fn flash_decode<T: Float, const D: u32, const INDEXED: bool>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    ids: &[u32],
+    o_part: &mut [f32],
+    lse_part: &mut [f32],
+    seq: u32,
+    n_keys: u32,
+    heads: u32,
+    kv_heads: u32,
+    chunk: u32,
+    splits: u32,
+    scale: f32,
+) {
+    let sq = shared::<[T; 16 * D]>();
+    // two stages per warp: tile `i` of warp `w` lives in slot `2w + i % 2`
+    let sk = shared::<[[T; 16 * D]; 4]>();
+    let sv = shared::<[[T; 16 * D]; 4]>();
+    let t = thread_idx().x;
+    let lane = lane_id();
+    let w = warp_id();
+    let hk = block_idx().y;
+    let b = block_idx().z;
+    let g = heads / kv_heads;
+    let head0 = b * heads + hk * g;
+    load_tile_async::<T, 16, D, 64>(&mut sq, q, (head0 * D) as u64, D as u64, g, D, t);
+    cp_async_commit();
+    cp_async_wait_all();
+    sync_threads();
+    let split = block_idx().x * 2 + w;
+    if split >= splits {
+        return;
+    }
+    let mut qf = [frag_a_zero::<T>(); D / 16];
+    load_a_strip::<T, D>(&mut qf, &sq, 0u32);
+    let ld = (kv_heads * D) as u64;
+    let kv_base = ((b as u64 * seq as u64) * kv_heads as u64 + hk as u64) * D as u64;
+    let id_base = (b * kv_heads + hk) * n_keys;
+    let start = split * chunk;
+    let end = (start + chunk).min(n_keys);
+    let steps = (end - start).div_ceil(16);
+    let c = scale * 1.442_695_f32;
+    let mut acc = [frag_c_zero(); D / 8];
+    let mut m = [f32::NEG_INFINITY; 2];
+    let mut l = [0.0f32; 2];
+    fetch_keys::<T, D, INDEXED>(
+        &mut sk[w * 2],
+        &mut sv[w * 2],
+        k,
+        v,
+        ids,
+        id_base,
+        start,
+        end,
+        kv_base,
+        ld,
+    );
+    cp_async_commit();
+    for i in 0..steps {
+        let k0 = start + i * 16;
+        let slot = w * 2 + i % 2;
+        if i + 1 < steps {
+            let next = w * 2 + (i + 1) % 2;
+            fetch_keys::<T, D, INDEXED>(
+                &mut sk[next],
+                &mut sv[next],
+                k,
+                v,
+                ids,
+                id_base,
+                k0 + 16,
+                end,
+                kv_base,
+                ld,
+            );
+        }
+        cp_async_commit();
+        cp_async_wait::<1>(); // tile i landed; tile i + 1 may still be in flight
+        sync_warp();
+        let mut s = [frag_c_zero(); 2];
+        mma_abt::<T, D>(&mut s, &qf, &sk[slot], 0u32);
+        scale_strip::<2>(&mut s, c);
+        if end - k0 < 16 {
+            mask_strip::<2>(&mut s, 0u32, 0u32, end - k0, false, 0u32);
+        }
+        online_softmax::<2, { D / 8 }>(&mut s, &mut m, &mut l, &mut acc);
+        let mut p = [frag_a_zero::<T>(); 1];
+        to_a::<T, 2, 1>(&s, &mut p);
+        mma_ab::<T, D>(&mut acc, &p, &sv[slot], 0u32);
+        sync_warp(); // the slot is refilled two steps later
+    }
+    let mut total = [0.0f32; 2];
+    for r in 0..2u32 {
+        total[r] = quad_sum(l[r]);
+    }
+    let base = ((head0 * splits + split) * D) as u64;
+    store_strip::<f32, { D / 8 }>(&acc, &total, o_part, base, (splits * D) as u64, g);
+    if lane % 4 == 0 {
+        for r in 0..2u32 {
+            let row = lane / 4 + r * 8;
+            if row < g {
+                lse_part[(head0 + row) * splits + split] = m[r] + total[r].log2();
+            }
+        }
+    }
+}
+
+/// One warp starts copying keys `k0 .. min(k0 + 16, end)` of its (batch, KV head) into the
+/// K and V tiles: rows `k0 ..` of the cache, or the tokens the index list names.
+#[device]
+pub fn fetch_keys<T: Float, const D: u32, const INDEXED: bool>(
+    tk: &mut Shared<[T; 16 * D]>,
+    tv: &mut Shared<[T; 16 * D]>,
+    k: &[T],
+    v: &[T],
+    ids: &[u32],
+    id_base: u32,
+    k0: u32,
+    end: u32,
+    kv_base: u64,
+    ld: u64,
+) {
+    let lane = lane_id();
+    let rows = end - k0;
+    if INDEXED {
+        gather_tile_async::<T, 16, D, 32>(&mut tk, k, ids, id_base + k0, rows, kv_base, ld, lane);
+        gather_tile_async::<T, 16, D, 32>(&mut tv, v, ids, id_base + k0, rows, kv_base, ld, lane);
+    } else {
+        let at = kv_base + k0 as u64 * ld;
+        load_tile_async::<T, 16, D, 32>(&mut tk, k, at, ld, rows, D, lane);
+        load_tile_async::<T, 16, D, 32>(&mut tv, v, at, ld, rows, D, lane);
+    }
+}
+
+/// Merges the splits of [`flash_decode`] by log-sum-exp: `o[(b·H + h)·D ..]` as `T`, and
+/// the natural-log `lse[b·H + h]`. Grid `(H, B)`, 128 threads; at most [`MAX_SPLITS`] splits.
+/// The block finds the largest partial LSE, turns every split's into a weight, then each
+/// warp sums a quarter of the splits (lanes over columns, coalesced) and the quarters meet
+/// in shared memory.
+#[kernel(threads = 128, example(T = bf16, D = 128), example(T = f16, D = 64))]
+pub fn decode_merge<T: Float, const D: u32>(
+    o_part: &[f32],
+    lse_part: &[f32],
+    o: &mut [T],
+    lse: &mut [f32],
+    heads: u32,
+    splits: u32,
+) {
+    let weights = shared::<[f32; 4096]>();
+    let quarters = shared::<[[f32; D]; 4]>();
+    let lanes = shared::<[f32; 4]>();
+    let t = thread_idx().x;
+    let lane = lane_id();
+    let w = warp_id();
+    let bh = block_idx().y * heads + block_idx().x;
+    let first = bh * splits;
+    let mut mx = f32::NEG_INFINITY;
+    for s in (t..splits).step_by(128) {
+        mx = mx.max(lse_part[first + s]);
+    }
+    let wm: f32 = warp_max(mx);
+    if lane == 0 {
+        lanes[w] = wm;
+    }
+    sync_threads();
+    let top = lanes[0].max(lanes[1]).max(lanes[2]).max(lanes[3]);
+    sync_threads();
+    let mut den = 0.0f32;
+    for s in (t..splits).step_by(128) {
+        let e = (lse_part[first + s] - top).exp2();
+        weights[s] = e;
+        den += e;
+    }
+    let ws: f32 = warp_sum(den);
+    if lane == 0 {
+        lanes[w] = ws;
+    }
+    sync_threads();
+    let total = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+    let mut acc = [0.0f32; D / 32];
+    for s in (w..splits).step_by(4) {
+        let e = weights[s];
+        let row = (first + s) * D;
+        for j in 0..D / 32 {
+            acc[j] += e * o_part[row + j * 32 + lane];
+        }
+    }
+    for j in 0..D / 32 {
+        quarters[w][j * 32 + lane] = acc[j];
+    }
+    sync_threads();
+    for d in (t..D).step_by(128) {
+        let sum = quarters[0][d] + quarters[1][d] + quarters[2][d] + quarters[3][d];
+        o[bh * D + d] = (sum / total) as T;
+    }
+    if t == 0 {
+        lse[bh] = (top + total.log2()) * 0.693_147_2_f32;
+    }
+}
+
+/// The shape of one decode-attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeShape {
+    /// Sequences in the batch.
+    pub batch: u32,
+    /// Query heads.
+    pub heads: u32,
+    /// KV heads (`heads` must be a multiple, with at most 16 query heads per KV head).
+    pub kv_heads: u32,
+    /// Tokens in the KV cache (its `S` dimension).
+    pub seq: u32,
+    /// Head dimension (64 or 128).
+    pub dim: u32,
+}
+
+/// Why a decode-attention call was refused before launch.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The shape or the buffers do not fit together.
+    #[error("flash-decoding: {0}")]
+    Shape(String),
+    /// Compiling or launching failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// Flash-decoding for one element type and head dimension: the compiled kernels and the
+/// split size. Build once, call [`FlashDecode::run`] every decode step.
+pub struct FlashDecode {
+    partial: Kernel,
+    merge: Kernel,
+    dtype: Dtype,
+    indexed: bool,
+    dim: u32,
+    /// Keys per split (a multiple of 16); `None` uses the tuned split size of the shape's
+    /// bucket in `store`, else one picked from the device's size.
+    pub chunk: Option<u32>,
+    /// Where tuned split sizes are kept (the compile-cache folder by default).
+    pub store: Store,
+    chunks: Choices<TuneKey, Option<u32>>,
+    /// Stands in for the index list of dense attention (never read).
+    no_ids: DeviceBuffer<u32>,
+}
+
+/// The split sizes the tuner tries.
+pub const CHUNKS: [i64; 7] = [64, 128, 256, 512, 1024, 2048, 4096];
+
+impl FlashDecode {
+    /// Compiles the kernels for element type `dtype` (bf16 or f16), head dimension `dim`,
+    /// and dense (`indexed = false`) or index-list attention.
+    pub fn new(
+        device: &kiln::Device,
+        dtype: Dtype,
+        dim: u32,
+        indexed: bool,
+    ) -> Result<FlashDecode, DecodeError> {
+        if dim != 64 && dim != 128 {
+            return Err(DecodeError::Shape(format!(
+                "head dimension {dim} is not supported (64 or 128)"
+            )));
+        }
+        let partial = flash_decode::spec()
+            .t(dtype)
+            .d(dim)
+            .indexed(indexed)
+            .build(device)?;
+        let merge = decode_merge::spec().t(dtype).d(dim).build(device)?;
+        Ok(FlashDecode {
+            partial,
+            merge,
+            dtype,
+            indexed,
+            dim,
+            chunk: None,
+            store: Store::default_location(),
+            chunks: Choices::default(),
+            no_ids: device.zeros(1)?,
+        })
+    }
+
+    /// The tuning-store key of a call: the specialisation, and batch, KV heads and keys
+    /// bucketed to powers of two.
+    pub fn tune_key(&self, shape: &DecodeShape, n_keys: u32) -> TuneKey {
+        let device = &self.partial.device;
+        let name = format!(
+            "kiln_algorithms::attention::decode::flash_decode [D={}, INDEXED={}, T={}, G={}]",
+            self.dim,
+            self.indexed as u8,
+            self.dtype,
+            shape.heads / shape.kv_heads.max(1)
+        );
+        TuneKey::new(
+            &name,
+            &device.name(),
+            &device.arch().sm_name(),
+            &[shape.batch as u64, shape.kv_heads as u64, n_keys as u64],
+        )
+    }
+
+    /// The split size used for `n_keys` keys: [`FlashDecode::chunk`] if set, else the tuned
+    /// one, else [`default_chunk`]. Never more than [`MAX_SPLITS`] splits.
+    pub fn chunk_for(&self, shape: &DecodeShape, n_keys: u32, multiprocessors: u32) -> u32 {
+        let least = n_keys.div_ceil(MAX_SPLITS);
+        let chosen = self.chunk.or_else(|| {
+            let key = self.tune_key(shape, n_keys);
+            self.chunks.get(key.clone(), || {
+                self.store
+                    .lookup(&key)
+                    .map(|e| e.winner.get("CHUNK") as u32)
+            })
+        });
+        let chunk = chosen.unwrap_or_else(|| default_chunk(shape, n_keys, multiprocessors));
+        chunk.max(least).max(16).div_ceil(16) * 16
+    }
+
+    /// Searches the split size for one call (on the given inputs, which it overwrites `o`
+    /// and `lse` with), checks every candidate's output against the first one's, and stores
+    /// the winner under [`FlashDecode::tune_key`]; later calls in that bucket use it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tune<T: kiln::Element + Into<f32> + Copy>(
+        &mut self,
+        shape: &DecodeShape,
+        q: &DeviceBuffer<T>,
+        k: &DeviceBuffer<T>,
+        v: &DeviceBuffer<T>,
+        ids: Option<&DeviceBuffer<u32>>,
+        n_keys: u32,
+        scale: f32,
+        o: &mut DeviceBuffer<T>,
+        lse: &mut DeviceBuffer<f32>,
+        scratch: &mut DecodeScratch,
+        options: &TuneOptions,
+    ) -> Result<Entry, DecodeError> {
+        let least = n_keys.div_ceil(MAX_SPLITS) as i64;
+        // the hand-picked default competes too, so tuning can only match or beat it
+        let device_mps = self.partial.device.multiprocessors();
+        let mut chunks = CHUNKS.to_vec();
+        chunks.push(default_chunk(shape, n_keys, device_mps).div_ceil(16) as i64 * 16);
+        chunks.sort_unstable();
+        chunks.dedup();
+        let space = Space::new().dim("CHUNK", &chunks).constraint(
+            "at most MAX_SPLITS splits, and no split larger than all the keys",
+            move |p| p.get("CHUNK") >= least && p.get("CHUNK") < 2 * n_keys.max(16) as i64,
+        );
+        let key = self.tune_key(shape, n_keys);
+        let key_memo = key.clone();
+        let store = std::mem::replace(&mut self.store, Store::in_dir(None));
+        let saved = self.chunk;
+        let device = self.partial.device.clone();
+        let this = &mut *self;
+        let result = tune(
+            &key,
+            &space,
+            &store,
+            options,
+            |_| Ok(()),
+            |p, _| {
+                this.chunk = Some(p.get("CHUNK") as u32);
+                let t = timing::time(&device, 3, 20, || {
+                    Ok(this.run(shape, q, k, v, ids, n_keys, scale, o, lse, scratch)?)
+                })
+                .map_err(|e| e.to_string())?;
+                let mut out: Vec<f32> = device
+                    .download(o)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(Into::into)
+                    .collect();
+                out.extend(device.download(lse).map_err(|e| e.to_string())?);
+                Ok((t.median_ms, Some(out)))
+            },
+            |want: &Vec<f32>, got: &Vec<f32>| crate::tuning::close(want, got, 1e-2),
+        );
+        self.chunk = saved;
+        self.store = store;
+        let entry = result?;
+        self.chunks
+            .set(key_memo, Some(entry.winner.get("CHUNK") as u32));
+        Ok(entry)
+    }
+
+    /// Attention of `q` `[B, H, D]` over `n_keys` keys of the cache `k`, `v`
+    /// `[B, S, H_kv, D]`: the first `n_keys` tokens, or with an index list, tokens
+    /// `ids[(b·H_kv + h_kv)·n_keys + i]` (each below `S`). Writes `o` `[B, H, D]` and the
+    /// natural-log `lse` `[B, H]`. `scratch` holds the partial results and grows as needed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run<T: kiln::Element>(
+        &self,
+        shape: &DecodeShape,
+        q: &DeviceBuffer<T>,
+        k: &DeviceBuffer<T>,
+        v: &DeviceBuffer<T>,
+        ids: Option<&DeviceBuffer<u32>>,
+        n_keys: u32,
+        scale: f32,
+        o: &mut DeviceBuffer<T>,
+        lse: &mut DeviceBuffer<f32>,
+        scratch: &mut DecodeScratch,
+    ) -> Result<(), DecodeError> {
+        let s = shape;
+        let shape_err = |m: String| Err(DecodeError::Shape(m));
+        if s.dim != self.dim {
+            return shape_err(format!("built for D = {}, called with {}", self.dim, s.dim));
+        }
+        if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) || s.heads / s.kv_heads > 16 {
+            return shape_err(format!(
+                "{} query heads over {} KV heads: need a multiple, at most 16 per KV head",
+                s.heads, s.kv_heads
+            ));
+        }
+        if n_keys == 0 || (!self.indexed && n_keys > s.seq) {
+            return shape_err(format!("{n_keys} keys of a cache of {} tokens", s.seq));
+        }
+        let (b, h, hk, d) = (
+            s.batch as usize,
+            s.heads as usize,
+            s.kv_heads as usize,
+            s.dim as usize,
+        );
+        let expect = |name: &str, got: usize, want: usize| -> Result<(), DecodeError> {
+            if got == want {
+                Ok(())
+            } else {
+                Err(DecodeError::Shape(format!(
+                    "`{name}` holds {got} elements, the shape needs {want}"
+                )))
+            }
+        };
+        expect("q", q.len(), b * h * d)?;
+        expect("k", k.len(), b * s.seq as usize * hk * d)?;
+        expect("v", v.len(), b * s.seq as usize * hk * d)?;
+        expect("o", o.len(), b * h * d)?;
+        expect("lse", lse.len(), b * h)?;
+        let device = &self.partial.device;
+        let chunk = self.chunk_for(s, n_keys, device.multiprocessors());
+        let splits = n_keys.div_ceil(chunk);
+        scratch.ensure(device, b * h * splits as usize, d)?;
+        let ids = match (self.indexed, ids) {
+            (true, Some(ids)) => {
+                expect("ids", ids.len(), b * hk * n_keys as usize)?;
+                ids
+            }
+            (true, None) => return shape_err("built for an index list, but none was given".into()),
+            (false, Some(_)) => {
+                return shape_err("built for dense attention, but an index list was given".into())
+            }
+            (false, None) => &self.no_ids,
+        };
+        let partial_cfg = LaunchConfig {
+            grid: (splits.div_ceil(WARPS), s.kv_heads, s.batch),
+            block: (WARPS * 32, 1, 1),
+            dyn_shared_bytes: 0,
+        };
+        flash_decode::launch(
+            &self.partial,
+            &partial_cfg,
+            q,
+            k,
+            v,
+            ids,
+            &mut scratch.o_part,
+            &mut scratch.lse_part,
+            s.seq,
+            n_keys,
+            s.heads,
+            s.kv_heads,
+            chunk,
+            splits,
+            scale,
+        )?;
+        let merge_cfg = LaunchConfig {
+            grid: (s.heads, s.batch, 1),
+            block: (128, 1, 1),
+            dyn_shared_bytes: 0,
+        };
+        decode_merge::launch(
+            &self.merge,
+            &merge_cfg,
+            &scratch.o_part,
+            &scratch.lse_part,
+            o,
+            lse,
+            s.heads,
+            splits,
+        )?;
+        Ok(())
+    }
+}
+
+/// The split size picked without tuning: enough warps to keep every multiprocessor busy (24
+/// per SM) but at least 128 keys per split, so the merge stays small.
+pub fn default_chunk(shape: &DecodeShape, n_keys: u32, multiprocessors: u32) -> u32 {
+    let groups = (shape.batch * shape.kv_heads).max(1);
+    let want_splits = (multiprocessors * 24).div_ceil(groups).max(1);
+    n_keys.div_ceil(want_splits).max(128)
+}
+
+/// Device memory for the per-split partial results of [`FlashDecode::run`], reused across
+/// calls.
+pub struct DecodeScratch {
+    o_part: DeviceBuffer<f32>,
+    lse_part: DeviceBuffer<f32>,
+}
+
+impl DecodeScratch {
+    /// Scratch for up to `rows` (query head, split) pairs of `dim` values.
+    pub fn new(
+        device: &kiln::Device,
+        rows: usize,
+        dim: usize,
+    ) -> Result<DecodeScratch, RuntimeError> {
+        Ok(DecodeScratch {
+            o_part: device.zeros(rows.max(1) * dim)?,
+            lse_part: device.zeros(rows.max(1))?,
+        })
+    }
+
+    fn ensure(
+        &mut self,
+        device: &kiln::Device,
+        rows: usize,
+        dim: usize,
+    ) -> Result<(), RuntimeError> {
+        if self.lse_part.len() < rows || self.o_part.len() < rows * dim {
+            *self = DecodeScratch::new(device, rows, dim)?;
+        }
+        Ok(())
+    }
+}
+
+impl From<DecodeError> for RuntimeError {
+    fn from(e: DecodeError) -> RuntimeError {
+        match e {
+            DecodeError::Runtime(e) => e,
+            DecodeError::Shape(reason) => RuntimeError::InvalidInput {
+                what: "decode shape",
+                reason,
+            },
+        }
+    }
+}

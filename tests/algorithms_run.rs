@@ -1,0 +1,38 @@
+//! Every algorithm kernel against its float64 reference (`kiln::checks`) on the test device:
+//! the GPU when present (required under `KILN_REQUIRE_GPU=1`), else the CPU emulator.
+
+mod common;
+
+use kiln::checks;
+use kiln::runtime::Device;
+use kiln::verify::VerifyError;
+
+fn check(name: &str, f: fn(&Device) -> Result<(), VerifyError>) {
+    let Some(dev) = common::device() else { return };
+    let started = std::time::Instant::now();
+    match f(&dev) {
+        Ok(()) => println!("{name}: ok on {} in {:.1?}", dev.name(), started.elapsed()),
+        Err(VerifyError::Runtime(e)) if common::unavailable(&e) && !dev.is_gpu() => {
+            println!("SKIPPED {name}: {e}")
+        }
+        Err(e) => panic!("{name} on {}: {e}", dev.name()),
+    }
+}
+
+#[test]
+fn flash_attn_fwd_matches_reference() {
+    check(
+        "flash_attn_fwd",
+        checks::attention::prefill_matches_reference,
+    );
+}
+
+#[test]
+fn flash_decode_matches_reference() {
+    check("flash_decode", checks::attention::decode_matches_reference);
+}
+
+#[test]
+fn gemm_matches_reference() {
+    check("gemm", checks::gemm::gemm_matches_reference);
+}
