@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the bundle made by scripts/gpu-bundle.sh on a GPU machine: every GPU test with
-# KILN_REQUIRE_GPU=1 (a missing GPU fails), then the PyTorch attention baseline
-# (benches/baselines/attention.py, whose JSON the Rust benches read through KILN_BASELINE_JSON),
-# then the benches. Logs, bench JSON and SVG plots go to $OUT (or ./gpu-out).
+# KILN_REQUIRE_GPU=1 (a missing GPU fails), then the PyTorch baselines
+# (benches/baselines/attention.py and topk.py, whose JSON the Rust benches read through
+# KILN_BASELINE_JSON and KILN_TOPK_BASELINE_JSON), then the benches. Logs, bench JSON and SVG
+# plots go to $OUT (or ./gpu-out).
 #   bash scripts/gpu-run.sh            # everything
 #   bash scripts/gpu-run.sh tests      # only the GPU tests (and roofline, demo)
 #   bash scripts/gpu-run.sh benches    # only the baseline and the benches
@@ -38,6 +39,16 @@ if [ "$what" != tests ]; then
     export KILN_BASELINE_JSON="$baseline_json"
   else
     echo "the PyTorch attention baseline failed; see $out/attention-baseline.log"
+    status=1
+  fi
+  # torch.topk for the top-k bench (benches/topk.rs reads it through KILN_TOPK_BASELINE_JSON)
+  topk_json="$out/topk-baseline-torch.json"
+  echo "== benches/baselines/topk.py"
+  if python3 benches/baselines/topk.py "$topk_json" 2>&1 | tee "$out/topk-baseline.log" \
+      && [ -s "$topk_json" ]; then
+    export KILN_TOPK_BASELINE_JSON="$topk_json"
+  else
+    echo "the PyTorch top-k baseline failed; see $out/topk-baseline.log"
     status=1
   fi
   # autotune first: it stores the winners the other benches' kernels then use

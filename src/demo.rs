@@ -104,9 +104,16 @@ pub fn run(arch: &str) -> Result<String, CliError> {
         &["kernels", "seconds (incl. build)", "result"],
         &run_rows,
     ));
+    match crate::hata_demo::run(&device) {
+        Ok(report) => out.push_str(&report),
+        Err(e) => {
+            failed += 1;
+            let _ = writeln!(out, "\nHATA: FAILED: {e}");
+        }
+    }
     let _ = writeln!(
         out,
-        "\nThe six research pipelines join this demo as they land."
+        "\nThe other pipelines (CLO, AdaCluster, Chelsea, BigMac, PAT) join this demo as they land."
     );
     if failed > 0 {
         return Err(CliError {

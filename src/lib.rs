@@ -11,6 +11,8 @@ pub mod checks;
 pub mod cli;
 pub mod corpus;
 pub mod demo;
+pub mod hata_cli;
+pub mod hata_demo;
 pub mod roofline;
 pub mod runner;
 pub mod tuning;

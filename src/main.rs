@@ -103,6 +103,11 @@ enum Command {
     },
     /// Measure the present GPU's copy and host-to-device bandwidth and store them for the benches.
     Roofline,
+    /// HATA (hash-aware top-k attention): train its hash weights.
+    Hata {
+        #[command(subcommand)]
+        command: kiln::hata_cli::HataCommand,
+    },
     /// The main job: run Kiln end to end on this machine and print what it did.
     Demo {
         /// Target architecture when no GPU is present.
@@ -123,6 +128,7 @@ fn main() {
         } => kiln::cli::emit(&kernel, &consts, dtype.as_deref(), &arch),
         Command::Check { arches } => kiln::cli::check(&arches),
         Command::Demo { arch } => kiln::demo::run(&arch),
+        Command::Hata { command } => kiln::hata_cli::run(&command),
         Command::Roofline => kiln::runtime::Device::from_env()
             .and_then(|d| kiln::roofline::measure(&d))
             .map(|r| {

@@ -36,3 +36,26 @@ fn flash_decode_matches_reference() {
 fn gemm_matches_reference() {
     check("gemm", checks::gemm::gemm_matches_reference);
 }
+
+#[test]
+fn hata_kernels_match_reference() {
+    check("hata kernels", checks::hata::hata_kernels_match_reference);
+}
+
+#[test]
+fn hata_decoder_matches_reference() {
+    check("hata decoder", checks::hata::hata_decoder_matches_reference);
+}
+
+#[test]
+fn topk_matches_reference() {
+    check("topk", checks::topk::topk_matches_reference);
+}
+
+#[test]
+fn hash_train_matches_reference() {
+    check(
+        "hash_train",
+        checks::hata_train::hash_train_matches_reference,
+    );
+}

@@ -9,5 +9,8 @@ extern crate kiln_runtime as kiln;
 pub mod attention;
 pub mod common;
 pub mod gemm;
+pub mod hata;
+pub mod metrics;
 pub mod tile;
 pub mod tuning;
+pub mod workload;

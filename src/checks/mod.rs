@@ -4,6 +4,9 @@
 
 pub mod attention;
 pub mod gemm;
+pub mod hata;
+pub mod hata_train;
+pub mod topk;
 
 use crate::corpus::verify::Check;
 
@@ -15,4 +18,17 @@ pub const CHECKS: &[(&str, Check)] = &[
         attention::decode_matches_reference,
     ),
     ("gemm", gemm::gemm_matches_reference),
+    (
+        "hash_encode + hash_score + scatter_rows",
+        hata::hata_kernels_match_reference,
+    ),
+    ("hata decoder", hata::hata_decoder_matches_reference),
+    (
+        "topk_hist + topk_filter + topk_refine + topk_count + topk_write",
+        topk::topk_matches_reference,
+    ),
+    (
+        "hash_train_forward + hash_train_gram + hash_train_update + hash_train_finish",
+        hata_train::hash_train_matches_reference,
+    ),
 ];

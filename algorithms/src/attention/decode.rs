@@ -418,7 +418,7 @@ impl FlashDecode {
 
     /// Attention of `q` `[B, H, D]` over `n_keys` keys of the cache `k`, `v`
     /// `[B, S, H_kv, D]`: the first `n_keys` tokens, or with an index list, tokens
-    /// `ids[(b·H_kv + h_kv)·n_keys + i]` (each below `S`). Writes `o` `[B, H, D]` and the
+    /// `ids[(b·H_kv + h_kv)·n_keys + i]` (each below `S`; the buffer may be longer). Writes `o` `[B, H, D]` and the
     /// natural-log `lse` `[B, H]`. `scratch` holds the partial results and grows as needed.
     #[allow(clippy::too_many_arguments)]
     pub fn run<T: kiln::Element>(
@@ -474,7 +474,14 @@ impl FlashDecode {
         scratch.ensure(device, b * h * splits as usize, d)?;
         let ids = match (self.indexed, ids) {
             (true, Some(ids)) => {
-                expect("ids", ids.len(), b * hk * n_keys as usize)?;
+                // a longer buffer (sized for the largest budget) is fine: rows are n_keys apart
+                let need = b * hk * n_keys as usize;
+                if ids.len() < need {
+                    return shape_err(format!(
+                        "`ids` holds {} elements, the shape needs at least {need}",
+                        ids.len()
+                    ));
+                }
                 ids
             }
             (true, None) => return shape_err("built for an index list, but none was given".into()),

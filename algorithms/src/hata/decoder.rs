@@ -1,0 +1,471 @@
+//! The HATA decoder: one layer's KV cache with its hash codes, and the decode step a user
+//! calls — append the new key, hash the query heads, score every cached key, keep the top-k
+//! (plus sink and recent tokens), and attend to exactly those with flash-decoding.
+
+use kiln::prelude::*;
+use kiln::{Device, DeviceBuffer, Element, Kernel, LaunchConfig, RuntimeError};
+
+use super::encode::{hash_encode, scatter_rows, VECTORS_PER_WARP, WARPS};
+use super::score::hash_score;
+use super::topk::{TopK, TopKError, TopKScratch};
+use crate::attention::decode::{DecodeError, DecodeScratch, DecodeShape, FlashDecode};
+
+/// How many keys a step attends to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    /// A fixed number of keys (sink and recent tokens included).
+    Count(u32),
+    /// A fraction of the cached tokens (e.g. 0.016), at least one key.
+    Ratio(f32),
+}
+
+impl Budget {
+    /// Keys a step over `len` cached tokens attends to (at least 1, at most `len`).
+    pub fn keys(&self, len: u32) -> u32 {
+        let k = match *self {
+            Budget::Count(k) => k,
+            Budget::Ratio(r) => (r as f64 * len as f64).ceil() as u32,
+        };
+        k.clamp(1, len.max(1))
+    }
+}
+
+/// One layer's HATA settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HataConfig {
+    /// Sequences decoded together.
+    pub batch: u32,
+    /// Query heads.
+    pub heads: u32,
+    /// KV heads (`heads` a multiple, at most 16 query heads per KV head).
+    pub kv_heads: u32,
+    /// Head dimension: 64 or 128.
+    pub dim: u32,
+    /// Bits per hash code: 128 or 256.
+    pub rbit: u32,
+    /// Tokens the cache can hold.
+    pub capacity: u32,
+    /// Keys attended per step.
+    pub budget: Budget,
+    /// The first `sink` tokens are always selected.
+    pub sink: u32,
+    /// The last `recent` tokens are always selected.
+    pub recent: u32,
+    /// Weight scores by key norms (`score = (G − 2·ham/rbit)·‖k‖`).
+    pub use_norms: bool,
+    /// Attend to every cached token (a layer kept dense).
+    pub dense: bool,
+}
+
+/// Why a HATA call was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HataError {
+    /// Settings or buffers that do not fit together.
+    #[error("hata: {0}")]
+    Config(String),
+    /// The cache is full.
+    #[error("hata: the cache holds {0} tokens and is full")]
+    Full(u32),
+    /// A kernel failed to build or launch.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The attention step failed.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The selection failed.
+    #[error(transparent)]
+    TopK(#[from] TopKError),
+}
+
+/// One layer of HATA decoding over element type `T` (bf16 or f16).
+pub struct HataLayer<T: Element> {
+    cfg: HataConfig,
+    w: DeviceBuffer<f32>,
+    k: DeviceBuffer<T>,
+    v: DeviceBuffer<T>,
+    codes: DeviceBuffer<u32>,
+    norms: DeviceBuffer<f32>,
+    q_codes: DeviceBuffer<u32>,
+    no_norms: DeviceBuffer<f32>,
+    scores: DeviceBuffer<f32>,
+    ids: DeviceBuffer<u32>,
+    len: u32,
+    encode: Kernel,
+    score: Kernel,
+    scatter: Kernel,
+    topk: TopK,
+    topk_scratch: TopKScratch,
+    sparse: FlashDecode,
+    dense: FlashDecode,
+    scratch: DecodeScratch,
+}
+
+impl<T: Element + Float> HataLayer<T> {
+    /// A layer with an empty cache and hash weights `weights` (`[kv_heads, dim, rbit]`, f32,
+    /// host memory).
+    pub fn new(device: &Device, cfg: HataConfig, weights: &[f32]) -> Result<Self, HataError> {
+        let bad = |m: String| Err(HataError::Config(m));
+        if cfg.dim != 64 && cfg.dim != 128 {
+            return bad(format!("head dimension {} (64 or 128)", cfg.dim));
+        }
+        if cfg.rbit != 128 && cfg.rbit != 256 {
+            return bad(format!("{} code bits (128 or 256)", cfg.rbit));
+        }
+        if cfg.kv_heads == 0
+            || !cfg.heads.is_multiple_of(cfg.kv_heads)
+            || cfg.heads / cfg.kv_heads > 16
+            || cfg.heads > 128
+        {
+            return bad(format!(
+                "{} query heads over {} KV heads (a multiple, at most 16 per KV head and 128 in all)",
+                cfg.heads, cfg.kv_heads
+            ));
+        }
+        if cfg.batch == 0 || cfg.capacity == 0 {
+            return bad("batch and capacity must be positive".into());
+        }
+        let want = (cfg.kv_heads * cfg.dim * cfg.rbit) as usize;
+        if weights.len() != want {
+            return bad(format!(
+                "hash weights hold {} values, [kv_heads, dim, rbit] needs {want}",
+                weights.len()
+            ));
+        }
+        if let Budget::Ratio(r) = cfg.budget {
+            if !(r > 0.0 && r <= 1.0) {
+                return bad(format!("budget ratio {r} is not in (0, 1]"));
+            }
+        }
+        let dtype = T::DTYPE;
+        let (b, cap, hk, d) = (
+            cfg.batch as usize,
+            cfg.capacity as usize,
+            cfg.kv_heads as usize,
+            cfg.dim as usize,
+        );
+        let words = (cfg.rbit / 32) as usize;
+        Ok(HataLayer {
+            cfg,
+            w: device.upload(weights)?,
+            k: device.zeros(b * cap * hk * d)?,
+            v: device.zeros(b * cap * hk * d)?,
+            codes: device.zeros(b * cap * hk * words)?,
+            norms: device.zeros(b * cap * hk)?,
+            q_codes: device.zeros(b * cfg.heads as usize * words)?,
+            no_norms: device.zeros(1)?,
+            scores: device.zeros(b * hk * cap)?,
+            ids: device.zeros(b * hk * cap)?,
+            len: 0,
+            encode: hash_encode::spec()
+                .t(dtype)
+                .d(cfg.dim)
+                .rbit(cfg.rbit)
+                .build(device)?,
+            score: hash_score::spec()
+                .rbit(cfg.rbit)
+                .g(cfg.heads / cfg.kv_heads)
+                .build(device)?,
+            scatter: scatter_rows::spec().t(dtype).build(device)?,
+            topk: TopK::new(device)?,
+            topk_scratch: TopKScratch::new(device, (b * hk) as u32, cfg.capacity)?,
+            sparse: FlashDecode::new(device, dtype, cfg.dim, true)?,
+            dense: FlashDecode::new(device, dtype, cfg.dim, false)?,
+            scratch: DecodeScratch::new(device, 1, d)?,
+        })
+    }
+
+    /// Tokens in the cache.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keys a step over `len` cached tokens attends to.
+    pub fn budget_for(&self, len: u32) -> u32 {
+        self.cfg.budget.keys(len)
+    }
+
+    /// The scores of the last sparse step, `[batch, kv_heads, len]` (row stride `len`).
+    pub fn scores(&self) -> &DeviceBuffer<f32> {
+        &self.scores
+    }
+
+    /// The indices selected by the last sparse step, `[batch, kv_heads, budget]`.
+    pub fn selected(&self) -> &DeviceBuffer<u32> {
+        &self.ids
+    }
+
+    fn shape(&self) -> DecodeShape {
+        DecodeShape {
+            batch: self.cfg.batch,
+            heads: self.cfg.heads,
+            kv_heads: self.cfg.kv_heads,
+            seq: self.cfg.capacity,
+            dim: self.cfg.dim,
+        }
+    }
+
+    /// Copies `src` (`per_batch` elements per sequence) into the cache `dst` at token `pos`.
+    fn scatter_into(
+        scatter: &Kernel,
+        cfg: &HataConfig,
+        src: &DeviceBuffer<T>,
+        dst: &mut DeviceBuffer<T>,
+        per_batch: u32,
+        pos: u32,
+    ) -> Result<(), HataError> {
+        let row = (cfg.kv_heads * cfg.dim) as u64;
+        let n = src.len() as u32;
+        scatter_rows::launch(
+            scatter,
+            &LaunchConfig::for_elements(n, 256),
+            src,
+            dst,
+            n,
+            per_batch,
+            cfg.capacity as u64 * row,
+            pos as u64 * row,
+        )?;
+        Ok(())
+    }
+
+    /// Hashes `n` vectors of `x` into rows of `codes` (see [`hash_encode`]).
+    #[allow(clippy::too_many_arguments)]
+    fn encode_into(
+        encode: &Kernel,
+        w: &DeviceBuffer<f32>,
+        x: &DeviceBuffer<T>,
+        codes: &mut DeviceBuffer<u32>,
+        norms: &mut DeviceBuffer<f32>,
+        n: u32,
+        kv_heads: u32,
+        group: u32,
+        (rows_per_batch, out_rows_per_batch, out_row0): (u32, u32, u32),
+        write_norms: bool,
+    ) -> Result<(), HataError> {
+        let per_block = VECTORS_PER_WARP * WARPS;
+        let cfg = LaunchConfig {
+            grid: ((n / kv_heads).div_ceil(per_block), kv_heads, 1),
+            block: (WARPS * 32, 1, 1),
+            dyn_shared_bytes: 0,
+        };
+        hash_encode::launch(
+            encode,
+            &cfg,
+            x,
+            w,
+            codes,
+            norms,
+            n,
+            kv_heads,
+            group,
+            rows_per_batch,
+            out_rows_per_batch,
+            out_row0,
+            write_norms,
+        )?;
+        Ok(())
+    }
+
+    /// Fills the cache with a prefill's keys and values (`[batch, len, kv_heads, dim]`) and
+    /// hashes every key (codes and norms). Replaces what the cache held.
+    pub fn prefill(
+        &mut self,
+        k: &DeviceBuffer<T>,
+        v: &DeviceBuffer<T>,
+        len: u32,
+    ) -> Result<(), HataError> {
+        let c = self.cfg;
+        if len == 0 || len > c.capacity {
+            return Err(HataError::Config(format!(
+                "a prefill of {len} tokens into a cache of {}",
+                c.capacity
+            )));
+        }
+        let want = (c.batch * len * c.kv_heads * c.dim) as usize;
+        if k.len() != want || v.len() != want {
+            return Err(HataError::Config(format!(
+                "prefill K/V hold {} / {} elements, [batch, len, kv_heads, dim] needs {want}",
+                k.len(),
+                v.len()
+            )));
+        }
+        let per_batch = len * c.kv_heads * c.dim;
+        Self::scatter_into(&self.scatter, &c, k, &mut self.k, per_batch, 0)?;
+        Self::scatter_into(&self.scatter, &c, v, &mut self.v, per_batch, 0)?;
+        let rows = len * c.kv_heads;
+        Self::encode_into(
+            &self.encode,
+            &self.w,
+            k,
+            &mut self.codes,
+            &mut self.norms,
+            c.batch * rows,
+            c.kv_heads,
+            1,
+            (rows, c.capacity * c.kv_heads, 0),
+            true,
+        )?;
+        self.len = len;
+        Ok(())
+    }
+
+    /// Appends one token's key and value (`[batch, kv_heads, dim]`) and hashes the key.
+    pub fn append(
+        &mut self,
+        k_new: &DeviceBuffer<T>,
+        v_new: &DeviceBuffer<T>,
+    ) -> Result<(), HataError> {
+        let c = self.cfg;
+        if self.len == c.capacity {
+            return Err(HataError::Full(c.capacity));
+        }
+        let want = (c.batch * c.kv_heads * c.dim) as usize;
+        if k_new.len() != want || v_new.len() != want {
+            return Err(HataError::Config(format!(
+                "new K/V hold {} / {} elements, [batch, kv_heads, dim] needs {want}",
+                k_new.len(),
+                v_new.len()
+            )));
+        }
+        let per_batch = c.kv_heads * c.dim;
+        Self::scatter_into(&self.scatter, &c, k_new, &mut self.k, per_batch, self.len)?;
+        Self::scatter_into(&self.scatter, &c, v_new, &mut self.v, per_batch, self.len)?;
+        Self::encode_into(
+            &self.encode,
+            &self.w,
+            k_new,
+            &mut self.codes,
+            &mut self.norms,
+            c.batch * c.kv_heads,
+            c.kv_heads,
+            1,
+            (c.kv_heads, c.capacity * c.kv_heads, self.len * c.kv_heads),
+            true,
+        )?;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Hashes the query heads `q` (`[batch, heads, dim]`) and scores every cached key.
+    pub fn score(&mut self, q: &DeviceBuffer<T>) -> Result<(), HataError> {
+        let c = self.cfg;
+        let g = c.heads / c.kv_heads;
+        Self::encode_into(
+            &self.encode,
+            &self.w,
+            q,
+            &mut self.q_codes,
+            &mut self.no_norms,
+            c.batch * c.heads,
+            c.kv_heads,
+            g,
+            (c.heads, c.heads, 0),
+            false,
+        )?;
+        let cfg = LaunchConfig {
+            grid: ((self.len * c.kv_heads).div_ceil(256), c.batch, 1),
+            block: (256, 1, 1),
+            dyn_shared_bytes: 0,
+        };
+        hash_score::launch(
+            &self.score,
+            &cfg,
+            &self.q_codes,
+            &self.codes,
+            &self.norms,
+            &mut self.scores,
+            self.len,
+            c.capacity,
+            c.kv_heads,
+            c.sink,
+            c.recent,
+            c.use_norms,
+        )?;
+        Ok(())
+    }
+
+    /// Keeps the `budget` best-scored keys of every (batch, KV head) in [`HataLayer::selected`].
+    pub fn select(&mut self) -> Result<(), HataError> {
+        let rows = self.cfg.batch * self.cfg.kv_heads;
+        let k = self.budget_for(self.len);
+        self.topk.run(
+            &self.scores,
+            rows,
+            self.len,
+            k,
+            &mut self.ids,
+            &mut self.topk_scratch,
+        )?;
+        Ok(())
+    }
+
+    /// Attention of `q` over the selected keys (or every cached key for a dense layer or a
+    /// budget covering the cache): `out` `[batch, heads, dim]`, natural-log `lse`
+    /// `[batch, heads]`.
+    pub fn attend(
+        &mut self,
+        q: &DeviceBuffer<T>,
+        out: &mut DeviceBuffer<T>,
+        lse: &mut DeviceBuffer<f32>,
+    ) -> Result<(), HataError> {
+        let shape = self.shape();
+        let scale = 1.0 / (self.cfg.dim as f32).sqrt();
+        if self.is_sparse() {
+            let k = self.budget_for(self.len);
+            self.sparse.run(
+                &shape,
+                q,
+                &self.k,
+                &self.v,
+                Some(&self.ids),
+                k,
+                scale,
+                out,
+                lse,
+                &mut self.scratch,
+            )?;
+        } else {
+            self.dense.run(
+                &shape,
+                q,
+                &self.k,
+                &self.v,
+                None,
+                self.len,
+                scale,
+                out,
+                lse,
+                &mut self.scratch,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Whether a step at the current length selects keys (not dense).
+    pub fn is_sparse(&self) -> bool {
+        !self.cfg.dense && self.budget_for(self.len) < self.len
+    }
+
+    /// One decode step: append `k_new`, `v_new`, then attend with `q` (all enqueued on the
+    /// device's stream; the host does not wait).
+    pub fn step(
+        &mut self,
+        q: &DeviceBuffer<T>,
+        k_new: &DeviceBuffer<T>,
+        v_new: &DeviceBuffer<T>,
+        out: &mut DeviceBuffer<T>,
+        lse: &mut DeviceBuffer<f32>,
+    ) -> Result<(), HataError> {
+        self.append(k_new, v_new)?;
+        if self.is_sparse() {
+            self.score(q)?;
+            self.select()?;
+        }
+        self.attend(q, out, lse)
+    }
+}

@@ -1,0 +1,247 @@
+//! How close HATA's sparse decode step is to dense attention on a workload: recall of the
+//! exact top-k keys and relative error of the attention output, per budget, next to two
+//! reference selectors — the exact top-k (the ceiling) and a recency window.
+//!
+//! The exact top-k of a GQA group ranks each key by the attention mass the group's query
+//! heads give it (the sum over the heads of their softmax probabilities), because the group
+//! shares one selection. Recall is the fraction of that exact set a selector keeps.
+
+use half::bf16;
+use kiln::{Device, DeviceBuffer};
+
+use super::decoder::{Budget, HataConfig, HataError, HataLayer};
+use super::reference::{recall, top_k};
+use super::train::{samples_from_capture, train, CaptureShape, SampleOptions, TrainError};
+use crate::attention::reference as attention;
+use crate::workload::{generate, Workload, WorkloadSpec};
+
+/// Hash weights trained on a *held-out* sequence of the same workload model: `spec` with a
+/// second sequence in the batch (same per-head channel roles, different tokens), queries at
+/// every position of its second half, samples as PIPELINES.md describes (one query position
+/// per head from the second half, labels 20→1 for the true top 10% of its prefix, −1 else),
+/// `epochs` epochs on `device`. The evaluated sequence (batch element 0) is never seen.
+pub fn train_held_out(
+    device: &Device,
+    spec: &WorkloadSpec,
+    rbit: u32,
+    epochs: u32,
+    seed: u64,
+) -> Result<Vec<f32>, TrainError> {
+    let mut capture = spec.clone();
+    capture.batch = 2;
+    capture.queries = spec.seq / 2;
+    let wl = generate(&capture).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let sh = wl.shape;
+    // batch element 1 only
+    let q_per = sh.heads * sh.queries * sh.dim;
+    let k_per = sh.kv_heads * sh.seq * sh.dim;
+    let shape = CaptureShape {
+        batch: 1,
+        heads: sh.heads,
+        kv_heads: sh.kv_heads,
+        q_seq: sh.queries,
+        seq: sh.seq,
+        dim: sh.dim,
+    };
+    let options = SampleOptions {
+        seed,
+        ..SampleOptions::default()
+    };
+    let heads = samples_from_capture(&wl.q[q_per..], &wl.k[k_per..], &shape, &options)?;
+    Ok(train(device, &heads, rbit, epochs, seed)?.weights)
+}
+
+/// One selector at one budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FidelityRow {
+    /// "hata (<weights>)", "exact top-k" or "recency".
+    pub selector: String,
+    /// The budget as asked ("512", "1.6%").
+    pub budget: String,
+    /// Keys kept per (sequence, KV head).
+    pub keys: usize,
+    /// Mean recall of the exact top-k over (sequence, KV head).
+    pub recall: f64,
+    /// Relative norm error of the attention output against dense attention.
+    pub output_error: f64,
+}
+
+/// The budget as a label.
+pub fn budget_label(b: &Budget) -> String {
+    match b {
+        Budget::Count(k) => k.to_string(),
+        Budget::Ratio(r) => format!("{:.1}%", r * 100.0),
+    }
+}
+
+/// Evaluates the decode step at the workload's last position (its decode queries) for each
+/// budget: HATA on `device` in bf16 once per named set of hash weights (`[kv_heads, dim,
+/// rbit]`, e.g. random and trained), and the two reference selectors on the host in float64.
+pub fn evaluate(
+    device: &Device,
+    wl: &Workload,
+    weight_sets: &[(&str, &[f32])],
+    rbit: u32,
+    budgets: &[Budget],
+    (sink, recent): (u32, u32),
+) -> Result<Vec<FidelityRow>, HataError> {
+    let sh = wl.shape;
+    let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
+    let g = h / hk;
+    let q = wl.decode_query();
+    let (k_cache, v_cache) = wl.kv_cache_layout();
+    let to_bf16 = |v: &[f32]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f32(x)).collect() };
+    let (qb, kb, vb) = (to_bf16(&q), to_bf16(&k_cache), to_bf16(&v_cache));
+    let wide = |v: &[bf16]| -> Vec<f64> { v.iter().map(|x| x.to_f64()).collect() };
+    let (qw, kw, vw) = (wide(&qb), wide(&kb), wide(&vb));
+    let scale = 1.0 / (d as f64).sqrt();
+    let (dense, _) = attention::decode(b, h, hk, s, d, &qw, &kw, &vw, None, s, scale);
+    // the group's attention mass per key, per (sequence, KV head)
+    let mut mass = vec![0.0f64; b * hk * s];
+    for bb in 0..b {
+        for head in 0..h {
+            let kv = head / g;
+            let qrow = &qw[(bb * h + head) * d..][..d];
+            let logits: Vec<f64> = (0..s)
+                .map(|t| {
+                    let key = &kw[((bb * s + t) * hk + kv) * d..][..d];
+                    scale * qrow.iter().zip(key).map(|(a, c)| a * c).sum::<f64>()
+                })
+                .collect();
+            let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let den: f64 = logits.iter().map(|l| (l - mx).exp()).sum();
+            for (t, l) in logits.iter().enumerate() {
+                mass[(bb * hk + kv) * s + t] += (l - mx).exp() / den;
+            }
+        }
+    }
+    let exact_for = |k: usize| -> Vec<Vec<u32>> {
+        (0..b * hk)
+            .map(|row| top_k(&mass[row * s..][..s], k))
+            .collect()
+    };
+    let error_of = |ids: &[Vec<u32>], k: usize| -> f64 {
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let (o, _) = attention::decode(b, h, hk, s, d, &qw, &kw, &vw, Some(&flat), k, scale);
+        crate::metrics::rel_err(&o, &dense)
+    };
+    let mean_recall = |ids: &[Vec<u32>], exact: &[Vec<u32>]| -> f64 {
+        ids.iter()
+            .zip(exact)
+            .map(|(a, e)| recall(a, e))
+            .sum::<f64>()
+            / ids.len() as f64
+    };
+    let mut rows = Vec::new();
+    for budget in budgets {
+        let cfg = HataConfig {
+            batch: b as u32,
+            heads: h as u32,
+            kv_heads: hk as u32,
+            dim: d as u32,
+            rbit,
+            capacity: s as u32,
+            budget: *budget,
+            sink,
+            recent,
+            use_norms: true,
+            dense: false,
+        };
+        let k = budget.keys(s as u32) as usize;
+        let exact = exact_for(k);
+        let label = budget_label(budget);
+        for (name, weights) in weight_sets {
+            let (got, hata_ids) = hata_step(device, cfg, weights, (&qb, &kb, &vb), k)?;
+            rows.push(FidelityRow {
+                selector: format!("hata ({name})"),
+                budget: label.clone(),
+                keys: k,
+                recall: mean_recall(&hata_ids, &exact),
+                output_error: crate::metrics::rel_err(&got, &dense),
+            });
+        }
+        rows.push(FidelityRow {
+            selector: "exact top-k".into(),
+            budget: label.clone(),
+            keys: k,
+            recall: 1.0,
+            output_error: error_of(&exact, k),
+        });
+        let window: Vec<Vec<u32>> = (0..b * hk)
+            .map(|_| ((s - k) as u32..s as u32).collect())
+            .collect();
+        rows.push(FidelityRow {
+            selector: "recency".into(),
+            budget: label,
+            keys: k,
+            recall: mean_recall(&window, &exact),
+            output_error: error_of(&window, k),
+        });
+    }
+    Ok(rows)
+}
+
+/// One HATA decode step at the workload's last position: prefill all tokens but the last,
+/// then a step with it; returns the output and the selected indices per (sequence, KV head).
+fn hata_step(
+    device: &Device,
+    cfg: HataConfig,
+    weights: &[f32],
+    (qb, kb, vb): (&[bf16], &[bf16], &[bf16]),
+    k: usize,
+) -> Result<(Vec<f64>, Vec<Vec<u32>>), HataError> {
+    let (b, h, hk, d, s) = (
+        cfg.batch as usize,
+        cfg.heads as usize,
+        cfg.kv_heads as usize,
+        cfg.dim as usize,
+        cfg.capacity as usize,
+    );
+    let mut layer = HataLayer::<bf16>::new(device, cfg, weights)?;
+    let rows_of = |src: &[bf16], t0: usize, n: usize| -> Vec<bf16> {
+        let mut out = Vec::with_capacity(b * n * hk * d);
+        for bb in 0..b {
+            out.extend_from_slice(&src[(bb * s + t0) * hk * d..][..n * hk * d]);
+        }
+        out
+    };
+    layer.prefill(
+        &device.upload(&rows_of(kb, 0, s - 1))?,
+        &device.upload(&rows_of(vb, 0, s - 1))?,
+        (s - 1) as u32,
+    )?;
+    let mut out: DeviceBuffer<bf16> = device.zeros(b * h * d)?;
+    let mut lse: DeviceBuffer<f32> = device.zeros(b * h)?;
+    layer.step(
+        &device.upload(qb)?,
+        &device.upload(&rows_of(kb, s - 1, 1))?,
+        &device.upload(&rows_of(vb, s - 1, 1))?,
+        &mut out,
+        &mut lse,
+    )?;
+    let got: Vec<f64> = device.download(&out)?.iter().map(|x| x.to_f64()).collect();
+    let ids = if layer.is_sparse() {
+        let sel = device.download(layer.selected())?;
+        (0..b * hk)
+            .map(|row| sel[row * k..][..k].to_vec())
+            .collect()
+    } else {
+        (0..b * hk).map(|_| (0..s as u32).collect()).collect()
+    };
+    Ok((got, ids))
+}
+
+/// The rows as a table.
+pub fn table(rows: &[FidelityRow]) -> String {
+    let mut out = format!(
+        "{:<20} {:>7} {:>6} {:>8} {:>12}\n",
+        "selector", "budget", "keys", "recall", "output err"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<20} {:>7} {:>6} {:>8.3} {:>12.2e}\n",
+            r.selector, r.budget, r.keys, r.recall, r.output_error
+        ));
+    }
+    out
+}

@@ -1,0 +1,142 @@
+//! Timing of HATA's decode step against dense flash-decoding on the same cache: what the
+//! `hata` bench and `kiln demo` report.
+
+use half::bf16;
+use kiln::prelude::Float;
+use kiln::{time, Device, DeviceBuffer, RuntimeError};
+
+use super::decoder::{Budget, HataConfig, HataError, HataLayer};
+use crate::attention::decode::{DecodeScratch, DecodeShape, FlashDecode};
+use crate::workload::Rng;
+
+/// Median times in milliseconds of one decode step's parts, and of dense decoding.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepTimes {
+    /// Hash the query heads and score every cached key.
+    pub score: f64,
+    /// Top-k of the scores.
+    pub select: f64,
+    /// Flash-decoding over the selected keys.
+    pub attend: f64,
+    /// The three together, as a step runs them.
+    pub step: f64,
+    /// Appending the new token (copy + hash of one key per KV head).
+    pub append: f64,
+    /// Dense flash-decoding over the whole cache.
+    pub dense: f64,
+}
+
+impl StepTimes {
+    /// How many times faster than dense decoding the step is.
+    pub fn speedup(&self) -> f64 {
+        self.dense / self.step
+    }
+}
+
+fn as_runtime(e: HataError) -> RuntimeError {
+    match e {
+        HataError::Runtime(r) => r,
+        other => RuntimeError::InvalidInput {
+            what: "hata step",
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Times a step of `batch` sequences of `seq` cached tokens (heads 32/8, D = 128, rbit 128,
+/// bf16, random data and hash weights; sink 16, recent 64), each part a median of `reps`
+/// after `warmup` runs, with dense flash-decoding over the same cache in the same run.
+pub fn measure(
+    device: &Device,
+    batch: u32,
+    seq: u32,
+    budget: Budget,
+    (warmup, reps): (usize, usize),
+    seed: u64,
+) -> Result<StepTimes, HataError> {
+    let (hk, d, rbit) = (8u32, 128u32, 128u32);
+    let cfg = HataConfig {
+        batch,
+        heads: 32,
+        kv_heads: hk,
+        dim: d,
+        rbit,
+        capacity: seq + (warmup + reps) as u32,
+        budget,
+        sink: 16,
+        recent: 64,
+        use_norms: true,
+        dense: false,
+    };
+    let mut rng = Rng::new(seed);
+    let mut random = |n: usize| -> Vec<bf16> {
+        // a random block repeated: the timing does not depend on the values
+        let block: Vec<bf16> = (0..n.min(1 << 22))
+            .map(|_| bf16::from_f32(rng.normal()))
+            .collect();
+        block.iter().copied().cycle().take(n).collect()
+    };
+    let weights: Vec<f32> = random((hk * d * rbit) as usize)
+        .iter()
+        .map(|x| x.to_f32())
+        .collect();
+    let mut layer = HataLayer::<bf16>::new(device, cfg, &weights)?;
+    let kv_len = (batch * seq * hk * d) as usize;
+    let k = device.upload(&random(kv_len))?;
+    let v = device.upload(&random(kv_len))?;
+    layer.prefill(&k, &v, seq)?;
+    let q = device.upload(&random((batch * 32 * d) as usize))?;
+    let k_new = device.upload(&random((batch * hk * d) as usize))?;
+    let mut out: DeviceBuffer<bf16> = device.zeros((batch * 32 * d) as usize)?;
+    let mut lse: DeviceBuffer<f32> = device.zeros((batch * 32) as usize)?;
+    let median = |r: Result<kiln::Timing, RuntimeError>| r.map(|t| t.median_ms);
+    let step = median(time(device, warmup, reps, || {
+        layer.score(&q).map_err(as_runtime)?;
+        layer.select().map_err(as_runtime)?;
+        layer.attend(&q, &mut out, &mut lse).map_err(as_runtime)
+    }))?;
+    let score = median(time(device, warmup, reps, || {
+        layer.score(&q).map_err(as_runtime)
+    }))?;
+    let select = median(time(device, warmup, reps, || {
+        layer.select().map_err(as_runtime)
+    }))?;
+    let attend = median(time(device, warmup, reps, || {
+        layer.attend(&q, &mut out, &mut lse).map_err(as_runtime)
+    }))?;
+    let append = median(time(device, warmup, reps, || {
+        layer.append(&k_new, &k_new).map_err(as_runtime)
+    }))?;
+    let dense_decode = FlashDecode::new(device, bf16::DTYPE, d, false)?;
+    let shape = DecodeShape {
+        batch,
+        heads: 32,
+        kv_heads: hk,
+        seq,
+        dim: d,
+    };
+    let mut scratch = DecodeScratch::new(device, 1, d as usize)?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let dense = median(time(device, warmup, reps, || {
+        Ok(dense_decode.run(
+            &shape,
+            &q,
+            &k,
+            &v,
+            None,
+            seq,
+            scale,
+            &mut out,
+            &mut lse,
+            &mut scratch,
+        )?)
+    }))?;
+    Ok(StepTimes {
+        score,
+        select,
+        attend,
+        step,
+        append,
+        dense,
+    })
+}

@@ -1,0 +1,122 @@
+//! HATA's decode step against dense decoding, on the same card in the same run: the whole
+//! step (hash the query heads, score every cached key, top-k, attention over the selected
+//! keys) vs the tile layer's dense flash-decoding over the whole cache, and vs PyTorch SDPA
+//! (`benches/baselines/attention.py`, read through `KILN_BASELINE_JSON`); S = 8K, 32K, 128K,
+//! 256K, B = 1 and 8, heads 32/8, D = 128, rbit 128, budgets 1.6% of S and 2048 keys, with
+//! the time of each stage; appending the new token is timed apart. Then fidelity on the
+//! planted-structure workload (S = 32K): recall of the exact top-k and output error against
+//! dense attention at budgets 512 / 1024 / 2048 / 1.6%, for HATA with random Gaussian hash
+//! weights and with weights trained (20 epochs, on the GPU) on a held-out sequence of the
+//! same workload, and for the exact top-k and recency selectors. The "GB/s" of a HATA row is the
+//! dense K/V bytes divided by its time (an effective rate, above the roofline when sparse
+//! wins). Writes `hata-<device>.json`. Run: `cargo bench --bench hata` (needs a GPU).
+
+mod support;
+
+use kiln_algorithms::hata::decoder::Budget;
+use kiln_algorithms::hata::fidelity::{budget_label, evaluate, table, train_held_out};
+use kiln_algorithms::hata::speed::measure;
+use kiln_algorithms::workload::{generate, Rng, WorkloadSpec};
+use support::baseline::{AttnShape, Baselines};
+use support::{gpu, report_with, Roof, Row};
+
+fn main() {
+    let Some(dev) = gpu() else { return };
+    let baselines = Baselines::from_env().unwrap_or_else(|e| {
+        println!("baseline file unreadable: {e}");
+        None
+    });
+    let mut rows = Vec::new();
+    let mut stages = Vec::new();
+    for batch in [1u32, 8] {
+        for seq in [8192u32, 32768, 131072, 262144] {
+            for budget in [Budget::Ratio(0.016), Budget::Count(2048)] {
+                let name = format!(
+                    "hata b{batch} h32/8 s{seq} d128 budget {}",
+                    budget_label(&budget)
+                );
+                let t = match measure(&dev, batch, seq, budget, (3, 20), 9) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        println!("{name}: {e}");
+                        continue;
+                    }
+                };
+                let sdpa = baselines
+                    .as_ref()
+                    .and_then(|b| {
+                        b.get(&AttnShape::decode(batch as usize, 32, 8, seq as usize, 128).name())
+                    })
+                    .map(|b| b.median_ms);
+                println!(
+                    "{name}: step {:.4} ms (score {:.4}, select {:.4}, attend {:.4}; append {:.4}), dense {:.4} ms: {:.2}x{}",
+                    t.step, t.score, t.select, t.attend, t.append, t.dense, t.speedup(),
+                    sdpa.map(|s| format!(", SDPA {s:.4} ms: {:.2}x", s / t.step)).unwrap_or_default()
+                );
+                stages.push(serde_json::json!({
+                    "shape": name, "step_ms": t.step, "score_ms": t.score, "select_ms": t.select,
+                    "attend_ms": t.attend, "append_ms": t.append, "dense_ms": t.dense,
+                    "sdpa_ms": sdpa, "speedup_vs_dense": t.speedup(),
+                }));
+                let kv = 4.0 * (batch as f64 * seq as f64 * 8.0 * 128.0);
+                let dense_name = format!("kiln dense decode b{batch} s{seq}");
+                rows.push(Row {
+                    name: format!("kiln {name}"),
+                    work: kv,
+                    median_ms: t.step,
+                    rate: kv / t.step / 1e6,
+                    vs: Some((dense_name.clone(), t.speedup())),
+                    roof: Roof::DeviceMemory,
+                });
+                rows.push(Row {
+                    name: dense_name,
+                    work: kv,
+                    median_ms: t.dense,
+                    rate: kv / t.dense / 1e6,
+                    vs: sdpa.map(|s| ("torch-sdpa".to_string(), s / t.dense)),
+                    roof: Roof::DeviceMemory,
+                });
+            }
+        }
+    }
+    // fidelity on the planted-structure workload, random Gaussian hash weights
+    let spec = WorkloadSpec::decode(1, 32, 8, 32768, 128);
+    let mut fidelity = serde_json::Value::Null;
+    match generate(&spec) {
+        Ok(wl) => {
+            let mut rng = Rng::new(3);
+            let random: Vec<f32> = (0..8 * 128 * 128).map(|_| rng.normal()).collect();
+            let trained = match train_held_out(&dev, &spec, 128, 20, 5) {
+                Ok(w) => w,
+                Err(e) => {
+                    println!("training: {e}");
+                    random.clone()
+                }
+            };
+            let budgets = [
+                Budget::Count(512),
+                Budget::Count(1024),
+                Budget::Count(2048),
+                Budget::Ratio(0.016),
+            ];
+            let sets = [("random W", &random[..]), ("trained W", &trained[..])];
+            match evaluate(&dev, &wl, &sets, 128, &budgets, (16, 64)) {
+                Ok(r) => {
+                    println!("fidelity, workload b1 h32/8 s32768 d128, rbit 128 (trained 20 epochs on a held-out sequence):\n{}", table(&r));
+                    fidelity = serde_json::json!(r
+                        .iter()
+                        .map(|x| serde_json::json!({"selector": x.selector, "budget": x.budget, "keys": x.keys, "recall": x.recall, "output_error": x.output_error}))
+                        .collect::<Vec<_>>());
+                }
+                Err(e) => println!("fidelity: {e}"),
+            }
+        }
+        Err(e) => println!("workload: {e}"),
+    }
+    report_with(
+        "hata",
+        &dev,
+        &rows,
+        serde_json::json!({ "stages": stages, "fidelity": fidelity }),
+    );
+}

@@ -1,0 +1,378 @@
+//! HATA's encode, score and cache-append kernels against their plain-Rust references.
+
+use kiln_algorithms::attention::reference as attention_reference;
+use kiln_algorithms::hata::decoder::{Budget, HataConfig, HataLayer};
+use kiln_algorithms::hata::encode::{hash_encode, scatter_rows, VECTORS_PER_WARP, WARPS};
+use kiln_algorithms::hata::reference;
+use kiln_algorithms::hata::score::hash_score;
+use kiln_runtime::{Device, LaunchConfig};
+
+use crate::verify::{ensure, ensure_eq, rel_err, Real, Rng, VerifyError};
+
+/// The launch of [`hash_encode`] for `n` vectors over `kv_heads` heads.
+fn encode_config(n: u32, kv_heads: u32) -> LaunchConfig {
+    let per_block = VECTORS_PER_WARP * WARPS;
+    LaunchConfig {
+        grid: ((n / kv_heads).div_ceil(per_block), kv_heads, 1),
+        block: (WARPS * 32, 1, 1),
+        dyn_shared_bytes: 0,
+    }
+}
+
+/// Codes must match bit for bit, except columns whose dot product is within f32 rounding of
+/// zero (the kernel sums in f32, the reference in f64).
+fn codes_match(
+    what: &str,
+    got: &[u32],
+    x: &[f64],
+    w: &[f64],
+    rbit: usize,
+) -> Result<(), VerifyError> {
+    let want = reference::encode(x, w, rbit);
+    let proj = reference::projections(x, w, rbit);
+    let scale: f64 = x.iter().map(|v| v.abs()).sum::<f64>() + 1.0;
+    for j in 0..rbit {
+        let (g, e) = (got[j / 32] >> (j % 32) & 1, want[j / 32] >> (j % 32) & 1);
+        ensure!(
+            g == e || proj[j].abs() < 1e-5 * scale,
+            "{what}: bit {j} is {g}, want {e} (projection {:.3e})",
+            proj[j]
+        );
+    }
+    Ok(())
+}
+
+/// Encodes a cache of keys and a step's query heads, scores the keys, appends a new key;
+/// `rbit` 128 or 256, D 64 or 128, GQA groups of 4.
+pub fn hata_kernels_case<T: Real>(
+    dev: &Device,
+    d: usize,
+    rbit: usize,
+    seed: u64,
+) -> Result<(), VerifyError> {
+    let (b, s, hk, g) = (2usize, 70usize, 2usize, 4usize);
+    let h = hk * g;
+    let words = rbit / 32;
+    let mut rng = Rng::new(seed);
+    let round = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };
+    let keys: Vec<T> = round(rng.f32s(b * s * hk * d));
+    let queries: Vec<T> = round(rng.f32s(b * h * d));
+    let w: Vec<f32> = rng.f32s(hk * d * rbit);
+    let wide = |v: &[T]| -> Vec<f64> { v.iter().map(|x| x.to_f32() as f64).collect() };
+    let (kw, qw) = (wide(&keys), wide(&queries));
+    let ww: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+    let w_dev = dev.upload(&w)?;
+    let encode = hash_encode::spec()
+        .t(T::DTYPE)
+        .d(d as u32)
+        .rbit(rbit as u32)
+        .build(dev)?;
+    // keys: cache layout [B, S, H_kv, D] → codes [B, S, H_kv, words], norms [B, S, H_kv]
+    let n_keys = (b * s * hk) as u32;
+    let mut k_codes = dev.upload(&vec![0xdead_beefu32; b * s * hk * words])?;
+    let mut norms = dev.upload(&vec![f32::NAN; b * s * hk])?;
+    let per_batch = (s * hk) as u32;
+    hash_encode::launch(
+        &encode,
+        &encode_config(n_keys, hk as u32),
+        &dev.upload(&keys)?,
+        &w_dev,
+        &mut k_codes,
+        &mut norms,
+        n_keys,
+        hk as u32,
+        1,
+        per_batch,
+        per_batch,
+        0,
+        true,
+    )?;
+    let k_codes_host = dev.download(&k_codes)?;
+    let norms_host = dev.download(&norms)?;
+    for row in 0..b * s * hk {
+        let head = row % hk;
+        let x = &kw[row * d..][..d];
+        let wh = &ww[head * d * rbit..][..d * rbit];
+        codes_match(
+            &format!("key row {row}"),
+            &k_codes_host[row * words..][..words],
+            x,
+            wh,
+            rbit,
+        )?;
+        let want = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        ensure!(
+            ((norms_host[row] as f64) - want).abs() <= 1e-5 * want,
+            "key row {row}: norm {} want {want}",
+            norms_host[row]
+        );
+    }
+    // queries [B, H, D] → codes [B, H, words], head h uses KV head h / g
+    let n_q = (b * h) as u32;
+    let mut q_codes = dev.upload(&vec![0xdead_beefu32; b * h * words])?;
+    let mut unused = dev.zeros::<f32>(1)?;
+    hash_encode::launch(
+        &encode,
+        &encode_config(n_q, hk as u32),
+        &dev.upload(&queries)?,
+        &w_dev,
+        &mut q_codes,
+        &mut unused,
+        n_q,
+        hk as u32,
+        g as u32,
+        h as u32,
+        h as u32,
+        0,
+        false,
+    )?;
+    let q_codes_host = dev.download(&q_codes)?;
+    for row in 0..b * h {
+        let head = (row % h) / g;
+        codes_match(
+            &format!("query row {row}"),
+            &q_codes_host[row * words..][..words],
+            &qw[row * d..][..d],
+            &ww[head * d * rbit..][..d * rbit],
+            rbit,
+        )?;
+    }
+    // scores of the first `len` tokens, sink 3, recent 5, with norms
+    let len = s - 6;
+    let (sink, recent) = (3usize, 5usize);
+    let score = hash_score::spec()
+        .rbit(rbit as u32)
+        .g(g as u32)
+        .build(dev)?;
+    let mut scores = dev.upload(&vec![f32::NAN; b * hk * len])?;
+    hash_score::launch(
+        &score,
+        &LaunchConfig {
+            grid: (((len * hk) as u32).div_ceil(256), b as u32, 1),
+            block: (256, 1, 1),
+            dyn_shared_bytes: 0,
+        },
+        &q_codes,
+        &k_codes,
+        &norms,
+        &mut scores,
+        len as u32,
+        s as u32,
+        hk as u32,
+        sink as u32,
+        recent as u32,
+        true,
+    )?;
+    let got = dev.download(&scores)?;
+    for bb in 0..b {
+        for hh in 0..hk {
+            let qs: Vec<&[u32]> = (0..g)
+                .map(|gg| &q_codes_host[((bb * h) + hh * g + gg) * words..][..words])
+                .collect();
+            for t in 0..len {
+                let row = (bb * s + t) * hk + hh;
+                let got = got[(bb * hk + hh) * len + t] as f64;
+                if t < sink || t + recent >= len {
+                    ensure!(
+                        got == f64::INFINITY,
+                        "token {t} must be forced in (+inf), got {got}"
+                    );
+                    continue;
+                }
+                let want = reference::score(
+                    &qs,
+                    &k_codes_host[row * words..][..words],
+                    rbit,
+                    Some(norms_host[row] as f64),
+                );
+                ensure!(
+                    (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "score of (b {bb}, h {hh}, token {t}): {got}, want {want}"
+                );
+            }
+        }
+    }
+    // append: a new key per (batch, KV head) at position `s - 1` of the cache
+    let new: Vec<T> = round(rng.f32s(b * hk * d));
+    let mut cache = dev.upload(&keys)?;
+    let append = scatter_rows::spec().t(T::DTYPE).build(dev)?;
+    let n = (b * hk * d) as u32;
+    scatter_rows::launch(
+        &append,
+        &LaunchConfig::for_elements(n, 256),
+        &dev.upload(&new)?,
+        &mut cache,
+        n,
+        (hk * d) as u32,
+        (s * hk * d) as u64,
+        ((s - 1) * hk * d) as u64,
+    )?;
+    let cache = dev.download(&cache)?;
+    for bb in 0..b {
+        for t in 0..s {
+            let at = (bb * s + t) * hk * d;
+            let want = if t == s - 1 {
+                &new[bb * hk * d..][..hk * d]
+            } else {
+                &keys[at..][..hk * d]
+            };
+            ensure_eq!(
+                &cache[at..][..hk * d],
+                want,
+                "cache row (b {bb}, token {t})"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Encode (keys with norms, query heads by GQA group), score (sink and recent forced in)
+/// and cache append: bf16 with D = 128, rbit 128 and f16 with D = 64, rbit 256.
+pub fn hata_kernels_match_reference(dev: &Device) -> Result<(), VerifyError> {
+    hata_kernels_case::<half::bf16>(dev, 128, 128, 41)?;
+    hata_kernels_case::<half::f16>(dev, 64, 256, 42)
+}
+
+/// The decoder end to end on random data: prefill, then decode steps that append a token
+/// each; every step's selection must hold the sink and recent tokens and be exactly the
+/// top-k of the kernel's own scores (ties to the lower index), and its output must match a
+/// float64 attention over the selected keys. A dense layer must match dense attention.
+pub fn decoder_case<T: Real + kiln::codegen::prelude::Float>(
+    dev: &Device,
+    cfg: HataConfig,
+    prefill_len: usize,
+    steps: usize,
+    seed: u64,
+) -> Result<(), VerifyError> {
+    let mut rng = Rng::new(seed);
+    let (b, h, hk, d) = (
+        cfg.batch as usize,
+        cfg.heads as usize,
+        cfg.kv_heads as usize,
+        cfg.dim as usize,
+    );
+    let cap = cfg.capacity as usize;
+    let round = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };
+    let weights: Vec<f32> = rng.f32s(hk * d * cfg.rbit as usize);
+    let mut layer = HataLayer::<T>::new(dev, cfg, &weights).map_err(mismatch)?;
+    // the whole sequence of keys and values, in cache layout [B, cap, H_kv, D]
+    let total = prefill_len + steps;
+    let mut keys = vec![T::from_f32(0.0); b * cap * hk * d];
+    let mut values = keys.clone();
+    for bb in 0..b {
+        for t in 0..total {
+            let at = (bb * cap + t) * hk * d;
+            keys[at..at + hk * d].copy_from_slice(&round(rng.f32s(hk * d)));
+            values[at..at + hk * d].copy_from_slice(&round(rng.f32s(hk * d)));
+        }
+    }
+    let rows_of = |src: &[T], t0: usize, n: usize| -> Vec<T> {
+        let mut out = Vec::with_capacity(b * n * hk * d);
+        for bb in 0..b {
+            out.extend_from_slice(&src[(bb * cap + t0) * hk * d..][..n * hk * d]);
+        }
+        out
+    };
+    layer
+        .prefill(
+            &dev.upload(&rows_of(&keys, 0, prefill_len))?,
+            &dev.upload(&rows_of(&values, 0, prefill_len))?,
+            prefill_len as u32,
+        )
+        .map_err(mismatch)?;
+    let wide = |v: &[T]| -> Vec<f64> { v.iter().map(|x| x.to_f32() as f64).collect() };
+    for step in 0..steps {
+        let t = prefill_len + step;
+        let q = round(rng.f32s(b * h * d));
+        let mut out = dev.upload(&vec![T::NAN; b * h * d])?;
+        let mut lse = dev.upload(&vec![f32::NAN; b * h])?;
+        layer
+            .step(
+                &dev.upload(&q)?,
+                &dev.upload(&rows_of(&keys, t, 1))?,
+                &dev.upload(&rows_of(&values, t, 1))?,
+                &mut out,
+                &mut lse,
+            )
+            .map_err(mismatch)?;
+        let len = t + 1;
+        let k_sel = layer.budget_for(len as u32) as usize;
+        let ids: Option<Vec<u32>> = if layer.is_sparse() {
+            let got = dev.download(layer.selected())?;
+            let scores = dev.download(layer.scores())?;
+            let mut ids = Vec::with_capacity(b * hk * k_sel);
+            for row in 0..b * hk {
+                let mut mine: Vec<u32> = got[row * k_sel..][..k_sel].to_vec();
+                mine.sort_unstable();
+                let row_scores: Vec<f64> = scores[row * len..][..len]
+                    .iter()
+                    .map(|&x| x as f64)
+                    .collect();
+                let want = reference::top_k(&row_scores, k_sel);
+                ensure_eq!(mine, want, "step {step}, row {row}: selection");
+                for forced in
+                    (0..cfg.sink as usize).chain(len.saturating_sub(cfg.recent as usize)..len)
+                {
+                    ensure!(
+                        mine.binary_search(&(forced as u32)).is_ok(),
+                        "step {step}, row {row}: forced token {forced} not selected"
+                    );
+                }
+                ids.extend_from_slice(&got[row * k_sel..][..k_sel]);
+            }
+            Some(ids)
+        } else {
+            None
+        };
+        let n_keys = if ids.is_some() { k_sel } else { len };
+        let (want_o, want_lse) = attention_reference::decode(
+            b,
+            h,
+            hk,
+            cap,
+            d,
+            &wide(&q),
+            &wide(&keys),
+            &wide(&values),
+            ids.as_deref(),
+            n_keys,
+            1.0 / (d as f64).sqrt(),
+        );
+        let got_o = wide(&dev.download(&out)?);
+        let got_lse: Vec<f64> = dev.download(&lse)?.iter().map(|&x| x as f64).collect();
+        let (eo, el) = (rel_err(&got_o, &want_o), rel_err(&got_lse, &want_lse));
+        ensure!(
+            eo < 1e-2 && el < 1e-5,
+            "step {step} ({} keys of {len}): relative error O {eo:.2e}, LSE {el:.2e}",
+            n_keys
+        );
+    }
+    Ok(())
+}
+
+fn mismatch(e: impl std::fmt::Display) -> VerifyError {
+    VerifyError::Mismatch(e.to_string())
+}
+
+/// The decoder: sparse steps with a count budget and with a ratio (norm-weighted scores,
+/// sinks and recent tokens), a dense layer, rbit 128 and 256, bf16 and f16.
+pub fn hata_decoder_matches_reference(dev: &Device) -> Result<(), VerifyError> {
+    let big = dev.is_gpu();
+    let prefill = if big { 3000 } else { 200 };
+    let cfg = |dim, rbit, budget, dense| HataConfig {
+        batch: 2,
+        heads: 8,
+        kv_heads: 2,
+        dim,
+        rbit,
+        capacity: prefill as u32 + 8,
+        budget,
+        sink: 4,
+        recent: 8,
+        use_norms: true,
+        dense,
+    };
+    decoder_case::<half::bf16>(dev, cfg(128, 128, Budget::Count(48), false), prefill, 3, 51)?;
+    decoder_case::<half::f16>(dev, cfg(64, 256, Budget::Ratio(0.1), false), prefill, 2, 52)?;
+    decoder_case::<half::bf16>(dev, cfg(64, 128, Budget::Count(48), true), prefill, 2, 53)
+}
