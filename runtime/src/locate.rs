@@ -569,6 +569,13 @@ fn verify_cudarc_binds(
     }
     match preload::cudarc_binding(spec.cudarc_lib_names, spec.probe_symbol) {
         Binding::Found { probe, .. } if probe == Some(ours) => Ok(()),
+        // a profiler (Nsight Compute) interposes its own libcuda, which forwards to the driver
+        // Kiln loaded: binding it is what profiling a Kiln program needs
+        Binding::Found {
+            probe: Some(_),
+            file: Some(f),
+            ..
+        } if is_profiler_interposer(&f) => Ok(()),
         Binding::Found { name, probe, file } => {
             let other = match (probe, file) {
                 (Some(_), Some(f)) => format!("another copy, {}", f.display()),
@@ -583,6 +590,17 @@ fn verify_cudarc_binds(
             "none of cudarc's names {names:?} resolves"
         ))),
     }
+}
+
+/// Whether `file` is a profiler's stand-in for the CUDA driver (Nsight Compute's
+/// `libcuda-injection.so`), which forwards every call to the real driver.
+fn is_profiler_interposer(file: &Path) -> bool {
+    let path = file.to_string_lossy().to_ascii_lowercase();
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    path.contains("nsight") && name.starts_with("libcuda") && name.contains("injection")
 }
 
 /// Searches the given roots for NVRTC; see [`locate_library_in`]. Tests call this with
@@ -630,6 +648,24 @@ fn cached(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn nsight_compute_driver_interposer_is_accepted_and_nothing_else() {
+        let ncu = Path::new(
+            "/opt/nvidia/nsight-compute/2025.3.1/target/linux-desktop-glibc_2_11_3-x64/./libcuda-injection.so",
+        );
+        assert!(is_profiler_interposer(ncu));
+        assert!(!is_profiler_interposer(Path::new(
+            "/usr/lib/x86_64-linux-gnu/libcuda.so.1"
+        )));
+        assert!(!is_profiler_interposer(Path::new(
+            "/tmp/libcuda-injection.so"
+        )));
+        assert!(!is_profiler_interposer(Path::new(
+            "/opt/nvidia/nsight-compute/libnvrtc.so"
+        )));
+    }
+
     use super::*;
 
     #[test]

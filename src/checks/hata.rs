@@ -9,9 +9,9 @@ use kiln_runtime::{Device, LaunchConfig};
 
 use crate::verify::{ensure, ensure_eq, rel_err, Real, Rng, VerifyError};
 
-/// The launch of [`hash_encode`] for `n` vectors over `kv_heads` heads.
-fn encode_config(n: u32, kv_heads: u32) -> LaunchConfig {
-    let per_block = VECTORS_PER_WARP * WARPS;
+/// The launch of [`hash_encode`] for `n` vectors over `kv_heads` heads, `per_warp` per warp.
+fn encode_config(n: u32, kv_heads: u32, per_warp: u32) -> LaunchConfig {
+    let per_block = per_warp * WARPS;
     LaunchConfig {
         grid: ((n / kv_heads).div_ceil(per_block), kv_heads, 1),
         block: (WARPS * 32, 1, 1),
@@ -62,10 +62,18 @@ pub fn hata_kernels_case<T: Real>(
     let (kw, qw) = (wide(&keys), wide(&queries));
     let ww: Vec<f64> = w.iter().map(|&x| x as f64).collect();
     let w_dev = dev.upload(&w)?;
+    // keys with 8 vectors per warp (prefill), query heads with 1 (a decode step)
     let encode = hash_encode::spec()
         .t(T::DTYPE)
         .d(d as u32)
         .rbit(rbit as u32)
+        .v(VECTORS_PER_WARP)
+        .build(dev)?;
+    let encode_one = hash_encode::spec()
+        .t(T::DTYPE)
+        .d(d as u32)
+        .rbit(rbit as u32)
+        .v(1)
         .build(dev)?;
     // keys: cache layout [B, S, H_kv, D] → codes [B, S, H_kv, words], norms [B, S, H_kv]
     let n_keys = (b * s * hk) as u32;
@@ -74,7 +82,7 @@ pub fn hata_kernels_case<T: Real>(
     let per_batch = (s * hk) as u32;
     hash_encode::launch(
         &encode,
-        &encode_config(n_keys, hk as u32),
+        &encode_config(n_keys, hk as u32, VECTORS_PER_WARP),
         &dev.upload(&keys)?,
         &w_dev,
         &mut k_codes,
@@ -112,8 +120,8 @@ pub fn hata_kernels_case<T: Real>(
     let mut q_codes = dev.upload(&vec![0xdead_beefu32; b * h * words])?;
     let mut unused = dev.zeros::<f32>(1)?;
     hash_encode::launch(
-        &encode,
-        &encode_config(n_q, hk as u32),
+        &encode_one,
+        &encode_config(n_q, hk as u32, 1),
         &dev.upload(&queries)?,
         &w_dev,
         &mut q_codes,

@@ -90,7 +90,9 @@ pub struct HataLayer<T: Element> {
     scores: DeviceBuffer<f32>,
     ids: DeviceBuffer<u32>,
     len: u32,
-    encode: Kernel,
+    /// `hash_encode` with 8 vectors per warp (a prefill's keys) and with 1 (a step's few).
+    encode_many: Kernel,
+    encode_few: Kernel,
     score: Kernel,
     scatter: Kernel,
     topk: TopK,
@@ -156,10 +158,17 @@ impl<T: Element + Float> HataLayer<T> {
             scores: device.zeros(b * hk * cap)?,
             ids: device.zeros(b * hk * cap)?,
             len: 0,
-            encode: hash_encode::spec()
+            encode_many: hash_encode::spec()
                 .t(dtype)
                 .d(cfg.dim)
                 .rbit(cfg.rbit)
+                .v(VECTORS_PER_WARP)
+                .build(device)?,
+            encode_few: hash_encode::spec()
+                .t(dtype)
+                .d(cfg.dim)
+                .rbit(cfg.rbit)
+                .v(1)
                 .build(device)?,
             score: hash_score::spec()
                 .rbit(cfg.rbit)
@@ -236,7 +245,7 @@ impl<T: Element + Float> HataLayer<T> {
     /// Hashes `n` vectors of `x` into rows of `codes` (see [`hash_encode`]).
     #[allow(clippy::too_many_arguments)]
     fn encode_into(
-        encode: &Kernel,
+        (encode, per_warp): (&Kernel, u32),
         w: &DeviceBuffer<f32>,
         x: &DeviceBuffer<T>,
         codes: &mut DeviceBuffer<u32>,
@@ -247,7 +256,7 @@ impl<T: Element + Float> HataLayer<T> {
         (rows_per_batch, out_rows_per_batch, out_row0): (u32, u32, u32),
         write_norms: bool,
     ) -> Result<(), HataError> {
-        let per_block = VECTORS_PER_WARP * WARPS;
+        let per_block = per_warp * WARPS;
         let cfg = LaunchConfig {
             grid: ((n / kv_heads).div_ceil(per_block), kv_heads, 1),
             block: (WARPS * 32, 1, 1),
@@ -299,7 +308,7 @@ impl<T: Element + Float> HataLayer<T> {
         Self::scatter_into(&self.scatter, &c, v, &mut self.v, per_batch, 0)?;
         let rows = len * c.kv_heads;
         Self::encode_into(
-            &self.encode,
+            (&self.encode_many, VECTORS_PER_WARP),
             &self.w,
             k,
             &mut self.codes,
@@ -336,7 +345,7 @@ impl<T: Element + Float> HataLayer<T> {
         Self::scatter_into(&self.scatter, &c, k_new, &mut self.k, per_batch, self.len)?;
         Self::scatter_into(&self.scatter, &c, v_new, &mut self.v, per_batch, self.len)?;
         Self::encode_into(
-            &self.encode,
+            (&self.encode_few, 1),
             &self.w,
             k_new,
             &mut self.codes,
@@ -356,7 +365,7 @@ impl<T: Element + Float> HataLayer<T> {
         let c = self.cfg;
         let g = c.heads / c.kv_heads;
         Self::encode_into(
-            &self.encode,
+            (&self.encode_few, 1),
             &self.w,
             q,
             &mut self.q_codes,

@@ -3,7 +3,8 @@
 
 use kiln_dsl::kernel;
 
-/// Vectors one warp encodes together (each `W` value it loads serves all of them).
+/// Vectors one warp encodes together at prefill (each `W` value it loads serves all of
+/// them); a decode step, with few vectors, uses one per warp for parallelism.
 pub const VECTORS_PER_WARP: u32 = 8;
 /// Warps per block of [`hash_encode`].
 pub const WARPS: u32 = 4;
@@ -14,16 +15,17 @@ pub const WARPS: u32 = 4;
 /// row `o = (i / rows_per_batch)·out_rows_per_batch + out_row0 + i % rows_per_batch` (words
 /// `codes[o·RBIT/32 ..]`), its norm to `norms[o]` when `write_norms`.
 ///
-/// Grid `(⌈n / kv_heads / 32⌉, kv_heads)`, 128 threads: warp `w` of block `(x, h)` takes the
-/// 8 vectors `m = 8(4x + w) ..` among those of head `h` (the m-th vector of head `h` is
+/// Grid `(⌈n / kv_heads / (4·V)⌉, kv_heads)`, 128 threads: warp `w` of block `(x, h)` takes
+/// the `V` vectors `m = V(4x + w) ..` among those of head `h` (the m-th vector of head `h` is
 /// `i = ((m / group)·kv_heads + h)·group + m % group`). Lane `l` owns columns `l + 32·c`; the
 /// column bits of the warp are gathered with `ballot_sync` into whole words.
 #[kernel(
     threads = 128,
-    example(T = bf16, D = 128, RBIT = 128),
-    example(T = f16, D = 64, RBIT = 256)
+    example(T = bf16, D = 128, RBIT = 128, V = 8),
+    example(T = bf16, D = 128, RBIT = 128, V = 1),
+    example(T = f16, D = 64, RBIT = 256, V = 8)
 )]
-pub fn hash_encode<T: Float, const D: u32, const RBIT: u32>(
+pub fn hash_encode<T: Float, const D: u32, const RBIT: u32, const V: u32>(
     x: &[T],
     w: &[f32],
     codes: &mut [u32],
@@ -39,21 +41,21 @@ pub fn hash_encode<T: Float, const D: u32, const RBIT: u32>(
     let lane = lane_id();
     let h = block_idx().y;
     let per_head = n / kv_heads;
-    let m0 = (block_idx().x * 4 + warp_id()) * 8;
+    let m0 = (block_idx().x * 4 + warp_id()) * V;
     if m0 >= per_head {
         return;
     }
     // which vectors this warp encodes (a missing one repeats the first, and is not written)
-    let mut rows = [0u32; 8];
-    for k in 0..8u32 {
+    let mut rows = [0u32; V];
+    for k in 0..V {
         let m = (m0 + k).min(per_head - 1);
         rows[k] = ((m / group) * kv_heads + h) * group + m % group;
     }
-    let mut acc = [[0.0f32; RBIT / 32]; 8];
-    let mut sq = [0.0f32; 8];
+    let mut acc = [[0.0f32; RBIT / 32]; V];
+    let mut sq = [0.0f32; V];
     let w_head = h * D * RBIT;
     for d0 in (0..D).step_by(8) {
-        for k in 0..8u32 {
+        for k in 0..V {
             let v = x.vload(rows[k] * D + d0);
             for e in 0..8u32 {
                 let xv = v[e] as f32;
@@ -64,7 +66,7 @@ pub fn hash_encode<T: Float, const D: u32, const RBIT: u32>(
             }
         }
     }
-    for k in 0..8u32 {
+    for k in 0..V {
         if m0 + k < per_head {
             let i = rows[k];
             let o = (i / rows_per_batch) * out_rows_per_batch + out_row0 + i % rows_per_batch;
