@@ -17,8 +17,8 @@ use kiln::codegen::Dtype;
 use kiln::runtime::tune::Store;
 use kiln::runtime::{time, Device, DeviceBuffer, RuntimeError};
 use kiln::verify::Rng;
-use kiln_algorithms::attention::decode::{DecodeScratch, DecodeShape, FlashDecode};
-use kiln_algorithms::attention::prefill::{Prefill, PrefillCall};
+use kiln_algorithms::attention::decode::{DecodeScratch, FlashDecode};
+use kiln_algorithms::attention::prefill::Prefill;
 use support::baseline::{decode_shapes, prefill_shapes, AttnShape, Baselines};
 use support::plot::plot_series;
 use support::{gpu, random_bf16, report_with, results_path, rotations, Roof, Row};
@@ -29,15 +29,7 @@ const REPS: usize = 20;
 /// One prefill shape: our median time in ms (with the tuned key tile, if any).
 fn prefill(dev: &Device, s: &AttnShape, rng: &mut Rng) -> Result<f64, RuntimeError> {
     let attn = Prefill::new(dev, Dtype::Bf16, Store::default_location());
-    let call = PrefillCall {
-        batch: s.b as u32,
-        heads: s.hq as u32,
-        kv_heads: s.hkv as u32,
-        s_q: s.s as u32,
-        s_kv: s.s as u32,
-        dim: s.d as u32,
-        causal: s.causal,
-    };
+    let call = s.prefill_call();
     let q_len = s.b * s.hq * s.s * s.d;
     let kv_len = s.b * s.hkv * s.s * s.d;
     let n = rotations(2 * (q_len + 2 * kv_len));
@@ -63,13 +55,7 @@ fn prefill(dev: &Device, s: &AttnShape, rng: &mut Rng) -> Result<f64, RuntimeErr
 
 /// One decode shape: our median time in ms.
 fn decode(dev: &Device, s: &AttnShape, rng: &mut Rng) -> Result<f64, RuntimeError> {
-    let shape = DecodeShape {
-        batch: s.b as u32,
-        heads: s.hq as u32,
-        kv_heads: s.hkv as u32,
-        seq: s.s as u32,
-        dim: s.d as u32,
-    };
+    let shape = s.decode_shape();
     let fd = FlashDecode::new(dev, Dtype::Bf16, shape.dim, false)?;
     let q_len = s.b * s.hq * s.d;
     let kv_len = s.b * s.s * s.hkv * s.d;

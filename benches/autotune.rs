@@ -15,8 +15,8 @@ use kiln::codegen::Dtype;
 use kiln::runtime::tune::{table, Entry, Store, TuneOptions};
 use kiln::runtime::{time, Device, DeviceBuffer, RuntimeError};
 use kiln::verify::Rng;
-use kiln_algorithms::attention::decode::{default_chunk, DecodeScratch, DecodeShape, FlashDecode};
-use kiln_algorithms::attention::prefill::{Prefill, PrefillCall, DEFAULT_BK};
+use kiln_algorithms::attention::decode::{default_chunk, DecodeScratch, FlashDecode};
+use kiln_algorithms::attention::prefill::{Prefill, DEFAULT_BK};
 use kiln_algorithms::gemm::{Gemm, DEFAULT_TILE};
 use support::baseline::{decode_shapes, prefill_shapes};
 use support::{gpu, random_bf16, report_with, Roof, Row};
@@ -104,15 +104,7 @@ fn prefill_calls(
     let attn = Prefill::new(dev, Dtype::Bf16, Store::default_location());
     let mut out = Vec::new();
     for s in prefill_shapes() {
-        let call = PrefillCall {
-            batch: s.b as u32,
-            heads: s.hq as u32,
-            kv_heads: s.hkv as u32,
-            s_q: s.s as u32,
-            s_kv: s.s as u32,
-            dim: s.d as u32,
-            causal: s.causal,
-        };
+        let call = s.prefill_call();
         let q = dev.upload(&random_bf16(rng, s.b * s.hq * s.s * s.d))?;
         let k = dev.upload(&random_bf16(rng, s.b * s.hkv * s.s * s.d))?;
         let v = dev.upload(&random_bf16(rng, s.b * s.hkv * s.s * s.d))?;
@@ -144,13 +136,7 @@ fn decode_calls(
     let mut fd = FlashDecode::new(dev, Dtype::Bf16, 128, false)?;
     let mut out = Vec::new();
     for s in decode_shapes() {
-        let shape = DecodeShape {
-            batch: s.b as u32,
-            heads: s.hq as u32,
-            kv_heads: s.hkv as u32,
-            seq: s.s as u32,
-            dim: s.d as u32,
-        };
+        let shape = s.decode_shape();
         let kv_len = s.b * s.s * s.hkv * s.d;
         let q = dev.upload(&random_bf16(rng, s.b * s.hq * s.d))?;
         let k = dev.upload(&random_bf16(rng, kv_len))?;

@@ -107,6 +107,32 @@ impl AttnShape {
     }
 }
 
+impl AttnShape {
+    /// The call of the tile layer's flash attention for this prefill shape (S_q = S_kv).
+    pub fn prefill_call(&self) -> kiln_algorithms::attention::prefill::PrefillCall {
+        kiln_algorithms::attention::prefill::PrefillCall {
+            batch: self.b as u32,
+            heads: self.hq as u32,
+            kv_heads: self.hkv as u32,
+            s_q: self.s as u32,
+            s_kv: self.s as u32,
+            dim: self.d as u32,
+            causal: self.causal,
+        }
+    }
+
+    /// The flash-decoding shape of this decode shape (a cache of exactly S tokens).
+    pub fn decode_shape(&self) -> kiln_algorithms::attention::decode::DecodeShape {
+        kiln_algorithms::attention::decode::DecodeShape {
+            batch: self.b as u32,
+            heads: self.hq as u32,
+            kv_heads: self.hkv as u32,
+            seq: self.s as u32,
+            dim: self.d as u32,
+        }
+    }
+}
+
 /// The prefill shapes `attention.py` measures: B=1, heads 32/32 and 32/8, S 4096/8192/16384,
 /// D 64/128, causal and not.
 pub fn prefill_shapes() -> Vec<AttnShape> {

@@ -124,200 +124,83 @@ fn case(
     Ok(got[..rows * k].to_vec())
 }
 
+/// A fixed case: how the scores are drawn, (rows, n, k), (sink, recent) tokens forced to
+/// +∞, and the chunk (`None`: the default).
+type Case = (Scores, (usize, usize, usize), (usize, usize), Option<u32>);
+
+/// GPU-sized cases: the bench's shape, the default chunk, and HATA-like shapes at 256K.
+const GPU_CASES: &[Case] = &[
+    (Scores::Uniform, (64, 131_072, 2048), (0, 0), None),
+    (
+        Scores::Hata { norms: false },
+        (64, 131_072, 2048),
+        (4, 64),
+        None,
+    ),
+    (
+        Scores::Hata { norms: true },
+        (8, 262_144, 4194),
+        (4, 64),
+        None,
+    ),
+    (Scores::Levels(3), (8, 262_139, 4194), (0, 0), None),
+    (Scores::Specials, (64, 32_771, 512), (1, 7), None),
+    (Scores::Constant, (16, 65_536, 65_535), (0, 0), None),
+    (Scores::Uniform, (3, 100_003, 100_003), (0, 0), Some(8192)),
+    (Scores::Uniform, (1, 1 << 22, 1), (0, 0), None),
+];
+
+/// Cases for every device.
+const CASES: &[Case] = &[
+    // spread-out scores, several blocks per row (chunks not a multiple of the 4096-score step)
+    (Scores::Uniform, (3, 5000, 100), (0, 0), Some(1000)),
+    (Scores::Uniform, (2, 4999, 77), (0, 0), None),
+    // heavy ties: the threshold value has hundreds of copies spread over the blocks
+    (Scores::Levels(4), (3, 3001, 1500), (0, 0), Some(700)),
+    (
+        Scores::Hata { norms: false },
+        (2, 4097, 333),
+        (4, 16),
+        Some(1024),
+    ),
+    (
+        Scores::Hata { norms: true },
+        (2, 3000, 128),
+        (4, 16),
+        Some(512),
+    ),
+    (Scores::Constant, (2, 2003, 1000), (0, 0), Some(400)),
+    // +∞ sink/recent tokens: more of them than k (a tie among the infinities), then fewer
+    (Scores::Uniform, (2, 1500, 5), (4, 8), Some(300)),
+    (Scores::Levels(3), (2, 1500, 40), (4, 8), Some(300)),
+    // NaN (smallest), ±0 (equal), ±∞
+    (Scores::Specials, (2, 1003, 200), (0, 0), Some(256)),
+    (Scores::Specials, (1, 1003, 1003), (0, 0), Some(256)),
+    (Scores::Specials, (1, 1003, 990), (0, 0), None),
+    // k = 1, k = n, k = n − 1, tiny rows
+    (Scores::Uniform, (3, 1001, 1), (0, 0), Some(200)),
+    (Scores::Levels(5), (3, 1001, 1001), (0, 0), Some(200)),
+    (Scores::Uniform, (3, 1001, 1000), (0, 0), Some(200)),
+    (Scores::Uniform, (5, 1, 1), (0, 0), None),
+    (Scores::Levels(2), (4, 7, 3), (0, 0), Some(4)),
+];
+
 /// The fixed cases and a random-shape loop on `dev`; `big` picks GPU-sized shapes.
 fn cases(dev: &Device, big: bool) -> Result<(), VerifyError> {
     let mut topk = TopK::new(dev).map_err(|e| VerifyError::Mismatch(e.to_string()))?;
     let mut scratch = TopKScratch::new(dev, 4, 1000)?;
     let mut rng = Rng::new(0x70b4);
-    let c = |x: u32| Some(x);
     let t = &mut topk;
     let s = &mut scratch;
     let r = &mut rng;
-    if big {
-        // the bench's shape, the default chunk, and HATA-like shapes at 256K
-        case(
-            dev,
-            t,
-            s,
-            r,
-            Scores::Uniform,
-            (64, 131_072, 2048),
-            (0, 0),
-            None,
-        )?;
-        case(
-            dev,
-            t,
-            s,
-            r,
-            Scores::Hata { norms: false },
-            (64, 131_072, 2048),
-            (4, 64),
-            None,
-        )?;
-        case(
-            dev,
-            t,
-            s,
-            r,
-            Scores::Hata { norms: true },
-            (8, 262_144, 4194),
-            (4, 64),
-            None,
-        )?;
-        case(
-            dev,
-            t,
-            s,
-            r,
-            Scores::Levels(3),
-            (8, 262_139, 4194),
-            (0, 0),
-            None,
-        )?;
-        case(
-            dev,
-            t,
-            s,
-            r,
-            Scores::Specials,
-            (64, 32_771, 512),
-            (1, 7),
-            None,
-        )?;
-        case(
-            dev,
-            t,
-            s,
-            r,
-            Scores::Constant,
-            (16, 65_536, 65_535),
-            (0, 0),
-            None,
-        )?;
-        case(
-            dev,
-            t,
-            s,
-            r,
-            Scores::Uniform,
-            (3, 100_003, 100_003),
-            (0, 0),
-            c(8192),
-        )?;
-        case(dev, t, s, r, Scores::Uniform, (1, 1 << 22, 1), (0, 0), None)?;
+    let fixed: Vec<&Case> = if big {
+        GPU_CASES.iter().chain(CASES).collect()
+    } else {
+        CASES.iter().collect()
+    };
+    for &(how, shape, forced, chunk) in fixed {
+        case(dev, t, s, r, how, shape, forced, chunk)?;
     }
-    // spread-out scores, several blocks per row (chunks not a multiple of the 4096-score step)
-    case(
-        dev,
-        t,
-        s,
-        r,
-        Scores::Uniform,
-        (3, 5000, 100),
-        (0, 0),
-        c(1000),
-    )?;
-    case(dev, t, s, r, Scores::Uniform, (2, 4999, 77), (0, 0), None)?;
-    // heavy ties: the threshold value has hundreds of copies spread over the blocks
-    case(
-        dev,
-        t,
-        s,
-        r,
-        Scores::Levels(4),
-        (3, 3001, 1500),
-        (0, 0),
-        c(700),
-    )?;
-    case(
-        dev,
-        t,
-        s,
-        r,
-        Scores::Hata { norms: false },
-        (2, 4097, 333),
-        (4, 16),
-        c(1024),
-    )?;
-    case(
-        dev,
-        t,
-        s,
-        r,
-        Scores::Hata { norms: true },
-        (2, 3000, 128),
-        (4, 16),
-        c(512),
-    )?;
-    case(
-        dev,
-        t,
-        s,
-        r,
-        Scores::Constant,
-        (2, 2003, 1000),
-        (0, 0),
-        c(400),
-    )?;
-    // +∞ sink/recent tokens: more of them than k (a tie among the infinities), then fewer
-    case(dev, t, s, r, Scores::Uniform, (2, 1500, 5), (4, 8), c(300))?;
-    case(
-        dev,
-        t,
-        s,
-        r,
-        Scores::Levels(3),
-        (2, 1500, 40),
-        (4, 8),
-        c(300),
-    )?;
-    // NaN (smallest), ±0 (equal), ±∞
-    case(
-        dev,
-        t,
-        s,
-        r,
-        Scores::Specials,
-        (2, 1003, 200),
-        (0, 0),
-        c(256),
-    )?;
-    case(
-        dev,
-        t,
-        s,
-        r,
-        Scores::Specials,
-        (1, 1003, 1003),
-        (0, 0),
-        c(256),
-    )?;
-    case(dev, t, s, r, Scores::Specials, (1, 1003, 990), (0, 0), None)?;
-    // k = 1, k = n, k = n − 1, tiny rows
-    case(dev, t, s, r, Scores::Uniform, (3, 1001, 1), (0, 0), c(200))?;
-    case(
-        dev,
-        t,
-        s,
-        r,
-        Scores::Levels(5),
-        (3, 1001, 1001),
-        (0, 0),
-        c(200),
-    )?;
-    case(
-        dev,
-        t,
-        s,
-        r,
-        Scores::Uniform,
-        (3, 1001, 1000),
-        (0, 0),
-        c(200),
-    )?;
-    case(dev, t, s, r, Scores::Uniform, (5, 1, 1), (0, 0), None)?;
-    case(dev, t, s, r, Scores::Levels(2), (4, 7, 3), (0, 0), c(4))?;
     // random shapes, distributions and chunks
     let rounds = if big { 24 } else { 12 };
     let max_n = if big { 300_000 } else { 2500 };
@@ -355,33 +238,26 @@ fn cases(dev: &Device, big: bool) -> Result<(), VerifyError> {
         )?;
     }
     // the same call twice: identical outputs (nothing depends on timing)
-    let mut again = Rng::new(99);
     let shape = if big {
         (64, 131_072, 2048)
     } else {
         (3, 3001, 1500)
     };
-    let a = case(
-        dev,
-        t,
-        s,
-        &mut again,
-        Scores::Levels(4),
-        shape,
-        (0, 0),
-        c(704),
-    )?;
-    let mut again = Rng::new(99);
-    let b = case(
-        dev,
-        t,
-        s,
-        &mut again,
-        Scores::Levels(4),
-        shape,
-        (0, 0),
-        c(704),
-    )?;
+    let mut twice = |seed| {
+        let mut again = Rng::new(seed);
+        case(
+            dev,
+            t,
+            s,
+            &mut again,
+            Scores::Levels(4),
+            shape,
+            (0, 0),
+            Some(704),
+        )
+    };
+    let a = twice(99)?;
+    let b = twice(99)?;
     ensure_eq!(a, b, "a repeated call gave a different output");
     shape_errors(dev, t, s)
 }
