@@ -9,7 +9,8 @@
 //! weights and with weights trained (20 epochs, on the GPU) on a held-out sequence of the
 //! same workload, and for the exact top-k and recency selectors. The "GB/s" of a HATA row is the
 //! dense K/V bytes divided by its time (an effective rate, above the roofline when sparse
-//! wins). Writes `hata-<device>.json`. Run: `cargo bench --bench hata` (needs a GPU).
+//! wins). Writes `hata-<device>.json`. Run: `cargo bench --bench hata` (needs a GPU); `-- <text>`
+//! keeps the shapes whose name contains the text (and the fidelity part only if "fidelity" does).
 
 mod support;
 
@@ -18,7 +19,7 @@ use kiln_algorithms::hata::fidelity::{budget_label, evaluate, table, train_held_
 use kiln_algorithms::hata::speed::measure;
 use kiln_algorithms::workload::{generate, Rng, WorkloadSpec};
 use support::baseline::{AttnShape, Baselines};
-use support::{gpu, report_with, Roof, Row};
+use support::{gpu, report_with, selected, Roof, Row};
 
 fn main() {
     let Some(dev) = gpu() else { return };
@@ -35,6 +36,9 @@ fn main() {
                     "hata b{batch} h32/8 s{seq} d128 budget {}",
                     budget_label(&budget)
                 );
+                if !selected(&name) {
+                    continue;
+                }
                 let t = match measure(&dev, batch, seq, budget, (3, 20), 9) {
                     Ok(t) => t,
                     Err(e) => {
@@ -80,6 +84,10 @@ fn main() {
         }
     }
     // fidelity on the planted-structure workload, random Gaussian hash weights
+    if !selected("fidelity") {
+        report_with("hata", &dev, &rows, serde_json::json!({ "stages": stages }));
+        return;
+    }
     let spec = WorkloadSpec::decode(1, 32, 8, 32768, 128);
     let mut fidelity = serde_json::Value::Null;
     match generate(&spec) {

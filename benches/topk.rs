@@ -25,7 +25,7 @@ use kiln::runtime::{time, Device, DeviceBuffer, LaunchConfig, RuntimeError};
 use kiln::verify::Rng;
 use kiln_algorithms::hata::topk::{reference, topk_hist, TopK, TopKScratch, THREADS};
 use support::baseline::Baselines;
-use support::{gpu, report_with, rotations, Roof, Row};
+use support::{gpu, report_with, rotations, selected, Roof, Row};
 
 const WARMUP: usize = 10;
 const REPS: usize = 50;
@@ -172,6 +172,9 @@ fn main() {
     let mut ratios = serde_json::Map::new();
     for (si, &(r, n, k)) in shapes().iter().enumerate() {
         let name = shape_name(r, n, k);
+        if !selected(&name) {
+            continue;
+        }
         let bytes = (r * n * 4) as f64;
         let base = baselines.as_ref().and_then(|b| b.get(&name));
         let sorted = baselines

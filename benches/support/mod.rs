@@ -59,6 +59,16 @@ pub fn random_bf16(rng: &mut kiln::verify::Rng, n: usize) -> Vec<half::bf16> {
     block.iter().copied().cycle().take(n).collect()
 }
 
+/// Whether the row or shape `name` is to be measured: every one, unless the bench was given a
+/// filter (`cargo bench --bench hata -- s131072`, the first argument not starting with `-`),
+/// which keeps the names that contain it.
+pub fn selected(name: &str) -> bool {
+    std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .is_none_or(|f| name.contains(&f))
+}
+
 /// How many copies of `bytes` of inputs a bench rotates through so that every timed run
 /// reads device memory, not L2 (together above 512 MiB; at most 16).
 pub fn rotations(bytes: usize) -> usize {

@@ -19,7 +19,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ),
     ("gemm", gemm::gemm_matches_reference),
     (
-        "hash_encode + hash_score + scatter_rows",
+        "hash_encode + hash_encode_group + hash_score + scatter_rows",
         hata::hata_kernels_match_reference,
     ),
     ("hata decoder", hata::hata_decoder_matches_reference),

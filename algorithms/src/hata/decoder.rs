@@ -5,8 +5,10 @@
 use kiln::prelude::*;
 use kiln::{Device, DeviceBuffer, Element, Kernel, LaunchConfig, RuntimeError};
 
-use super::encode::{hash_encode, scatter_rows, VECTORS_PER_WARP, WARPS};
-use super::score::hash_score;
+use super::encode::{
+    self, group_launch, hash_encode, hash_encode_group, scatter_rows, VECTORS_PER_WARP,
+};
+use super::score::{self, hash_score};
 use super::topk::{TopK, TopKError, TopKScratch};
 use crate::attention::decode::{DecodeError, DecodeScratch, DecodeShape, FlashDecode};
 
@@ -90,9 +92,12 @@ pub struct HataLayer<T: Element> {
     scores: DeviceBuffer<f32>,
     ids: DeviceBuffer<u32>,
     len: u32,
-    /// `hash_encode` with 8 vectors per warp (a prefill's keys) and with 1 (a step's few).
+    /// `hash_encode` with 8 vectors per warp: a prefill's keys.
     encode_many: Kernel,
-    encode_few: Kernel,
+    /// `hash_encode_group` over a step's query heads (a GQA group per block) and over its new
+    /// keys (one per block).
+    encode_queries: Kernel,
+    encode_key: Kernel,
     score: Kernel,
     scatter: Kernel,
     topk: TopK,
@@ -164,11 +169,17 @@ impl<T: Element + Float> HataLayer<T> {
                 .rbit(cfg.rbit)
                 .v(VECTORS_PER_WARP)
                 .build(device)?,
-            encode_few: hash_encode::spec()
+            encode_queries: hash_encode_group::spec()
                 .t(dtype)
                 .d(cfg.dim)
                 .rbit(cfg.rbit)
-                .v(1)
+                .g(cfg.heads / cfg.kv_heads)
+                .build(device)?,
+            encode_key: hash_encode_group::spec()
+                .t(dtype)
+                .d(cfg.dim)
+                .rbit(cfg.rbit)
+                .g(1)
                 .build(device)?,
             score: hash_score::spec()
                 .rbit(cfg.rbit)
@@ -242,44 +253,6 @@ impl<T: Element + Float> HataLayer<T> {
         Ok(())
     }
 
-    /// Hashes `n` vectors of `x` into rows of `codes` (see [`hash_encode`]).
-    #[allow(clippy::too_many_arguments)]
-    fn encode_into(
-        (encode, per_warp): (&Kernel, u32),
-        w: &DeviceBuffer<f32>,
-        x: &DeviceBuffer<T>,
-        codes: &mut DeviceBuffer<u32>,
-        norms: &mut DeviceBuffer<f32>,
-        n: u32,
-        kv_heads: u32,
-        group: u32,
-        (rows_per_batch, out_rows_per_batch, out_row0): (u32, u32, u32),
-        write_norms: bool,
-    ) -> Result<(), HataError> {
-        let per_block = per_warp * WARPS;
-        let cfg = LaunchConfig {
-            grid: ((n / kv_heads).div_ceil(per_block), kv_heads, 1),
-            block: (WARPS * 32, 1, 1),
-            dyn_shared_bytes: 0,
-        };
-        hash_encode::launch(
-            encode,
-            &cfg,
-            x,
-            w,
-            codes,
-            norms,
-            n,
-            kv_heads,
-            group,
-            rows_per_batch,
-            out_rows_per_batch,
-            out_row0,
-            write_norms,
-        )?;
-        Ok(())
-    }
-
     /// Fills the cache with a prefill's keys and values (`[batch, len, kv_heads, dim]`) and
     /// hashes every key (codes and norms). Replaces what the cache held.
     pub fn prefill(
@@ -307,16 +280,19 @@ impl<T: Element + Float> HataLayer<T> {
         Self::scatter_into(&self.scatter, &c, k, &mut self.k, per_batch, 0)?;
         Self::scatter_into(&self.scatter, &c, v, &mut self.v, per_batch, 0)?;
         let rows = len * c.kv_heads;
-        Self::encode_into(
-            (&self.encode_many, VECTORS_PER_WARP),
-            &self.w,
+        hash_encode::launch(
+            &self.encode_many,
+            &encode::launch_config(c.batch * rows, c.kv_heads),
             k,
+            &self.w,
             &mut self.codes,
             &mut self.norms,
             c.batch * rows,
             c.kv_heads,
             1,
-            (rows, c.capacity * c.kv_heads, 0),
+            rows,
+            c.capacity * c.kv_heads,
+            0,
             true,
         )?;
         self.len = len;
@@ -344,16 +320,17 @@ impl<T: Element + Float> HataLayer<T> {
         let per_batch = c.kv_heads * c.dim;
         Self::scatter_into(&self.scatter, &c, k_new, &mut self.k, per_batch, self.len)?;
         Self::scatter_into(&self.scatter, &c, v_new, &mut self.v, per_batch, self.len)?;
-        Self::encode_into(
-            (&self.encode_few, 1),
-            &self.w,
+        hash_encode_group::launch(
+            &self.encode_key,
+            &group_launch(c.kv_heads, c.batch),
             k_new,
+            &self.w,
             &mut self.codes,
             &mut self.norms,
-            c.batch * c.kv_heads,
             c.kv_heads,
-            1,
-            (c.kv_heads, c.capacity * c.kv_heads, self.len * c.kv_heads),
+            c.kv_heads,
+            c.capacity * c.kv_heads,
+            self.len * c.kv_heads,
             true,
         )?;
         self.len += 1;
@@ -363,27 +340,22 @@ impl<T: Element + Float> HataLayer<T> {
     /// Hashes the query heads `q` (`[batch, heads, dim]`) and scores every cached key.
     pub fn score(&mut self, q: &DeviceBuffer<T>) -> Result<(), HataError> {
         let c = self.cfg;
-        let g = c.heads / c.kv_heads;
-        Self::encode_into(
-            (&self.encode_few, 1),
-            &self.w,
+        hash_encode_group::launch(
+            &self.encode_queries,
+            &group_launch(c.kv_heads, c.batch),
             q,
+            &self.w,
             &mut self.q_codes,
             &mut self.no_norms,
-            c.batch * c.heads,
             c.kv_heads,
-            g,
-            (c.heads, c.heads, 0),
+            c.heads,
+            c.heads,
+            0,
             false,
         )?;
-        let cfg = LaunchConfig {
-            grid: ((self.len * c.kv_heads).div_ceil(256), c.batch, 1),
-            block: (256, 1, 1),
-            dyn_shared_bytes: 0,
-        };
         hash_score::launch(
             &self.score,
-            &cfg,
+            &score::launch_config(self.len, c.kv_heads, c.batch),
             &self.q_codes,
             &self.codes,
             &self.norms,

@@ -3,14 +3,17 @@
 
 use kiln_dsl::kernel;
 
-/// Vectors one warp encodes together at prefill (each `W` value it loads serves all of
-/// them); a decode step, with few vectors, uses one per warp for parallelism.
+use crate::common::warp_sum;
+use kiln::prelude::*;
+use kiln::LaunchConfig;
+
+/// Vectors one warp of [`hash_encode`] encodes together at prefill (each `W` value it loads
+/// serves all of them).
 pub const VECTORS_PER_WARP: u32 = 8;
 /// Warps per block of [`hash_encode`].
 pub const WARPS: u32 = 4;
 
-/// Encodes `n` vectors of `D` elements: keys (prefill, or a new key) or the query heads of a
-/// decode step. Vector `i` (at `x[i·D ..]`) uses the weights of KV head
+/// Encodes `n` vectors of `D` elements, many at a time: a prefill's keys. Vector `i` (at `x[i·D ..]`) uses the weights of KV head
 /// `h = (i / group) % kv_heads` (`w` is `[kv_heads, D, RBIT]`, f32); its code goes to output
 /// row `o = (i / rows_per_batch)·out_rows_per_batch + out_row0 + i % rows_per_batch` (words
 /// `codes[o·RBIT/32 ..]`), its norm to `norms[o]` when `write_norms`.
@@ -22,7 +25,6 @@ pub const WARPS: u32 = 4;
 #[kernel(
     threads = 128,
     example(T = bf16, D = 128, RBIT = 128, V = 8),
-    example(T = bf16, D = 128, RBIT = 128, V = 1),
     example(T = f16, D = 64, RBIT = 256, V = 8)
 )]
 pub fn hash_encode<T: Float, const D: u32, const RBIT: u32, const V: u32>(
@@ -79,6 +81,118 @@ pub fn hash_encode<T: Float, const D: u32, const RBIT: u32, const V: u32>(
             if write_norms && lane == 0 {
                 norms[o] = sq[k].sqrt();
             }
+        }
+    }
+}
+
+/// The launch shape of [`hash_encode`] over `n` vectors of `kv_heads` heads.
+pub fn launch_config(n: u32, kv_heads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid: (
+            (n / kv_heads).div_ceil(VECTORS_PER_WARP * WARPS),
+            kv_heads,
+            1,
+        ),
+        block: (WARPS * 32, 1, 1),
+        dyn_shared_bytes: 0,
+    }
+}
+
+/// Threads per block of [`hash_encode_group`].
+pub const GROUP_THREADS: u32 = 512;
+
+/// The launch shape of [`hash_encode_group`] over `batch` sequences of `kv_heads` groups.
+pub fn group_launch(kv_heads: u32, batch: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid: (kv_heads, batch, 1),
+        block: (GROUP_THREADS, 1, 1),
+        dyn_shared_bytes: 0,
+    }
+}
+
+/// Encodes the few vectors of a decode step: the `G` query heads of each GQA group (`G =
+/// heads / kv_heads`), or the new key of each KV head (`G = 1`, with its norm). Block
+/// `(h, b)` hashes vectors `i = (b·kv_heads + h)·G + g`, `g < G` (at `x[i·D ..]`), with
+/// `W[h]` (`w` is `[kv_heads, D, RBIT]`, f32), so each weight it loads serves the whole
+/// group; output rows and `write_norms` as in [`hash_encode`].
+///
+/// A step has only `B·kv_heads` groups, so the block spreads one group's `D × RBIT`
+/// projection over all 512 threads: thread `t` owns column `t % RBIT` of the rows
+/// `[s·D/S, (s + 1)·D/S)` with `s = t / RBIT` and `S = 512 / RBIT` slices; the slices add
+/// their partial sums in shared memory in slice order (the result does not depend on
+/// timing) and warps pack the signs into words with `ballot_sync`. Grid `(kv_heads, B)`,
+/// 512 threads; `G·D ≤ 2048` and `G·RBIT ≤ 4096` (16 heads of 128 dims, 256 bits).
+#[kernel(
+    threads = 512,
+    example(T = bf16, D = 128, RBIT = 128, G = 4),
+    example(T = bf16, D = 128, RBIT = 128, G = 1),
+    example(T = f16, D = 64, RBIT = 256, G = 16)
+)]
+pub fn hash_encode_group<T: Float, const D: u32, const RBIT: u32, const G: u32>(
+    x: &[T],
+    w: &[f32],
+    codes: &mut [u32],
+    norms: &mut [f32],
+    kv_heads: u32,
+    rows_per_batch: u32,
+    out_rows_per_batch: u32,
+    out_row0: u32,
+    write_norms: bool,
+) {
+    let xs = shared::<[f32; G * D]>();
+    let proj = shared::<[f32; G * RBIT]>();
+    let t = thread_idx().x;
+    let h = block_idx().x;
+    let i0 = (block_idx().y * kv_heads + h) * G;
+    for j in (t..G * D).step_by(512) {
+        xs[j] = x[i0 * D + j] as f32;
+    }
+    for j in (t..G * RBIT).step_by(512) {
+        proj[j] = 0.0;
+    }
+    sync_threads();
+    let col = t % RBIT;
+    let slice = t / RBIT;
+    let d0 = slice * (D * RBIT / 512);
+    let mut acc = [0.0f32; G];
+    for r in 0..D * RBIT / 512 {
+        let wv = w[(h * D + d0 + r) * RBIT + col];
+        for g in 0..G {
+            acc[g] += xs[g * D + d0 + r] * wv;
+        }
+    }
+    for s in 0..512 / RBIT {
+        if slice == s {
+            for g in 0..G {
+                proj[g * RBIT + col] += acc[g];
+            }
+        }
+        sync_threads();
+    }
+    let lane = lane_id();
+    let warp = warp_id();
+    // word `c` of vector `g` is warp task `g·RBIT/32 + c`; 16 warps take them in turn
+    for task in (warp..G * (RBIT / 32)).step_by(16) {
+        let g = task / (RBIT / 32);
+        let c = task % (RBIT / 32);
+        let word = ballot_sync(0xffff_ffff, proj[g * RBIT + c * 32 + lane] > 0.0);
+        if lane == 0 {
+            let i = i0 + g;
+            let o = (i / rows_per_batch) * out_rows_per_batch + out_row0 + i % rows_per_batch;
+            codes[o * (RBIT / 32) + c] = word;
+        }
+    }
+    if write_norms && warp < G {
+        let mut sq = 0.0f32;
+        for j in (lane..D).step_by(32) {
+            let v = xs[warp * D + j];
+            sq += v * v;
+        }
+        let total: f32 = warp_sum(sq);
+        if lane == 0 {
+            let i = i0 + warp;
+            norms[(i / rows_per_batch) * out_rows_per_batch + out_row0 + i % rows_per_batch] =
+                total.sqrt();
         }
     }
 }
