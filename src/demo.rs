@@ -111,9 +111,16 @@ pub fn run(arch: &str) -> Result<String, CliError> {
             let _ = writeln!(out, "\nHATA: FAILED: {e}");
         }
     }
+    match crate::chelsea_demo::run(&device) {
+        Ok(report) => out.push_str(&report),
+        Err(e) => {
+            failed += 1;
+            let _ = writeln!(out, "\nChelsea: FAILED: {e}");
+        }
+    }
     let _ = writeln!(
         out,
-        "\nThe other pipelines (CLO, AdaCluster, Chelsea, BigMac, PAT) join this demo as they land."
+        "\nThe other pipelines (CLO, AdaCluster, BigMac, PAT) join this demo as they land."
     );
     if failed > 0 {
         return Err(CliError {

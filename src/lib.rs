@@ -8,6 +8,7 @@
 extern crate self as kiln;
 
 pub mod checks;
+pub mod chelsea_demo;
 pub mod cli;
 pub mod corpus;
 pub mod demo;

@@ -59,3 +59,8 @@ fn hash_train_matches_reference() {
         checks::hata_train::hash_train_matches_reference,
     );
 }
+
+#[test]
+fn chelsea_matches_reference() {
+    check("chelsea", checks::chelsea::chelsea_matches_reference);
+}

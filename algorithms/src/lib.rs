@@ -7,6 +7,7 @@
 extern crate kiln_runtime as kiln;
 
 pub mod attention;
+pub mod chelsea;
 pub mod common;
 pub mod gemm;
 pub mod hata;

@@ -3,6 +3,7 @@
 //! by the tests (`tests/algorithms_run.rs`) and `kiln demo`.
 
 pub mod attention;
+pub mod chelsea;
 pub mod gemm;
 pub mod hata;
 pub mod hata_train;
@@ -18,6 +19,10 @@ pub const CHECKS: &[(&str, Check)] = &[
         attention::decode_matches_reference,
     ),
     ("gemm", gemm::gemm_matches_reference),
+    (
+        "chelsea_round + chelsea_copy",
+        chelsea::chelsea_matches_reference,
+    ),
     (
         "hash_encode + hash_encode_group + hash_score + scatter_rows",
         hata::hata_kernels_match_reference,

@@ -1,6 +1,8 @@
 //! Flash-decoding: attention of one query token per sequence over a KV cache, split along
 //! the sequence across warps and merged by log-sum-exp; optionally over an index list of
-//! selected keys per (batch, KV head), which the sparse pipelines (HATA, CLO, Chelsea) reuse.
+//! selected keys per (batch, KV head), which the sparse pipelines (HATA, CLO, Chelsea) reuse;
+//! optionally with a per-entry logit bias `log n_j` from entry sizes (Chelsea's merged
+//! cache: an entry that stands for `n_j` tokens gets their attention mass).
 
 use crate::common::{warp_max, warp_sum};
 use crate::tile::*;
@@ -26,19 +28,23 @@ pub const MAX_SPLITS: u32 = 4096;
 /// `q` `[B, H, D]`; `k`, `v` `[B, S, H_kv, D]`; with `INDEXED`, the i-th key of (b, h_kv) is
 /// token `ids[(b·H_kv + h_kv)·n_keys + i]`, else token `i`. Writes, per query head and split,
 /// the normalised partial output `o_part[((b·H + h)·splits + s)·D ..]` (f32) and its
-/// log-sum-exp in log2 units `lse_part[(b·H + h)·splits + s]`. Grid `(⌈splits / 2⌉, H_kv, B)`,
-/// 64 threads.
+/// log-sum-exp in log2 units `lse_part[(b·H + h)·splits + s]`. With `BIAS`, the logit of
+/// token `j` gains `ln counts[(b·S + j)·H_kv + h_kv]` (`counts` `[B, S, H_kv]`, each ≥ 1;
+/// read 4 bytes per key, a step ahead into registers so the load hides behind the tile's
+/// `mma`s); without it `counts` is never read. Grid `(⌈splits / 2⌉, H_kv, B)`, 64 threads.
 #[kernel(
     threads = 64,
-    example(T = bf16, D = 128, INDEXED = false),
-    example(T = bf16, D = 128, INDEXED = true),
-    example(T = f16, D = 64, INDEXED = false)
+    example(T = bf16, D = 128, INDEXED = false, BIAS = false),
+    example(T = bf16, D = 128, INDEXED = true, BIAS = false),
+    example(T = f16, D = 64, INDEXED = false, BIAS = false),
+    example(T = bf16, D = 128, INDEXED = false, BIAS = true)
 )]
-pub fn flash_decode<T: Float, const D: u32, const INDEXED: bool>(
+pub fn flash_decode<T: Float, const D: u32, const INDEXED: bool, const BIAS: bool>(
     q: &[T],
     k: &[T],
     v: &[T],
     ids: &[u32],
+    counts: &[f32],
     o_part: &mut [f32],
     lse_part: &mut [f32],
     seq: u32,
@@ -80,6 +86,22 @@ pub fn flash_decode<T: Float, const D: u32, const INDEXED: bool>(
     let mut acc = [frag_c_zero(); D / 8];
     let mut m = [f32::NEG_INFINITY; 2];
     let mut l = [0.0f32; 2];
+    // with BIAS: log2 of the sizes of this lane's four keys of the current / next tile
+    let cnt_base = b as u64 * seq as u64 * kv_heads as u64 + hk as u64;
+    let mut bias = [0.0f32; 4];
+    let mut bias_next = [0.0f32; 4];
+    if BIAS {
+        fetch_bias::<INDEXED>(
+            &mut bias_next,
+            counts,
+            ids,
+            id_base,
+            start,
+            end,
+            cnt_base,
+            kv_heads,
+        );
+    }
     fetch_keys::<T, D, INDEXED>(
         &mut sk[w * 2],
         &mut sv[w * 2],
@@ -96,6 +118,23 @@ pub fn flash_decode<T: Float, const D: u32, const INDEXED: bool>(
     for i in 0..steps {
         let k0 = start + i * 16;
         let slot = w * 2 + i % 2;
+        if BIAS {
+            for e in 0..4u32 {
+                bias[e] = bias_next[e];
+            }
+            if i + 1 < steps {
+                fetch_bias::<INDEXED>(
+                    &mut bias_next,
+                    counts,
+                    ids,
+                    id_base,
+                    k0 + 16,
+                    end,
+                    cnt_base,
+                    kv_heads,
+                );
+            }
+        }
         if i + 1 < steps {
             let next = w * 2 + (i + 1) % 2;
             fetch_keys::<T, D, INDEXED>(
@@ -117,6 +156,13 @@ pub fn flash_decode<T: Float, const D: u32, const INDEXED: bool>(
         let mut s = [frag_c_zero(); 2];
         mma_abt::<T, D>(&mut s, &qf, &sk[slot], 0u32);
         scale_strip::<2>(&mut s, c);
+        if BIAS {
+            for j in 0..2u32 {
+                for r in 0..4u32 {
+                    s[j][r] += bias[j * 2 + r % 2];
+                }
+            }
+        }
         if end - k0 < 16 {
             mask_strip::<2>(&mut s, 0u32, 0u32, end - k0, false, 0u32);
         }
@@ -166,6 +212,35 @@ pub fn fetch_keys<T: Float, const D: u32, const INDEXED: bool>(
         let at = kv_base + k0 as u64 * ld;
         load_tile_async::<T, 16, D, 32>(&mut tk, k, at, ld, rows, D, lane);
         load_tile_async::<T, 16, D, 32>(&mut tv, v, at, ld, rows, D, lane);
+    }
+}
+
+/// `log2` of the sizes of the four keys a lane's scores cover in the tile at `k0`
+/// (columns `lane % 4 · 2 + {0, 1}` and `+ 8` of each row: `bias[2j + e]` for key
+/// `k0 + 8j + lane % 4 · 2 + e`), 0 for keys at or past `end`. `cnt_base` is
+/// `b·S·H_kv + h_kv`; the key's token is its index or, when `INDEXED`, from `ids`.
+#[device]
+pub fn fetch_bias<const INDEXED: bool>(
+    bias: &mut [f32; 4],
+    counts: &[f32],
+    ids: &[u32],
+    id_base: u32,
+    k0: u32,
+    end: u32,
+    cnt_base: u64,
+    kv_heads: u32,
+) {
+    let lane = lane_id();
+    for j in 0..2u32 {
+        for e in 0..2u32 {
+            let key = k0 + j * 8 + lane % 4 * 2 + e;
+            let mut x = 0.0f32;
+            if key < end {
+                let token = if INDEXED { ids[id_base + key] } else { key };
+                x = counts[cnt_base + token as u64 * kv_heads as u64].log2();
+            }
+            bias[j * 2 + e] = x;
+        }
     }
 }
 
@@ -268,6 +343,7 @@ pub struct FlashDecode {
     merge: Kernel,
     dtype: Dtype,
     indexed: bool,
+    bias: bool,
     dim: u32,
     /// Keys per split (a multiple of 16); `None` uses the tuned split size of the shape's
     /// bucket in `store`, else one picked from the device's size.
@@ -277,6 +353,8 @@ pub struct FlashDecode {
     chunks: Choices<TuneKey, Option<u32>>,
     /// Stands in for the index list of dense attention (never read).
     no_ids: DeviceBuffer<u32>,
+    /// Stands in for the sizes without the `log n` bias (never read).
+    no_counts: DeviceBuffer<f32>,
 }
 
 /// The split sizes the tuner tries.
@@ -291,6 +369,28 @@ impl FlashDecode {
         dim: u32,
         indexed: bool,
     ) -> Result<FlashDecode, DecodeError> {
+        FlashDecode::build(device, dtype, dim, indexed, false)
+    }
+
+    /// Like [`FlashDecode::new`], for attention over a merged cache whose entry `j` stands
+    /// for `counts[j]` tokens: its logit gains `ln counts[j]` (call
+    /// [`FlashDecode::run_with_counts`]).
+    pub fn with_counts(
+        device: &kiln::Device,
+        dtype: Dtype,
+        dim: u32,
+        indexed: bool,
+    ) -> Result<FlashDecode, DecodeError> {
+        FlashDecode::build(device, dtype, dim, indexed, true)
+    }
+
+    fn build(
+        device: &kiln::Device,
+        dtype: Dtype,
+        dim: u32,
+        indexed: bool,
+        bias: bool,
+    ) -> Result<FlashDecode, DecodeError> {
         if dim != 64 && dim != 128 {
             return Err(DecodeError::Shape(format!(
                 "head dimension {dim} is not supported (64 or 128)"
@@ -300,6 +400,7 @@ impl FlashDecode {
             .t(dtype)
             .d(dim)
             .indexed(indexed)
+            .bias(bias)
             .build(device)?;
         let merge = decode_merge::spec().t(dtype).d(dim).build(device)?;
         Ok(FlashDecode {
@@ -307,11 +408,13 @@ impl FlashDecode {
             merge,
             dtype,
             indexed,
+            bias,
             dim,
             chunk: None,
             store: Store::default_location(),
             chunks: Choices::default(),
             no_ids: device.zeros(1)?,
+            no_counts: device.zeros(1)?,
         })
     }
 
@@ -320,11 +423,12 @@ impl FlashDecode {
     pub fn tune_key(&self, shape: &DecodeShape, n_keys: u32) -> TuneKey {
         let device = &self.partial.device;
         let name = format!(
-            "kiln_algorithms::attention::decode::flash_decode [D={}, INDEXED={}, T={}, G={}]",
+            "kiln_algorithms::attention::decode::flash_decode [D={}, INDEXED={}, T={}, G={}]{}",
             self.dim,
             self.indexed as u8,
             self.dtype,
-            shape.heads / shape.kv_heads.max(1)
+            shape.heads / shape.kv_heads.max(1),
+            if self.bias { " BIAS" } else { "" }
         );
         TuneKey::new(
             &name,
@@ -434,6 +538,28 @@ impl FlashDecode {
         lse: &mut DeviceBuffer<f32>,
         scratch: &mut DecodeScratch,
     ) -> Result<(), DecodeError> {
+        self.run_with_counts(shape, q, k, v, ids, None, n_keys, scale, o, lse, scratch)
+    }
+
+    /// [`FlashDecode::run`], over a merged cache when built with
+    /// [`FlashDecode::with_counts`]: entry `j` of (b, h_kv) stands for
+    /// `counts[(b·S + j)·H_kv + h_kv]` tokens (`[B, S, H_kv]`, each ≥ 1) and its logit gains
+    /// the log of that. `counts` must be given exactly when the kernels were built for it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_with_counts<T: kiln::Element>(
+        &self,
+        shape: &DecodeShape,
+        q: &DeviceBuffer<T>,
+        k: &DeviceBuffer<T>,
+        v: &DeviceBuffer<T>,
+        ids: Option<&DeviceBuffer<u32>>,
+        counts: Option<&DeviceBuffer<f32>>,
+        n_keys: u32,
+        scale: f32,
+        o: &mut DeviceBuffer<T>,
+        lse: &mut DeviceBuffer<f32>,
+        scratch: &mut DecodeScratch,
+    ) -> Result<(), DecodeError> {
         let s = shape;
         let shape_err = |m: String| Err(DecodeError::Shape(m));
         if s.dim != self.dim {
@@ -490,6 +616,21 @@ impl FlashDecode {
             }
             (false, None) => &self.no_ids,
         };
+        let counts = match (self.bias, counts) {
+            (true, Some(c)) => {
+                expect("counts", c.len(), b * s.seq as usize * hk)?;
+                c
+            }
+            (true, None) => {
+                return shape_err(
+                    "built for entry sizes (`log n` bias), but none were given".into(),
+                )
+            }
+            (false, Some(_)) => {
+                return shape_err("built without entry sizes, but sizes were given".into())
+            }
+            (false, None) => &self.no_counts,
+        };
         let partial_cfg = LaunchConfig {
             grid: (splits.div_ceil(WARPS), s.kv_heads, s.batch),
             block: (WARPS * 32, 1, 1),
@@ -502,6 +643,7 @@ impl FlashDecode {
             k,
             v,
             ids,
+            counts,
             &mut scratch.o_part,
             &mut scratch.lse_part,
             s.seq,

@@ -1,0 +1,280 @@
+//! Chelsea's kernels: one round of chunked soft matching ([`chelsea_round`]) and the row
+//! copies that move sink and recent tokens around it ([`chelsea_copy`]).
+
+use crate::common::{warp_sum, warp_sum_u32};
+use crate::tile::*;
+use kiln::prelude::*;
+use kiln_dsl::kernel;
+
+/// Threads per block of [`chelsea_round`].
+pub const ROUND_THREADS: u32 = 256;
+/// The largest chunk [`chelsea_round`] takes (its shared arrays are sized for it).
+pub const MAX_CHUNK: u32 = 512;
+
+/// One round of chunked soft matching over every chunk of every (batch, KV head).
+///
+/// Block `(i, h, b)` takes chunk `i` of KV head `h` of sequence `b`: the `m` entries at rows
+/// `row_in + i·m ..` of `k_in`, `v_in` (`[B, seq_in, H_kv, D]`) with sizes `n_in`
+/// (`[B, seq_in, H_kv]`, or all 1 when `unit_counts`). A = the entries at even positions,
+/// B = those at odd positions. Every a finds the b of highest cosine similarity (ties: the
+/// lower b); the `r` a's with the highest similarity (ties: the lower a) merge into their
+/// b: `k_b ← (n_b·k_b + Σ n_a·k_a) / (n_b + Σ n_a)`, the same for v, `n_b += Σ n_a`,
+/// accumulated in f32. The `m − r` surviving entries keep their order and go to rows
+/// `row_out + i·(m − r) ..` of the outputs (`[B, seq_out, H_kv, D]`, never the inputs).
+///
+/// The similarities run on the tensor cores: each warp holds a 16-row strip of a's as A
+/// fragments, and the b's stream through shared memory 64 at a time (two stages, the next
+/// in flight while the current one is multiplied), so a chunk's similarity matrix is never
+/// stored — each lane keeps a running best per row. The products of `T` values are exact in
+/// f32, so this is the f32 similarity of the stored values; dividing by the norms (f32,
+/// from the same values) gives the cosine. A chunk with more than 128 a's takes two passes.
+/// The top-r is a rank count in shared memory. `m ≤ 512`; grid `(chunks, H_kv, B)`, 256
+/// threads.
+#[kernel(
+    threads = 256,
+    example(T = bf16, D = 128),
+    example(T = f16, D = 64)
+)]
+pub fn chelsea_round<T: Float, const D: u32>(
+    k_in: &[T],
+    v_in: &[T],
+    n_in: &[f32],
+    k_out: &mut [T],
+    v_out: &mut [T],
+    n_out: &mut [f32],
+    seq_in: u32,
+    seq_out: u32,
+    kv_heads: u32,
+    row_in: u32,
+    row_out: u32,
+    m: u32,
+    r: u32,
+    unit_counts: bool,
+) {
+    // A strips (128 rows) while a pass starts, then B tiles (64 rows, two stages)
+    let tiles = shared::<[[T; 64 * D]; 2]>();
+    let inv_norm = shared::<[f32; 512]>();
+    let best = shared::<[f32; 256]>();
+    let target = shared::<[u32; 256]>();
+    let t = thread_idx().x;
+    let lane = lane_id();
+    let w = warp_id();
+    let chunk = block_idx().x;
+    let h = block_idx().y;
+    let b = block_idx().z;
+    let na = m.div_ceil(2);
+    let nb = m / 2;
+    let ld = (kv_heads * D) as u64;
+    // row 0 of this chunk in the input, and of its output
+    let in0 = ((b as u64 * seq_in as u64 + (row_in + chunk * m) as u64) * kv_heads as u64
+        + h as u64)
+        * D as u64;
+    let out_rows = m - r;
+    let out_row0 = b as u64 * seq_out as u64 + (row_out + chunk * out_rows) as u64;
+    let n_row0 =
+        (b as u64 * seq_in as u64 + (row_in + chunk * m) as u64) * kv_heads as u64 + h as u64;
+
+    // inverse norms of every entry, a warp per entry
+    for e in (w..m).step_by(8) {
+        let mut ss = 0.0f32;
+        for j in 0..D / 32 {
+            let x = k_in[in0 + e as u64 * ld + (j * 32 + lane) as u64] as f32;
+            ss += x * x;
+        }
+        let total: f32 = warp_sum(ss);
+        if lane == 0 {
+            inv_norm[e] = if total > 0.0 { 1.0 / total.sqrt() } else { 0.0 };
+        }
+    }
+
+    // best b of every a: 16 a's per warp, 128 per pass
+    let tiles_b = nb.div_ceil(64);
+    for pass in 0..na.div_ceil(128) {
+        let a0 = pass * 128;
+        sync_threads(); // the tiles' previous users are done
+        for half in 0..2u32 {
+            let first = a0 + half * 64;
+            let rows = if first < na { (na - first).min(64) } else { 0 };
+            load_tile_async::<T, 64, D, 256>(
+                &mut tiles[half],
+                k_in,
+                in0 + 2 * first as u64 * ld,
+                2 * ld,
+                rows,
+                D,
+                t,
+            );
+        }
+        cp_async_commit();
+        cp_async_wait_all();
+        sync_threads();
+        let mut qf = [frag_a_zero::<T>(); D / 16];
+        load_a_strip::<T, D>(&mut qf, &tiles[w / 4], w % 4 * 16);
+        sync_threads(); // the strips are in registers: the tiles take B now
+        let mut top = [f32::NEG_INFINITY; 2];
+        let mut arg = [0u32; 2];
+        if tiles_b > 0 {
+            load_tile_async::<T, 64, D, 256>(
+                &mut tiles[0],
+                k_in,
+                in0 + ld,
+                2 * ld,
+                nb.min(64),
+                D,
+                t,
+            );
+        }
+        cp_async_commit();
+        for bt in 0..tiles_b {
+            if bt + 1 < tiles_b {
+                let next = (bt + 1) * 64;
+                load_tile_async::<T, 64, D, 256>(
+                    &mut tiles[(bt + 1) % 2],
+                    k_in,
+                    in0 + (2 * next + 1) as u64 * ld,
+                    2 * ld,
+                    (nb - next).min(64),
+                    D,
+                    t,
+                );
+            }
+            cp_async_commit();
+            cp_async_wait::<1>();
+            sync_threads();
+            let mut s = [frag_c_zero(); 8];
+            mma_abt::<T, D>(&mut s, &qf, &tiles[bt % 2], 0u32);
+            for j in 0..8u32 {
+                for e in 0..4u32 {
+                    let col = bt * 64 + j * 8 + lane % 4 * 2 + e % 2;
+                    if col < nb {
+                        let cos = s[j][e] * inv_norm[2 * col + 1];
+                        if cos > top[e / 2] {
+                            top[e / 2] = cos;
+                            arg[e / 2] = col;
+                        }
+                    }
+                }
+            }
+            sync_threads(); // the stage is refilled next step
+        }
+        // the four lanes of a row meet: the highest similarity, then the lower b
+        for hh in 0..2u32 {
+            let mut v = top[hh];
+            let mut i = arg[hh];
+            for o in 1..3u32 {
+                let ov = shfl_xor_sync(0xffff_ffff, v, o);
+                let oi = shfl_xor_sync(0xffff_ffff, i, o);
+                if ov > v || (ov == v && oi < i) {
+                    v = ov;
+                    i = oi;
+                }
+            }
+            let a = a0 + w * 16 + lane / 4 + hh * 8;
+            if lane % 4 == 0 && a < na {
+                best[a] = v * inv_norm[2 * a];
+                target[a] = i;
+            }
+        }
+    }
+    sync_threads();
+
+    // the top r edges: rank of each a by similarity (ties: the lower a first); an a
+    // outside them keeps its place (`target` = 0xffff_ffff)
+    for a in (t..na).step_by(256) {
+        let mine = best[a];
+        let mut rank = 0u32;
+        for o in 0..na {
+            let x = best[o];
+            if x > mine || (x == mine && o < a) {
+                rank += 1;
+            }
+        }
+        if rank >= r {
+            target[a] = 0xffff_ffff;
+        }
+    }
+    sync_threads();
+
+    // merge and compact: a warp per entry; entry e goes to e minus the merged a's before it
+    for e in (w..m).step_by(8) {
+        let merged_a = e % 2 == 0 && target[e / 2] != 0xffff_ffff;
+        if !merged_a {
+            let mut before = 0u32;
+            for a in (lane..e.div_ceil(2)).step_by(32) {
+                if target[a] != 0xffff_ffff {
+                    before += 1;
+                }
+            }
+            let shift: u32 = warp_sum_u32(before);
+            let out = (out_row0 + (e - shift) as u64) * kv_heads as u64 + h as u64;
+            let n_e = if unit_counts {
+                1.0f32
+            } else {
+                n_in[n_row0 + e as u64 * kv_heads as u64]
+            };
+            let mut kk = [0.0f32; D / 32];
+            let mut vv = [0.0f32; D / 32];
+            let row = in0 + e as u64 * ld;
+            for j in 0..D / 32 {
+                kk[j] = n_e * k_in[row + (j * 32 + lane) as u64] as f32;
+                vv[j] = n_e * v_in[row + (j * 32 + lane) as u64] as f32;
+            }
+            let mut total = n_e;
+            if e % 2 == 1 {
+                for a in 0..na {
+                    if target[a] == e / 2 {
+                        let n_a = if unit_counts {
+                            1.0f32
+                        } else {
+                            n_in[n_row0 + 2 * a as u64 * kv_heads as u64]
+                        };
+                        let src = in0 + 2 * a as u64 * ld;
+                        for j in 0..D / 32 {
+                            kk[j] += n_a * k_in[src + (j * 32 + lane) as u64] as f32;
+                            vv[j] += n_a * v_in[src + (j * 32 + lane) as u64] as f32;
+                        }
+                        total += n_a;
+                    }
+                }
+            }
+            let inv = 1.0f32 / total;
+            for j in 0..D / 32 {
+                k_out[out * D as u64 + (j * 32 + lane) as u64] = (kk[j] * inv) as T;
+                v_out[out * D as u64 + (j * 32 + lane) as u64] = (vv[j] * inv) as T;
+            }
+            if lane == 0 {
+                n_out[out] = total;
+            }
+        }
+    }
+}
+
+/// Copies token rows between caches laid out `[B, seq, width]`: rows `src_row0 ..` of `src`
+/// (`src_seq` rows per sequence) to rows `dst_row0 ..` of `dst` (`dst_seq` per sequence),
+/// `rows` of them per sequence; `width` is `H_kv·D` for keys and values and `H_kv` for the
+/// sizes. With `fill`, writes 1 instead of reading `src` (the sizes of unmerged tokens).
+/// The two ranges must not overlap. Grid `(⌈rows·width / 256⌉, B)`, 256 threads.
+#[kernel(threads = 256, example(T = bf16), example(T = f32))]
+pub fn chelsea_copy<T: Float>(
+    src: &[T],
+    dst: &mut [T],
+    src_seq: u32,
+    dst_seq: u32,
+    src_row0: u32,
+    dst_row0: u32,
+    rows: u32,
+    width: u32,
+    fill: bool,
+) {
+    let i = block_idx().x * 256 + thread_idx().x;
+    let b = block_idx().y as u64;
+    if i < rows * width {
+        let w = width as u64;
+        let at = (b * dst_seq as u64 + dst_row0 as u64) * w + i as u64;
+        if fill {
+            dst[at] = 1.0;
+        } else {
+            dst[at] = src[(b * src_seq as u64 + src_row0 as u64) * w + i as u64];
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Chelsea's host API on the test device (the GPU when present, required under
+//! `KILN_REQUIRE_GPU=1`, else the CPU emulator): its refusals of bad settings and buffers,
+//! the fidelity evaluation on the planted-structure workload, and property tests of the
+//! compression plan. The kernels against their references: `tests/algorithms_run.rs`.
+
+mod common;
+
+use kiln_algorithms::chelsea::compress::{ChelseaCache, ChelseaConfig, ChelseaError};
+use kiln_algorithms::chelsea::plan::{keep_for, rounds, Layout};
+use proptest::prelude::*;
+
+fn config() -> ChelseaConfig {
+    ChelseaConfig {
+        batch: 1,
+        heads: 4,
+        kv_heads: 2,
+        dim: 64,
+        chunk: 64,
+        ratio: 0.8,
+        sink: 4,
+        recent: 16,
+        capacity: 256,
+    }
+}
+
+#[test]
+fn bad_settings_and_buffers_are_refused() {
+    let Some(dev) = common::device() else { return };
+    let refused = |cfg: ChelseaConfig, what: &str| match ChelseaCache::<half::bf16>::new(&dev, cfg)
+    {
+        Err(ChelseaError::Config(m)) => println!("{what}: {m}"),
+        Err(e) => panic!("{what}: wrong error {e}"),
+        Ok(_) => panic!("{what}: accepted"),
+    };
+    refused(
+        ChelseaConfig {
+            dim: 96,
+            ..config()
+        },
+        "dim 96",
+    );
+    refused(
+        ChelseaConfig {
+            chunk: 32,
+            ..config()
+        },
+        "chunk 32",
+    );
+    refused(
+        ChelseaConfig {
+            chunk: 1024,
+            ..config()
+        },
+        "chunk 1024",
+    );
+    refused(
+        ChelseaConfig {
+            ratio: 1.0,
+            ..config()
+        },
+        "ratio 1",
+    );
+    refused(
+        ChelseaConfig {
+            ratio: f64::NAN,
+            ..config()
+        },
+        "ratio NaN",
+    );
+    refused(
+        ChelseaConfig {
+            heads: 5,
+            ..config()
+        },
+        "5 heads over 2",
+    );
+    refused(
+        ChelseaConfig {
+            kv_heads: 0,
+            ..config()
+        },
+        "no KV heads",
+    );
+    refused(
+        ChelseaConfig {
+            capacity: 0,
+            ..config()
+        },
+        "no capacity",
+    );
+    assert!(matches!(
+        ChelseaCache::<f32>::new(&dev, config()),
+        Err(ChelseaError::Config(_))
+    ));
+    let mut cache = ChelseaCache::<half::bf16>::new(&dev, config()).expect("valid settings");
+    let row = 2 * 64;
+    let buf = |n: usize| dev.zeros::<half::bf16>(n).expect("alloc");
+    // wrong sizes, an empty prefill, a prefill that does not fit, attention over nothing
+    assert!(matches!(
+        cache.compress(&buf(10 * row), &buf(11 * row), 10),
+        Err(ChelseaError::Config(_))
+    ));
+    assert!(matches!(
+        cache.compress(&buf(0), &buf(0), 0),
+        Err(ChelseaError::Config(_))
+    ));
+    assert!(matches!(
+        cache.compress(&buf(2000 * row), &buf(2000 * row), 2000),
+        Err(ChelseaError::Config(_))
+    ));
+    assert!(matches!(
+        cache.append(&buf(row - 1), &buf(row)),
+        Err(ChelseaError::Config(_))
+    ));
+    let mut out = buf(4 * 64);
+    let mut lse = dev.zeros::<f32>(4).expect("alloc");
+    assert!(matches!(
+        cache.attend(&buf(4 * 64), &mut out, &mut lse, true),
+        Err(ChelseaError::Config(_))
+    ));
+    // a full cache refuses another token
+    let mut small = ChelseaCache::<half::bf16>::new(
+        &dev,
+        ChelseaConfig {
+            capacity: 3,
+            ..config()
+        },
+    )
+    .expect("valid settings");
+    for _ in 0..3 {
+        small.append(&buf(row), &buf(row)).expect("room left");
+    }
+    assert!(matches!(
+        small.append(&buf(row), &buf(row)),
+        Err(ChelseaError::Full(3))
+    ));
+    // attention with the wrong query size
+    assert!(matches!(
+        small.attend(&buf(5), &mut out, &mut lse, false),
+        Err(ChelseaError::Decode(_))
+    ));
+}
+
+proptest! {
+    /// The rounds reach exactly `keep`, each removing at least one entry and at most half.
+    #[test]
+    fn rounds_reach_the_target(chunk in 64u32..=512, ratio in 0.0f64..0.97) {
+        let keep = keep_for(chunk, ratio);
+        prop_assert!(keep >= 1 && keep <= chunk);
+        prop_assert!((chunk - keep) as f64 <= chunk as f64 * ratio + 1e-6);
+        let plan = rounds(chunk, keep);
+        let mut m = chunk;
+        for r in &plan {
+            prop_assert_eq!(r.before, m);
+            prop_assert!(r.merges >= 1 && r.merges <= r.before / 2);
+            m = r.after();
+        }
+        prop_assert_eq!(m, keep);
+        // halving until the last round: ⌈log2(chunk / keep)⌉ rounds
+        let halvings = (chunk as f64 / keep as f64).log2().ceil() as usize;
+        prop_assert!(plan.len() == halvings || plan.len() == halvings + 1, "{} rounds for {chunk} -> {keep}", plan.len());
+    }
+
+    /// The layout covers every token once; chunks are full, and the tail holds the recent
+    /// window plus less than a chunk.
+    #[test]
+    fn layout_covers_the_sequence(len in 0u32..100_000, chunk in 64u32..=512, sink in 0u32..64, recent in 0u32..2048) {
+        let lay = Layout::of(len, chunk, sink, recent);
+        prop_assert_eq!(lay.sink + lay.chunks * chunk + lay.tail, len);
+        prop_assert!(lay.sink <= sink);
+        if lay.chunks > 0 {
+            prop_assert!(lay.tail >= recent && lay.tail < recent + chunk);
+        }
+        prop_assert!(lay.compressed_len(keep_for(chunk, 0.8)) <= len);
+    }
+}
+
+#[test]
+fn the_documented_round_counts_hold() {
+    assert_eq!(rounds(64, keep_for(64, 0.5)).len(), 1);
+    assert_eq!(rounds(64, keep_for(64, 0.75)).len(), 2);
+    assert_eq!(rounds(64, keep_for(64, 0.8)).len(), 3);
+    assert_eq!(keep_for(64, 0.8), 13);
+    assert_eq!(keep_for(512, 0.75), 128);
+}
+
+/// The fidelity evaluation on a small planted-structure workload: every method holds the
+/// same memory, the reduction is what the plan says, and every error is finite and
+/// positive (nothing is compared with itself).
+#[test]
+fn fidelity_on_the_workload() {
+    use kiln_algorithms::chelsea::fidelity::{evaluate, table, Setting};
+    use kiln_algorithms::workload::{generate, WorkloadSpec};
+    let Some(dev) = common::device() else { return };
+    let (seq, chunk, sink, recent) = (1024usize, 64u32, 4u32, 64u32);
+    let wl = generate(&WorkloadSpec::decode(1, 8, 2, seq, 64)).expect("workload");
+    let setting = Setting {
+        chunk,
+        sink,
+        recent,
+    };
+    let rows = evaluate(&dev, &wl, setting, &[0.5, 0.75, 0.8]).expect("evaluation");
+    println!("{}", table(&rows));
+    assert_eq!(rows.len(), 12);
+    for r in &rows {
+        let lay = Layout::of(seq as u32, chunk, sink, recent);
+        assert_eq!(
+            r.entries as u32,
+            lay.compressed_len(keep_for(chunk, r.target)),
+            "{r:?}"
+        );
+        assert!(r.output_error.is_finite() && r.output_error > 0.0, "{r:?}");
+    }
+}
