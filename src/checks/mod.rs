@@ -29,7 +29,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ),
     ("hata decoder", hata::hata_decoder_matches_reference),
     (
-        "topk_hist + topk_filter + topk_refine + topk_count + topk_write",
+        "topk_hist + topk_filter + topk_refine + topk_write",
         topk::topk_matches_reference,
     ),
     (

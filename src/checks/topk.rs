@@ -157,6 +157,8 @@ const CASES: &[Case] = &[
     (Scores::Uniform, (2, 4999, 77), (0, 0), None),
     // heavy ties: the threshold value has hundreds of copies spread over the blocks
     (Scores::Levels(4), (3, 3001, 1500), (0, 0), Some(700)),
+    // more blocks per row (25) than warps (16): a warp counts two blocks' candidates
+    (Scores::Levels(4), (2, 5000, 700), (0, 0), Some(200)),
     (
         Scores::Hata { norms: false },
         (2, 4097, 333),

@@ -3,6 +3,7 @@
 //! (plus sink and recent tokens), and attend to exactly those with flash-decoding.
 
 use kiln::prelude::*;
+use kiln::tune::{Entry, TuneOptions};
 use kiln::{Device, DeviceBuffer, Element, Kernel, LaunchConfig, RuntimeError};
 
 use super::encode::{
@@ -425,6 +426,38 @@ impl<T: Element + Float> HataLayer<T> {
             )?;
         }
         Ok(())
+    }
+
+    /// Searches the split size of the sparse attention for this layer's shape at the current
+    /// length and budget (on the last selection, `q`, and overwriting `out`, `lse`), stores
+    /// the winner with the autotuner's other results and uses it from then on. Call after a
+    /// `score` + `select` on representative data; a dense step is not affected.
+    pub fn tune_attend(
+        &mut self,
+        q: &DeviceBuffer<T>,
+        out: &mut DeviceBuffer<T>,
+        lse: &mut DeviceBuffer<f32>,
+        options: &TuneOptions,
+    ) -> Result<Entry, HataError>
+    where
+        T: Into<f32> + Copy,
+    {
+        let shape = self.shape();
+        let scale = 1.0 / (self.cfg.dim as f32).sqrt();
+        let k = self.budget_for(self.len);
+        Ok(self.sparse.tune(
+            &shape,
+            q,
+            &self.k,
+            &self.v,
+            Some(&self.ids),
+            k,
+            scale,
+            out,
+            lse,
+            &mut self.scratch,
+            options,
+        )?)
     }
 
     /// Whether a step at the current length selects keys (not dense).

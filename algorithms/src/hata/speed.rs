@@ -3,6 +3,7 @@
 
 use half::bf16;
 use kiln::prelude::Float;
+use kiln::tune::TuneOptions;
 use kiln::{time, Device, DeviceBuffer, RuntimeError};
 
 use super::decoder::{Budget, HataConfig, HataError, HataLayer};
@@ -45,7 +46,9 @@ fn as_runtime(e: HataError) -> RuntimeError {
 
 /// Times a step of `batch` sequences of `seq` cached tokens (heads 32/8, D = 128, rbit 128,
 /// bf16, random data and hash weights; sink 16, recent 64), each part a median of `reps`
-/// after `warmup` runs, with dense flash-decoding over the same cache in the same run.
+/// after `warmup` runs, with dense flash-decoding over the same cache in the same run. The
+/// sparse attention's split size is tuned first ([`HataLayer::tune_attend`]; reused from the
+/// autotuner's store when already there).
 pub fn measure(
     device: &Device,
     batch: u32,
@@ -89,6 +92,18 @@ pub fn measure(
     let k_new = device.upload(&random((batch * hk * d) as usize))?;
     let mut out: DeviceBuffer<bf16> = device.zeros((batch * 32 * d) as usize)?;
     let mut lse: DeviceBuffer<f32> = device.zeros((batch * 32) as usize)?;
+    // the sparse attention's split size, tuned on this selection (kept in the store)
+    layer.score(&q)?;
+    layer.select()?;
+    layer.tune_attend(
+        &q,
+        &mut out,
+        &mut lse,
+        &TuneOptions {
+            progress: false,
+            force: false,
+        },
+    )?;
     let median = |r: Result<kiln::Timing, RuntimeError>| r.map(|t| t.median_ms);
     let step = median(time(device, warmup, reps, || {
         layer.score(&q).map_err(as_runtime)?;

@@ -20,16 +20,16 @@
 //! pieces, one block each, so that even 8 rows fill the GPU; blocks count in shared memory,
 //! merge with global atomics, and the **last block of a row to finish** (a ticket taken with
 //! an atomic after a fence) scans the merged histogram, resets it to zero for the next call
-//! and records the bucket. Five kernels, two passes over the scores:
+//! and records the bucket. Four kernels, two passes over the scores:
 //!
 //! 1. [`topk_hist`] — pass over the scores: histogram of the top 12 key bits → digit 1.
 //! 2. [`topk_filter`] — pass over the scores: every element whose digit 1 is at least the
 //!    chosen one is a candidate; each block compacts its candidates (index and key, in index
 //!    order) into its own region of the scratch and histograms digit 2 of those in the bucket.
 //! 3. [`topk_refine`] — over the candidates only: digit 3 → the exact threshold key `T` and
-//!    how many elements equal to `T` to take (`need`).
-//! 4. [`topk_count`] — over the candidates: per block, how many are above `T` and equal to it.
-//! 5. [`topk_write`] — over the candidates: each block sums the counts of the blocks before it
+//!    how many elements equal to `T` to take (`need`); the row's last block then counts, a
+//!    warp per block of the row, each block's candidates above `T` and equal to it.
+//! 4. [`topk_write`] — over the candidates: each block sums the counts of the blocks before it
 //!    (its output offset, and how many of the `need` ties they took) and writes its selected
 //!    indices with an ordered block scan: everything above `T`, and ties while slots remain.
 //!
@@ -44,11 +44,11 @@ use crate::common::warp_sum_u32;
 
 /// Threads per block of every top-k kernel (16 warps).
 pub const THREADS: u32 = 512;
-/// Scores a block of [`topk_hist`] reads per step: two coalesced 16-byte loads per thread,
-/// `base + 4t` and `base + 2048 + 4t` ([`topk_filter`], which keeps fewer registers live
-/// across its block scan, reads half as many per step). The default chunk gives each block at
-/// least this many columns.
-pub const TILE: u32 = 8 * THREADS;
+/// Scores a block of [`topk_hist`] reads per step: four coalesced 16-byte loads per thread,
+/// `base + 2048j + 4t` for `j < 4`, all in flight before the first is counted
+/// ([`topk_filter`], which keeps fewer registers live across its block scan, reads 2048 per
+/// step). The default chunk gives each block at least this many columns.
+pub const TILE: u32 = 16 * THREADS;
 /// Buckets of digit 1 (the top 12 key bits).
 pub const BINS1: u32 = 4096;
 /// Buckets of digits 2 and 3 (10 key bits each).
@@ -226,7 +226,7 @@ pub fn select_bucket<const BINS: u32>(
 
 /// Pass 1 over the scores. Block `(x, row)` histograms the top 12 key bits of columns
 /// `[x·chunk, min((x + 1)·chunk, n))` of row `row` in shared memory ([`TILE`] scores per
-/// step, two coalesced 16-byte loads per thread), adds its buckets to
+/// step, four coalesced 16-byte loads per thread), adds its buckets to
 /// `hist[row·HIST_WORDS ..]`, and the row's last block picks digit 1: `state[row·8] = d1 << 20`,
 /// `state[row·8 + 1]` = `k` minus the elements above bucket `d1`. Grid `(⌈n / chunk⌉, rows)`,
 /// 512 threads.
@@ -244,20 +244,20 @@ pub fn topk_hist(scores: &[f32], hist: &mut [u32], state: &mut [u32], n: u32, k:
     let c0 = block_idx().x * chunk;
     let g0 = row * n + c0;
     let g1 = row * n + (c0 + chunk).min(n);
-    // two coalesced 16-byte loads per thread and step: scores base + 4t and base + 2048 + 4t
-    for i in (g0 / 4 * 4 + t * 4..g1).step_by(4096) {
-        let mut ka = [0u32; 4];
-        let mut kb = [0u32; 4];
-        load_keys(scores, i, &mut ka);
-        if i + 2048 < g1 {
-            load_keys(scores, i + 2048, &mut kb);
-        }
-        for e in 0..4u32 {
-            if i + e >= g0 && i + e < g1 {
-                atomic_add(&mut bins[ka[e] >> 20], 1u32);
+    // four coalesced 16-byte loads per thread and step: scores base + 2048j + 4t, j < 4
+    for i in (g0 / 4 * 4 + t * 4..g1).step_by(8192) {
+        let mut keys = [[0u32; 4]; 4];
+        for j in 0..4u32 {
+            if i + 2048 * j < g1 {
+                load_keys(scores, i + 2048 * j, &mut keys[j]);
             }
-            if i + 2048 + e < g1 {
-                atomic_add(&mut bins[kb[e] >> 20], 1u32);
+        }
+        for j in 0..4u32 {
+            for e in 0..4u32 {
+                let at = i + 2048 * j + e;
+                if at >= g0 && at < g1 {
+                    atomic_add(&mut bins[keys[j][e] >> 20], 1u32);
+                }
             }
         }
     }
@@ -388,13 +388,14 @@ pub fn topk_filter(
 
 /// Digit 3, over the candidates only: block `(x, row)` histograms the low 10 key bits of
 /// its candidates that share the 22-bit prefix in `state`; the row's last block picks the
-/// bucket, which completes the threshold key `T` (`state[row·8]`), and leaves in
-/// `state[row·8 + 1]` how many elements equal to `T` the top-k takes. Grid `(nb, rows)`,
-/// 512 threads.
+/// bucket, which completes the threshold key `T` (`state[row·8]`), leaves in
+/// `state[row·8 + 1]` how many elements equal to `T` the top-k takes, and counts, a warp per
+/// block of the row, each block's candidates above `T` (`counts[(row·nb + x)·4 + 1]`) and
+/// equal to it (`+ 2`) for [`topk_write`]. Grid `(nb, rows)`, 512 threads.
 #[kernel(threads = 512)]
 pub fn topk_refine(
     cand_key: &[u32],
-    counts: &[u32],
+    counts: &mut [u32],
     hist: &mut [u32],
     state: &mut [u32],
     chunk: u32,
@@ -440,32 +441,28 @@ pub fn topk_refine(
     sync_threads();
     if res[0] == nb - 1 {
         select_bucket::<1024>(hist, hb, need, &mut sums, &mut res);
+        let thr = prefix | res[1];
         if t == 0 {
-            state[row * 8] = prefix | res[1];
+            state[row * 8] = thr;
             state[row * 8 + 1] = res[2];
             state[row * 8 + 6] = 0;
+        }
+        for x in (warp_id()..nb).step_by(16) {
+            count_around(cand_key, counts, row * nb + x, chunk, thr);
         }
     }
 }
 
-/// With the threshold `T` known, block `(x, row)` counts its candidates above `T`
-/// (`counts[(row·nb + x)·4 + 1]`) and equal to it (`+ 2`). Grid `(nb, rows)`, 512 threads.
-#[kernel(threads = 512)]
-pub fn topk_count(cand_key: &[u32], state: &[u32], counts: &mut [u32], chunk: u32) {
-    let acc = shared::<[u32; 2]>();
-    let t = thread_idx().x;
-    let row = block_idx().y;
-    let block = row * grid_dim().x + block_idx().x;
+/// Run by one warp: counts the candidates of block `block` (its region of `chunk` slots,
+/// `counts[block·4]` of them) above the threshold key `thr` and equal to it, into
+/// `counts[block·4 + 1]` and `counts[block·4 + 2]`.
+#[device]
+pub fn count_around(cand_key: &[u32], counts: &mut [u32], block: u32, chunk: u32, thr: u32) {
     let region = block * chunk;
-    let thr = state[row * 8];
     let count = counts[block * 4];
-    if t < 2 {
-        acc[t] = 0;
-    }
-    sync_threads();
     let mut gt = 0u32;
     let mut eq = 0u32;
-    for j in (t * 4..count).step_by(2048) {
+    for j in (lane_id() * 4..count).step_by(128) {
         let v = cand_key.vload(region + j);
         for e in 0..4u32 {
             if j + e < count {
@@ -480,13 +477,8 @@ pub fn topk_count(cand_key: &[u32], state: &[u32], counts: &mut [u32], chunk: u3
     let gt_w: u32 = warp_sum_u32(gt);
     let eq_w: u32 = warp_sum_u32(eq);
     if lane_id() == 0 {
-        atomic_add(&mut acc[0], gt_w);
-        atomic_add(&mut acc[1], eq_w);
-    }
-    sync_threads();
-    if t == 0 {
-        counts[block * 4 + 1] = acc[0];
-        counts[block * 4 + 2] = acc[1];
+        counts[block * 4 + 1] = gt_w;
+        counts[block * 4 + 2] = eq_w;
     }
 }
 
@@ -615,7 +607,6 @@ pub struct TopK {
     hist: Kernel,
     filter: Kernel,
     refine: Kernel,
-    count: Kernel,
     write: Kernel,
     /// Columns per block (a multiple of 4); `None` picks one from the device's size with
     /// [`default_chunk`]. Smaller chunks mean more blocks per row.
@@ -638,13 +629,12 @@ pub fn default_chunk(rows: u32, n: u32, multiprocessors: u32) -> u32 {
 }
 
 impl TopK {
-    /// Compiles the five kernels for `device`.
+    /// Compiles the four kernels for `device`.
     pub fn new(device: &Device) -> Result<TopK, TopKError> {
         Ok(TopK {
             hist: topk_hist::spec().build(device)?,
             filter: topk_filter::spec().build(device)?,
             refine: topk_refine::spec().build(device)?,
-            count: topk_count::spec().build(device)?,
             write: topk_write::spec().build(device)?,
             chunk: None,
         })
@@ -666,7 +656,7 @@ impl TopK {
     /// index, NaN counts as the smallest value (see the module docs). Needs `1 ≤ k ≤ n` and
     /// `rows ≤ 65535`. `scratch` grows as needed (and is left ready for the next call).
     ///
-    /// Enqueues the five kernels on the device's stream and returns (asynchronous, like any
+    /// Enqueues the four kernels on the device's stream and returns (asynchronous, like any
     /// launch); a refused shape returns [`TopKError::Shape`] before anything is launched.
     pub fn run(
         &self,
@@ -749,17 +739,9 @@ impl TopK {
             &self.refine,
             &cfg,
             &s.cand_key,
-            &s.counts,
+            &mut s.counts,
             &mut s.hist,
             &mut s.state,
-            chunk,
-        )?;
-        topk_count::launch(
-            &self.count,
-            &cfg,
-            &s.cand_key,
-            &s.state,
-            &mut s.counts,
             chunk,
         )?;
         topk_write::launch(
