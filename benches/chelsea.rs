@@ -3,8 +3,8 @@
 //! recent 64): compression of the prefilled cache (tokens/s, and its time as a share of our
 //! causal prefill attention `Prefill` over the same length), and decode attention over the
 //! merged cache (with the `log n` bias, and without) against dense flash-decoding over the
-//! full cache; inputs rotate over copies spanning 256 MiB so every timed run reads device
-//! memory. Fidelity on the planted-structure workload (b1 h32/8 s32768 d128): output error
+//! full cache, both with tuned split sizes; inputs rotate over copies spanning 256 MiB so
+//! every timed run reads device memory. Fidelity on the planted-structure workload (b1 h32/8 s32768 d128): output error
 //! against dense attention at 50%, 75% and 80% reduction, with and without the bias, next
 //! to keeping the sinks + most recent tokens and the sinks + evenly spaced tokens at the same
 //! memory, for chunks of 64 and 256. Writes `chelsea-<device>.json`.

@@ -86,10 +86,11 @@ pub fn flash_decode<T: Float, const D: u32, const INDEXED: bool, const BIAS: boo
     let mut acc = [frag_c_zero(); D / 8];
     let mut m = [f32::NEG_INFINITY; 2];
     let mut l = [0.0f32; 2];
-    // with BIAS: log2 of the sizes of this lane's four keys of the current / next tile
+    // with BIAS: log2 of the sizes of this lane's four keys of the current tile, and the
+    // sizes of the next tile's (loads in flight)
     let cnt_base = b as u64 * seq as u64 * kv_heads as u64 + hk as u64;
     let mut bias = [0.0f32; 4];
-    let mut bias_next = [0.0f32; 4];
+    let mut bias_next = [1.0f32; 4];
     if BIAS {
         fetch_bias::<INDEXED>(
             &mut bias_next,
@@ -120,7 +121,7 @@ pub fn flash_decode<T: Float, const D: u32, const INDEXED: bool, const BIAS: boo
         let slot = w * 2 + i % 2;
         if BIAS {
             for e in 0..4u32 {
-                bias[e] = bias_next[e];
+                bias[e] = bias_next[e].log2();
             }
             if i + 1 < steps {
                 fetch_bias::<INDEXED>(
@@ -215,13 +216,14 @@ pub fn fetch_keys<T: Float, const D: u32, const INDEXED: bool>(
     }
 }
 
-/// `log2` of the sizes of the four keys a lane's scores cover in the tile at `k0`
-/// (columns `lane % 4 · 2 + {0, 1}` and `+ 8` of each row: `bias[2j + e]` for key
-/// `k0 + 8j + lane % 4 · 2 + e`), 0 for keys at or past `end`. `cnt_base` is
-/// `b·S·H_kv + h_kv`; the key's token is its index or, when `INDEXED`, from `ids`.
+/// Starts loading the sizes of the four keys a lane's scores cover in the tile at `k0`
+/// (columns `lane % 4 · 2 + {0, 1}` and `+ 8` of each row: `sizes[2j + e]` for key
+/// `k0 + 8j + lane % 4 · 2 + e`), 1 for keys at or past `end`. Nothing here uses the
+/// values, so the loads stay in flight until the next step takes their `log2`. `cnt_base`
+/// is `b·S·H_kv + h_kv`; the key's token is its index or, when `INDEXED`, from `ids`.
 #[device]
 pub fn fetch_bias<const INDEXED: bool>(
-    bias: &mut [f32; 4],
+    sizes: &mut [f32; 4],
     counts: &[f32],
     ids: &[u32],
     id_base: u32,
@@ -234,12 +236,12 @@ pub fn fetch_bias<const INDEXED: bool>(
     for j in 0..2u32 {
         for e in 0..2u32 {
             let key = k0 + j * 8 + lane % 4 * 2 + e;
-            let mut x = 0.0f32;
+            let mut x = 1.0f32;
             if key < end {
                 let token = if INDEXED { ids[id_base + key] } else { key };
-                x = counts[cnt_base + token as u64 * kv_heads as u64].log2();
+                x = counts[cnt_base + token as u64 * kv_heads as u64];
             }
-            bias[j * 2 + e] = x;
+            sizes[j * 2 + e] = x;
         }
     }
 }
@@ -472,6 +474,29 @@ impl FlashDecode {
         scratch: &mut DecodeScratch,
         options: &TuneOptions,
     ) -> Result<Entry, DecodeError> {
+        self.tune_with_counts(
+            shape, q, k, v, ids, None, n_keys, scale, o, lse, scratch, options,
+        )
+    }
+
+    /// [`FlashDecode::tune`] for [`FlashDecode::run_with_counts`] (entry sizes `counts`
+    /// exactly when built with [`FlashDecode::with_counts`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn tune_with_counts<T: kiln::Element + Into<f32> + Copy>(
+        &mut self,
+        shape: &DecodeShape,
+        q: &DeviceBuffer<T>,
+        k: &DeviceBuffer<T>,
+        v: &DeviceBuffer<T>,
+        ids: Option<&DeviceBuffer<u32>>,
+        counts: Option<&DeviceBuffer<f32>>,
+        n_keys: u32,
+        scale: f32,
+        o: &mut DeviceBuffer<T>,
+        lse: &mut DeviceBuffer<f32>,
+        scratch: &mut DecodeScratch,
+        options: &TuneOptions,
+    ) -> Result<Entry, DecodeError> {
         let least = n_keys.div_ceil(MAX_SPLITS) as i64;
         // the hand-picked default competes too, so tuning can only match or beat it
         let device_mps = self.partial.device.multiprocessors();
@@ -498,7 +523,9 @@ impl FlashDecode {
             |p, _| {
                 this.chunk = Some(p.get("CHUNK") as u32);
                 let t = timing::time(&device, 3, 20, || {
-                    Ok(this.run(shape, q, k, v, ids, n_keys, scale, o, lse, scratch)?)
+                    Ok(this.run_with_counts(
+                        shape, q, k, v, ids, counts, n_keys, scale, o, lse, scratch,
+                    )?)
                 })
                 .map_err(|e| e.to_string())?;
                 let mut out: Vec<f32> = device

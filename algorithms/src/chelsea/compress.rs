@@ -10,6 +10,7 @@
 //! size 1 each) up to [`ChelseaCache::len`].
 
 use kiln::prelude::*;
+use kiln::tune::TuneOptions;
 use kiln::{Device, DeviceBuffer, Element, Kernel, LaunchConfig, RuntimeError};
 
 use super::kernels::{chelsea_copy, chelsea_round, MAX_CHUNK, ROUND_THREADS};
@@ -504,6 +505,44 @@ impl<T: Element + Float> ChelseaCache<T> {
         kernels.copy((&stage.src(), 0), (&mut cache.dst(), first + keep), rest)?;
         self.merged_end += keep;
         self.len -= c.chunk - keep;
+        Ok(())
+    }
+
+    /// Searches the split size of attention over the cache at its current length, with
+    /// and without the bias (see [`FlashDecode::tune`]), on `q`; overwrites `out` and `lse`.
+    /// Later calls in the same bucket (here and in other caches) use the winners.
+    pub fn tune_decode(
+        &mut self,
+        q: &DeviceBuffer<T>,
+        out: &mut DeviceBuffer<T>,
+        lse: &mut DeviceBuffer<f32>,
+        options: &TuneOptions,
+    ) -> Result<(), ChelseaError>
+    where
+        T: Into<f32> + Copy,
+    {
+        if self.len == 0 {
+            return Err(ChelseaError::Config("tuning over an empty cache".into()));
+        }
+        let shape = self.shape();
+        let scale = 1.0 / (self.cfg.dim as f32).sqrt();
+        let c = &self.cache;
+        for (decode, counts) in [(&mut self.plain, None), (&mut self.biased, Some(&c.n))] {
+            decode.tune_with_counts(
+                &shape,
+                q,
+                &c.k,
+                &c.v,
+                None,
+                counts,
+                self.len,
+                scale,
+                out,
+                lse,
+                &mut self.decode_scratch,
+                options,
+            )?;
+        }
         Ok(())
     }
 

@@ -1,7 +1,6 @@
 //! Chelsea's kernels: one round of chunked soft matching ([`chelsea_round`]) and the row
 //! copies that move sink and recent tokens around it ([`chelsea_copy`]).
 
-use crate::common::{warp_sum, warp_sum_u32};
 use crate::tile::*;
 use kiln::prelude::*;
 use kiln_dsl::kernel;
@@ -56,6 +55,10 @@ pub fn chelsea_round<T: Float, const D: u32>(
     let inv_norm = shared::<[f32; 512]>();
     let best = shared::<[f32; 256]>();
     let target = shared::<[u32; 256]>();
+    let before = shared::<[u32; 260]>();
+    let count = shared::<[u32; 256]>();
+    let first = shared::<[u32; 256]>();
+    let list = shared::<[u32; 256]>();
     let t = thread_idx().x;
     let lane = lane_id();
     let w = warp_id();
@@ -74,16 +77,27 @@ pub fn chelsea_round<T: Float, const D: u32>(
     let n_row0 =
         (b as u64 * seq_in as u64 + (row_in + chunk * m) as u64) * kv_heads as u64 + h as u64;
 
-    // inverse norms of every entry, a warp per entry
-    for e in (w..m).step_by(8) {
+    // inverse norms of every entry: a thread per 8 values (16-byte loads, all in flight
+    // at once), the D / 8 threads of an entry meet by shuffles
+    let groups = D / 8;
+    for base in (0..m * groups).step_by(256) {
+        let item = base + t;
         let mut ss = 0.0f32;
-        for j in 0..D / 32 {
-            let x = k_in[in0 + e as u64 * ld + (j * 32 + lane) as u64] as f32;
-            ss += x * x;
+        if item < m * groups {
+            let x =
+                k_in.vload((in0 + (item / groups) as u64 * ld + (item % groups * 8) as u64) as u32);
+            for j in 0..8u32 {
+                let f = x[j] as f32;
+                ss += f * f;
+            }
         }
-        let total: f32 = warp_sum(ss);
-        if lane == 0 {
-            inv_norm[e] = if total > 0.0 { 1.0 / total.sqrt() } else { 0.0 };
+        let mut o = 1u32;
+        while o < groups {
+            ss += shfl_xor_sync(0xffff_ffff, ss, o);
+            o *= 2;
+        }
+        if item < m * groups && item % groups == 0 {
+            inv_norm[item / groups] = if ss > 0.0 { 1.0 / ss.sqrt() } else { 0.0 };
         }
     }
 
@@ -195,54 +209,92 @@ pub fn chelsea_round<T: Float, const D: u32>(
     }
     sync_threads();
 
-    // merge and compact: a warp per entry; entry e goes to e minus the merged a's before it
-    for e in (w..m).step_by(8) {
+    // where entries go and what merges into each b: before[i] = merged a's among a < i,
+    // and the merged a's of b, ascending, at list[first[b] .. first[b] + count[b]]
+    for a in (t..na + 1).step_by(256) {
+        let mut c = 0u32;
+        for o in 0..a {
+            if target[o] != 0xffff_ffff {
+                c += 1;
+            }
+        }
+        before[a] = c;
+    }
+    for bb in (t..nb).step_by(256) {
+        let mut c = 0u32;
+        for a in 0..na {
+            if target[a] == bb {
+                c += 1;
+            }
+        }
+        count[bb] = c;
+    }
+    sync_threads();
+    for bb in (t..nb).step_by(256) {
+        let mut off = 0u32;
+        for o in 0..bb {
+            off += count[o];
+        }
+        first[bb] = off;
+        for a in 0..na {
+            if target[a] == bb {
+                list[off] = a;
+                off += 1;
+            }
+        }
+    }
+    sync_threads();
+
+    // merge and compact: a thread per 8 values of an entry; entry e goes to e minus the
+    // merged a's before it
+    for item in (t..m * groups).step_by(256) {
+        let e = item / groups;
+        let col = (item % groups * 8) as u64;
         let merged_a = e % 2 == 0 && target[e / 2] != 0xffff_ffff;
         if !merged_a {
-            let mut before = 0u32;
-            for a in (lane..e.div_ceil(2)).step_by(32) {
-                if target[a] != 0xffff_ffff {
-                    before += 1;
-                }
-            }
-            let shift: u32 = warp_sum_u32(before);
-            let out = (out_row0 + (e - shift) as u64) * kv_heads as u64 + h as u64;
+            let out = (out_row0 + (e - before[(e + 1) / 2]) as u64) * kv_heads as u64 + h as u64;
             let n_e = if unit_counts {
                 1.0f32
             } else {
                 n_in[n_row0 + e as u64 * kv_heads as u64]
             };
-            let mut kk = [0.0f32; D / 32];
-            let mut vv = [0.0f32; D / 32];
-            let row = in0 + e as u64 * ld;
-            for j in 0..D / 32 {
-                kk[j] = n_e * k_in[row + (j * 32 + lane) as u64] as f32;
-                vv[j] = n_e * v_in[row + (j * 32 + lane) as u64] as f32;
+            let row = in0 + e as u64 * ld + col;
+            // buffers hold fewer than 2^32 elements (the launch checks), so u32 indices fit
+            let xk = k_in.vload(row as u32);
+            let xv = v_in.vload(row as u32);
+            let mut kk = [0.0f32; 8];
+            let mut vv = [0.0f32; 8];
+            for j in 0..8u32 {
+                kk[j] = n_e * xk[j] as f32;
+                vv[j] = n_e * xv[j] as f32;
             }
             let mut total = n_e;
             if e % 2 == 1 {
-                for a in 0..na {
-                    if target[a] == e / 2 {
-                        let n_a = if unit_counts {
-                            1.0f32
-                        } else {
-                            n_in[n_row0 + 2 * a as u64 * kv_heads as u64]
-                        };
-                        let src = in0 + 2 * a as u64 * ld;
-                        for j in 0..D / 32 {
-                            kk[j] += n_a * k_in[src + (j * 32 + lane) as u64] as f32;
-                            vv[j] += n_a * v_in[src + (j * 32 + lane) as u64] as f32;
-                        }
-                        total += n_a;
+                let bb = e / 2;
+                for i in first[bb]..first[bb] + count[bb] {
+                    let a = list[i];
+                    let n_a = if unit_counts {
+                        1.0f32
+                    } else {
+                        n_in[n_row0 + 2 * a as u64 * kv_heads as u64]
+                    };
+                    let src = in0 + 2 * a as u64 * ld + col;
+                    let ak = k_in.vload(src as u32);
+                    let av = v_in.vload(src as u32);
+                    for j in 0..8u32 {
+                        kk[j] += n_a * ak[j] as f32;
+                        vv[j] += n_a * av[j] as f32;
                     }
+                    total += n_a;
                 }
             }
             let inv = 1.0f32 / total;
-            for j in 0..D / 32 {
-                k_out[out * D as u64 + (j * 32 + lane) as u64] = (kk[j] * inv) as T;
-                v_out[out * D as u64 + (j * 32 + lane) as u64] = (vv[j] * inv) as T;
+            let dst = out * D as u64 + col;
+            for j in 0..8u32 {
+                k_out[dst + j as u64] = (kk[j] * inv) as T;
+                v_out[dst + j as u64] = (vv[j] * inv) as T;
             }
-            if lane == 0 {
+            if col == 0 {
                 n_out[out] = total;
             }
         }
