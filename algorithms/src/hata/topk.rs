@@ -291,8 +291,7 @@ pub fn topk_hist(scores: &[f32], hist: &mut [u32], state: &mut [u32], n: u32, k:
 /// among them): it writes their column indices and keys, in index order, to
 /// `cand_idx`/`cand_key[(row·nb + x)·chunk ..]` and their number to `counts[(row·nb + x)·4]`,
 /// and histograms key bits 19..10 of those in bucket `d1`. Each step reads 2048 scores (one
-/// 16-byte load per thread, issued during the previous step) and places its candidates with
-/// one block scan. The row's last
+/// 16-byte load per thread) and places its candidates with one block scan. The row's last
 /// block picks digit 2 and updates `state` (prefix `d1 << 20 | d2 << 10`, need).
 /// Grid `(nb, rows)` with `nb = ⌈n / chunk⌉`, 512 threads.
 #[kernel(threads = 512)]
@@ -326,20 +325,12 @@ pub fn topk_filter(
     let block = row * nb + block_idx().x;
     let region = block * chunk;
     let mut written = 0u32;
-    // scores i + 4t .. i + 4t + 4: one coalesced 16-byte load per thread and step, issued a
-    // step ahead so that it is in flight during the block scan
-    let mut next = [0u32; 4];
-    if g0 / 4 * 4 + t * 4 < g1 {
-        load_keys(scores, g0 / 4 * 4 + t * 4, &mut next);
-    }
     for i in (g0 / 4 * 4..g1).step_by(2048) {
+        // scores i + 4t .. i + 4t + 4: one coalesced 16-byte load per thread and step
         let j = i + t * 4;
         let mut keys = [0u32; 4];
-        for e in 0..4u32 {
-            keys[e] = next[e];
-        }
-        if j + 2048 < g1 {
-            load_keys(scores, j + 2048, &mut next);
+        if j < g1 {
+            load_keys(scores, j, &mut keys);
         }
         let mut mask = 0u32;
         let mut count = 0u32;
