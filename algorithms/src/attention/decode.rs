@@ -23,7 +23,8 @@ pub const MAX_SPLITS: u32 = 4096;
 /// (G ≤ 16) are the rows of one 16-row strip, so each key tile feeds the tensor cores once
 /// for the whole group. Warp `w` of block `x` handles split `s = 2x + w`: keys
 /// `[s·chunk, min((s + 1)·chunk, n_keys))`, 16 at a time through its own two shared stages,
-/// so the next tile is in flight while this one is multiplied.
+/// so the next tile is in flight while this one is multiplied (the first one loads while
+/// the queries land).
 ///
 /// `q` `[B, H, D]`; `k`, `v` `[B, S, H_kv, D]`; with `INDEXED`, the i-th key of (b, h_kv) is
 /// token `ids[(b·H_kv + h_kv)·n_keys + i]`, else token `i`. Writes, per query head and split,
@@ -68,54 +69,57 @@ pub fn flash_decode<T: Float, const D: u32, const INDEXED: bool, const BIAS: boo
     let head0 = b * heads + hk * g;
     load_tile_async::<T, 16, D, 64>(&mut sq, q, (head0 * D) as u64, D as u64, g, D, t);
     cp_async_commit();
-    cp_async_wait_all();
-    sync_threads();
     let split = block_idx().x * 2 + w;
-    if split >= splits {
-        return;
-    }
-    let mut qf = [frag_a_zero::<T>(); D / 16];
-    load_a_strip::<T, D>(&mut qf, &sq, 0u32);
     let ld = (kv_heads * D) as u64;
     let kv_base = ((b as u64 * seq as u64) * kv_heads as u64 + hk as u64) * D as u64;
     let id_base = (b * kv_heads + hk) * n_keys;
     let start = split * chunk;
     let end = (start + chunk).min(n_keys);
-    let steps = (end - start).div_ceil(16);
-    let c = scale * 1.442_695_f32;
-    let mut acc = [frag_c_zero(); D / 8];
-    let mut m = [f32::NEG_INFINITY; 2];
-    let mut l = [0.0f32; 2];
     // with BIAS: log2 of the sizes of this lane's four keys of the current tile, and the
     // sizes of the next tile's (loads in flight)
     let cnt_base = b as u64 * seq as u64 * kv_heads as u64 + hk as u64;
     let mut bias = [0.0f32; 4];
     let mut bias_next = [1.0f32; 4];
-    if BIAS {
-        fetch_bias::<INDEXED>(
-            &mut bias_next,
-            counts,
+    // the first key tile starts loading while the queries land
+    if split < splits {
+        if BIAS {
+            fetch_bias::<INDEXED>(
+                &mut bias_next,
+                counts,
+                ids,
+                id_base,
+                start,
+                end,
+                cnt_base,
+                kv_heads,
+            );
+        }
+        fetch_keys::<T, D, INDEXED>(
+            &mut sk[w * 2],
+            &mut sv[w * 2],
+            k,
+            v,
             ids,
             id_base,
             start,
             end,
-            cnt_base,
-            kv_heads,
+            kv_base,
+            ld,
         );
     }
-    fetch_keys::<T, D, INDEXED>(
-        &mut sk[w * 2],
-        &mut sv[w * 2],
-        k,
-        v,
-        ids,
-        id_base,
-        start,
-        end,
-        kv_base,
-        ld,
-    );
     cp_async_commit();
+    cp_async_wait::<1>(); // the queries landed; the first key tile may still be in flight
+    sync_threads();
+    if split >= splits {
+        return;
+    }
+    let mut qf = [frag_a_zero::<T>(); D / 16];
+    load_a_strip::<T, D>(&mut qf, &sq, 0u32);
+    let steps = (end - start).div_ceil(16);
+    let c = scale * 1.442_695_f32;
+    let mut acc = [frag_c_zero(); D / 8];
+    let mut m = [f32::NEG_INFINITY; 2];
+    let mut l = [0.0f32; 2];
     for i in 0..steps {
         let k0 = start + i * 16;
         let slot = w * 2 + i % 2;
@@ -249,7 +253,8 @@ pub fn fetch_bias<const INDEXED: bool>(
 /// Merges the splits of [`flash_decode`] by log-sum-exp: `o[(b·H + h)·D ..]` as `T`, and
 /// the natural-log `lse[b·H + h]`. Grid `(H, B)`, 128 threads; at most [`MAX_SPLITS`] splits.
 /// The block finds the largest partial LSE, turns every split's into a weight, then each
-/// warp sums a quarter of the splits (lanes over columns, coalesced) and the quarters meet
+/// warp sums a quarter of the splits (lanes over columns, coalesced; four splits' loads in
+/// flight at a time) and the quarters meet
 /// in shared memory.
 #[kernel(threads = 128, example(T = bf16, D = 128), example(T = f16, D = 64))]
 pub fn decode_merge<T: Float, const D: u32>(
@@ -291,13 +296,29 @@ pub fn decode_merge<T: Float, const D: u32>(
     }
     sync_threads();
     let total = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+    // warp w sums splits w, w + 4, w + 8, ... in that order, four at a time so that
+    // their loads are in flight together
     let mut acc = [0.0f32; D / 32];
-    for s in (w..splits).step_by(4) {
-        let e = weights[s];
-        let row = (first + s) * D;
-        for j in 0..D / 32 {
-            acc[j] += e * o_part[row + j * 32 + lane];
+    let mut s0 = w;
+    while s0 < splits {
+        let mut x = [[0.0f32; D / 32]; 4];
+        let mut e = [0.0f32; 4];
+        for u in 0..4u32 {
+            let s = s0 + u * 4;
+            if s < splits {
+                e[u] = weights[s];
+                let row = (first + s) * D;
+                for j in 0..D / 32 {
+                    x[u][j] = o_part[row + j * 32 + lane];
+                }
+            }
         }
+        for u in 0..4u32 {
+            for j in 0..D / 32 {
+                acc[j] += e[u] * x[u][j];
+            }
+        }
+        s0 += 16;
     }
     for j in 0..D / 32 {
         quarters[w][j * 32 + lane] = acc[j];
