@@ -232,15 +232,18 @@ pub fn select_bucket<const BINS: u32>(
 /// 512 threads.
 #[kernel(threads = 512)]
 pub fn topk_hist(scores: &[f32], hist: &mut [u32], state: &mut [u32], n: u32, k: u32, chunk: u32) {
-    let bins = shared::<[u32; 4096]>();
+    // two copies of the 4096 buckets, for the even and the odd warps: concentrated scores
+    // make the atomics of a block collide on a few addresses, and a copy each halves that
+    let bins = shared::<[u32; 2 * 4096]>();
     let sums = shared::<[u32; 16]>();
     let res = shared::<[u32; 4]>();
     let t = thread_idx().x;
     let row = block_idx().y;
-    for j in 0..8u32 {
+    for j in 0..16u32 {
         bins[j * 512 + t] = 0;
     }
     sync_threads();
+    let copy = (warp_id() & 1) * 4096;
     let c0 = block_idx().x * chunk;
     let g0 = row * n + c0;
     let g1 = row * n + (c0 + chunk).min(n);
@@ -256,7 +259,7 @@ pub fn topk_hist(scores: &[f32], hist: &mut [u32], state: &mut [u32], n: u32, k:
             for e in 0..4u32 {
                 let at = i + 2048 * j + e;
                 if at >= g0 && at < g1 {
-                    atomic_add(&mut bins[keys[j][e] >> 20], 1u32);
+                    atomic_add(&mut bins[copy + (keys[j][e] >> 20)], 1u32);
                 }
             }
         }
@@ -265,7 +268,7 @@ pub fn topk_hist(scores: &[f32], hist: &mut [u32], state: &mut [u32], n: u32, k:
     let hb = row * (4096 + 2 * 1024);
     for j in 0..8u32 {
         let b = j * 512 + t;
-        let c = bins[b];
+        let c = bins[b] + bins[4096 + b];
         if c > 0 {
             atomic_add(&mut hist[hb + b], c);
         }
