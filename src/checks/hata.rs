@@ -34,6 +34,23 @@ fn codes_match(
     Ok(())
 }
 
+/// A key's code (as [`codes_match`]) and its norm (relative 1e-5) against the reference.
+fn key_matches(
+    what: &str,
+    (code, norm): (&[u32], f32),
+    x: &[f64],
+    w: &[f64],
+    rbit: usize,
+) -> Result<(), VerifyError> {
+    codes_match(what, code, x, w, rbit)?;
+    let want = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+    ensure!(
+        ((norm as f64) - want).abs() <= 1e-5 * want,
+        "{what}: norm {norm} want {want}"
+    );
+    Ok(())
+}
+
 /// Encodes a cache of keys and a step's query heads, scores the keys, appends a new key;
 /// `rbit` 128 or 256, D 64 or 128, `hk` KV heads with GQA groups of 4.
 pub fn hata_kernels_case<T: Real>(
@@ -96,19 +113,13 @@ pub fn hata_kernels_case<T: Real>(
         let head = row % hk;
         let x = &kw[row * d..][..d];
         let wh = &ww[head * d * rbit..][..d * rbit];
-        codes_match(
+        key_matches(
             &format!("key row {row}"),
-            &k_codes_host[row * words..][..words],
+            (&k_codes_host[row * words..][..words], norms_host[row]),
             x,
             wh,
             rbit,
         )?;
-        let want = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-        ensure!(
-            ((norms_host[row] as f64) - want).abs() <= 1e-5 * want,
-            "key row {row}: norm {} want {want}",
-            norms_host[row]
-        );
     }
     // queries [B, H, D] → codes [B, H, words], head h uses KV head h / g
     let mut q_codes = dev.upload(&vec![0xdead_beefu32; b * h * words])?;
@@ -249,19 +260,13 @@ pub fn hata_kernels_case<T: Real>(
             continue;
         }
         let x = &new_w[(bb * hk + hh) * d..][..d];
-        codes_match(
+        key_matches(
             &format!("new key (b {bb}, h {hh})"),
-            got,
+            (got, norms_new[row]),
             x,
             &ww[hh * d * rbit..][..d * rbit],
             rbit,
         )?;
-        let want = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-        ensure!(
-            ((norms_new[row] as f64) - want).abs() <= 1e-5 * want,
-            "new key (b {bb}, h {hh}): norm {} want {want}",
-            norms_new[row]
-        );
     }
     Ok(())
 }
