@@ -27,8 +27,9 @@ pub const MAX_CHUNK: u32 = 512;
 /// stored — each lane keeps a running best per row. The products of `T` values are exact in
 /// f32, so this is the f32 similarity of the stored values; dividing by the norms (f32,
 /// from the same values) gives the cosine. A chunk with more than 128 a's takes two passes.
-/// The top-r is a rank count in shared memory. `m ≤ 512`; grid `(chunks, H_kv, B)`, 256
-/// threads.
+/// The top-r is a rank count in shared memory; the merge takes a thread per 8 values of an
+/// entry (16-byte loads), with each b's merged a's listed in shared memory in ascending
+/// order, so the sums are deterministic. `m ≤ 512`; grid `(chunks, H_kv, B)`, 256 threads.
 #[kernel(
     threads = 256,
     example(T = bf16, D = 128),
