@@ -26,13 +26,15 @@ pub fn launch_config(len: u32, kv_heads: u32, batch: u32) -> LaunchConfig {
 /// get `+∞` so that top-k always keeps them.
 ///
 /// `q_codes` `[B, H, RBIT/32]`, `k_codes` `[B, cap, H_kv, RBIT/32]`, `norms` `[B, cap, H_kv]`;
-/// writes `scores[(b·H_kv + h)·len + s]` for the `len` cached tokens. Thread `t` serves KV
-/// head `t % H_kv` for the whole call, so it keeps its group's query codes in registers
-/// (`G·RBIT/32` words, loaded once) and scores [`TOKENS_PER_THREAD`] consecutive tokens of
-/// that head: for a fixed token step a warp reads whole cache rows (every head's codes of a
-/// token are adjacent), and the loads of the unrolled steps are in flight together. The last
-/// `256 mod H_kv` threads of a block idle. Grid `(⌈len / (4·⌊256 / H_kv⌋)⌉, B)`, 256
-/// threads; `H_kv ≤ 256`.
+/// writes `scores[(b·H_kv + h)·len + s]` for the `len` cached tokens. Block `x` takes tokens
+/// `[x·P, (x + 1)·P)` with `P = 4·⌊256 / H_kv⌋`. Thread `t` serves KV head `t % H_kv`, so it
+/// keeps its group's query codes in registers (`G·RBIT/32` words, loaded once) and scores
+/// [`TOKENS_PER_THREAD`] consecutive tokens of that head: for a fixed token step a warp reads
+/// whole cache rows (every head's codes of a token are adjacent), and the loads of the
+/// unrolled steps are in flight together. The scores go through shared memory so that each
+/// head's `P` scores are written as one contiguous run (written straight from the threads,
+/// a warp's stores would touch four times the sectors). The last `256 mod H_kv` threads of a
+/// block only help with the writing. Grid `(⌈len / P⌉, B)`, 256 threads; `H_kv ≤ 256`.
 #[kernel(threads = 256, example(RBIT = 128, G = 4), example(RBIT = 256, G = 1))]
 pub fn hash_score<const RBIT: u32, const G: u32>(
     q_codes: &[u32],
@@ -46,46 +48,57 @@ pub fn hash_score<const RBIT: u32, const G: u32>(
     recent: u32,
     use_norms: bool,
 ) {
+    // row h of the block's scores at stage[h·(P + 1) ..] (padded against bank conflicts)
+    let stage = shared::<[f32; 1280]>();
     let t = thread_idx().x;
     let b = block_idx().y;
     let groups = 256 / kv_heads;
-    if t >= groups * kv_heads {
-        return;
-    }
+    // 4 = TOKENS_PER_THREAD (kernels see only their own names)
+    let per_block = groups * 4;
+    let first = block_idx().x * per_block;
     let h = t % kv_heads;
     let words = RBIT / 32;
-    let mut qr = [0u32; G * (RBIT / 32)];
-    let q0 = (b * kv_heads + h) * G * words;
-    for c in 0..G * RBIT / 128 {
-        let v = q_codes.vload(q0 + c * 4);
-        for e in 0..4u32 {
-            qr[c * 4 + e] = v[e];
+    if t < groups * kv_heads {
+        let mut qr = [0u32; G * (RBIT / 32)];
+        let q0 = (b * kv_heads + h) * G * words;
+        for c in 0..G * RBIT / 128 {
+            let v = q_codes.vload(q0 + c * 4);
+            for e in 0..4u32 {
+                qr[c * 4 + e] = v[e];
+            }
         }
-    }
-    // 4 = TOKENS_PER_THREAD (kernels see only their own names)
-    let s0 = (block_idx().x * groups + t / kv_heads) * 4;
-    let out = (b * kv_heads + h) * len;
-    for j in 0..4u32 {
-        let s = s0 + j;
-        if s < len {
-            let row = (b * cap + s) * kv_heads + h;
-            let mut ham = 0u32;
-            for c in 0..RBIT / 128 {
-                let kc = k_codes.vload(row * words + c * 4);
-                for e in 0..4u32 {
-                    for gg in 0..G {
-                        ham += (qr[gg * words + c * 4 + e] ^ kc[e]).count_ones();
+        let local = t / kv_heads * 4;
+        for j in 0..4u32 {
+            let s = first + local + j;
+            if s < len {
+                let row = (b * cap + s) * kv_heads + h;
+                let mut ham = 0u32;
+                for c in 0..RBIT / 128 {
+                    let kc = k_codes.vload(row * words + c * 4);
+                    for e in 0..4u32 {
+                        for gg in 0..G {
+                            ham += (qr[gg * words + c * 4 + e] ^ kc[e]).count_ones();
+                        }
                     }
                 }
+                let mut score = G as f32 - 2.0 * ham as f32 / RBIT as f32;
+                if use_norms {
+                    score *= norms[row];
+                }
+                if s < sink || s + recent >= len {
+                    score = f32::INFINITY;
+                }
+                stage[h * (per_block + 1) + local + j] = score;
             }
-            let mut score = G as f32 - 2.0 * ham as f32 / RBIT as f32;
-            if use_norms {
-                score *= norms[row];
-            }
-            if s < sink || s + recent >= len {
-                score = f32::INFINITY;
-            }
-            scores[out + s] = score;
+        }
+    }
+    sync_threads();
+    let count = per_block.min(len - first);
+    for i in (t..kv_heads * per_block).step_by(256) {
+        let hh = i / per_block;
+        let x = i % per_block;
+        if x < count {
+            scores[(b * kv_heads + hh) * len + first + x] = stage[hh * (per_block + 1) + x];
         }
     }
 }

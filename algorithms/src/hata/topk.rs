@@ -135,32 +135,29 @@ pub fn warp_inclusive_scan(v: u32) -> u32 {
 
 /// Exclusive prefix sum of `v` over the 512 threads of the block, in thread order. Leaves
 /// each warp's total in `sums` (their sum, [`block_total`], is the block's), so the caller
-/// must `sync_threads()` before `sums` is written again.
+/// must `sync_threads()` before `sums` is written again. Each warp then scans the 16 warp
+/// totals with shuffles (one shared load per lane, not one per warp).
 #[device]
 pub fn block_exclusive_scan(v: u32, sums: &mut Shared<[u32; 16]>) -> u32 {
     let incl: u32 = warp_inclusive_scan(v);
     let w = warp_id();
-    if lane_id() == 31 {
+    let lane = lane_id();
+    if lane == 31 {
         sums[w] = incl;
     }
     sync_threads();
-    let mut before = 0u32;
-    for i in 0..16u32 {
-        if i < w {
-            before += sums[i];
-        }
-    }
+    let total_of_lane = if lane < 16 { sums[lane] } else { 0 };
+    let upto: u32 = warp_inclusive_scan(total_of_lane);
+    let before = shfl_sync(0xffff_ffff, upto - total_of_lane, w);
     before + incl - v
 }
 
-/// The block total of the last [`block_exclusive_scan`].
+/// The block total of the last [`block_exclusive_scan`] (a warp sum of the 16 warp totals).
 #[device]
 pub fn block_total(sums: &Shared<[u32; 16]>) -> u32 {
-    let mut total = 0u32;
-    for i in 0..16u32 {
-        total += sums[i];
-    }
-    total
+    let lane = lane_id();
+    let total_of_lane = if lane < 16 { sums[lane] } else { 0 };
+    warp_sum_u32(total_of_lane)
 }
 
 /// The keys ([`order_key`]) of `scores[i .. i + 4]` into `keys`: one 16-byte load when all
