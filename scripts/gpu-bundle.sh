@@ -27,7 +27,7 @@ for line in sys.stdin:
     if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["kind"] == ["bench"]:
         shutil.copy(msg["executable"], ".gpu/bench-" + msg["target"]["name"])
 '
-cargo build --release --bin kiln 2>/dev/null && cp target/release/kiln .gpu/kiln
+cargo build --release --bin kiln 2>/dev/null && cp "${CARGO_TARGET_DIR:-target}/release/kiln" .gpu/kiln
 strip .gpu/* 2>/dev/null || true
 ls -la .gpu
 du -sh .gpu
