@@ -180,6 +180,50 @@ pub fn load_keys(scores: &[f32], i: u32, keys: &mut [u32; 4]) {
     }
 }
 
+/// The end of every histogram kernel, run by every thread of the block once its shared
+/// histogram is complete: adds the block's `BINS` buckets (summing the `N / BINS` copies of
+/// `bins`) to the row's histogram `hist[hb ..]`, then takes a ticket from `state[ticket]`
+/// after a fence. The row's last block to do so picks the bucket holding the `need`-th
+/// largest ([`select_bucket`]: `res[1]` the bucket, `res[2]` what is still needed from it),
+/// resets the ticket for the next call and returns `true`; the others return `false`.
+#[device]
+pub fn merge_and_select<const BINS: u32, const N: u32>(
+    bins: &Shared<[u32; N]>,
+    hist: &mut [u32],
+    hb: u32,
+    state: &mut [u32],
+    ticket: u32,
+    need: u32,
+    sums: &mut Shared<[u32; 16]>,
+    res: &mut Shared<[u32; 4]>,
+) -> bool {
+    let t = thread_idx().x;
+    for j in 0..BINS / 512 {
+        let b = j * 512 + t;
+        let mut c = 0u32;
+        for copy in 0..N / BINS {
+            c += bins[copy * BINS + b];
+        }
+        if c > 0 {
+            atomic_add(&mut hist[hb + b], c);
+        }
+    }
+    thread_fence();
+    sync_threads();
+    if t == 0 {
+        res[0] = atomic_add(&mut state[ticket], 1u32);
+    }
+    sync_threads();
+    let last = res[0] == grid_dim().x - 1;
+    if last {
+        select_bucket::<BINS>(hist, hb, need, &mut sums, &mut res);
+        if t == 0 {
+            state[ticket] = 0;
+        }
+    }
+    last
+}
+
 /// Run by every thread of the last block of a row: reads the merged histogram
 /// `hist[base .. base + BINS]` (resetting it to zero for the next call), finds the bucket `b`
 /// holding the `need`-th largest element (counting from the top bucket down) and leaves `b` in
@@ -263,26 +307,19 @@ pub fn topk_hist(scores: &[f32], hist: &mut [u32], state: &mut [u32], n: u32, k:
     }
     sync_threads();
     let hb = row * (4096 + 2 * 1024);
-    for j in 0..8u32 {
-        let b = j * 512 + t;
-        let c = bins[b] + bins[4096 + b];
-        if c > 0 {
-            atomic_add(&mut hist[hb + b], c);
-        }
-    }
-    thread_fence();
-    sync_threads();
-    if t == 0 {
-        res[0] = atomic_add(&mut state[row * 8 + 4], 1u32);
-    }
-    sync_threads();
-    if res[0] == grid_dim().x - 1 {
-        select_bucket::<4096>(hist, hb, k, &mut sums, &mut res);
-        if t == 0 {
-            state[row * 8] = res[1] << 20;
-            state[row * 8 + 1] = res[2];
-            state[row * 8 + 4] = 0;
-        }
+    let last: bool = merge_and_select::<4096, 8192>(
+        &bins,
+        hist,
+        hb,
+        state,
+        row * 8 + 4,
+        k,
+        &mut sums,
+        &mut res,
+    );
+    if last && t == 0 {
+        state[row * 8] = res[1] << 20;
+        state[row * 8 + 1] = res[2];
     }
 }
 
@@ -363,26 +400,19 @@ pub fn topk_filter(
         counts[block * 4] = written;
     }
     let hb = row * (4096 + 2 * 1024) + 4096;
-    for j in 0..2u32 {
-        let b = j * 512 + t;
-        let c = bins[b];
-        if c > 0 {
-            atomic_add(&mut hist[hb + b], c);
-        }
-    }
-    thread_fence();
-    sync_threads();
-    if t == 0 {
-        res[0] = atomic_add(&mut state[row * 8 + 5], 1u32);
-    }
-    sync_threads();
-    if res[0] == nb - 1 {
-        select_bucket::<1024>(hist, hb, need, &mut sums, &mut res);
-        if t == 0 {
-            state[row * 8] = prefix | (res[1] << 10);
-            state[row * 8 + 1] = res[2];
-            state[row * 8 + 5] = 0;
-        }
+    let last: bool = merge_and_select::<1024, 1024>(
+        &bins,
+        hist,
+        hb,
+        state,
+        row * 8 + 5,
+        need,
+        &mut sums,
+        &mut res,
+    );
+    if last && t == 0 {
+        state[row * 8] = prefix | (res[1] << 10);
+        state[row * 8 + 1] = res[2];
     }
 }
 
@@ -426,26 +456,21 @@ pub fn topk_refine(
     }
     sync_threads();
     let hb = row * (4096 + 2 * 1024) + 4096 + 1024;
-    for j in 0..2u32 {
-        let b = j * 512 + t;
-        let c = bins[b];
-        if c > 0 {
-            atomic_add(&mut hist[hb + b], c);
-        }
-    }
-    thread_fence();
-    sync_threads();
-    if t == 0 {
-        res[0] = atomic_add(&mut state[row * 8 + 6], 1u32);
-    }
-    sync_threads();
-    if res[0] == nb - 1 {
-        select_bucket::<1024>(hist, hb, need, &mut sums, &mut res);
+    let last: bool = merge_and_select::<1024, 1024>(
+        &bins,
+        hist,
+        hb,
+        state,
+        row * 8 + 6,
+        need,
+        &mut sums,
+        &mut res,
+    );
+    if last {
         let thr = prefix | res[1];
         if t == 0 {
             state[row * 8] = thr;
             state[row * 8 + 1] = res[2];
-            state[row * 8 + 6] = 0;
         }
         for x in (warp_id()..nb).step_by(16) {
             count_around(cand_key, counts, row * nb + x, chunk, thr);
