@@ -307,16 +307,8 @@ pub fn topk_hist(scores: &[f32], hist: &mut [u32], state: &mut [u32], n: u32, k:
     }
     sync_threads();
     let hb = row * (4096 + 2 * 1024);
-    let last: bool = merge_and_select::<4096, 8192>(
-        &bins,
-        hist,
-        hb,
-        state,
-        row * 8 + 4,
-        k,
-        &mut sums,
-        &mut res,
-    );
+    let last: bool =
+        merge_and_select::<4096, 8192>(&bins, hist, hb, state, row * 8 + 4, k, &mut sums, &mut res);
     if last && t == 0 {
         state[row * 8] = res[1] << 20;
         state[row * 8 + 1] = res[2];
