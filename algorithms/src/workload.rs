@@ -985,6 +985,18 @@ impl Workload {
         out
     }
 
+    /// The decode step as the bf16 pipelines run it: the decode queries `[B, H, D]` and K,
+    /// V in the cache layout `[B, S, H_kv, D]`, each rounded to bf16 (what goes to the
+    /// device) and the same values widened to f64 (what the float64 references read).
+    pub fn decode_step_bf16(&self) -> [(Vec<half::bf16>, Vec<f64>); 3] {
+        let (k, v) = self.kv_cache_layout();
+        [self.decode_query(), k, v].map(|x| {
+            let b: Vec<half::bf16> = x.iter().map(|&y| half::bf16::from_f32(y)).collect();
+            let w = b.iter().map(|y| y.to_f64()).collect();
+            (b, w)
+        })
+    }
+
     /// K and V in the decode cache layout `[B, S, H_kv, D]` (token-major, as the decode
     /// kernels read them), from the `[B, H_kv, S, D]` they are stored in.
     pub fn kv_cache_layout(&self) -> (Vec<f32>, Vec<f32>) {

@@ -88,12 +88,7 @@ pub fn evaluate(
     let sh = wl.shape;
     let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
     let g = h / hk;
-    let q = wl.decode_query();
-    let (k_cache, v_cache) = wl.kv_cache_layout();
-    let to_bf16 = |v: &[f32]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f32(x)).collect() };
-    let (qb, kb, vb) = (to_bf16(&q), to_bf16(&k_cache), to_bf16(&v_cache));
-    let wide = |v: &[bf16]| -> Vec<f64> { v.iter().map(|x| x.to_f64()).collect() };
-    let (qw, kw, vw) = (wide(&qb), wide(&kb), wide(&vb));
+    let [(qb, qw), (kb, kw), (vb, vw)] = wl.decode_step_bf16();
     let scale = 1.0 / (d as f64).sqrt();
     let (dense, _) = attention::decode(b, h, hk, s, d, &qw, &kw, &vw, None, s, scale);
     // the group's attention mass per key, per (sequence, KV head)
