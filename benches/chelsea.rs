@@ -4,15 +4,18 @@
 //! causal prefill attention `Prefill` over the same length), and decode attention over the
 //! merged cache (with the `log n` bias, and without) against dense flash-decoding over the
 //! full cache, both with tuned split sizes; inputs rotate over copies spanning 256 MiB so
-//! every timed run reads device memory. Fidelity on the planted-structure workload (b1 h32/8 s32768 d128): output error
-//! against dense attention at 50%, 75% and 80% reduction, with and without the bias, next
-//! to keeping the sinks + most recent tokens and the sinks + evenly spaced tokens at the same
-//! memory, for chunks of 64 and 256. Writes `chelsea-<device>.json`.
+//! every timed run reads device memory. Fidelity on the planted-structure workload (b1
+//! h32/8 s32768 d128): output error against dense attention at 50%, 75% and 80% reduction,
+//! with and without the bias, next to keeping the sinks + most recent tokens and the sinks +
+//! evenly spaced tokens at the same memory, for chunks of 64, 256 and 512 with the default
+//! method, and 64 and 256 with the first version's (half a chunk per round, plain cosine).
+//! Writes `chelsea-<device>.json`.
 //! Run: `cargo bench --bench chelsea` (needs a GPU; a shape filter such as `s32768` keeps
 //! the matching speed rows).
 
 mod support;
 
+use kiln_algorithms::chelsea::compress::Similarity;
 use kiln_algorithms::chelsea::fidelity::{evaluate, table, Setting};
 use kiln_algorithms::chelsea::speed::{measure, SpeedCase};
 use kiln_algorithms::workload::{generate, WorkloadSpec};
@@ -43,7 +46,7 @@ fn main() {
                 }
             };
             println!(
-                "{shape}: {} entries; compress {:.3} ms ({:.3e} tokens/s, {:.2}% of prefill {:.1} ms); decode merged {:.4} ms (no bias {:.4}) vs dense {:.4} ms: {:.2}x",
+                "{shape}: {} entries; compress {:.3} ms ({:.3e} tokens/s, {:.2}% of prefill {:.1} ms); decode merged {:.4} ms (no bias {:.4}) vs dense {:.4} ms: {:.2}x; splits of {} / {} keys; append {:.4} ms",
                 t.entries,
                 t.compress_ms,
                 t.tokens_per_s(),
@@ -52,7 +55,10 @@ fn main() {
                 t.merged_ms,
                 t.merged_plain_ms,
                 t.dense_ms,
-                t.speedup()
+                t.speedup(),
+                t.splits.0,
+                t.splits.1,
+                t.append_ms
             );
             speed.push(serde_json::json!({
                 "shape": shape, "entries": t.entries, "compress_ms": t.compress_ms,
@@ -60,6 +66,8 @@ fn main() {
                 "prefill_share": t.prefill_share(), "dense_ms": t.dense_ms,
                 "merged_ms": t.merged_ms, "merged_plain_ms": t.merged_plain_ms,
                 "speedup": t.speedup(), "speedup_plain": t.dense_ms / t.merged_plain_ms,
+                "split_keys_merged": t.splits.0, "split_keys_dense": t.splits.1,
+                "append_ms": t.append_ms,
             }));
             let kv = |tokens: u32| 4.0 * batch as f64 * tokens as f64 * 8.0 * 128.0;
             let dense_name = format!("kiln dense decode {shape}");
@@ -118,24 +126,40 @@ fn main() {
     let mut fidelity = Vec::new();
     match generate(&spec) {
         Ok(wl) => {
-            for chunk in [64u32, 256] {
-                let setting = Setting {
-                    chunk,
-                    sink: 4,
-                    recent: 64,
-                };
+            // the defaults (at most a quarter of a chunk merges per round, standardised
+            // similarity) at chunks of 64, 256 and 512, and the first version's method
+            // (half a chunk per round, plain cosine) at 64 and 256 for comparison
+            let first_version = |chunk| Setting {
+                round_fraction: 0.5,
+                similarity: Similarity::Cosine,
+                ..Setting::with_chunk(chunk)
+            };
+            let settings = [
+                Setting::with_chunk(64),
+                Setting::with_chunk(256),
+                Setting::with_chunk(512),
+                first_version(64),
+                first_version(256),
+            ];
+            for setting in settings {
+                let what = setting.describe();
                 match evaluate(&dev, &wl, setting, &[0.5, 0.75, 0.8]) {
                     Ok(r) => {
-                        println!("fidelity, workload b1 h32/8 s32768 d128, chunk {chunk}, sink 4, recent 64:\n{}", table(&r));
+                        println!(
+                            "fidelity, workload b1 h32/8 s32768 d128, {what}:\n{}",
+                            table(&r)
+                        );
                         fidelity.extend(r.iter().map(|x| {
                             serde_json::json!({
-                                "chunk": chunk, "method": x.method, "target": x.target,
+                                "chunk": setting.chunk, "round_fraction": setting.round_fraction,
+                                "similarity": format!("{:?}", setting.similarity),
+                                "method": x.method, "target": x.target,
                                 "entries": x.entries, "reduction": x.reduction,
                                 "output_error": x.output_error,
                             })
                         }));
                     }
-                    Err(e) => println!("fidelity (chunk {chunk}): {e}"),
+                    Err(e) => println!("fidelity ({what}): {e}"),
                 }
             }
         }

@@ -19,11 +19,8 @@ pub fn run(device: &Device) -> Result<String, String> {
     } else {
         (8, 2, 1024, 64)
     };
-    let setting = Setting {
-        chunk: 64,
-        sink: 4,
-        recent: 64,
-    };
+    // chunks of 256 where the sequence is long enough (a chunk must find similar keys)
+    let setting = Setting::with_chunk(if gpu { 256 } else { 64 });
     let mut out = String::new();
     let _ = writeln!(
         out,

@@ -5,7 +5,9 @@
 
 mod common;
 
-use kiln_algorithms::chelsea::compress::{ChelseaCache, ChelseaConfig, ChelseaError};
+use kiln_algorithms::chelsea::compress::{
+    ChelseaCache, ChelseaConfig, ChelseaError, Similarity, DEFAULT_ROUND_FRACTION,
+};
 use kiln_algorithms::chelsea::plan::{keep_for, rounds, Layout};
 use proptest::prelude::*;
 
@@ -20,6 +22,8 @@ fn config() -> ChelseaConfig {
         sink: 4,
         recent: 16,
         capacity: 256,
+        round_fraction: DEFAULT_ROUND_FRACTION,
+        similarity: Similarity::default(),
     }
 }
 
@@ -67,6 +71,15 @@ fn bad_settings_and_buffers_are_refused() {
         },
         "ratio NaN",
     );
+    for fraction in [0.0, 0.6, f64::NAN] {
+        refused(
+            ChelseaConfig {
+                round_fraction: fraction,
+                ..config()
+            },
+            &format!("round fraction {fraction}"),
+        );
+    }
     refused(
         ChelseaConfig {
             heads: 5,
@@ -142,23 +155,31 @@ fn bad_settings_and_buffers_are_refused() {
 }
 
 proptest! {
-    /// The rounds reach exactly `keep`, each removing at least one entry and at most half.
+    /// The rounds reach exactly `keep`, each removing at least one entry, at most half and
+    /// at most the round fraction (rounded down, but at least one).
     #[test]
-    fn rounds_reach_the_target(chunk in 64u32..=512, ratio in 0.0f64..0.97) {
+    fn rounds_reach_the_target(chunk in 64u32..=512, ratio in 0.0f64..0.97, fraction in 0.05f64..=0.5) {
         let keep = keep_for(chunk, ratio);
         prop_assert!(keep >= 1 && keep <= chunk);
         prop_assert!((chunk - keep) as f64 <= chunk as f64 * ratio + 1e-6);
-        let plan = rounds(chunk, keep);
+        let plan = rounds(chunk, keep, fraction);
         let mut m = chunk;
         for r in &plan {
             prop_assert_eq!(r.before, m);
-            prop_assert!(r.merges >= 1 && r.merges <= r.before / 2);
+            let most = ((r.before as f64 * fraction).floor() as u32).max(1);
+            prop_assert!(r.merges >= 1 && r.merges <= r.before / 2 && r.merges <= most);
+            // only the last round stops short of the most it may remove
+            if r.after() > keep {
+                prop_assert_eq!(r.merges, most.min(r.before / 2));
+            }
             m = r.after();
         }
         prop_assert_eq!(m, keep);
-        // halving until the last round: ⌈log2(chunk / keep)⌉ rounds
+        // at one half, halving until the last round: ⌈log2(chunk / keep)⌉ rounds
+        let halving = rounds(chunk, keep, 0.5);
         let halvings = (chunk as f64 / keep as f64).log2().ceil() as usize;
-        prop_assert!(plan.len() == halvings || plan.len() == halvings + 1, "{} rounds for {chunk} -> {keep}", plan.len());
+        prop_assert!(halving.len() == halvings || halving.len() == halvings + 1, "{} rounds for {chunk} -> {keep}", halving.len());
+        prop_assert!(plan.len() >= halving.len());
     }
 
     /// The layout covers every token once; chunks are full, and the tail holds the recent
@@ -177,31 +198,47 @@ proptest! {
 
 #[test]
 fn the_documented_round_counts_hold() {
-    assert_eq!(rounds(64, keep_for(64, 0.5)).len(), 1);
-    assert_eq!(rounds(64, keep_for(64, 0.75)).len(), 2);
-    assert_eq!(rounds(64, keep_for(64, 0.8)).len(), 3);
+    let count = |ratio, fraction| rounds(64, keep_for(64, ratio), fraction).len();
+    assert_eq!(
+        [count(0.5, 0.5), count(0.75, 0.5), count(0.8, 0.5)],
+        [1, 2, 3]
+    );
+    assert_eq!(
+        [count(0.5, 0.25), count(0.75, 0.25), count(0.8, 0.25)],
+        [3, 5, 6]
+    );
+    let sizes: Vec<u32> = rounds(64, 13, 0.25).iter().map(|r| r.after()).collect();
+    assert_eq!(sizes, [48, 36, 27, 21, 16, 13]);
     assert_eq!(keep_for(64, 0.8), 13);
     assert_eq!(keep_for(512, 0.75), 128);
 }
 
 /// The fidelity evaluation on a small planted-structure workload: every method holds the
 /// same memory, the reduction is what the plan says, and every error is finite and
-/// positive (nothing is compared with itself).
+/// positive (nothing is compared with itself); the host evaluation (float64 reference
+/// compression) gives the same rows as the device's up to f32 arithmetic.
 #[test]
 fn fidelity_on_the_workload() {
-    use kiln_algorithms::chelsea::fidelity::{evaluate, table, Setting};
+    use kiln_algorithms::chelsea::fidelity::{evaluate, evaluate_host, table, Setting};
     use kiln_algorithms::workload::{generate, WorkloadSpec};
     let Some(dev) = common::device() else { return };
     let (seq, chunk, sink, recent) = (1024usize, 64u32, 4u32, 64u32);
     let wl = generate(&WorkloadSpec::decode(1, 8, 2, seq, 64)).expect("workload");
-    let setting = Setting {
-        chunk,
-        sink,
-        recent,
-    };
+    let setting = Setting::with_chunk(chunk);
+    assert_eq!((setting.sink, setting.recent), (sink, recent));
     let rows = evaluate(&dev, &wl, setting, &[0.5, 0.75, 0.8]).expect("evaluation");
     println!("{}", table(&rows));
+    let host = evaluate_host(&wl, setting, &[0.5, 0.75, 0.8]);
+    println!("host:\n{}", table(&host));
     assert_eq!(rows.len(), 12);
+    assert_eq!(host.len(), 12);
+    for (r, h) in rows.iter().zip(&host) {
+        assert_eq!((&r.method, r.entries), (&h.method, h.entries));
+        assert!(
+            (r.output_error - h.output_error).abs() <= 0.01 + 0.05 * h.output_error,
+            "device {r:?} vs host {h:?}"
+        );
+    }
     for r in &rows {
         let lay = Layout::of(seq as u32, chunk, sink, recent);
         assert_eq!(

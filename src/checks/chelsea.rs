@@ -6,7 +6,9 @@
 use kiln_algorithms::attention::decode::{DecodeScratch, DecodeShape, FlashDecode};
 use kiln_algorithms::chelsea::compress::{ChelseaCache, ChelseaConfig};
 use kiln_algorithms::chelsea::kernels::{chelsea_round, ROUND_THREADS};
-use kiln_algorithms::chelsea::reference::{self, CacheDims, CompressedRef, Entries};
+use kiln_algorithms::chelsea::reference::{
+    self, CacheDims, CompressedRef, Entries, Method, Similarity,
+};
 use kiln_runtime::{Device, DeviceBuffer, LaunchConfig};
 
 use crate::verify::{ensure, ensure_eq, rel_err, Real, Rng, VerifyError};
@@ -36,11 +38,14 @@ fn mismatch(e: impl std::fmt::Display) -> VerifyError {
 }
 
 /// One launch of [`chelsea_round`]: `chunks` chunks of `m` entries (from row 3 of a cache
-/// with random sizes 1–4), `r` merges each, written from row 5 of poisoned outputs; keys,
-/// values and sizes against [`reference::merge_round`] per chunk.
+/// with random sizes 1–4), `r` merges each, similarity `similarity`, written from row 5 of
+/// poisoned outputs; keys, values and sizes against [`reference::merge_round`] per chunk.
+/// Key channel 0 is constant (a zero spread: its standardised value must be 0) and channel
+/// 1 carries a large offset (an outlier channel).
 pub fn round_case<T: Real>(
     dev: &Device,
     (d, m, r, chunks): (usize, usize, usize, usize),
+    similarity: Similarity,
     seed: u64,
 ) -> Result<(), VerifyError> {
     let (b, hk) = (2usize, 2usize);
@@ -48,7 +53,11 @@ pub fn round_case<T: Real>(
     let seq_in = row_in + chunks * m + 2;
     let seq_out = row_out + chunks * (m - r) + 1;
     let mut rng = Rng::new(seed);
-    let k = random::<T>(&mut rng, b * seq_in * hk * d);
+    let mut k = random::<T>(&mut rng, b * seq_in * hk * d);
+    for row in k.chunks_mut(d) {
+        row[0] = T::from_f32(0.75);
+        row[1] = T::from_f32(6.0 + row[1].to_f32());
+    }
     let v = random::<T>(&mut rng, b * seq_in * hk * d);
     let n: Vec<f32> = (0..b * seq_in * hk)
         .map(|_| (1 + rng.u32() % 4) as f32)
@@ -79,12 +88,16 @@ pub fn round_case<T: Real>(
         m as u32,
         r as u32,
         false,
+        similarity == Similarity::Standardised,
     )?;
     let (kw, vw) = (widen(&k), widen(&v));
     let (got_k, got_v) = (widen(&dev.download(&k_out)?), widen(&dev.download(&v_out)?));
     let got_n = dev.download(&n_out)?;
     let round = rounder::<T>();
-    let what = format!("chelsea_round {:?} D={d} m={m} r={r}", T::DTYPE);
+    let what = format!(
+        "chelsea_round {:?} D={d} m={m} r={r} {similarity:?}",
+        T::DTYPE
+    );
     let (mut want_k, mut want_v, mut gk, mut gv) = (vec![], vec![], vec![], vec![]);
     for bb in 0..b {
         for h in 0..hk {
@@ -102,7 +115,7 @@ pub fn round_case<T: Real>(
                         .collect(),
                     n: rows.map(|s| n[tok(s, seq_in)] as f64).collect(),
                 };
-                let want = reference::merge_round(&chunk, r, &round);
+                let want = reference::merge_round(&chunk, r, similarity, &round);
                 for (i, ((wk, wv), wn)) in want.k.iter().zip(&want.v).zip(&want.n).enumerate() {
                     let o = tok(row_out + c * (m - r) + i, seq_out);
                     ensure_eq!(
@@ -162,10 +175,11 @@ fn cache_entries<T: Real + kiln_runtime::prelude::Float>(
 /// `ratio` (`len = 0`: none, the cache starts empty), then appends tokens one by one until
 /// a chunk has been compressed incrementally; after each, the cache against
 /// [`reference::compress`] of the tokens so far, and attention over it (with and without
-/// the bias) against [`reference::decode`].
+/// the bias) against [`reference::decode`]. `method` is the round fraction and similarity.
 pub fn cache_case<T: Real + kiln_runtime::prelude::Float>(
     dev: &Device,
     (d, chunk, len, ratio): (usize, u32, usize, f64),
+    method: Method,
     seed: u64,
 ) -> Result<(), VerifyError> {
     let (b, h, hk, sink, recent) = (2usize, 4usize, 2usize, 3u32, 7u32);
@@ -179,6 +193,8 @@ pub fn cache_case<T: Real + kiln_runtime::prelude::Float>(
         sink,
         recent,
         capacity: len as u32 + sink + chunk + recent + 4,
+        round_fraction: method.fraction,
+        similarity: method.similarity,
     };
     let mut rng = Rng::new(seed);
     let total = len + (sink + chunk + recent) as usize;
@@ -198,7 +214,7 @@ pub fn cache_case<T: Real + kiln_runtime::prelude::Float>(
     };
     let mut cache = ChelseaCache::<T>::new(dev, cfg).map_err(mismatch)?;
     let what = format!(
-        "chelsea cache {:?} D={d} chunk={chunk} ratio={ratio} prefill={len}",
+        "chelsea cache {:?} D={d} chunk={chunk} ratio={ratio} prefill={len} {method:?}",
         <T as Real>::DTYPE
     );
     if len > 0 {
@@ -269,6 +285,7 @@ fn compare_cache<T: Real + kiln_runtime::prelude::Float>(
         &widen(v),
         (c.chunk as usize, c.keep() as usize),
         (c.sink as usize, c.recent as usize),
+        c.method(),
         &rounder::<T>(),
     );
     ensure_eq!(cache.len() as usize, want.len, "{what}: entries");
@@ -380,20 +397,28 @@ pub fn biased_decode_case<T: Real>(
     Ok(())
 }
 
-/// Every Chelsea kernel: rounds at D 64/128, bf16/f16, chunk sizes with odd halves and two
-/// passes; compressions at 50%, 75% and 80% with an incremental chunk, and one of a cache
-/// filled by appends alone; the biased decode.
-/// Larger shapes on a GPU.
+/// Every Chelsea kernel: rounds at D 64/128, bf16/f16, both similarities, chunk sizes with
+/// odd halves and two passes; compressions at 50%, 75% and 80% with an incremental chunk
+/// (round fractions ½, ¼ and ⅛), and one of a cache filled by appends alone; the biased
+/// decode. Larger shapes on a GPU.
 pub fn chelsea_matches_reference(dev: &Device) -> Result<(), VerifyError> {
     let big = dev.is_gpu();
-    round_case::<half::bf16>(dev, (128, 64, 32, 3), 31)?;
-    round_case::<half::f16>(dev, (64, 27, 9, 2), 32)?;
-    round_case::<half::bf16>(dev, (64, if big { 512 } else { 300 }, 100, 2), 33)?;
+    let (plain, std) = (Similarity::Cosine, Similarity::Standardised);
+    round_case::<half::bf16>(dev, (128, 64, 32, 3), std, 31)?;
+    round_case::<half::bf16>(dev, (128, 64, 16, 3), plain, 40)?;
+    round_case::<half::f16>(dev, (64, 27, 9, 2), std, 32)?;
+    round_case::<half::f16>(dev, (64, 27, 9, 2), plain, 41)?;
+    round_case::<half::bf16>(dev, (64, if big { 512 } else { 300 }, 100, 2), std, 33)?;
     let len = if big { 3000 } else { 200 };
-    cache_case::<half::bf16>(dev, (128, 64, len, 0.5), 34)?;
-    cache_case::<half::f16>(dev, (64, 64, len, 0.75), 35)?;
-    cache_case::<half::bf16>(dev, (64, if big { 256 } else { 64 }, len, 0.8), 36)?;
-    cache_case::<half::f16>(dev, (128, 64, 0, 0.8), 39)?;
+    let method = |fraction, similarity| Method {
+        fraction,
+        similarity,
+    };
+    cache_case::<half::bf16>(dev, (128, 64, len, 0.5), method(0.5, plain), 34)?;
+    cache_case::<half::f16>(dev, (64, 64, len, 0.75), method(0.25, std), 35)?;
+    let chunk = if big { 256 } else { 64 };
+    cache_case::<half::bf16>(dev, (64, chunk, len, 0.8), method(0.125, std), 36)?;
+    cache_case::<half::f16>(dev, (128, 64, 0, 0.8), method(0.25, std), 39)?;
     let shape = |dim| DecodeShape {
         batch: 2,
         heads: 8,
@@ -402,5 +427,10 @@ pub fn chelsea_matches_reference(dev: &Device) -> Result<(), VerifyError> {
         dim,
     };
     biased_decode_case::<half::bf16>(dev, shape(128), Some(48), 37)?;
+    // more splits than decode_merge's lanes take in one round trip (64 rows at D = 128,
+    // 128 at D = 64), so its loop runs twice
+    let long = |dim, seq| DecodeShape { seq, ..shape(dim) };
+    biased_decode_case::<half::bf16>(dev, long(128, 1200), Some(16), 42)?;
+    biased_decode_case::<half::f16>(dev, long(64, 2200), Some(16), 43)?;
     biased_decode_case::<half::f16>(dev, shape(64), None, 38)
 }

@@ -11,6 +11,7 @@ use kiln::prelude::*;
 use kiln::tune::{tune, Entry, Space, Store, TuneKey, TuneOptions};
 use kiln::{timing, DeviceBuffer, Kernel, LaunchConfig, RuntimeError};
 use kiln_dsl::{device, kernel};
+use std::sync::Mutex;
 
 /// Keys a warp processes per step.
 pub const KEYS_PER_STEP: u32 = 16;
@@ -250,13 +251,18 @@ pub fn fetch_bias<const INDEXED: bool>(
     }
 }
 
+/// Threads per block of [`decode_merge`].
+pub const MERGE_THREADS: u32 = 256;
+
 /// Merges the splits of [`flash_decode`] by log-sum-exp: `o[(b·H + h)·D ..]` as `T`, and
-/// the natural-log `lse[b·H + h]`. Grid `(H, B)`, 128 threads; at most [`MAX_SPLITS`] splits.
-/// The block finds the largest partial LSE, turns every split's into a weight, then each
-/// warp sums a quarter of the splits (lanes over columns, coalesced; four splits' loads in
-/// flight at a time) and the quarters meet
-/// in shared memory.
-#[kernel(threads = 128, example(T = bf16, D = 128), example(T = f16, D = 64))]
+/// the natural-log `lse[b·H + h]`. Grid `(H, B)`, 256 threads; at most [`MAX_SPLITS`] splits.
+/// The block reads every split's LSE once (kept in shared memory), finds the largest and
+/// turns each into a weight; then each warp sums its share of the splits' rows with 16-byte
+/// loads (`D / 4` lanes per row, so a warp covers `128 / D` rows at once), eight rows' loads
+/// in flight per lane — 64 rows per round trip at D = 128, where four warps with 4-byte
+/// loads took 16: the merge of a short cache is a chain of such round trips. The per-warp
+/// sums meet in shared memory in a fixed order, so the result is deterministic.
+#[kernel(threads = 256, example(T = bf16, D = 128), example(T = f16, D = 64))]
 pub fn decode_merge<T: Float, const D: u32>(
     o_part: &[f32],
     lse_part: &[f32],
@@ -266,27 +272,32 @@ pub fn decode_merge<T: Float, const D: u32>(
     splits: u32,
 ) {
     let weights = shared::<[f32; 4096]>();
-    let quarters = shared::<[[f32; D]; 4]>();
-    let lanes = shared::<[f32; 4]>();
+    let sums = shared::<[f32; 1024]>();
+    let lanes = shared::<[f32; 8]>();
     let t = thread_idx().x;
     let lane = lane_id();
     let w = warp_id();
     let bh = block_idx().y * heads + block_idx().x;
     let first = bh * splits;
     let mut mx = f32::NEG_INFINITY;
-    for s in (t..splits).step_by(128) {
-        mx = mx.max(lse_part[first + s]);
+    for s in (t..splits).step_by(256) {
+        let l = lse_part[first + s];
+        weights[s] = l;
+        mx = mx.max(l);
     }
     let wm: f32 = warp_max(mx);
     if lane == 0 {
         lanes[w] = wm;
     }
     sync_threads();
-    let top = lanes[0].max(lanes[1]).max(lanes[2]).max(lanes[3]);
+    let mut top = lanes[0];
+    for i in 1..8u32 {
+        top = top.max(lanes[i]);
+    }
     sync_threads();
     let mut den = 0.0f32;
-    for s in (t..splits).step_by(128) {
-        let e = (lse_part[first + s] - top).exp2();
+    for s in (t..splits).step_by(256) {
+        let e = (weights[s] - top).exp2();
         weights[s] = e;
         den += e;
     }
@@ -295,42 +306,64 @@ pub fn decode_merge<T: Float, const D: u32>(
         lanes[w] = ws;
     }
     sync_threads();
-    let total = lanes[0] + lanes[1] + lanes[2] + lanes[3];
-    // warp w sums splits w, w + 4, w + 8, ... in that order, four at a time so that
-    // their loads are in flight together
-    let mut acc = [0.0f32; D / 32];
-    let mut s0 = w;
+    let mut total = 0.0f32;
+    for i in 0..8u32 {
+        total += lanes[i];
+    }
+    // lane l of warp w: columns (l % (D / 4))·4 .. + 4 of the rows of "slot"
+    // w·(128 / D) + l / (D / 4); slot k sums splits k, k + slots, k + 2·slots, ...
+    let per_row = D / 4;
+    let slots = 8 * (32 / per_row);
+    let slot = w * (32 / per_row) + lane / per_row;
+    let col = lane % per_row * 4;
+    let mut acc = [0.0f32; 4];
+    let mut s0 = slot;
     while s0 < splits {
-        let mut x = [[0.0f32; D / 32]; 4];
-        let mut e = [0.0f32; 4];
-        for u in 0..4u32 {
-            let s = s0 + u * 4;
+        let mut x = [[0.0f32; 4]; 8];
+        let mut e = [0.0f32; 8];
+        for u in 0..8u32 {
+            let s = s0 + u * slots;
             if s < splits {
                 e[u] = weights[s];
-                let row = (first + s) * D;
-                for j in 0..D / 32 {
-                    x[u][j] = o_part[row + j * 32 + lane];
+                let y = o_part.vload((first + s) * D + col);
+                for j in 0..4u32 {
+                    x[u][j] = y[j];
                 }
             }
         }
-        for u in 0..4u32 {
-            for j in 0..D / 32 {
+        for u in 0..8u32 {
+            for j in 0..4u32 {
                 acc[j] += e[u] * x[u][j];
             }
         }
-        s0 += 16;
+        s0 += 8 * slots;
     }
-    for j in 0..D / 32 {
-        quarters[w][j * 32 + lane] = acc[j];
+    for j in 0..4u32 {
+        sums[slot * D + col + j] = acc[j];
     }
     sync_threads();
-    for d in (t..D).step_by(128) {
-        let sum = quarters[0][d] + quarters[1][d] + quarters[2][d] + quarters[3][d];
+    for d in (t..D).step_by(256) {
+        let mut sum = 0.0f32;
+        for k in 0..slots {
+            sum += sums[k * D + d];
+        }
         o[bh * D + d] = (sum / total) as T;
     }
     if t == 0 {
         lse[bh] = (top + total.log2()) * 0.693_147_2_f32;
     }
+}
+
+/// One cache a decode call reads: keys and values `[B, S, H_kv, D]` and, for kernels built
+/// with [`FlashDecode::with_counts`], entry sizes `[B, S, H_kv]`.
+#[derive(Clone, Copy)]
+pub struct DecodeInputs<'a, T: kiln::Element> {
+    /// Keys.
+    pub k: &'a DeviceBuffer<T>,
+    /// Values.
+    pub v: &'a DeviceBuffer<T>,
+    /// Entry sizes (the `log n` bias), or `None`.
+    pub counts: Option<&'a DeviceBuffer<f32>>,
 }
 
 /// The shape of one decode-attention call.
@@ -374,14 +407,24 @@ pub struct FlashDecode {
     /// Where tuned split sizes are kept (the compile-cache folder by default).
     pub store: Store,
     chunks: Choices<TuneKey, Option<u32>>,
+    /// The last call's shape, key count and `chunk` setting, and the split size they gave:
+    /// a decode loop asks for the same one every step, and building its tuning key
+    /// (strings) would add host time before every launch.
+    last: Mutex<Option<LastChoice>>,
     /// Stands in for the index list of dense attention (never read).
     no_ids: DeviceBuffer<u32>,
     /// Stands in for the sizes without the `log n` bias (never read).
     no_counts: DeviceBuffer<f32>,
 }
 
-/// The split sizes the tuner tries.
-pub const CHUNKS: [i64; 7] = [64, 128, 256, 512, 1024, 2048, 4096];
+/// A call's shape, key count and `chunk` setting, and the split size they gave.
+type LastChoice = (DecodeShape, u32, Option<u32>, u32);
+
+/// The split sizes the tuner tries (with the default of [`default_chunk`]). The short
+/// ones (32, 48) serve short caches — a merged cache at B = 1 may have a few thousand keys
+/// per KV head, too few splits of 64 to fill the card — and the in-between sizes let the
+/// number of splits land nearer a whole wave.
+pub const CHUNKS: [i64; 12] = [32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048, 4096];
 
 impl FlashDecode {
     /// Compiles the kernels for element type `dtype` (bf16 or f16), head dimension `dim`,
@@ -436,6 +479,7 @@ impl FlashDecode {
             chunk: None,
             store: Store::default_location(),
             chunks: Choices::default(),
+            last: Mutex::new(None),
             no_ids: device.zeros(1)?,
             no_counts: device.zeros(1)?,
         })
@@ -464,6 +508,18 @@ impl FlashDecode {
     /// The split size used for `n_keys` keys: [`FlashDecode::chunk`] if set, else the tuned
     /// one, else [`default_chunk`]. Never more than [`MAX_SPLITS`] splits.
     pub fn chunk_for(&self, shape: &DecodeShape, n_keys: u32, multiprocessors: u32) -> u32 {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, n, set, chunk)) = *last {
+            if s == *shape && n == n_keys && set == self.chunk {
+                return chunk;
+            }
+        }
+        let chunk = self.pick_chunk(shape, n_keys, multiprocessors);
+        *last = Some((*shape, n_keys, self.chunk, chunk));
+        chunk
+    }
+
+    fn pick_chunk(&self, shape: &DecodeShape, n_keys: u32, multiprocessors: u32) -> u32 {
         let least = n_keys.div_ceil(MAX_SPLITS);
         let chosen = self.chunk.or_else(|| {
             let key = self.tune_key(shape, n_keys);
@@ -495,22 +551,24 @@ impl FlashDecode {
         scratch: &mut DecodeScratch,
         options: &TuneOptions,
     ) -> Result<Entry, DecodeError> {
-        self.tune_with_counts(
-            shape, q, k, v, ids, None, n_keys, scale, o, lse, scratch, options,
+        let inputs = [DecodeInputs { k, v, counts: None }];
+        self.tune_rotating(
+            shape, q, &inputs, ids, n_keys, scale, o, lse, scratch, options,
         )
     }
 
-    /// [`FlashDecode::tune`] for [`FlashDecode::run_with_counts`] (entry sizes `counts`
-    /// exactly when built with [`FlashDecode::with_counts`]).
+    /// [`FlashDecode::tune`] with the timed runs rotating over several caches of the same
+    /// shape (`inputs`, with entry sizes exactly when built with
+    /// [`FlashDecode::with_counts`]), as a benchmark that rotates its inputs times them: a
+    /// cache smaller than the L2 would otherwise be timed from the L2, which favours other
+    /// split sizes than reading it from device memory. Outputs are compared on `inputs[0]`.
     #[allow(clippy::too_many_arguments)]
-    pub fn tune_with_counts<T: kiln::Element + Into<f32> + Copy>(
+    pub fn tune_rotating<T: kiln::Element + Into<f32> + Copy>(
         &mut self,
         shape: &DecodeShape,
         q: &DeviceBuffer<T>,
-        k: &DeviceBuffer<T>,
-        v: &DeviceBuffer<T>,
+        inputs: &[DecodeInputs<'_, T>],
         ids: Option<&DeviceBuffer<u32>>,
-        counts: Option<&DeviceBuffer<f32>>,
         n_keys: u32,
         scale: f32,
         o: &mut DeviceBuffer<T>,
@@ -518,6 +576,9 @@ impl FlashDecode {
         scratch: &mut DecodeScratch,
         options: &TuneOptions,
     ) -> Result<Entry, DecodeError> {
+        if inputs.is_empty() {
+            return Err(DecodeError::Shape("tuning needs at least one input".into()));
+        }
         let least = n_keys.div_ceil(MAX_SPLITS) as i64;
         // the hand-picked default competes too, so tuning can only match or beat it
         let device_mps = self.partial.device.multiprocessors();
@@ -543,11 +604,19 @@ impl FlashDecode {
             |_| Ok(()),
             |p, _| {
                 this.chunk = Some(p.get("CHUNK") as u32);
+                let mut turn = 0usize;
                 let t = timing::time(&device, 3, 20, || {
+                    let x = &inputs[turn % inputs.len()];
+                    turn += 1;
                     Ok(this.run_with_counts(
-                        shape, q, k, v, ids, counts, n_keys, scale, o, lse, scratch,
+                        shape, q, x.k, x.v, ids, x.counts, n_keys, scale, o, lse, scratch,
                     )?)
                 })
+                .map_err(|e| e.to_string())?;
+                let x = &inputs[0];
+                this.run_with_counts(
+                    shape, q, x.k, x.v, ids, x.counts, n_keys, scale, o, lse, scratch,
+                )
                 .map_err(|e| e.to_string())?;
                 let mut out: Vec<f32> = device
                     .download(o)
@@ -562,6 +631,7 @@ impl FlashDecode {
         );
         self.chunk = saved;
         self.store = store;
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let entry = result?;
         self.chunks
             .set(key_memo, Some(entry.winner.get("CHUNK") as u32));
@@ -704,7 +774,7 @@ impl FlashDecode {
         )?;
         let merge_cfg = LaunchConfig {
             grid: (s.heads, s.batch, 1),
-            block: (128, 1, 1),
+            block: (MERGE_THREADS, 1, 1),
             dyn_shared_bytes: 0,
         };
         decode_merge::launch(

@@ -14,8 +14,13 @@ use kiln::tune::TuneOptions;
 use kiln::{Device, DeviceBuffer, Element, Kernel, LaunchConfig, RuntimeError};
 
 use super::kernels::{chelsea_copy, chelsea_round, MAX_CHUNK, ROUND_THREADS};
+pub use super::plan::DEFAULT_ROUND_FRACTION;
 use super::plan::{keep_for, rounds, Layout, Round};
-use crate::attention::decode::{DecodeError, DecodeScratch, DecodeShape, FlashDecode};
+use super::reference::Method;
+pub use super::reference::Similarity;
+use crate::attention::decode::{
+    DecodeError, DecodeInputs, DecodeScratch, DecodeShape, FlashDecode,
+};
 
 /// One layer's Chelsea settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -38,12 +43,27 @@ pub struct ChelseaConfig {
     pub recent: u32,
     /// Entries the compressed cache can hold.
     pub capacity: u32,
+    /// At most this share of a chunk's current entries merges per round, in `(0, ½]`:
+    /// smaller shares take more rounds (re-partitioning in between) but merge only the
+    /// most similar pairs of each; ½ merges every a at 50% reduction. Default
+    /// [`DEFAULT_ROUND_FRACTION`] (¼), chosen by measurement (see there).
+    pub round_fraction: f64,
+    /// How keys are compared (default: standardised per channel over the chunk).
+    pub similarity: Similarity,
 }
 
 impl ChelseaConfig {
     /// Entries a chunk keeps.
     pub fn keep(&self) -> u32 {
         keep_for(self.chunk, self.ratio)
+    }
+
+    /// The reference's view of how chunks are compressed.
+    pub fn method(&self) -> Method {
+        Method {
+            fraction: self.round_fraction,
+            similarity: self.similarity,
+        }
     }
 }
 
@@ -173,6 +193,7 @@ impl Kernels {
             r.before,
             r.merges,
             src.n.is_none(),
+            c.similarity == Similarity::Standardised,
         )
     }
 
@@ -267,6 +288,12 @@ impl<T: Element + Float> ChelseaCache<T> {
         if !(cfg.ratio >= 0.0 && cfg.ratio < 1.0) {
             return bad(format!("reduction ratio {} is not in [0, 1)", cfg.ratio));
         }
+        if !(cfg.round_fraction > 0.0 && cfg.round_fraction <= 0.5) {
+            return bad(format!(
+                "round fraction {} is not in (0, 1/2]",
+                cfg.round_fraction
+            ));
+        }
         if cfg.batch == 0 || cfg.capacity == 0 {
             return bad("batch and capacity must be positive".into());
         }
@@ -281,7 +308,7 @@ impl<T: Element + Float> ChelseaCache<T> {
         };
         Ok(ChelseaCache {
             cfg,
-            plan: rounds(cfg.chunk, keep),
+            plan: rounds(cfg.chunk, keep, cfg.round_fraction),
             cache: Rows::new(device, &cfg, cfg.capacity)?,
             scratch: [Rows::new(device, &cfg, 1)?, Rows::new(device, &cfg, 1)?],
             stage: Rows::new(device, &cfg, 1)?,
@@ -521,20 +548,56 @@ impl<T: Element + Float> ChelseaCache<T> {
     where
         T: Into<f32> + Copy,
     {
+        self.tune_decode_rotating(&[], q, out, lse, options)
+    }
+
+    /// [`ChelseaCache::tune_decode`] with the timed runs rotating over this cache and
+    /// `others` (caches of the same settings and length; see
+    /// [`FlashDecode::tune_rotating`]): what a benchmark that rotates its caches measures.
+    pub fn tune_decode_rotating(
+        &mut self,
+        others: &[ChelseaCache<T>],
+        q: &DeviceBuffer<T>,
+        out: &mut DeviceBuffer<T>,
+        lse: &mut DeviceBuffer<f32>,
+        options: &TuneOptions,
+    ) -> Result<(), ChelseaError>
+    where
+        T: Into<f32> + Copy,
+    {
         if self.len == 0 {
             return Err(ChelseaError::Config("tuning over an empty cache".into()));
         }
+        if let Some(o) = others
+            .iter()
+            .find(|o| o.len != self.len || o.cfg != self.cfg)
+        {
+            return Err(ChelseaError::Config(format!(
+                "tuning over caches of {} and {} entries (or other settings)",
+                self.len, o.len
+            )));
+        }
         let shape = self.shape();
         let scale = 1.0 / (self.cfg.dim as f32).sqrt();
-        let c = &self.cache;
-        for (decode, counts) in [(&mut self.plain, None), (&mut self.biased, Some(&c.n))] {
-            decode.tune_with_counts(
+        for bias in [false, true] {
+            let inputs: Vec<DecodeInputs<'_, T>> = std::iter::once(&self.cache)
+                .chain(others.iter().map(|o| &o.cache))
+                .map(|c| DecodeInputs {
+                    k: &c.k,
+                    v: &c.v,
+                    counts: bias.then_some(&c.n),
+                })
+                .collect();
+            let decode = if bias {
+                &mut self.biased
+            } else {
+                &mut self.plain
+            };
+            decode.tune_rotating(
                 &shape,
                 q,
-                &c.k,
-                &c.v,
+                &inputs,
                 None,
-                counts,
                 self.len,
                 scale,
                 out,
@@ -544,6 +607,13 @@ impl<T: Element + Float> ChelseaCache<T> {
             )?;
         }
         Ok(())
+    }
+
+    /// Keys per split of attention over the cache at its current length (with or without
+    /// the bias): the tuned size if there is one, see [`FlashDecode::chunk_for`].
+    pub fn decode_split(&self, bias: bool) -> u32 {
+        let decode = if bias { &self.biased } else { &self.plain };
+        decode.chunk_for(&self.shape(), self.len, self.device().multiprocessors())
     }
 
     /// Attention of `q` (`[B, H, D]`) over the cache's entries: `out` `[B, H, D]`,

@@ -7,7 +7,10 @@
 use half::bf16;
 use kiln::Device;
 
-use super::compress::{ChelseaCache, ChelseaConfig, ChelseaError};
+use super::compress::{
+    ChelseaCache, ChelseaConfig, ChelseaError, Similarity, DEFAULT_ROUND_FRACTION,
+};
+use super::reference::{self, CacheDims};
 use crate::attention::reference as attention;
 use crate::metrics::rel_err;
 use crate::workload::Workload;
@@ -29,7 +32,7 @@ pub struct FidelityRow {
 }
 
 /// Chelsea's settings for [`evaluate`] apart from the reduction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Setting {
     /// Tokens per chunk.
     pub chunk: u32,
@@ -37,6 +40,36 @@ pub struct Setting {
     pub sink: u32,
     /// Recent tokens kept.
     pub recent: u32,
+    /// At most this share of a chunk merges per round ([`ChelseaConfig::round_fraction`]).
+    pub round_fraction: f64,
+    /// How keys are compared ([`ChelseaConfig::similarity`]).
+    pub similarity: Similarity,
+}
+
+impl Setting {
+    /// Chunks of `chunk` tokens, sink 4, recent 64, the default round fraction and
+    /// similarity.
+    pub fn with_chunk(chunk: u32) -> Setting {
+        Setting {
+            chunk,
+            sink: 4,
+            recent: 64,
+            round_fraction: DEFAULT_ROUND_FRACTION,
+            similarity: Similarity::default(),
+        }
+    }
+
+    /// A short description, e.g. "chunk 256, sink 4, recent 64, ≤ 25% a round, standardised".
+    pub fn describe(&self) -> String {
+        format!(
+            "chunk {}, sink {}, recent {}, <= {}% a round, {:?} similarity",
+            self.chunk,
+            self.sink,
+            self.recent,
+            self.round_fraction * 100.0,
+            self.similarity
+        )
+    }
 }
 
 /// The decode step at the workload's last position (its decode queries), over the cache
@@ -47,74 +80,158 @@ pub fn evaluate(
     setting: Setting,
     targets: &[f64],
 ) -> Result<Vec<FidelityRow>, ChelseaError> {
-    let sh = wl.shape;
-    let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
-    let q = wl.decode_query();
-    let (k_cache, v_cache) = wl.kv_cache_layout();
-    let to_bf16 = |v: &[f32]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f32(x)).collect() };
-    let (qb, kb, vb) = (to_bf16(&q), to_bf16(&k_cache), to_bf16(&v_cache));
-    let wide = |v: &[bf16]| -> Vec<f64> { v.iter().map(|x| x.to_f64()).collect() };
-    let (qw, kw, vw) = (wide(&qb), wide(&kb), wide(&vb));
-    let scale = 1.0 / (d as f64).sqrt();
-    let (dense, _) = attention::decode(b, h, hk, s, d, &qw, &kw, &vw, None, s, scale);
-    let (q_dev, k_dev, v_dev) = (
-        device.upload(&qb)?,
-        device.upload(&kb)?,
-        device.upload(&vb)?,
-    );
-    let kept = |ids: &[u32]| -> f64 {
-        let n = ids.len();
-        let all: Vec<u32> = (0..b * hk).flat_map(|_| ids.iter().copied()).collect();
-        let (o, _) = attention::decode(b, h, hk, s, d, &qw, &kw, &vw, Some(&all), n, scale);
-        rel_err(&o, &dense)
-    };
+    let step = Step::new(wl);
+    let [(qb, _), (kb, _), (vb, _)] = &step.bf16;
+    let (q_dev, k_dev, v_dev) = (device.upload(qb)?, device.upload(kb)?, device.upload(vb)?);
+    let (b, h, d, s) = (step.b, step.h, step.d, step.s);
     let mut rows = Vec::new();
     for &target in targets {
-        let cfg = ChelseaConfig {
-            batch: b as u32,
-            heads: h as u32,
-            kv_heads: hk as u32,
-            dim: d as u32,
-            chunk: setting.chunk,
-            ratio: target,
-            sink: setting.sink,
-            recent: setting.recent,
-            capacity: s as u32,
-        };
-        let mut cache = ChelseaCache::<bf16>::new(device, cfg)?;
+        let mut cache = ChelseaCache::<bf16>::new(device, step.config(setting, target))?;
         cache.compress(&k_dev, &v_dev, s as u32)?;
         let entries = cache.len() as usize;
-        let reduction = 1.0 - entries as f64 / s as f64;
         let mut out = device.zeros::<bf16>(b * h * d)?;
         let mut lse = device.zeros::<f32>(b * h)?;
         for bias in [true, false] {
             cache.attend(&q_dev, &mut out, &mut lse, bias)?;
             let got: Vec<f64> = device.download(&out)?.iter().map(|x| x.to_f64()).collect();
-            rows.push(FidelityRow {
-                method: if bias { "chelsea + log n" } else { "chelsea" }.into(),
-                target,
-                entries,
-                reduction,
-                output_error: rel_err(&got, &dense),
-            });
+            rows.push(step.row(chelsea_method(bias), target, entries, &got));
         }
-        for (method, ids) in [
-            ("recent", recent_tokens(s, setting.sink as usize, entries)),
-            (
-                "evenly spaced",
-                evenly_spaced(s, setting.sink as usize, entries),
-            ),
-        ] {
-            rows.push(FidelityRow {
-                method: method.into(),
-                target,
-                entries,
-                reduction,
-                output_error: kept(&ids),
-            });
-        }
+        rows.extend(step.baselines(setting, target, entries));
     }
     Ok(rows)
+}
+
+/// [`evaluate`] on the host, without a device: the compression is the float64 reference
+/// ([`reference::compress`], merged values rounded to bf16 after each round as the kernel
+/// stores them) and attention over it the float64 reference with and without the bias.
+/// Agrees with [`evaluate`] up to the f32 arithmetic of the kernels (and a rare different
+/// merge where two similarities tie to f32 precision).
+pub fn evaluate_host(wl: &Workload, setting: Setting, targets: &[f64]) -> Vec<FidelityRow> {
+    let step = Step::new(wl);
+    let [(_, qw), (_, kw), (_, vw)] = &step.bf16;
+    let (b, h, hk, d, s) = (step.b, step.h, step.hk, step.d, step.s);
+    let round = |x: f64| bf16::from_f32(x as f32).to_f64();
+    let mut rows = Vec::new();
+    for &target in targets {
+        let cfg = step.config(setting, target);
+        let merged = reference::compress(
+            CacheDims {
+                batch: b,
+                seq: s,
+                kv_heads: hk,
+                dim: d,
+            },
+            kw,
+            vw,
+            (cfg.chunk as usize, cfg.keep() as usize),
+            (cfg.sink as usize, cfg.recent as usize),
+            cfg.method(),
+            &round,
+        );
+        let n = merged.len;
+        for bias in [true, false] {
+            let counts = bias.then_some(&merged.n[..]);
+            let (o, _) = reference::decode(
+                (b, h, hk),
+                n,
+                d,
+                qw,
+                &merged.k,
+                &merged.v,
+                counts,
+                n,
+                step.scale,
+            );
+            let o: Vec<f64> = o.into_iter().map(round).collect();
+            rows.push(step.row(chelsea_method(bias), target, n, &o));
+        }
+        rows.extend(step.baselines(setting, target, n));
+    }
+    rows
+}
+
+fn chelsea_method(bias: bool) -> &'static str {
+    if bias {
+        "chelsea + log n"
+    } else {
+        "chelsea"
+    }
+}
+
+/// The decode step of a workload in bf16 and its dense float64 output.
+struct Step {
+    bf16: [(Vec<bf16>, Vec<f64>); 3],
+    dense: Vec<f64>,
+    scale: f64,
+    b: usize,
+    h: usize,
+    hk: usize,
+    s: usize,
+    d: usize,
+}
+
+impl Step {
+    fn new(wl: &Workload) -> Step {
+        let sh = wl.shape;
+        let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
+        let bf16 = wl.decode_step_bf16();
+        let [(_, qw), (_, kw), (_, vw)] = &bf16;
+        let scale = 1.0 / (d as f64).sqrt();
+        let (dense, _) = attention::decode(b, h, hk, s, d, qw, kw, vw, None, s, scale);
+        Step {
+            bf16,
+            dense,
+            scale,
+            b,
+            h,
+            hk,
+            s,
+            d,
+        }
+    }
+
+    fn config(&self, setting: Setting, target: f64) -> ChelseaConfig {
+        ChelseaConfig {
+            batch: self.b as u32,
+            heads: self.h as u32,
+            kv_heads: self.hk as u32,
+            dim: self.d as u32,
+            chunk: setting.chunk,
+            ratio: target,
+            sink: setting.sink,
+            recent: setting.recent,
+            capacity: self.s as u32,
+            round_fraction: setting.round_fraction,
+            similarity: setting.similarity,
+        }
+    }
+
+    fn row(&self, method: &str, target: f64, entries: usize, out: &[f64]) -> FidelityRow {
+        FidelityRow {
+            method: method.into(),
+            target,
+            entries,
+            reduction: 1.0 - entries as f64 / self.s as f64,
+            output_error: rel_err(out, &self.dense),
+        }
+    }
+
+    /// The two baselines with `entries` tokens per (sequence, KV head).
+    fn baselines(&self, setting: Setting, target: f64, entries: usize) -> [FidelityRow; 2] {
+        let [(_, qw), (_, kw), (_, vw)] = &self.bf16;
+        let (b, h, hk, s, d) = (self.b, self.h, self.hk, self.s, self.d);
+        let sink = setting.sink as usize;
+        let kept = |method: &str, ids: Vec<u32>| {
+            let n = ids.len();
+            let all: Vec<u32> = (0..b * hk).flat_map(|_| ids.iter().copied()).collect();
+            let (o, _) = attention::decode(b, h, hk, s, d, qw, kw, vw, Some(&all), n, self.scale);
+            self.row(method, target, entries, &o)
+        };
+        [
+            kept("recent", recent_tokens(s, sink, entries)),
+            kept("evenly spaced", evenly_spaced(s, sink, entries)),
+        ]
+    }
 }
 
 /// The first `sink` tokens and the most recent `keep − sink` of `seq`.

@@ -3,7 +3,7 @@
 
 use crate::tile::*;
 use kiln::prelude::*;
-use kiln_dsl::kernel;
+use kiln_dsl::{device, kernel};
 
 /// Threads per block of [`chelsea_round`].
 pub const ROUND_THREADS: u32 = 256;
@@ -16,16 +16,20 @@ pub const MAX_CHUNK: u32 = 512;
 /// `row_in + i·m ..` of `k_in`, `v_in` (`[B, seq_in, H_kv, D]`) with sizes `n_in`
 /// (`[B, seq_in, H_kv]`, or all 1 when `unit_counts`). A = the entries at even positions,
 /// B = those at odd positions. Every a finds the b of highest cosine similarity (ties: the
-/// lower b); the `r` a's with the highest similarity (ties: the lower a) merge into their
+/// lower b) — with `standardise`, the cosine of the keys standardised per channel over the
+/// chunk (`z = (x − μ)·w` stored as `T`, μ and w rounded to `T`, as
+/// `reference::standardiser` defines them; else of the keys as stored); the `r` a's with the highest similarity (ties: the lower a) merge into their
 /// b: `k_b ← (n_b·k_b + Σ n_a·k_a) / (n_b + Σ n_a)`, the same for v, `n_b += Σ n_a`,
 /// accumulated in f32. The `m − r` surviving entries keep their order and go to rows
 /// `row_out + i·(m − r) ..` of the outputs (`[B, seq_out, H_kv, D]`, never the inputs).
 ///
-/// The similarities run on the tensor cores: each warp holds a 16-row strip of a's as A
-/// fragments, and the b's stream through shared memory 64 at a time (two stages, the next
-/// in flight while the current one is multiplied), so a chunk's similarity matrix is never
-/// stored — each lane keeps a running best per row. The products of `T` values are exact in
-/// f32, so this is the f32 similarity of the stored values; dividing by the norms (f32,
+/// The per-channel mean and spread come first (128 threads, 8 channels each, partial sums
+/// over rows met in shared memory in a fixed order). The similarities run on the tensor
+/// cores: each warp holds a 16-row strip of a's as A fragments, and the b's stream through
+/// shared memory 64 at a time (two stages, the next in flight while the current one is
+/// standardised in place and multiplied), so a chunk's similarity matrix is never stored —
+/// each lane keeps a running best per row. The products of `T` values are exact in f32, so
+/// this is the f32 similarity of the (standardised) keys; dividing by their norms (f32,
 /// from the same values) gives the cosine. A chunk with more than 128 a's takes two passes.
 /// The top-r is a rank count in shared memory; the merge takes a thread per 8 values of an
 /// entry (16-byte loads), with each b's merged a's listed in shared memory in ascending
@@ -50,6 +54,7 @@ pub fn chelsea_round<T: Float, const D: u32>(
     m: u32,
     r: u32,
     unit_counts: bool,
+    standardise: bool,
 ) {
     // A strips (128 rows) while a pass starts, then B tiles (64 rows, two stages)
     let tiles = shared::<[[T; 64 * D]; 2]>();
@@ -60,6 +65,10 @@ pub fn chelsea_round<T: Float, const D: u32>(
     let count = shared::<[u32; 256]>();
     let first = shared::<[u32; 256]>();
     let list = shared::<[u32; 256]>();
+    // per-channel shift and weight of the similarity, and the partial sums that give them
+    let mu = shared::<[f32; D]>();
+    let wt = shared::<[f32; D]>();
+    let part = shared::<[f32; 1024]>();
     let t = thread_idx().x;
     let lane = lane_id();
     let w = warp_id();
@@ -78,17 +87,64 @@ pub fn chelsea_round<T: Float, const D: u32>(
     let n_row0 =
         (b as u64 * seq_in as u64 + (row_in + chunk * m) as u64) * kv_heads as u64 + h as u64;
 
-    // inverse norms of every entry: a thread per 8 values (16-byte loads, all in flight
-    // at once), the D / 8 threads of an entry meet by shuffles
     let groups = D / 8;
+    // the standardiser: thread t < 128 sums channels (t % groups)·8 .. + 8 over the rows
+    // t / groups, + parts, ...; thread c < D adds the parts of channel c in order
+    let parts = 128 / groups;
+    if t < D {
+        mu[t] = 0.0;
+        wt[t] = 1.0;
+    }
+    if standardise {
+        for pass in 0..2u32 {
+            if t < 128 {
+                let col = t % groups * 8;
+                let mut acc = [0.0f32; 8];
+                for e in (t / groups..m).step_by(parts) {
+                    let x = k_in.vload((in0 + e as u64 * ld + col as u64) as u32);
+                    for j in 0..8u32 {
+                        let f = x[j] as f32;
+                        if pass == 0 {
+                            acc[j] += f;
+                        } else {
+                            let dv = f - mu[col + j];
+                            acc[j] += dv * dv;
+                        }
+                    }
+                }
+                for j in 0..8u32 {
+                    part[t / groups * D + col + j] = acc[j];
+                }
+            }
+            sync_threads();
+            if t < D {
+                let mut sum = 0.0f32;
+                for p in 0..parts {
+                    sum += part[p * D + t];
+                }
+                if pass == 0 {
+                    mu[t] = ((sum / m as f32) as T) as f32;
+                } else {
+                    let var = sum / m as f32;
+                    let floor = 1e-6f32 * mu[t] * mu[t] + 1e-8f32;
+                    wt[t] = ((1.0f32 / (var + floor).sqrt()) as T) as f32;
+                }
+            }
+            sync_threads();
+        }
+    }
+    sync_threads();
+
+    // inverse norms of every entry's standardised key: a thread per 8 values (16-byte
+    // loads, all in flight at once), the D / 8 threads of an entry meet by shuffles
     for base in (0..m * groups).step_by(256) {
         let item = base + t;
         let mut ss = 0.0f32;
         if item < m * groups {
-            let x =
-                k_in.vload((in0 + (item / groups) as u64 * ld + (item % groups * 8) as u64) as u32);
+            let col = item % groups * 8;
+            let x = k_in.vload((in0 + (item / groups) as u64 * ld + col as u64) as u32);
             for j in 0..8u32 {
-                let f = x[j] as f32;
+                let f = (((x[j] as f32) - mu[col + j]) * wt[col + j]) as T as f32;
                 ss += f * f;
             }
         }
@@ -123,6 +179,14 @@ pub fn chelsea_round<T: Float, const D: u32>(
         cp_async_commit();
         cp_async_wait_all();
         sync_threads();
+        if standardise {
+            for half in 0..2u32 {
+                let first = a0 + half * 64;
+                let rows = if first < na { (na - first).min(64) } else { 0 };
+                standardise_tile::<T, D>(&mut tiles[half], rows, &mu, &wt, t);
+            }
+            sync_threads();
+        }
         let mut qf = [frag_a_zero::<T>(); D / 16];
         load_a_strip::<T, D>(&mut qf, &tiles[w / 4], w % 4 * 16);
         sync_threads(); // the strips are in registers: the tiles take B now
@@ -156,6 +220,10 @@ pub fn chelsea_round<T: Float, const D: u32>(
             cp_async_commit();
             cp_async_wait::<1>();
             sync_threads();
+            if standardise {
+                standardise_tile::<T, D>(&mut tiles[bt % 2], (nb - bt * 64).min(64), &mu, &wt, t);
+                sync_threads();
+            }
             let mut s = [frag_c_zero(); 8];
             mma_abt::<T, D>(&mut s, &qf, &tiles[bt % 2], 0u32);
             for j in 0..8u32 {
@@ -298,6 +366,27 @@ pub fn chelsea_round<T: Float, const D: u32>(
             if col == 0 {
                 n_out[out] = total;
             }
+        }
+    }
+}
+
+/// Standardises the first `rows` rows of a swizzled 64 × D shared tile of keys in place:
+/// element `(r, c)` becomes `((x − mu[c])·wt[c])` stored as `T` (rows past `rows` stay
+/// zero). Every one of the 256 threads calls it with its index `t`.
+#[device]
+pub fn standardise_tile<T: Float, const D: u32>(
+    tile: &mut Shared<[T; 64 * D]>,
+    rows: u32,
+    mu: &Shared<[f32; D]>,
+    wt: &Shared<[f32; D]>,
+    t: u32,
+) {
+    for item in (t..rows * (D / 8)).step_by(256) {
+        let r = item / (D / 8);
+        let c = item % (D / 8) * 8;
+        let at: u32 = swz::<D>(r, c);
+        for e in 0..8u32 {
+            tile[at + e] = (((tile[at + e] as f32) - mu[c + e]) * wt[c + e]) as T;
         }
     }
 }

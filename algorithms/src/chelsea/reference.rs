@@ -28,19 +28,86 @@ pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
     }
 }
 
-/// One round on one chunk: A = even positions, B = odd; each a's best b by cosine (ties:
-/// the lower b); the `r` a's of highest similarity (ties: the lower a) merge into their b,
-/// size-weighted; survivors keep their order. `round` is applied to every merged key and
-/// value (the kernel stores them as its element type).
-pub fn merge_round(e: &Entries, r: usize, round: &dyn Fn(f64) -> f64) -> Entries {
+/// How two keys' similarity is measured: what [`merge_round`] and the kernel share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Similarity {
+    /// Cosine of the keys as stored.
+    Cosine,
+    /// Cosine of the keys standardised per channel over the chunk's current entries
+    /// (`z_c = (x_c − μ_c)·w_c`, `w_c ≈ 1/σ_c`; see [`standardiser`]). Large-magnitude
+    /// channels that every key shares (the outlier channels of real K caches) otherwise
+    /// dominate the norm, so every pair looks alike (cosine 0.5–0.8 on the planted
+    /// workload whatever the pair); standardised, a channel counts by how much it varies
+    /// inside the chunk, and a key that stands out in a normally quiet channel (a heavy
+    /// hitter) is unlike every other and is merged last.
+    #[default]
+    Standardised,
+}
+
+/// The per-channel shift and weight of [`Similarity::Standardised`] for the keys `k` of a
+/// chunk, as the kernel computes them: `μ_c = round(Σ x_c / m)`, `σ²_c = Σ (x_c − μ_c)² / m`
+/// (about the rounded mean) and `w_c = round(1 / √(σ²_c + 10⁻⁶·μ_c² + 10⁻⁸))`, with `round`
+/// the element type's rounding (so `x − μ` and `(x − μ)·w` are exact in f32 and f64 alike,
+/// and the kernel's and this reference's standardised keys agree bit for bit). The floor
+/// under σ² keeps a constant channel's weight finite (its `x − μ` is 0).
+pub fn standardiser(k: &[Vec<f64>], round: &dyn Fn(f64) -> f64) -> (Vec<f64>, Vec<f64>) {
+    let (m, d) = (k.len(), k[0].len());
+    let mu: Vec<f64> = (0..d)
+        .map(|c| round(k.iter().map(|x| x[c]).sum::<f64>() / m as f64))
+        .collect();
+    let w = (0..d)
+        .map(|c| {
+            let var = k.iter().map(|x| (x[c] - mu[c]).powi(2)).sum::<f64>() / m as f64;
+            round(1.0 / (var + 1e-6 * mu[c] * mu[c] + 1e-8).sqrt())
+        })
+        .collect();
+    (mu, w)
+}
+
+/// The keys the similarity compares: as they are for [`Similarity::Cosine`], else
+/// `round(f32((x − μ)·w))` per channel by [`standardiser`] (the kernel's f32 product,
+/// stored as the element type).
+pub fn similarity_keys(
+    k: &[Vec<f64>],
+    similarity: Similarity,
+    round: &dyn Fn(f64) -> f64,
+) -> Vec<Vec<f64>> {
+    match similarity {
+        Similarity::Cosine => k.to_vec(),
+        Similarity::Standardised => {
+            let (mu, w) = standardiser(k, round);
+            k.iter()
+                .map(|x| {
+                    x.iter()
+                        .zip(mu.iter().zip(&w))
+                        .map(|(x, (m, w))| round(((x - m) * w) as f32 as f64))
+                        .collect()
+                })
+                .collect()
+        }
+    }
+}
+
+/// One round on one chunk: A = even positions, B = odd; each a's best b by cosine of the
+/// [`similarity_keys`] (ties: the lower b); the `r` a's of highest similarity (ties: the
+/// lower a) merge into their b, size-weighted; survivors keep their order. `round` is the
+/// element type's rounding: applied to every merged key and value (the kernel stores them
+/// as its element type) and inside the standardisation.
+pub fn merge_round(
+    e: &Entries,
+    r: usize,
+    similarity: Similarity,
+    round: &dyn Fn(f64) -> f64,
+) -> Entries {
     let m = e.n.len();
     let (na, nb) = (m.div_ceil(2), m / 2);
+    let z = similarity_keys(&e.k, similarity, round);
     // (similarity, best b) per a
     let best: Vec<(f64, usize)> = (0..na)
         .map(|a| {
             let mut top = (f64::NEG_INFINITY, 0usize);
             for b in 0..nb {
-                let c = cosine(&e.k[2 * a], &e.k[2 * b + 1]);
+                let c = cosine(&z[2 * a], &z[2 * b + 1]);
                 if c > top.0 {
                     top = (c, b);
                 }
@@ -96,6 +163,16 @@ pub struct CompressedRef {
     pub len: usize,
 }
 
+/// How a chunk is compressed, apart from how far: the largest share of its entries a round
+/// removes, and the similarity.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Method {
+    /// At most this share of a chunk's entries merges per round (`0 < fraction ≤ ½`).
+    pub fraction: f64,
+    /// How keys are compared.
+    pub similarity: Similarity,
+}
+
 /// The dimensions of a cache: sequences, tokens, KV heads, head dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheDims {
@@ -111,13 +188,15 @@ pub struct CacheDims {
 
 /// Compresses the cache `k`, `v` (`[B, S, H_kv, D]`, every token of size 1) as the host API
 /// does: sink and tail rows as they are, each full chunk of `chunk` tokens down to `keep`
-/// entries by the rounds of [`rounds`]; `round` rounds merged values after every round.
+/// entries by the rounds of [`rounds`] (at most the share `method.fraction` of a chunk per
+/// round), similarity `method.similarity`; `round` rounds merged values after every round.
 pub fn compress(
     dims: CacheDims,
     k: &[f64],
     v: &[f64],
     (chunk, keep): (usize, usize),
     (sink, recent): (usize, usize),
+    method: Method,
     round: &dyn Fn(f64) -> f64,
 ) -> CompressedRef {
     let CacheDims {
@@ -127,7 +206,7 @@ pub fn compress(
         dim: d,
     } = dims;
     let lay = Layout::of(seq as u32, chunk as u32, sink as u32, recent as u32);
-    let plan = rounds(chunk as u32, keep as u32);
+    let plan = rounds(chunk as u32, keep as u32, method.fraction);
     let len = lay.compressed_len(keep as u32) as usize;
     let mut out = CompressedRef {
         k: vec![0.0; batch * len * hk * d],
@@ -158,7 +237,7 @@ pub fn compress(
                     n: vec![1.0; chunk],
                 };
                 for r in &plan {
-                    e = merge_round(&e, r.merges as usize, round);
+                    e = merge_round(&e, r.merges as usize, method.similarity, round);
                 }
                 entries.k.extend(e.k);
                 entries.v.extend(e.v);

@@ -8,8 +8,10 @@ use kiln::prelude::Float;
 use kiln::tune::{Store, TuneOptions};
 use kiln::{time, Device, DeviceBuffer, RuntimeError};
 
-use super::compress::{ChelseaCache, ChelseaConfig, ChelseaError};
-use crate::attention::decode::{DecodeScratch, DecodeShape, FlashDecode};
+use super::compress::{
+    ChelseaCache, ChelseaConfig, ChelseaError, Similarity, DEFAULT_ROUND_FRACTION,
+};
+use crate::attention::decode::{DecodeInputs, DecodeScratch, DecodeShape, FlashDecode};
 use crate::attention::prefill::{Prefill, PrefillCall};
 use crate::workload::Rng;
 
@@ -48,6 +50,12 @@ pub struct SpeedRow {
     pub merged_ms: f64,
     /// The same without the bias.
     pub merged_plain_ms: f64,
+    /// Keys per split of the merged decode (with the bias) and of the dense one, as tuned.
+    pub splits: (u32, u32),
+    /// Appending one token to the merged cache (three row-copy launches of a few KiB: about
+    /// the fixed cost of a launch as these timings see it, since each timed run starts on an
+    /// idle device).
+    pub append_ms: f64,
 }
 
 impl SpeedRow {
@@ -70,9 +78,10 @@ impl SpeedRow {
 /// Heads 32 / 8, D = 128, bf16, sink 4, recent 64: times compression, decode over the
 /// result and dense decode, each a median of `reps` after `warmup` runs, inputs rotated
 /// over copies spanning [`ROTATE_BYTES`]; the prefill with `prefill_reps` (`None`: skip).
-/// Both decodes first tune their split size (`FlashDecode::tune`, kept in the tuning store):
-/// the merged cache is about a fifth as long, and a split size picked for the dense length
-/// would leave the card half idle.
+/// Both decodes first tune their split size afresh (`FlashDecode::tune_rotating`, kept in
+/// the tuning store), timing over the same rotating copies as the measurement: the merged
+/// cache is about a fifth as long, and a split size picked for the dense length would leave
+/// the card half idle; one picked on a cache left in the L2 would favour the L2.
 pub fn measure(
     device: &Device,
     case: SpeedCase,
@@ -108,6 +117,8 @@ pub fn measure(
         sink: 4,
         recent: 64,
         capacity: s,
+        round_fraction: DEFAULT_ROUND_FRACTION,
+        similarity: Similarity::default(),
     };
     let mut first = ChelseaCache::<bf16>::new(device, cfg)?;
     first.compress(&dense[0].0, &dense[0].1, s)?;
@@ -133,11 +144,14 @@ pub fn measure(
     let mut lse: DeviceBuffer<f32> = device.zeros((b * heads) as usize)?;
     let median = |r: Result<kiln::Timing, RuntimeError>| r.map(|t| t.median_ms);
     // both decodes use tuned split sizes (the merged cache is far shorter than the dense one)
+    // tuned afresh (a stored winner of another shape in the same bucket does not count), and
+    // rotating over the caches as the timed runs do
     let options = TuneOptions {
         progress: false,
-        force: false,
+        force: true,
     };
-    caches[0].tune_decode(&q, &mut out, &mut lse, &options)?;
+    let (head, rest) = caches.split_first_mut().expect("at least one cache");
+    head.tune_decode_rotating(rest, &q, &mut out, &mut lse, &options)?;
     let mut turn = 0usize;
     let compress_ms = median(time(device, warmup.min(2), reps.min(10), || {
         turn += 1;
@@ -146,6 +160,14 @@ pub fn measure(
             .compress(k, v, s)
             .map_err(RuntimeError::from)
     }))?;
+    // every cache answers once before the timing: its decodes look their tuned split size up
+    // in the store on the first call (a decode loop pays that once, not every step)
+    for c in caches.iter_mut() {
+        for bias in [true, false] {
+            c.attend(&q, &mut out, &mut lse, bias)?;
+        }
+    }
+    let merged_split = caches[0].decode_split(true);
     let mut attend = |bias: bool| {
         let mut turn = 0usize;
         median(time(device, warmup, reps, || {
@@ -157,6 +179,21 @@ pub fn measure(
     };
     let merged_ms = attend(true)?;
     let merged_plain_ms = attend(false)?;
+    // appends go to a cache with room beyond the merged length
+    let mut growing = ChelseaCache::<bf16>::new(
+        device,
+        ChelseaConfig {
+            capacity: entries + 256,
+            ..cfg
+        },
+    )?;
+    growing.compress(&dense[0].0, &dense[0].1, s)?;
+    let row = (b * hk * d) as usize;
+    let (k_new, v_new) = (random(row)?, random(row)?);
+    let append_ms = median(time(device, warmup, reps, || {
+        growing.append(&k_new, &v_new).map_err(RuntimeError::from)
+    }))?;
+    drop(growing);
     let mut decode = FlashDecode::new(device, bf16::DTYPE, d, false)?;
     let shape = DecodeShape {
         batch: b,
@@ -167,12 +204,14 @@ pub fn measure(
     };
     let mut scratch = DecodeScratch::new(device, 1, d as usize)?;
     let scale = 1.0 / (d as f32).sqrt();
-    let (k0, v0) = &dense[0];
-    decode.tune(
+    let inputs: Vec<DecodeInputs<'_, bf16>> = dense
+        .iter()
+        .map(|(k, v)| DecodeInputs { k, v, counts: None })
+        .collect();
+    decode.tune_rotating(
         &shape,
         &q,
-        k0,
-        v0,
+        &inputs,
         None,
         s,
         scale,
@@ -252,5 +291,10 @@ pub fn measure(
         dense_ms,
         merged_ms,
         merged_plain_ms,
+        splits: (
+            merged_split,
+            decode.chunk_for(&shape, s, device.multiprocessors()),
+        ),
+        append_ms,
     })
 }
