@@ -126,7 +126,7 @@ pub fn hata_kernels_case<T: Real>(
     let mut unused = dev.zeros::<f32>(1)?;
     hash_encode_group::launch(
         &encode_group(g)?,
-        &group_launch(hk as u32, b as u32),
+        &group_launch(hk as u32, b as u32, rbit as u32),
         &dev.upload(&queries)?,
         &w_dev,
         &mut q_codes,
@@ -235,7 +235,7 @@ pub fn hata_kernels_case<T: Real>(
     let mut norms_new = dev.upload(&vec![f32::NAN; b * s * hk])?;
     hash_encode_group::launch(
         &encode_group(1)?,
-        &group_launch(hk as u32, b as u32),
+        &group_launch(hk as u32, b as u32, rbit as u32),
         &dev.upload(&new)?,
         &w_dev,
         &mut codes_new,

@@ -323,7 +323,7 @@ impl<T: Element + Float> HataLayer<T> {
         Self::scatter_into(&self.scatter, &c, v_new, &mut self.v, per_batch, self.len)?;
         hash_encode_group::launch(
             &self.encode_key,
-            &group_launch(c.kv_heads, c.batch),
+            &group_launch(c.kv_heads, c.batch, c.rbit),
             k_new,
             &self.w,
             &mut self.codes,
@@ -343,7 +343,7 @@ impl<T: Element + Float> HataLayer<T> {
         let c = self.cfg;
         hash_encode_group::launch(
             &self.encode_queries,
-            &group_launch(c.kv_heads, c.batch),
+            &group_launch(c.kv_heads, c.batch, c.rbit),
             q,
             &self.w,
             &mut self.q_codes,

@@ -100,11 +100,14 @@ pub fn launch_config(n: u32, kv_heads: u32) -> LaunchConfig {
 
 /// Threads per block of [`hash_encode_group`].
 pub const GROUP_THREADS: u32 = 512;
+/// Code bits (projection columns) one block of [`hash_encode_group`] computes.
+pub const GROUP_COLUMNS: u32 = 64;
 
-/// The launch shape of [`hash_encode_group`] over `batch` sequences of `kv_heads` groups.
-pub fn group_launch(kv_heads: u32, batch: u32) -> LaunchConfig {
+/// The launch shape of [`hash_encode_group`] over `batch` sequences of `kv_heads` groups
+/// with `rbit`-bit codes.
+pub fn group_launch(kv_heads: u32, batch: u32, rbit: u32) -> LaunchConfig {
     LaunchConfig {
-        grid: (kv_heads, batch, 1),
+        grid: (kv_heads, batch, rbit / GROUP_COLUMNS),
         block: (GROUP_THREADS, 1, 1),
         dyn_shared_bytes: 0,
     }
@@ -112,16 +115,16 @@ pub fn group_launch(kv_heads: u32, batch: u32) -> LaunchConfig {
 
 /// Encodes the few vectors of a decode step: the `G` query heads of each GQA group (`G =
 /// heads / kv_heads`), or the new key of each KV head (`G = 1`, with its norm). Block
-/// `(h, b)` hashes vectors `i = (b·kv_heads + h)·G + g`, `g < G` (at `x[i·D ..]`), with
-/// `W[h]` (`w` is `[kv_heads, D, RBIT]`, f32), so each weight it loads serves the whole
-/// group; output rows and `write_norms` as in [`hash_encode`].
+/// `(h, b, z)` computes code bits `[64z, 64z + 64)` of vectors `i = (b·kv_heads + h)·G + g`,
+/// `g < G` (at `x[i·D ..]`), with `W[h]` (`w` is `[kv_heads, D, RBIT]`, f32), so each weight
+/// it loads serves the whole group; output rows and `write_norms` as in [`hash_encode`].
 ///
-/// A step has only `B·kv_heads` groups, so the block spreads one group's `D × RBIT`
-/// projection over all 512 threads: thread `t` owns column `t % RBIT` of the rows
-/// `[s·D/S, (s + 1)·D/S)` with `s = t / RBIT` and `S = 512 / RBIT` slices; the slices add
-/// their partial sums in shared memory in slice order (the result does not depend on
-/// timing) and warps pack the signs into words with `ballot_sync`. Grid `(kv_heads, B)`,
-/// 512 threads; `G·D ≤ 2048` and `G·RBIT ≤ 4096` (16 heads of 128 dims, 256 bits).
+/// A step has only `B·kv_heads` groups, so a group's `D × RBIT` projection is spread over
+/// `RBIT / 64` blocks of 512 threads: thread `t` owns column `t % 64` of the block's 64 and
+/// the rows `[s·D/8, (s + 1)·D/8)` of slice `s = t / 64`; the 8 slices leave their partial
+/// sums in shared memory and are added in slice order (the result does not depend on
+/// timing), then warps pack the signs into words with `ballot_sync`. Grid
+/// `(kv_heads, B, RBIT / 64)`, 512 threads; `G ≤ 16`, `G·D ≤ 2048`.
 #[kernel(
     threads = 512,
     example(T = bf16, D = 128, RBIT = 128, G = 4),
@@ -140,49 +143,48 @@ pub fn hash_encode_group<T: Float, const D: u32, const RBIT: u32, const G: u32>(
     write_norms: bool,
 ) {
     let xs = shared::<[f32; G * D]>();
-    let proj = shared::<[f32; G * RBIT]>();
+    // partial[s·G·64 + g·64 + c]: slice s's part of column c of vector g
+    let partial = shared::<[f32; 8 * G * 64]>();
     let t = thread_idx().x;
     let h = block_idx().x;
+    let z = block_idx().z;
     let i0 = (block_idx().y * kv_heads + h) * G;
     for j in (t..G * D).step_by(512) {
         xs[j] = x[i0 * D + j] as f32;
     }
-    for j in (t..G * RBIT).step_by(512) {
-        proj[j] = 0.0;
-    }
     sync_threads();
-    let col = t % RBIT;
-    let slice = t / RBIT;
-    let d0 = slice * (D * RBIT / 512);
+    let col = t % 64;
+    let slice = t / 64;
+    let d0 = slice * (D / 8);
     let mut acc = [0.0f32; G];
-    for r in 0..D * RBIT / 512 {
-        let wv = w[(h * D + d0 + r) * RBIT + col];
+    for r in 0..D / 8 {
+        let wv = w[(h * D + d0 + r) * RBIT + z * 64 + col];
         for g in 0..G {
             acc[g] += xs[g * D + d0 + r] * wv;
         }
     }
-    for s in 0..512 / RBIT {
-        if slice == s {
-            for g in 0..G {
-                proj[g * RBIT + col] += acc[g];
-            }
-        }
-        sync_threads();
+    for g in 0..G {
+        partial[(slice * G + g) * 64 + col] = acc[g];
     }
+    sync_threads();
     let lane = lane_id();
     let warp = warp_id();
-    // word `c` of vector `g` is warp task `g·RBIT/32 + c`; 16 warps take them in turn
-    for task in (warp..G * (RBIT / 32)).step_by(16) {
-        let g = task / (RBIT / 32);
-        let c = task % (RBIT / 32);
-        let word = ballot_sync(0xffff_ffff, proj[g * RBIT + c * 32 + lane] > 0.0);
+    // word `c` (of the block's 2) of vector `g` is warp task `2g + c`; 16 warps take them
+    for task in (warp..G * 2).step_by(16) {
+        let g = task / 2;
+        let c = task % 2;
+        let mut sum = 0.0f32;
+        for s in 0..8u32 {
+            sum += partial[(s * G + g) * 64 + c * 32 + lane];
+        }
+        let word = ballot_sync(0xffff_ffff, sum > 0.0);
         if lane == 0 {
             let i = i0 + g;
             let o = (i / rows_per_batch) * out_rows_per_batch + out_row0 + i % rows_per_batch;
-            codes[o * (RBIT / 32) + c] = word;
+            codes[o * (RBIT / 32) + z * 2 + c] = word;
         }
     }
-    if write_norms && warp < G {
+    if write_norms && z == 0 && warp < G {
         let mut sq = 0.0f32;
         for j in (lane..D).step_by(32) {
             let v = xs[warp * D + j];
