@@ -791,6 +791,64 @@ impl FlashDecode {
     }
 }
 
+/// The dense baseline the sparse pipelines (HATA, Chelsea) are compared with: flash-decoding
+/// of `q` over the whole of each cache in `caches` (`[B, S, H_kv, D]` keys and values, all
+/// `shape.seq` tokens), taken in turn so that a set larger than L2 is read from device memory,
+/// with its split size tuned first over the same caches (tuned afresh when `options.force`).
+/// Returns the median of `reps` timed runs after `warmup` (ms) and the split size used.
+pub fn time_dense<T: kiln::Element + Float + Into<f32> + Copy>(
+    device: &kiln::Device,
+    shape: &DecodeShape,
+    q: &DeviceBuffer<T>,
+    caches: &[(&DeviceBuffer<T>, &DeviceBuffer<T>)],
+    (warmup, reps): (usize, usize),
+    options: &TuneOptions,
+) -> Result<(f64, u32), DecodeError> {
+    let mut decode = FlashDecode::new(device, T::DTYPE, shape.dim, false)?;
+    let mut scratch = DecodeScratch::new(device, 1, shape.dim as usize)?;
+    let mut out: DeviceBuffer<T> =
+        device.zeros((shape.batch * shape.heads * shape.dim) as usize)?;
+    let mut lse: DeviceBuffer<f32> = device.zeros((shape.batch * shape.heads) as usize)?;
+    let scale = 1.0 / (shape.dim as f32).sqrt();
+    let inputs: Vec<DecodeInputs<'_, T>> = caches
+        .iter()
+        .map(|&(k, v)| DecodeInputs { k, v, counts: None })
+        .collect();
+    decode.tune_rotating(
+        shape,
+        q,
+        &inputs,
+        None,
+        shape.seq,
+        scale,
+        &mut out,
+        &mut lse,
+        &mut scratch,
+        options,
+    )?;
+    let mut turn = 0usize;
+    let t = timing::time(device, warmup, reps, || {
+        turn += 1;
+        let (k, v) = caches[turn % caches.len().max(1)];
+        Ok(decode.run(
+            shape,
+            q,
+            k,
+            v,
+            None,
+            shape.seq,
+            scale,
+            &mut out,
+            &mut lse,
+            &mut scratch,
+        )?)
+    })?;
+    Ok((
+        t.median_ms,
+        decode.chunk_for(shape, shape.seq, device.multiprocessors()),
+    ))
+}
+
 /// The split size picked without tuning: enough warps to keep every multiprocessor busy (24
 /// per SM) but at least 128 keys per split, so the merge stays small.
 pub fn default_chunk(shape: &DecodeShape, n_keys: u32, multiprocessors: u32) -> u32 {

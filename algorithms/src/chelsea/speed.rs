@@ -11,7 +11,7 @@ use kiln::{time, Device, DeviceBuffer, RuntimeError};
 use super::compress::{
     ChelseaCache, ChelseaConfig, ChelseaError, Similarity, DEFAULT_ROUND_FRACTION,
 };
-use crate::attention::decode::{DecodeInputs, DecodeScratch, DecodeShape, FlashDecode};
+use crate::attention::decode::{time_dense, DecodeShape};
 use crate::attention::prefill::{Prefill, PrefillCall};
 use crate::workload::Rng;
 
@@ -194,7 +194,6 @@ pub fn measure(
         growing.append(&k_new, &v_new).map_err(RuntimeError::from)
     }))?;
     drop(growing);
-    let mut decode = FlashDecode::new(device, bf16::DTYPE, d, false)?;
     let shape = DecodeShape {
         batch: b,
         heads,
@@ -202,41 +201,11 @@ pub fn measure(
         seq: s,
         dim: d,
     };
-    let mut scratch = DecodeScratch::new(device, 1, d as usize)?;
     let scale = 1.0 / (d as f32).sqrt();
-    let inputs: Vec<DecodeInputs<'_, bf16>> = dense
-        .iter()
-        .map(|(k, v)| DecodeInputs { k, v, counts: None })
-        .collect();
-    decode.tune_rotating(
-        &shape,
-        &q,
-        &inputs,
-        None,
-        s,
-        scale,
-        &mut out,
-        &mut lse,
-        &mut scratch,
-        &options,
-    )?;
-    let mut turn = 0usize;
-    let dense_ms = median(time(device, warmup, reps, || {
-        turn += 1;
-        let (k, v) = &dense[turn % copies];
-        Ok(decode.run(
-            &shape,
-            &q,
-            k,
-            v,
-            None,
-            s,
-            scale,
-            &mut out,
-            &mut lse,
-            &mut scratch,
-        )?)
-    }))?;
+    let dense_caches: Vec<(&DeviceBuffer<bf16>, &DeviceBuffer<bf16>)> =
+        dense.iter().map(|(k, v)| (k, v)).collect();
+    let (dense_ms, dense_split) =
+        time_dense(device, &shape, &q, &dense_caches, (warmup, reps), &options)?;
     drop(caches);
     let prefill_ms = match prefill_reps {
         None => None,
@@ -291,10 +260,7 @@ pub fn measure(
         dense_ms,
         merged_ms,
         merged_plain_ms,
-        splits: (
-            merged_split,
-            decode.chunk_for(&shape, s, device.multiprocessors()),
-        ),
+        splits: (merged_split, dense_split),
         append_ms,
     })
 }

@@ -2,12 +2,11 @@
 //! `hata` bench and `kiln demo` report.
 
 use half::bf16;
-use kiln::prelude::Float;
 use kiln::tune::TuneOptions;
 use kiln::{time, Device, DeviceBuffer, RuntimeError};
 
 use super::decoder::{Budget, HataConfig, HataError, HataLayer};
-use crate::attention::decode::{DecodeScratch, DecodeShape, FlashDecode};
+use crate::attention::decode::{time_dense, DecodeShape};
 use crate::workload::Rng;
 
 /// Median times in milliseconds of one decode step's parts, and of dense decoding.
@@ -47,8 +46,8 @@ fn as_runtime(e: HataError) -> RuntimeError {
 /// Times a step of `batch` sequences of `seq` cached tokens (heads 32/8, D = 128, rbit 128,
 /// bf16, random data and hash weights; sink 16, recent 64), each part a median of `reps`
 /// after `warmup` runs, with dense flash-decoding over the same cache in the same run. The
-/// sparse attention's split size is tuned first ([`HataLayer::tune_attend`]; reused from the
-/// autotuner's store when already there).
+/// split sizes of the sparse attention ([`HataLayer::tune_attend`]) and of the dense baseline
+/// ([`time_dense`]) are tuned first, afresh for this shape.
 pub fn measure(
     device: &Device,
     batch: u32,
@@ -92,18 +91,15 @@ pub fn measure(
     let k_new = device.upload(&random((batch * hk * d) as usize))?;
     let mut out: DeviceBuffer<bf16> = device.zeros((batch * 32 * d) as usize)?;
     let mut lse: DeviceBuffer<f32> = device.zeros((batch * 32) as usize)?;
-    // the sparse attention's split size, tuned on this selection (kept in the store)
     layer.score(&q)?;
     layer.select()?;
-    layer.tune_attend(
-        &q,
-        &mut out,
-        &mut lse,
-        &TuneOptions {
-            progress: false,
-            force: false,
-        },
-    )?;
+    // both decodes' split sizes tuned afresh for this shape (a stored winner of another shape
+    // in the same bucket does not count)
+    let tuning = TuneOptions {
+        progress: false,
+        force: true,
+    };
+    layer.tune_attend(&q, &mut out, &mut lse, &tuning)?;
     let median = |r: Result<kiln::Timing, RuntimeError>| r.map(|t| t.median_ms);
     let step = median(time(device, warmup, reps, || {
         layer.score(&q).map_err(as_runtime)?;
@@ -122,7 +118,6 @@ pub fn measure(
     let append = median(time(device, warmup, reps, || {
         layer.append(&k_new, &k_new).map_err(as_runtime)
     }))?;
-    let dense_decode = FlashDecode::new(device, bf16::DTYPE, d, false)?;
     let shape = DecodeShape {
         batch,
         heads: 32,
@@ -130,22 +125,7 @@ pub fn measure(
         seq,
         dim: d,
     };
-    let mut scratch = DecodeScratch::new(device, 1, d as usize)?;
-    let scale = 1.0 / (d as f32).sqrt();
-    let dense = median(time(device, warmup, reps, || {
-        Ok(dense_decode.run(
-            &shape,
-            &q,
-            &k,
-            &v,
-            None,
-            seq,
-            scale,
-            &mut out,
-            &mut lse,
-            &mut scratch,
-        )?)
-    }))?;
+    let (dense, _) = time_dense(device, &shape, &q, &[(&k, &v)], (warmup, reps), &tuning)?;
     Ok(StepTimes {
         score,
         select,
