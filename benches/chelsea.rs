@@ -25,27 +25,32 @@ fn main() {
     let Some(dev) = gpu() else { return };
     let mut rows = Vec::new();
     let mut speed = Vec::new();
-    for batch in [1u32, 8] {
-        for seq in [8192u32, 32768, 65536, 131072] {
-            let shape = format!("b{batch} h32/8 s{seq} d128");
-            if !selected(&shape) {
+    // chunks of 64 (cheapest to compress) and of 512 (the size whose fidelity beats the
+    // simple baselines at every ratio)
+    let cases = [64u32, 512]
+        .into_iter()
+        .flat_map(|c| [1u32, 8].map(move |b| (c, b)))
+        .flat_map(|(c, b)| [8192u32, 32768, 65536, 131072].map(move |s| (c, b, s)));
+    for (chunk, batch, seq) in cases {
+        let shape = format!("b{batch} h32/8 s{seq} d128 chunk {chunk}");
+        if !selected(&shape) {
+            continue;
+        }
+        let case = SpeedCase {
+            batch,
+            seq,
+            ratio: 0.8,
+            chunk,
+        };
+        let prefill_reps = if seq >= 65536 { (1, 2) } else { (2, 5) };
+        let t = match measure(&dev, case, (5, 30), Some(prefill_reps), 9) {
+            Ok(t) => t,
+            Err(e) => {
+                println!("{shape}: {e}");
                 continue;
             }
-            let case = SpeedCase {
-                batch,
-                seq,
-                ratio: 0.8,
-                chunk: 64,
-            };
-            let prefill_reps = if seq >= 65536 { (1, 2) } else { (2, 5) };
-            let t = match measure(&dev, case, (5, 30), Some(prefill_reps), 9) {
-                Ok(t) => t,
-                Err(e) => {
-                    println!("{shape}: {e}");
-                    continue;
-                }
-            };
-            println!(
+        };
+        println!(
                 "{shape}: {} entries; compress {:.3} ms ({:.3e} tokens/s, {:.2}% of prefill {:.1} ms); decode merged {:.4} ms (no bias {:.4}) vs dense {:.4} ms: {:.2}x; splits of {} / {} keys; append {:.4} ms",
                 t.entries,
                 t.compress_ms,
@@ -60,66 +65,66 @@ fn main() {
                 t.splits.1,
                 t.append_ms
             );
-            speed.push(serde_json::json!({
-                "shape": shape, "entries": t.entries, "compress_ms": t.compress_ms,
-                "tokens_per_s": t.tokens_per_s(), "prefill_ms": t.prefill_ms,
-                "prefill_share": t.prefill_share(), "dense_ms": t.dense_ms,
-                "merged_ms": t.merged_ms, "merged_plain_ms": t.merged_plain_ms,
-                "speedup": t.speedup(), "speedup_plain": t.dense_ms / t.merged_plain_ms,
-                "split_keys_merged": t.splits.0, "split_keys_dense": t.splits.1,
-                "append_ms": t.append_ms,
-            }));
-            let kv = |tokens: u32| 4.0 * batch as f64 * tokens as f64 * 8.0 * 128.0;
-            let dense_name = format!("kiln dense decode {shape}");
-            let prefill_name = format!("kiln causal prefill {shape}");
-            // the biased path also reads 4 bytes of size per entry and KV head
-            let biased = kv(t.entries) + 32.0 * batch as f64 * t.entries as f64;
+        speed.push(serde_json::json!({
+            "shape": shape, "entries": t.entries, "compress_ms": t.compress_ms,
+            "tokens_per_s": t.tokens_per_s(), "prefill_ms": t.prefill_ms,
+            "prefill_share": t.prefill_share(), "dense_ms": t.dense_ms,
+            "merged_ms": t.merged_ms, "merged_plain_ms": t.merged_plain_ms,
+            "speedup": t.speedup(), "speedup_plain": t.dense_ms / t.merged_plain_ms,
+            "split_keys_merged": t.splits.0, "split_keys_dense": t.splits.1,
+            "append_ms": t.append_ms,
+        }));
+        let kv = |tokens: u32| 4.0 * batch as f64 * tokens as f64 * 8.0 * 128.0;
+        let dense_name = format!("kiln dense decode {shape}");
+        let prefill_name = format!("kiln causal prefill {shape}");
+        // the biased path also reads 4 bytes of size per entry and KV head
+        let biased = kv(t.entries) + 32.0 * batch as f64 * t.entries as f64;
+        rows.push(Row {
+            name: format!("chelsea decode (log n) {shape} 80%"),
+            work: biased,
+            median_ms: t.merged_ms,
+            rate: biased / t.merged_ms / 1e6,
+            vs: Some((dense_name.clone(), t.speedup())),
+            roof: Roof::DeviceMemory,
+        });
+        rows.push(Row {
+            name: format!("chelsea decode (no bias) {shape} 80%"),
+            work: kv(t.entries),
+            median_ms: t.merged_plain_ms,
+            rate: kv(t.entries) / t.merged_plain_ms / 1e6,
+            vs: Some((dense_name.clone(), t.dense_ms / t.merged_plain_ms)),
+            roof: Roof::DeviceMemory,
+        });
+        rows.push(Row {
+            name: dense_name,
+            work: kv(seq),
+            median_ms: t.dense_ms,
+            rate: kv(seq) / t.dense_ms / 1e6,
+            vs: None,
+            roof: Roof::DeviceMemory,
+        });
+        // the bytes of the input cache and of the merged one per compression (each round also
+        // reads and writes its own input, so the true traffic is higher than this rate)
+        rows.push(Row {
+            name: format!("chelsea compress {shape} 80%"),
+            work: kv(seq) + kv(t.entries),
+            median_ms: t.compress_ms,
+            rate: (kv(seq) + kv(t.entries)) / t.compress_ms / 1e6,
+            vs: t
+                .prefill_ms
+                .map(|p| (prefill_name.clone(), p / t.compress_ms)),
+            roof: Roof::DeviceMemory,
+        });
+        if let Some(p) = t.prefill_ms {
+            let flops = 4.0 * batch as f64 * 32.0 * (seq as f64).powi(2) * 128.0 / 2.0;
             rows.push(Row {
-                name: format!("chelsea decode (log n) {shape} 80%"),
-                work: biased,
-                median_ms: t.merged_ms,
-                rate: biased / t.merged_ms / 1e6,
-                vs: Some((dense_name.clone(), t.speedup())),
-                roof: Roof::DeviceMemory,
-            });
-            rows.push(Row {
-                name: format!("chelsea decode (no bias) {shape} 80%"),
-                work: kv(t.entries),
-                median_ms: t.merged_plain_ms,
-                rate: kv(t.entries) / t.merged_plain_ms / 1e6,
-                vs: Some((dense_name.clone(), t.dense_ms / t.merged_plain_ms)),
-                roof: Roof::DeviceMemory,
-            });
-            rows.push(Row {
-                name: dense_name,
-                work: kv(seq),
-                median_ms: t.dense_ms,
-                rate: kv(seq) / t.dense_ms / 1e6,
+                name: prefill_name,
+                work: flops,
+                median_ms: p,
+                rate: flops / p / 1e9,
                 vs: None,
-                roof: Roof::DeviceMemory,
+                roof: Roof::TensorCores,
             });
-            // compression reads the cache once and writes the merged one: its rate as GB/s
-            rows.push(Row {
-                name: format!("chelsea compress {shape} 80%"),
-                work: kv(seq) + kv(t.entries),
-                median_ms: t.compress_ms,
-                rate: (kv(seq) + kv(t.entries)) / t.compress_ms / 1e6,
-                vs: t
-                    .prefill_ms
-                    .map(|p| (prefill_name.clone(), p / t.compress_ms)),
-                roof: Roof::DeviceMemory,
-            });
-            if let Some(p) = t.prefill_ms {
-                let flops = 4.0 * batch as f64 * 32.0 * (seq as f64).powi(2) * 128.0 / 2.0;
-                rows.push(Row {
-                    name: prefill_name,
-                    work: flops,
-                    median_ms: p,
-                    rate: flops / p / 1e9,
-                    vs: None,
-                    roof: Roof::TensorCores,
-                });
-            }
         }
     }
     let spec = WorkloadSpec::decode(1, 32, 8, 32768, 128);

@@ -96,6 +96,39 @@ fn bad_settings_and_buffers_are_refused() {
     );
     refused(
         ChelseaConfig {
+            heads: 0,
+            ..config()
+        },
+        "no query heads",
+    );
+    refused(
+        ChelseaConfig {
+            heads: 34,
+            kv_heads: 2,
+            ..config()
+        },
+        "17 query heads per KV head",
+    );
+    refused(
+        ChelseaConfig {
+            batch: 8,
+            capacity: 1 << 22,
+            kv_heads: 8,
+            heads: 32,
+            dim: 128,
+            ..config()
+        },
+        "2^35 elements per buffer",
+    );
+    refused(
+        ChelseaConfig {
+            recent: u32::MAX - 10,
+            ..config()
+        },
+        "sink + chunk + recent past u32",
+    );
+    refused(
+        ChelseaConfig {
             capacity: 0,
             ..config()
         },

@@ -41,11 +41,15 @@ fn mismatch(e: impl std::fmt::Display) -> VerifyError {
 /// with random sizes 1–4), `r` merges each, similarity `similarity`, written from row 5 of
 /// poisoned outputs; keys, values and sizes against [`reference::merge_round`] per chunk.
 /// Key channel 0 is constant (a zero spread: its standardised value must be 0) and channel
-/// 1 carries a large offset (an outlier channel).
+/// 1 carries a large offset (an outlier channel). With `nan_key`, the first key of every
+/// chunk is NaN: its chunk must still keep exactly `m − r` entries with the reference's
+/// sizes (keys and values, NaN there, are not compared). Rows outside the chunks' output
+/// slots must keep their poison.
 pub fn round_case<T: Real>(
     dev: &Device,
     (d, m, r, chunks): (usize, usize, usize, usize),
     similarity: Similarity,
+    nan_key: bool,
     seed: u64,
 ) -> Result<(), VerifyError> {
     let (b, hk) = (2usize, 2usize);
@@ -57,6 +61,16 @@ pub fn round_case<T: Real>(
     for row in k.chunks_mut(d) {
         row[0] = T::from_f32(0.75);
         row[1] = T::from_f32(6.0 + row[1].to_f32());
+    }
+    if nan_key {
+        for bb in 0..b {
+            for c in 0..chunks {
+                for h in 0..hk {
+                    let at = ((bb * seq_in + row_in + c * m) * hk + h) * d;
+                    k[at..at + d].fill(T::NAN);
+                }
+            }
+        }
     }
     let v = random::<T>(&mut rng, b * seq_in * hk * d);
     let n: Vec<f32> = (0..b * seq_in * hk)
@@ -130,6 +144,19 @@ pub fn round_case<T: Real>(
                 }
             }
         }
+    }
+    for bb in 0..b {
+        for h in 0..hk {
+            for s in (0..row_out).chain(row_out + chunks * (m - r)..seq_out) {
+                ensure!(
+                    got_n[(bb * seq_out + s) * hk + h].is_nan(),
+                    "{what}: row {s} (b {bb}, h {h}) lies outside the chunks' slots but was written"
+                );
+            }
+        }
+    }
+    if nan_key {
+        return Ok(());
     }
     let (ek, ev) = (rel_err(&gk, &want_k), rel_err(&gv, &want_v));
     let tol = tolerance::<T>();
@@ -404,11 +431,20 @@ pub fn biased_decode_case<T: Real>(
 pub fn chelsea_matches_reference(dev: &Device) -> Result<(), VerifyError> {
     let big = dev.is_gpu();
     let (plain, std) = (Similarity::Cosine, Similarity::Standardised);
-    round_case::<half::bf16>(dev, (128, 64, 32, 3), std, 31)?;
-    round_case::<half::bf16>(dev, (128, 64, 16, 3), plain, 40)?;
-    round_case::<half::f16>(dev, (64, 27, 9, 2), std, 32)?;
-    round_case::<half::f16>(dev, (64, 27, 9, 2), plain, 41)?;
-    round_case::<half::bf16>(dev, (64, if big { 512 } else { 300 }, 100, 2), std, 33)?;
+    round_case::<half::bf16>(dev, (128, 64, 32, 3), std, false, 31)?;
+    round_case::<half::bf16>(dev, (128, 64, 16, 3), plain, false, 40)?;
+    round_case::<half::f16>(dev, (64, 27, 9, 2), std, false, 32)?;
+    round_case::<half::f16>(dev, (64, 27, 9, 2), plain, false, 41)?;
+    // a NaN key in every chunk, with both similarities
+    round_case::<half::bf16>(dev, (128, 64, 16, 2), std, true, 42)?;
+    round_case::<half::bf16>(dev, (128, 64, 16, 2), plain, true, 43)?;
+    round_case::<half::bf16>(
+        dev,
+        (64, if big { 512 } else { 300 }, 100, 2),
+        std,
+        false,
+        33,
+    )?;
     let len = if big { 3000 } else { 200 };
     let method = |fraction, similarity| Method {
         fraction,

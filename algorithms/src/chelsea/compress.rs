@@ -274,6 +274,7 @@ impl<T: Element + Float> ChelseaCache<T> {
             return bad(format!("head dimension {} (64 or 128)", cfg.dim));
         }
         if cfg.kv_heads == 0
+            || cfg.heads == 0
             || !cfg.heads.is_multiple_of(cfg.kv_heads)
             || cfg.heads / cfg.kv_heads > 16
         {
@@ -296,6 +297,26 @@ impl<T: Element + Float> ChelseaCache<T> {
         }
         if cfg.batch == 0 || cfg.capacity == 0 {
             return bad("batch and capacity must be positive".into());
+        }
+        let elements =
+            cfg.batch as u64 * cfg.capacity as u64 * cfg.kv_heads as u64 * cfg.dim as u64;
+        if elements > u32::MAX as u64 {
+            return bad(format!(
+                "a cache of {elements} elements per K/V buffer (batch × capacity × kv_heads × \
+                 dim): the kernels index at most {} (use fewer sequences per cache)",
+                u32::MAX
+            ));
+        }
+        if cfg
+            .sink
+            .checked_add(cfg.chunk)
+            .and_then(|x| x.checked_add(cfg.recent))
+            .is_none()
+        {
+            return bad(format!(
+                "sink {} + chunk {} + recent {} overflow u32",
+                cfg.sink, cfg.chunk, cfg.recent
+            ));
         }
         let keep = cfg.keep();
         let dtype = T::DTYPE;

@@ -234,8 +234,10 @@ impl Step {
     }
 }
 
-/// The first `sink` tokens and the most recent `keep − sink` of `seq`.
+/// The first `sink` tokens and the most recent `keep − sink` of `seq` (`keep` at most `seq`:
+/// more is clamped to all of them).
 pub fn recent_tokens(seq: usize, sink: usize, keep: usize) -> Vec<u32> {
+    let keep = keep.min(seq);
     let sink = sink.min(keep);
     (0..sink)
         .chain(seq - (keep - sink)..seq)
@@ -244,8 +246,9 @@ pub fn recent_tokens(seq: usize, sink: usize, keep: usize) -> Vec<u32> {
 }
 
 /// The first `sink` tokens and `keep − sink` evenly spaced over the rest of `seq`, the
-/// last token included.
+/// last token included (`keep` at most `seq`: more is clamped to all of them).
 pub fn evenly_spaced(seq: usize, sink: usize, keep: usize) -> Vec<u32> {
+    let keep = keep.min(seq);
     let sink = sink.min(keep);
     let (rest, n) = (seq - sink, keep - sink);
     (0..sink)

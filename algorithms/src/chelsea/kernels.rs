@@ -254,7 +254,10 @@ pub fn chelsea_round<T: Float, const D: u32>(
             }
             let a = a0 + w * 16 + lane / 4 + hh * 8;
             if lane % 4 == 0 && a < na {
-                best[a] = v * inv_norm[2 * a];
+                // a key with NaN/inf components ranks last (as in the reference) instead of
+                // escaping the rank order: exactly r entries merge in every chunk
+                let sim = v * inv_norm[2 * a];
+                best[a] = if sim.is_nan() { f32::NEG_INFINITY } else { sim };
                 target[a] = i;
             }
         }

@@ -33,8 +33,9 @@
 //!   tail moves up behind it ([`compress::ChelseaCache::append`]).
 //! - **Similarity on the tensor cores.** Keys are bf16/f16 (standardised keys are stored as
 //!   the element type too), so their products are exact in
-//!   f32: `mma.sync` with f32 accumulation gives the same similarity a SIMT f32 loop would,
-//!   with the b's streamed through shared memory 64 at a time (never a chunk's matrix).
+//!   f32 and `mma.sync` with f32 accumulation gives the f32 similarity up to the order of the
+//!   additions (the float64 reference agrees up to f32 rounding: a near-tie may go the other
+//!   way), with the b's streamed through shared memory 64 at a time (never a chunk's matrix).
 //!   Merges accumulate in f32 and are stored back as the element type after each round.
 //! - **Ties.** An a's best b: the lower b. The top-r: the lower a.
 //! - **Bias.** `FlashDecode::with_counts` adds `ln n_j` (4 more bytes read per key); the

@@ -47,8 +47,9 @@ pub enum Similarity {
 /// The per-channel shift and weight of [`Similarity::Standardised`] for the keys `k` of a
 /// chunk, as the kernel computes them: `μ_c = round(Σ x_c / m)`, `σ²_c = Σ (x_c − μ_c)² / m`
 /// (about the rounded mean) and `w_c = round(1 / √(σ²_c + 10⁻⁶·μ_c² + 10⁻⁸))`, with `round`
-/// the element type's rounding (so `x − μ` and `(x − μ)·w` are exact in f32 and f64 alike,
-/// and the kernel's and this reference's standardised keys agree bit for bit). The floor
+/// the element type's rounding (so `x − μ` and `(x − μ)·w` are exact in f32 and f64 alike;
+/// the kernel's sums and square root are f32, so the two agree up to f32 rounding, which
+/// rounding to the element type almost always hides). The floor
 /// under σ² keeps a constant channel's weight finite (its `x − μ` is 0).
 pub fn standardiser(k: &[Vec<f64>], round: &dyn Fn(f64) -> f64) -> (Vec<f64>, Vec<f64>) {
     let (m, d) = (k.len(), k[0].len());

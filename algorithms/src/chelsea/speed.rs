@@ -52,9 +52,10 @@ pub struct SpeedRow {
     pub merged_plain_ms: f64,
     /// Keys per split of the merged decode (with the bias) and of the dense one, as tuned.
     pub splits: (u32, u32),
-    /// Appending one token to the merged cache (three row-copy launches of a few KiB: about
-    /// the fixed cost of a launch as these timings see it, since each timed run starts on an
-    /// idle device).
+    /// Appending one token to the merged cache, median (three row-copy launches of a few KiB:
+    /// about the fixed cost of a launch as these timings see it, since each timed run starts
+    /// on an idle device). Every `chunk`-th append also compresses a chunk, which the median
+    /// does not show.
     pub append_ms: f64,
 }
 
@@ -92,7 +93,7 @@ pub fn measure(
     let (heads, hk, d) = (32u32, 8u32, 128u32);
     let (b, s) = (case.batch, case.seq);
     let mut rng = Rng::new(seed);
-    let kv_len = (b * s * hk * d) as usize;
+    let kv_len = b as usize * s as usize * hk as usize * d as usize;
     let copies = ROTATE_BYTES.div_ceil(2 * kv_len * 2).max(1);
     let mut random = |n: usize| -> Result<DeviceBuffer<bf16>, RuntimeError> {
         // a random block repeated: the timings do not depend on the values
@@ -179,11 +180,12 @@ pub fn measure(
     };
     let merged_ms = attend(true)?;
     let merged_plain_ms = attend(false)?;
-    // appends go to a cache with room beyond the merged length
+    // appends go to a cache with room beyond the merged length: a raw chunk past the recent
+    // window, the most an append can hold before it compresses
     let mut growing = ChelseaCache::<bf16>::new(
         device,
         ChelseaConfig {
-            capacity: entries + 256,
+            capacity: entries + cfg.chunk + cfg.recent,
             ..cfg
         },
     )?;
