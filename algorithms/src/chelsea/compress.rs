@@ -103,6 +103,15 @@ impl<T: Element> Rows<T> {
         })
     }
 
+    /// Back to one row: the memory goes back to the device (stream-ordered, after the work
+    /// already enqueued on it).
+    fn release(&mut self, device: &Device, cfg: &ChelseaConfig) -> Result<(), RuntimeError> {
+        if self.rows > 1 {
+            *self = Rows::new(device, cfg, 1)?;
+        }
+        Ok(())
+    }
+
     /// At least `rows` rows (contents lost when it grows).
     fn ensure(
         &mut self,
@@ -460,6 +469,12 @@ impl<T: Element + Float> ChelseaCache<T> {
                 } else {
                     kernels.round(input, (&mut to.dst(), 0), chunks, *r)?;
                 }
+            }
+            // the round buffers of a whole prefill are about 0.75x its keys and values each:
+            // given back, so that a compressed cache holds little more than its entries
+            // (appends grow them again to one chunk's rounds)
+            for s in scratch.iter_mut() {
+                s.release(&device, &c)?;
             }
         } else {
             kernels.copy(
