@@ -21,6 +21,7 @@ pub use super::reference::Similarity;
 use crate::attention::decode::{
     DecodeError, DecodeInputs, DecodeScratch, DecodeShape, FlashDecode,
 };
+use crate::common::check_kv_len;
 
 /// One layer's Chelsea settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -507,13 +508,13 @@ impl<T: Element + Float> ChelseaCache<T> {
             return Err(ChelseaError::Full(c.capacity));
         }
         let want = (c.batch * c.kv_heads * c.dim) as usize;
-        if k_new.len() != want || v_new.len() != want {
-            return Err(ChelseaError::Config(format!(
-                "new K/V hold {} / {} elements, [batch, kv_heads, dim] needs {want}",
-                k_new.len(),
-                v_new.len()
-            )));
-        }
+        check_kv_len(
+            "new",
+            (k_new.len(), v_new.len()),
+            want,
+            "[batch, kv_heads, dim]",
+        )
+        .map_err(ChelseaError::Config)?;
         let src = Src {
             k: k_new,
             v: v_new,

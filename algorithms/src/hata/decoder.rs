@@ -12,6 +12,7 @@ use super::encode::{
 use super::score::{self, hash_score};
 use super::topk::{TopK, TopKError, TopKScratch};
 use crate::attention::decode::{DecodeError, DecodeScratch, DecodeShape, FlashDecode};
+use crate::common::check_kv_len;
 
 /// How many keys a step attends to.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -270,13 +271,13 @@ impl<T: Element + Float> HataLayer<T> {
             )));
         }
         let want = (c.batch * len * c.kv_heads * c.dim) as usize;
-        if k.len() != want || v.len() != want {
-            return Err(HataError::Config(format!(
-                "prefill K/V hold {} / {} elements, [batch, len, kv_heads, dim] needs {want}",
-                k.len(),
-                v.len()
-            )));
-        }
+        check_kv_len(
+            "prefill",
+            (k.len(), v.len()),
+            want,
+            "[batch, len, kv_heads, dim]",
+        )
+        .map_err(HataError::Config)?;
         let per_batch = len * c.kv_heads * c.dim;
         Self::scatter_into(&self.scatter, &c, k, &mut self.k, per_batch, 0)?;
         Self::scatter_into(&self.scatter, &c, v, &mut self.v, per_batch, 0)?;
@@ -311,13 +312,13 @@ impl<T: Element + Float> HataLayer<T> {
             return Err(HataError::Full(c.capacity));
         }
         let want = (c.batch * c.kv_heads * c.dim) as usize;
-        if k_new.len() != want || v_new.len() != want {
-            return Err(HataError::Config(format!(
-                "new K/V hold {} / {} elements, [batch, kv_heads, dim] needs {want}",
-                k_new.len(),
-                v_new.len()
-            )));
-        }
+        check_kv_len(
+            "new",
+            (k_new.len(), v_new.len()),
+            want,
+            "[batch, kv_heads, dim]",
+        )
+        .map_err(HataError::Config)?;
         let per_batch = c.kv_heads * c.dim;
         Self::scatter_into(&self.scatter, &c, k_new, &mut self.k, per_batch, self.len)?;
         Self::scatter_into(&self.scatter, &c, v_new, &mut self.v, per_batch, self.len)?;
