@@ -180,24 +180,35 @@ pub fn load_keys(scores: &[f32], i: u32, keys: &mut [u32; 4]) {
     }
 }
 
-/// The end of every histogram kernel, run by every thread of the block once its shared
-/// histogram is complete: adds the block's `BINS` buckets (summing the `N / BINS` copies of
-/// `bins`) to the row's histogram `hist[hb ..]`, then takes a ticket from `state[ticket]`
-/// after a fence. The row's last block to do so picks the bucket holding the `need`-th
-/// largest ([`select_bucket`]: `res[1]` the bucket, `res[2]` what is still needed from it),
+/// The end of every histogram kernel, resolving digit `digit` (0, 1, 2: key bits 31..20,
+/// 19..10, 9..0) of row `row`; run by every thread of the block once its shared histogram is
+/// complete. Adds the block's `BINS` buckets (summing the `N / BINS` copies of `bins`) to the
+/// row's histogram of that digit in `hist`, then takes the digit's ticket in `state` after a
+/// fence. The row's last block to do so picks the bucket holding the `need`-th largest
+/// ([`select_bucket`]: `res[1]` the bucket, `res[2]` what is still needed from it), records
+/// `prefix` with the bucket in place (`state[row·8]`) and the need (`state[row·8 + 1]`),
 /// resets the ticket for the next call and returns `true`; the others return `false`.
 #[device]
 pub fn merge_and_select<const BINS: u32, const N: u32>(
     bins: &Shared<[u32; N]>,
     hist: &mut [u32],
-    hb: u32,
     state: &mut [u32],
-    ticket: u32,
+    row: u32,
+    digit: u32,
+    prefix: u32,
     need: u32,
     sums: &mut Shared<[u32; 16]>,
     res: &mut Shared<[u32; 4]>,
 ) -> bool {
     let t = thread_idx().x;
+    // the row's histograms: digit 0 at 0, digit 1 at 4096, digit 2 at 5120
+    let base = if digit == 0 {
+        0u32
+    } else {
+        3072 + 1024 * digit
+    };
+    let hb = row * (4096 + 2 * 1024) + base;
+    let ticket = row * 8 + 4 + digit;
     for j in 0..BINS / 512 {
         let b = j * 512 + t;
         let mut c = 0u32;
@@ -218,6 +229,8 @@ pub fn merge_and_select<const BINS: u32, const N: u32>(
     if last {
         select_bucket::<BINS>(hist, hb, need, &mut sums, &mut res);
         if t == 0 {
+            state[row * 8] = prefix | (res[1] << (20 - 10 * digit));
+            state[row * 8 + 1] = res[2];
             state[ticket] = 0;
         }
     }
@@ -306,13 +319,8 @@ pub fn topk_hist(scores: &[f32], hist: &mut [u32], state: &mut [u32], n: u32, k:
         }
     }
     sync_threads();
-    let hb = row * (4096 + 2 * 1024);
-    let last: bool =
-        merge_and_select::<4096, 8192>(&bins, hist, hb, state, row * 8 + 4, k, &mut sums, &mut res);
-    if last && t == 0 {
-        state[row * 8] = res[1] << 20;
-        state[row * 8 + 1] = res[2];
-    }
+    let _: bool =
+        merge_and_select::<4096, 8192>(&bins, hist, state, row, 0u32, 0u32, k, &mut sums, &mut res);
 }
 
 /// Pass 2 over the scores. With digit 1 `d1` from [`topk_hist`], block `(x, row)` keeps the
@@ -391,21 +399,9 @@ pub fn topk_filter(
     if t == 0 {
         counts[block * 4] = written;
     }
-    let hb = row * (4096 + 2 * 1024) + 4096;
-    let last: bool = merge_and_select::<1024, 1024>(
-        &bins,
-        hist,
-        hb,
-        state,
-        row * 8 + 5,
-        need,
-        &mut sums,
-        &mut res,
+    let _: bool = merge_and_select::<1024, 1024>(
+        &bins, hist, state, row, 1u32, prefix, need, &mut sums, &mut res,
     );
-    if last && t == 0 {
-        state[row * 8] = prefix | (res[1] << 10);
-        state[row * 8 + 1] = res[2];
-    }
 }
 
 /// Digit 3, over the candidates only: block `(x, row)` histograms the low 10 key bits of
@@ -447,23 +443,11 @@ pub fn topk_refine(
         }
     }
     sync_threads();
-    let hb = row * (4096 + 2 * 1024) + 4096 + 1024;
     let last: bool = merge_and_select::<1024, 1024>(
-        &bins,
-        hist,
-        hb,
-        state,
-        row * 8 + 6,
-        need,
-        &mut sums,
-        &mut res,
+        &bins, hist, state, row, 2u32, prefix, need, &mut sums, &mut res,
     );
     if last {
         let thr = prefix | res[1];
-        if t == 0 {
-            state[row * 8] = thr;
-            state[row * 8 + 1] = res[2];
-        }
         for x in (warp_id()..nb).step_by(16) {
             count_around(cand_key, counts, row * nb + x, chunk, thr);
         }
