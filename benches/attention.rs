@@ -13,10 +13,10 @@
 mod support;
 
 use half::bf16;
+use kiln::algorithms::verify::Rng;
 use kiln::codegen::Dtype;
 use kiln::runtime::tune::Store;
 use kiln::runtime::{time, Device, DeviceBuffer, RuntimeError};
-use kiln::verify::Rng;
 use kiln_algorithms::attention::decode::{DecodeScratch, FlashDecode};
 use kiln_algorithms::attention::prefill::Prefill;
 use support::baseline::{decode_shapes, prefill_shapes, AttnShape, Baselines};

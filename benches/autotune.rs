@@ -11,10 +11,10 @@
 mod support;
 
 use half::bf16;
+use kiln::algorithms::verify::Rng;
 use kiln::codegen::Dtype;
 use kiln::runtime::tune::{table, Entry, Store, TuneOptions};
 use kiln::runtime::{time, Device, DeviceBuffer, RuntimeError};
-use kiln::verify::Rng;
 use kiln_algorithms::attention::decode::{default_chunk, DecodeScratch, FlashDecode};
 use kiln_algorithms::attention::prefill::{Prefill, DEFAULT_BK};
 use kiln_algorithms::gemm::{Gemm, DEFAULT_TILE};

@@ -12,11 +12,11 @@
 mod support;
 
 use half::bf16;
+use kiln::algorithms::verify::Rng;
 use kiln::codegen::Dtype;
 use kiln::runtime::blas::{Blas, Layout};
 use kiln::runtime::tune::Store;
 use kiln::runtime::{time, Device, DeviceBuffer, RuntimeError};
-use kiln::verify::Rng;
 use kiln_algorithms::gemm::Gemm;
 use support::plot::{plot_series_with, PlotOptions};
 use support::{gpu, report_with, results_path, Roof, Row};

@@ -21,8 +21,8 @@ mod support;
 
 use std::path::Path;
 
+use kiln::algorithms::verify::Rng;
 use kiln::runtime::{time, Device, DeviceBuffer, LaunchConfig, RuntimeError};
-use kiln::verify::Rng;
 use kiln_algorithms::hata::topk::{reference, topk_hist, TopK, TopKScratch, THREADS};
 use support::baseline::Baselines;
 use support::{gpu, report_with, rotations, selected, Roof, Row};

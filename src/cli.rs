@@ -8,23 +8,7 @@ use kiln_codegen::{registered_kernels, Arch, FnDef};
 use kiln_runtime::cache::{compile_cached, JitOptions};
 use kiln_runtime::RuntimeError;
 
-/// A failed command: the message to print and the process exit code.
-#[derive(Debug)]
-pub struct CliError {
-    /// What to print on stderr.
-    pub message: String,
-    /// The process exit code (2: usage or environment, 1: a failure of the work).
-    pub code: i32,
-}
-
-impl CliError {
-    fn usage(message: impl Into<String>) -> CliError {
-        CliError {
-            message: message.into(),
-            code: 2,
-        }
-    }
-}
+use crate::cli_error::CliError;
 
 /// Renders rows as an aligned text table with a header and a rule.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -156,7 +140,7 @@ pub fn compile_all(arches: &[Arch]) -> Result<Vec<CheckRow>, RuntimeError> {
     kiln_runtime::locate_nvrtc()?;
     let mut rows = Vec::new();
     for def in registered_kernels() {
-        let examples = def.example_bindings();
+        let examples = kiln_codegen::Bindings::examples_of(def);
         for &arch in arches {
             let list = match &examples {
                 Ok(l) => l.clone(),

@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 
 use kiln_codegen::Arch;
 
-use crate::cli::{compile_all, table, CliError};
+use crate::cli::{compile_all, table};
+use crate::cli_error::CliError;
 
 /// Runs the demo and returns its report.
 pub fn run(arch: &str) -> Result<String, CliError> {
@@ -83,7 +84,7 @@ pub fn run(arch: &str) -> Result<String, CliError> {
     let mut run_rows = Vec::new();
     for (name, check) in crate::corpus::verify::CHECKS
         .iter()
-        .chain(crate::checks::CHECKS)
+        .chain(kiln_algorithms::checks::CHECKS)
     {
         let start = std::time::Instant::now();
         let result = check(&device);
@@ -104,14 +105,14 @@ pub fn run(arch: &str) -> Result<String, CliError> {
         &["kernels", "seconds (incl. build)", "result"],
         &run_rows,
     ));
-    match crate::hata_demo::run(&device) {
+    match kiln_algorithms::hata::demo::run(&device) {
         Ok(report) => out.push_str(&report),
         Err(e) => {
             failed += 1;
             let _ = writeln!(out, "\nHATA: FAILED: {e}");
         }
     }
-    match crate::chelsea_demo::run(&device) {
+    match kiln_algorithms::chelsea::demo::run(&device) {
         Ok(report) => out.push_str(&report),
         Err(e) => {
             failed += 1;

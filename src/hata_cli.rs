@@ -4,18 +4,18 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::IsTerminal as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
+use kiln_algorithms::hata::train::capture_file::{read_capture, write_weights, CaptureFileError};
 use kiln_algorithms::hata::train::{
-    random_weights, samples_from_capture, CaptureShape, HashTrainer, HeadSamples, Progress,
-    SampleOptions, TrainOptions,
+    random_weights, samples_from_capture, HashTrainer, HeadSamples, Progress, SampleOptions,
+    TrainOptions,
 };
 use kiln_runtime::Device;
-use safetensors::{Dtype, SafeTensors};
 
-use crate::cli::CliError;
+use crate::cli_error::CliError;
 
 /// The subcommands of `kiln hata`.
 #[derive(Debug, Subcommand)]
@@ -62,133 +62,12 @@ pub fn run(command: &HataCommand) -> Result<String, CliError> {
     }
 }
 
-fn usage(message: impl Into<String>) -> CliError {
-    CliError {
-        message: message.into(),
-        code: 2,
+/// An unusable capture is the user's to fix (exit code 2); a failed write is not (1).
+fn file_error(e: CaptureFileError) -> CliError {
+    match e {
+        CaptureFileError::Unusable(m) => CliError::usage(m),
+        CaptureFileError::Write(m) => CliError::failure(m),
     }
-}
-
-fn failure(message: impl Into<String>) -> CliError {
-    CliError {
-        message: message.into(),
-        code: 1,
-    }
-}
-
-/// One tensor of the file as f32 with its shape; errors name the file and the tensor.
-fn read_tensor(
-    file: &SafeTensors,
-    name: &str,
-    path: &Path,
-) -> Result<(Vec<usize>, Vec<f32>), CliError> {
-    let view = file.tensor(name).map_err(|_| {
-        let mut names = file.names();
-        names.sort();
-        usage(format!(
-            "{}: no tensor \"{name}\" (the file holds: {})",
-            path.display(),
-            if names.is_empty() {
-                "nothing".to_string()
-            } else {
-                names.join(", ")
-            }
-        ))
-    })?;
-    let shape = view.shape().to_vec();
-    if shape.len() != 4 {
-        return Err(usage(format!(
-            "{}: \"{name}\" has shape {shape:?}; it must have 4 dimensions [batch, heads, seq, dim]",
-            path.display()
-        )));
-    }
-    let bytes = view.data();
-    let values: Vec<f32> = match view.dtype() {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-            .collect(),
-        other => {
-            return Err(usage(format!(
-                "{}: \"{name}\" is {other:?}; F32, F16 or BF16 are read",
-                path.display()
-            )))
-        }
-    };
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(usage(format!(
-            "{}: \"{name}\" holds a non-finite value ({}) at flat index {i}",
-            path.display(),
-            values[i]
-        )));
-    }
-    Ok((shape, values))
-}
-
-/// Reads "q" and "k" and checks that their shapes fit together.
-fn read_capture(path: &Path) -> Result<(CaptureShape, Vec<f32>, Vec<f32>), CliError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| usage(format!("{}: not a safetensors file: {e}", path.display())))?;
-    let (qs, q) = read_tensor(&file, "q", path)?;
-    let (ks, k) = read_tensor(&file, "k", path)?;
-    let shape = CaptureShape {
-        batch: qs[0],
-        heads: qs[1],
-        kv_heads: ks[1],
-        q_seq: qs[2],
-        seq: ks[2],
-        dim: qs[3],
-    };
-    let wrong = |why: String| {
-        Err(usage(format!(
-            "{}: q {qs:?} and k {ks:?} do not fit together ({why}); want q [B, H, S_q, D] and k [B, H_kv, S, D]",
-            path.display()
-        )))
-    };
-    if qs.iter().chain(&ks).any(|&n| n == 0) {
-        return wrong("a dimension is 0".into());
-    }
-    if ks[0] != qs[0] {
-        return wrong("different batch".into());
-    }
-    if ks[3] != qs[3] {
-        return wrong("different head dimension".into());
-    }
-    if !shape.heads.is_multiple_of(shape.kv_heads) {
-        return wrong("H is not a multiple of H_kv".into());
-    }
-    if shape.q_seq > shape.seq {
-        return wrong("more query rows than keys".into());
-    }
-    Ok((shape, q, k))
-}
-
-/// Writes "w" and "loss" (F32) with the run's settings in the metadata.
-fn write_weights(
-    path: &Path,
-    weights: &[f32],
-    w_shape: Vec<usize>,
-    losses: &[f32],
-    loss_shape: Vec<usize>,
-    metadata: HashMap<String, String>,
-) -> Result<(), CliError> {
-    let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-    let (wb, lb) = (bytes(weights), bytes(losses));
-    let err =
-        |e: safetensors::SafeTensorError| failure(format!("cannot write {}: {e}", path.display()));
-    let w = safetensors::tensor::TensorView::new(Dtype::F32, w_shape, &wb).map_err(err)?;
-    let l = safetensors::tensor::TensorView::new(Dtype::F32, loss_shape, &lb).map_err(err)?;
-    safetensors::serialize_to_file([("w", w), ("loss", l)], Some(metadata), path).map_err(err)
 }
 
 /// `kiln hata train`: samples from the capture, trains on the device, writes the weights
@@ -201,14 +80,14 @@ pub fn train(args: &TrainArgs) -> Result<String, CliError> {
     };
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
-            return Err(usage(format!(
+            return Err(CliError::usage(format!(
                 "--out {}: the folder {} does not exist",
                 args.out.display(),
                 parent.display()
             )));
         }
     }
-    let (shape, q, k) = read_capture(&args.data)?;
+    let (shape, q, k) = read_capture(&args.data).map_err(file_error)?;
     let samples = samples_from_capture(
         &q,
         &k,
@@ -219,14 +98,14 @@ pub fn train(args: &TrainArgs) -> Result<String, CliError> {
             ..SampleOptions::default()
         },
     )
-    .map_err(|e| usage(e.to_string()))?;
+    .map_err(|e| CliError::usage(e.to_string()))?;
     drop((q, k));
     let device = if args.emulate {
         Device::emulator()
     } else {
-        Device::from_env().map_err(|e| usage(e.to_string()))?
+        Device::from_env().map_err(|e| CliError::usage(e.to_string()))?
     };
-    let trainer = HashTrainer::new(&device, options).map_err(|e| usage(e.to_string()))?;
+    let trainer = HashTrainer::new(&device, options).map_err(|e| CliError::usage(e.to_string()))?;
     let sizes: Vec<usize> = samples.iter().map(HeadSamples::len).collect();
     let total: usize = sizes.iter().sum();
     let steps = kiln_algorithms::hata::train::steps_per_epoch(&sizes, args.batch as usize);
@@ -290,7 +169,7 @@ pub fn train(args: &TrainArgs) -> Result<String, CliError> {
     };
     let trained = trainer
         .train_from(&samples, &w0, &mut report)
-        .map_err(|e| failure(e.to_string()))?;
+        .map_err(|e| CliError::failure(e.to_string()))?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -334,7 +213,8 @@ pub fn train(args: &TrainArgs) -> Result<String, CliError> {
         &trained.losses,
         vec![trained.losses.len() / kv, kv],
         metadata,
-    )?;
+    )
+    .map_err(file_error)?;
     let _ = writeln!(
         out,
         "wrote {}: w [{kv}, {}, {}] F32 and loss [{}, {kv}] in {:.1?}",

@@ -1,24 +1,38 @@
 //! Kiln: write GPU kernels as Rust functions.
 //!
-//! `#[kernel]` functions are checked at `cargo build`, lowered to readable CUDA C, JIT-compiled
-//! through NVRTC when first used, and (soon) launched or run on a CPU emulator. This facade
-//! re-exports the pieces: the macros ([`kernel`], [`device`]), the compiler
-//! ([`codegen`]), the runtime ([`runtime`]) and a corpus of example kernels ([`corpus`]).
+//! `#[kernel]` functions are checked at `cargo build`, lowered to readable CUDA C, and, when
+//! first launched, JIT-compiled through NVRTC and run on the GPU — or run on the CPU emulator,
+//! which reports out-of-bounds accesses, shared-memory races and barrier divergence. This
+//! facade re-exports the pieces: the macros ([`kernel`], [`device`]), the compiler
+//! ([`codegen`]), the runtime ([`runtime`]) and the [`prelude`].
+//!
+//! With the `cli` feature (on by default) it also holds the `kiln` command's subcommands, a
+//! corpus of example kernels (`corpus`) and the research pipelines (`algorithms`). A crate
+//! that only writes kernels turns it off — `kiln = { version = "…", default-features = false }`
+//! — and compiles neither the command's dependencies nor the pipelines.
 
 extern crate self as kiln;
 
-pub mod checks;
-pub mod chelsea_demo;
+#[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
+pub mod cli_error;
+#[cfg(feature = "cli")]
 pub mod corpus;
+#[cfg(feature = "cli")]
 pub mod demo;
+#[cfg(feature = "cli")]
 pub mod hata_cli;
-pub mod hata_demo;
+#[cfg(feature = "cli")]
 pub mod roofline;
+#[cfg(feature = "cli")]
 pub mod runner;
+#[cfg(feature = "cli")]
 pub mod tuning;
-pub mod verify;
 
+/// The research pipelines (HATA, Chelsea, …) with their checks, fidelity and speed reports.
+#[cfg(feature = "cli")]
+pub use kiln_algorithms as algorithms;
 pub use kiln_codegen as codegen;
 pub use kiln_dsl::{device, kernel};
 pub use kiln_runtime as runtime;

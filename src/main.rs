@@ -140,9 +140,9 @@ fn main() {
                     r.mma_bf16_tflops.unwrap_or(f64::NAN)
                 )
             })
-            .map_err(|e| kiln::cli::CliError { message: e.to_string(), code: 1 }),
+            .map_err(|e| kiln::cli_error::CliError { message: e.to_string(), code: 1 }),
         Command::Tune { show: true, .. } => Ok(kiln::tuning::show()),
-        Command::Tune { kernel: None, .. } => Err(kiln::cli::CliError {
+        Command::Tune { kernel: None, .. } => Err(kiln::cli_error::CliError {
             message: "name a kernel to tune, or pass --show".into(),
             code: 2,
         }),

@@ -12,8 +12,8 @@ use kiln_runtime::{
     AsKernelSlice, AsKernelSliceMut, Device, DeviceBuffer, KernelArg, LaunchConfig, ScalarValue,
 };
 
-use crate::cli::CliError;
-use crate::verify::Rng;
+use crate::cli_error::CliError;
+use kiln_algorithms::verify::Rng;
 
 /// What to launch and how.
 pub struct RunRequest<'a> {

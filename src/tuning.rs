@@ -6,7 +6,7 @@ use kiln_codegen::SpecBuilder;
 use kiln_runtime::tune::{self, Point, Space, Store, TuneKey, TuneOptions};
 use kiln_runtime::{time, Device, Kernel, LaunchConfig};
 
-use crate::cli::CliError;
+use crate::cli_error::CliError;
 use crate::runner::{spec_for, Inputs, RunRequest, Values};
 
 /// What to search besides the request's fixed values.
@@ -23,13 +23,6 @@ pub struct TuneRequest<'a> {
 const THREADS: [i64; 5] = [64, 128, 256, 512, 1024];
 /// Blocks per multiprocessor tried.
 const PER_SM: [i64; 5] = [1, 2, 4, 8, 16];
-
-fn usage(m: String) -> CliError {
-    CliError {
-        message: m,
-        code: 2,
-    }
-}
 
 /// The launch-shape dimensions every search has: `threads` per block and blocks `per_sm`.
 pub fn launch_space() -> Space {
@@ -61,12 +54,12 @@ fn space(search: &[String]) -> Result<(Space, Vec<String>), CliError> {
     for s in search {
         let (name, values) = s
             .split_once('=')
-            .ok_or_else(|| usage(format!("`--search {s}`: write NAME=v1,v2,…")))?;
+            .ok_or_else(|| CliError::usage(format!("`--search {s}`: write NAME=v1,v2,…")))?;
         let values: Vec<i64> = values
             .split(',')
             .map(|v| v.trim().parse::<i64>())
             .collect::<Result<_, _>>()
-            .map_err(|_| usage(format!("`--search {s}`: values must be integers")))?;
+            .map_err(|_| CliError::usage(format!("`--search {s}`: values must be integers")))?;
         space = space.dim(name.trim(), &values);
         consts.push(name.trim().to_string());
     }
@@ -81,7 +74,7 @@ fn same(a: &Outputs, b: &Outputs) -> Result<(), String> {
         match (x, y) {
             (Values::Int(x), Values::Int(y)) if x != y => return Err(format!("`{name}` differs")),
             (Values::Float(x), Values::Float(y)) => {
-                let err = crate::verify::rel_err(y, x);
+                let err = kiln_algorithms::verify::rel_err(y, x);
                 if err > 1e-5 {
                     return Err(format!("`{name}` differs (relative error {err:.1e})"));
                 }

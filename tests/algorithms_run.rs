@@ -1,11 +1,12 @@
-//! Every algorithm kernel against its float64 reference (`kiln::checks`) on the test device:
+//! Every algorithm kernel against its float64 reference (the checks beside each kernel in
+//! `kiln::algorithms`, listed in `kiln::algorithms::checks`) on the test device:
 //! the GPU when present (required under `KILN_REQUIRE_GPU=1`), else the CPU emulator.
 
 mod common;
 
-use kiln::checks;
+use kiln::algorithms::verify::VerifyError;
+use kiln::algorithms::{attention, chelsea, gemm, hata};
 use kiln::runtime::Device;
-use kiln::verify::VerifyError;
 
 fn check(name: &str, f: fn(&Device) -> Result<(), VerifyError>) {
     let Some(dev) = common::device() else { return };
@@ -23,44 +24,44 @@ fn check(name: &str, f: fn(&Device) -> Result<(), VerifyError>) {
 fn flash_attn_fwd_matches_reference() {
     check(
         "flash_attn_fwd",
-        checks::attention::prefill_matches_reference,
+        attention::checks::prefill_matches_reference,
     );
 }
 
 #[test]
 fn flash_decode_matches_reference() {
-    check("flash_decode", checks::attention::decode_matches_reference);
+    check("flash_decode", attention::checks::decode_matches_reference);
 }
 
 #[test]
 fn gemm_matches_reference() {
-    check("gemm", checks::gemm::gemm_matches_reference);
+    check("gemm", gemm::checks::gemm_matches_reference);
 }
 
 #[test]
 fn hata_kernels_match_reference() {
-    check("hata kernels", checks::hata::hata_kernels_match_reference);
+    check("hata kernels", hata::checks::hata_kernels_match_reference);
 }
 
 #[test]
 fn hata_decoder_matches_reference() {
-    check("hata decoder", checks::hata::hata_decoder_matches_reference);
+    check("hata decoder", hata::checks::hata_decoder_matches_reference);
 }
 
 #[test]
 fn topk_matches_reference() {
-    check("topk", checks::topk::topk_matches_reference);
+    check("topk", hata::topk::checks::topk_matches_reference);
 }
 
 #[test]
 fn hash_train_matches_reference() {
     check(
         "hash_train",
-        checks::hata_train::hash_train_matches_reference,
+        hata::train::checks::hash_train_matches_reference,
     );
 }
 
 #[test]
 fn chelsea_matches_reference() {
-    check("chelsea", checks::chelsea::chelsea_matches_reference);
+    check("chelsea", chelsea::checks::chelsea_matches_reference);
 }

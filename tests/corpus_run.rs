@@ -4,9 +4,9 @@
 
 mod common;
 
+use kiln::algorithms::verify::VerifyError;
 use kiln::corpus::verify;
 use kiln::runtime::Device;
-use kiln::verify::VerifyError;
 
 fn check(name: &str, f: fn(&Device) -> Result<(), VerifyError>) {
     let Some(dev) = common::device() else { return };
@@ -142,7 +142,7 @@ fn gemm_tiled_close() {
 fn every_corpus_kernel_has_a_check() {
     let checked: Vec<&str> = verify::CHECKS
         .iter()
-        .chain(kiln::checks::CHECKS)
+        .chain(kiln::algorithms::checks::CHECKS)
         .flat_map(|(label, _)| label.split(" + "))
         .collect();
     for def in kiln::codegen::registered_kernels() {

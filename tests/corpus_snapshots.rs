@@ -12,9 +12,8 @@ fn every_example_specialisation_matches_its_snapshot() {
         kernels.len()
     );
     for def in kernels {
-        for bindings in def
-            .example_bindings()
-            .expect("every registered kernel has examples")
+        for bindings in
+            kiln::codegen::Bindings::examples_of(def).expect("every registered kernel has examples")
         {
             let program =
                 spec::specialize(def, &bindings, Arch::SM90).expect("examples specialise");
@@ -36,7 +35,7 @@ fn every_example_specialisation_matches_its_snapshot() {
 #[test]
 fn specialisation_is_a_pure_function_of_its_inputs() {
     for def in registered_kernels() {
-        for bindings in def.example_bindings().expect("examples") {
+        for bindings in kiln::codegen::Bindings::examples_of(def).expect("examples") {
             let a =
                 cuda::print(&spec::specialize(def, &bindings, Arch::SM90).expect("specialises"));
             let b =

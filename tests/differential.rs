@@ -5,9 +5,9 @@
 
 mod common;
 
+use kiln::algorithms::verify::rel_err;
 use kiln::runner::{launch_random, RunRequest, Values};
 use kiln::runtime::Device;
-use kiln::verify::rel_err;
 
 struct Case {
     kernel: &'static str,

@@ -6,10 +6,10 @@ mod common;
 
 use common::{device, unavailable};
 use half::bf16;
+use kiln::algorithms::verify::Rng;
 use kiln::codegen::Dtype;
 use kiln::corpus::{basics, memory};
 use kiln::runtime::{LaunchConfig, RuntimeError};
-use kiln::verify::Rng;
 
 fn launch_error(r: Result<(), RuntimeError>) -> String {
     match r {

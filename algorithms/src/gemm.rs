@@ -317,3 +317,5 @@ impl Gemm {
 fn winner_tile(e: &Entry) -> (u32, u32) {
     (e.winner.get("BM") as u32, e.winner.get("BN") as u32)
 }
+
+pub mod checks;

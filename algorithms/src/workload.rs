@@ -69,7 +69,7 @@
 //! digits, the dtype pipelines run in). A generated workload also stores its spec in the
 //! file's metadata (`kiln.workload.*` keys), so loading gives it back.
 
-mod io;
+pub(crate) mod io;
 mod metrics;
 mod rng;
 
@@ -378,6 +378,16 @@ pub struct Workload {
 }
 
 impl WorkloadSpec {
+    /// The decode-step workload of `kiln demo` on a device: b1 h32/8 s32768 d128 on a GPU (a
+    /// LLaMA-like layer with a long cache), b1 h8/2 s1024 d64 on the emulator (seconds there).
+    pub fn demo_decode(gpu: bool) -> Self {
+        if gpu {
+            WorkloadSpec::decode(1, 32, 8, 32768, 128)
+        } else {
+            WorkloadSpec::decode(1, 8, 2, 1024, 64)
+        }
+    }
+
     /// The spec for one decode step over a cache of `seq` tokens (`queries = 1`), other
     /// knobs at their defaults.
     pub fn decode(batch: usize, heads: usize, kv_heads: usize, seq: usize, dim: usize) -> Self {

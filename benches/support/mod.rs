@@ -50,7 +50,7 @@ pub struct Row {
 /// `n` random bf16 values: fresh ones for small inputs; for large ones a random block of 16M
 /// repeated (timings do not depend on the values, and filling gigabytes on the host one value
 /// at a time would take minutes).
-pub fn random_bf16(rng: &mut kiln::verify::Rng, n: usize) -> Vec<half::bf16> {
+pub fn random_bf16(rng: &mut kiln::algorithms::verify::Rng, n: usize) -> Vec<half::bf16> {
     let block: Vec<half::bf16> = rng
         .f32s(n.min(1 << 24))
         .into_iter()

@@ -35,27 +35,6 @@ impl FnDef {
         serde_json::from_str(self.ir_json)
     }
 
-    /// The example specialisations as bindings; a kernel without comptime parameters has
-    /// one (empty) example.
-    pub fn example_bindings(&self) -> Result<Vec<crate::spec::Bindings>, String> {
-        let ir = self.ir().map_err(|e| e.to_string())?;
-        if self.examples.is_empty() {
-            if ir.generics.is_empty() {
-                return Ok(vec![crate::spec::Bindings::default()]);
-            }
-            return Err(format!(
-                "`{}` has comptime parameters but no example specialisation; add `#[kernel(example(…))]`",
-                self.name
-            ));
-        }
-        self.examples
-            .iter()
-            .map(|pairs| {
-                crate::spec::Bindings::parse_pairs(&ir, pairs.iter().map(|(k, v)| (*k, *v)))
-            })
-            .collect()
-    }
-
     /// The JSON form of a function's IR, as embedded by the proc macros.
     pub fn encode(function: &crate::ir::Function) -> String {
         serde_json::to_string(function).expect("the IR contains only serialisable data")

@@ -130,6 +130,26 @@ impl Bindings {
         self
     }
 
+    /// The example specialisations of `def` (from `#[kernel(example(…))]`): what `kiln check`,
+    /// `kiln demo` and CI compile. A kernel without comptime parameters has one (empty)
+    /// example; one with comptime parameters but no example is an error naming it.
+    pub fn examples_of(def: &FnDef) -> Result<Vec<Bindings>, String> {
+        let ir = def.ir().map_err(|e| e.to_string())?;
+        if def.examples.is_empty() {
+            if ir.generics.is_empty() {
+                return Ok(vec![Bindings::default()]);
+            }
+            return Err(format!(
+                "`{}` has comptime parameters but no example specialisation; add `#[kernel(example(…))]`",
+                def.name
+            ));
+        }
+        def.examples
+            .iter()
+            .map(|pairs| Bindings::parse_pairs(&ir, pairs.iter().map(|(k, v)| (*k, *v))))
+            .collect()
+    }
+
     /// Bindings from (name, value) text pairs, typed by `function`'s generics: integers (or
     /// `true`/`false`) for `const` parameters, dtype names for element types.
     pub fn parse_pairs<'a>(

@@ -2,21 +2,24 @@
 //! and any check that fires (out-of-bounds access, shared-memory race, barrier divergence,
 //! …) fails the launch with the kernel, Rust line, block and thread.
 
+use kiln_codegen::Program;
+
 use crate::emu::{self, EmuArg, EmuOptions};
 use crate::error::RuntimeError;
-use crate::kernel::Kernel;
 use crate::launch::LaunchConfig;
 use crate::memory::{KernelArg, SliceMem};
 
-/// Runs `kernel` on the emulator with `opts`.
+/// Runs the specialised `program` (the kernel called `name`, for error messages) on the
+/// emulator with `opts`.
 pub fn launch(
-    kernel: &Kernel,
+    name: &str,
+    program: &Program,
     cfg: &LaunchConfig,
     args: &mut [KernelArg<'_>],
     opts: &EmuOptions,
 ) -> Result<(), RuntimeError> {
     let reject = |reason: String| RuntimeError::Launch {
-        kernel: kernel.name().to_string(),
+        kernel: name.to_string(),
         reason,
     };
     let mut emu_args = Vec::with_capacity(args.len());
@@ -42,8 +45,7 @@ pub fn launch(
             KernelArg::Invalid(why) => return Err(reject(why.clone())),
         });
     }
-    let report =
-        emu::run(&kernel.program, cfg, &mut emu_args, opts).map_err(|e| reject(e.to_string()))?;
+    let report = emu::run(program, cfg, &mut emu_args, opts).map_err(|e| reject(e.to_string()))?;
     report
         .into_result()
         .map(|_| ())

@@ -8,9 +8,7 @@ use std::fmt::Write as _;
 
 use thiserror::Error;
 
-use std::path::PathBuf;
-
-use crate::locate::{SearchOrigin, TriedPath, TryOutcome};
+use crate::search_log::{render_tried, TriedPath};
 
 /// Everything that can go wrong in the Kiln runtime.
 ///
@@ -124,51 +122,6 @@ pub enum RuntimeError {
 /// A driver error as a [`RuntimeError`].
 pub fn driver(e: cudarc::driver::DriverError) -> RuntimeError {
     RuntimeError::Driver(format!("{e:?}"))
-}
-
-/// One line per candidate, except that consecutive "not found" files of one folder and origin
-/// share a line: `- /usr/local/cuda/lib64/{libnvrtc.so.13, libnvrtc.so} [system folder]: not found`.
-fn render_tried(tried: &[TriedPath]) -> String {
-    let mut s = String::new();
-    if tried.is_empty() {
-        s.push_str("  (no candidate paths: every search root was unavailable)\n");
-    }
-    let mut i = 0;
-    while i < tried.len() {
-        let key = group_key(&tried[i]);
-        let mut j = i + 1;
-        while key.is_some() && j < tried.len() && group_key(&tried[j]) == key {
-            j += 1;
-        }
-        match key {
-            Some((dir, origin)) if j - i > 1 => {
-                let names: Vec<String> = tried[i..j]
-                    .iter()
-                    .filter_map(|t| t.path.file_name())
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .collect();
-                let _ = writeln!(
-                    s,
-                    "  - {}/{{{}}} [{origin}]: not found",
-                    dir.display(),
-                    names.join(", ")
-                );
-            }
-            _ => {
-                let _ = writeln!(s, "  - {}", tried[i]);
-            }
-        }
-        i = j;
-    }
-    s
-}
-
-/// Entries with the same key are printed on one line: missing files of one folder and origin.
-fn group_key(t: &TriedPath) -> Option<(PathBuf, SearchOrigin)> {
-    if t.outcome != TryOutcome::NotFound || t.origin == SearchOrigin::SystemLoader {
-        return None;
-    }
-    Some((t.path.parent()?.to_path_buf(), t.origin))
 }
 
 fn render_notes(notes: &[String]) -> String {

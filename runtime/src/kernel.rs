@@ -241,7 +241,9 @@ impl Kernel {
                 }
                 self.launch_gpu(g, s, cfg, args)
             }
-            Backend::Emulator(opts) => crate::emu_launch::launch(self, cfg, args, opts),
+            Backend::Emulator(opts) => {
+                crate::emu_launch::launch(self.name(), &self.program, cfg, args, opts)
+            }
         }
     }
 

@@ -13,6 +13,7 @@ pub mod locate;
 pub mod nvrtc;
 mod preload;
 pub mod require;
+mod search_log;
 
 pub use error::RuntimeError;
 pub use locate::{locate_nvrtc, NvrtcLocation};

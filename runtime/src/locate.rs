@@ -24,13 +24,13 @@
 //! environment once and caches the result for the process.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use crate::error::RuntimeError;
 use crate::preload::{self, Binding};
+pub use crate::search_log::{SearchOrigin, TriedPath, TryOutcome};
 
 /// Describes one shared library Kiln must find: its file names, where it usually lives, and how
 /// to check that cudarc will bind the copy Kiln loaded.
@@ -263,66 +263,6 @@ fn python_site_packages() -> (Vec<PathBuf>, Option<String>) {
         }
     }
     (dirs, note)
-}
-
-/// Which search root a candidate came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SearchOrigin {
-    /// The spec's environment variable (`KILN_NVRTC_PATH`).
-    EnvVar,
-    /// An `LD_LIBRARY_PATH` entry.
-    LoaderPath,
-    /// A CUDA toolkit root (`CUDA_HOME`, `CUDA_PATH`).
-    Toolkit,
-    /// A fixed system folder.
-    SystemDir,
-    /// A pip wheel folder in Python's site-packages.
-    PythonWheel,
-    /// The system loader's search by bare file name.
-    SystemLoader,
-}
-
-impl fmt::Display for SearchOrigin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SearchOrigin::EnvVar => "explicit path",
-            SearchOrigin::LoaderPath => "LD_LIBRARY_PATH",
-            SearchOrigin::Toolkit => "CUDA_HOME/CUDA_PATH",
-            SearchOrigin::SystemDir => "system folder",
-            SearchOrigin::PythonWheel => "Python wheel",
-            SearchOrigin::SystemLoader => "system loader search",
-        })
-    }
-}
-
-/// Why a candidate was rejected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TryOutcome {
-    /// No such file.
-    NotFound,
-    /// The file exists (or the name resolved) but loading it failed; the loader's message.
-    LoadFailed(String),
-}
-
-/// One candidate that was tried, for the not-found error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TriedPath {
-    /// Full path, or a bare file name for [`SearchOrigin::SystemLoader`].
-    pub path: PathBuf,
-    /// The search root it came from.
-    pub origin: SearchOrigin,
-    /// Why it was rejected.
-    pub outcome: TryOutcome,
-}
-
-impl fmt::Display for TriedPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} [{}]: ", self.path.display(), self.origin)?;
-        match &self.outcome {
-            TryOutcome::NotFound => f.write_str("not found"),
-            TryOutcome::LoadFailed(why) => write!(f, "failed to load: {why}"),
-        }
-    }
 }
 
 /// A library Kiln found and preloaded for the rest of the process.

@@ -8,7 +8,7 @@ use kiln_codegen::Dtype;
 use kiln_runtime::{Device, LaunchConfig};
 
 use super::{bandwidth, basics, memory, reductions, sorting, tensor};
-use crate::verify::{ensure, ensure_eq, rel_err, Real, Rng, VerifyError};
+use kiln_algorithms::verify::{ensure, ensure_eq, rel_err, Check, Real, Rng, VerifyError};
 
 const POISON_F32: f32 = f32::NAN;
 
@@ -699,9 +699,6 @@ fn fragment_layout_as<T: Real>(dev: &Device) -> Result<(), VerifyError> {
     }
     Ok(())
 }
-
-/// A check: runs kernels on a device against their references.
-pub type Check = fn(&Device) -> Result<(), VerifyError>;
 
 /// Every check, by the kernels it covers.
 pub const CHECKS: &[(&str, Check)] = &[

@@ -41,7 +41,9 @@
 //! - **Bias.** `FlashDecode::with_counts` adds `ln n_j` (4 more bytes read per key); the
 //!   dense path is unchanged.
 
+pub mod checks;
 pub mod compress;
+pub mod demo;
 pub mod fidelity;
 pub mod kernels;
 pub mod plan;

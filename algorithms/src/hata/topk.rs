@@ -826,6 +826,8 @@ impl TopKScratch {
     }
 }
 
+pub mod checks;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,8 @@
 //! better than random orthonormal) and 120 epochs 53%. Captures with small activations may
 //! need more epochs.
 
+pub mod capture_file;
+pub mod checks;
 pub mod kernels;
 pub mod reference;
 mod samples;
@@ -950,7 +952,7 @@ mod recall {
     }
 
     /// Trains on a planted capture with the float64 reference (the kernels match it, see
-    /// `kiln::checks::hata_train`) and returns the recall@5% of random Gaussian, random
+    /// `hata::train::checks`) and returns the recall@5% of random Gaussian, random
     /// orthonormal and trained weights on held-out sequences of the same head (the last 64
     /// query positions of each against all 512 keys).
     fn recall_of(spec: PlantedCapture, rbit: usize, epochs: u32) -> (f64, f64, f64) {

@@ -172,7 +172,7 @@ impl Workload {
 
 /// The elements of a little-endian tensor as f32, or `None` for an unsupported dtype (the
 /// byte count was checked by `safetensors`).
-fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+pub(crate) fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     let out = match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)

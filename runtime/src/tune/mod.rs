@@ -5,6 +5,7 @@
 //! registers or too much shared memory at launch, wrong output) are dropped with the reason.
 //! The winner and every timing are stored per (kernel, device, arch, shape bucket) and reused.
 
+mod progress;
 mod space;
 mod store;
 
@@ -12,10 +13,11 @@ pub use space::{Point, Space};
 pub use store::{Entry, Store, Trial, TuneKey};
 
 use crate::error::RuntimeError;
+use progress::Progress;
 
 /// How a search goes.
 pub struct TuneOptions {
-    /// Show a progress bar on stderr.
+    /// Show the search's progress on stderr (a bar with the `progress-bar` feature).
     pub progress: bool,
     /// Search again even when the store has an entry for the key.
     pub force: bool,
@@ -55,15 +57,9 @@ pub fn tune<K: Send, O>(
             outcome: Err(format!("pruned: {why}")),
         })
         .collect();
-    let bar = options.progress.then(|| {
-        let bar = indicatif::ProgressBar::new(points.len() as u64 * 2);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_prefix(format!("tuning {}", key.kernel));
-        bar
-    });
+    let bar = options
+        .progress
+        .then(|| Progress::new(points.len() as u64 * 2, format!("tuning {}", key.kernel)));
     // compile every candidate in parallel
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -82,7 +78,7 @@ pub fn tune<K: Send, O>(
                 for (slot, p) in slots.iter_mut().zip(pts) {
                     *slot = Some(compile(p));
                     if let Some(b) = &bar {
-                        b.inc(1);
+                        b.step(None);
                     }
                 }
             });
@@ -114,17 +110,15 @@ pub fn tune<K: Send, O>(
             }
         }
         if let Some(bar) = &bar {
-            bar.inc(1);
-            bar.set_message(
+            bar.step(
                 best.as_ref()
-                    .map(|(p, ms)| format!("best {ms:.4} ms ({})", p.describe()))
-                    .unwrap_or_default(),
+                    .map(|(p, ms)| format!("best {ms:.4} ms ({})", p.describe())),
             );
         }
         trials.push(Trial { point: p, outcome });
     }
     if let Some(bar) = &bar {
-        bar.finish_and_clear();
+        bar.finish();
     }
     let Some((winner, winner_ms)) = best else {
         let reasons: Vec<String> = trials

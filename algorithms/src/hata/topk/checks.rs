@@ -1,4 +1,4 @@
-//! HATA's top-k selection (`kiln_algorithms::hata::topk`) against its plain-Rust reference
+//! HATA's top-k selection (`crate::hata::topk`) against its plain-Rust reference
 //! (sort by score descending, index ascending; NaN smallest): the selected indices must be
 //! exactly the reference's, in ascending order, on fresh random inputs — spread-out floats,
 //! heavy ties (scores quantised to a few values, like HATA's Hamming scores), `+∞` sink and
@@ -7,7 +7,7 @@
 //! second call on the same scratch (it must come back clean), a repeated call (same output),
 //! and the shape errors. Small shapes on the emulator, large ones (64 × 131072) on a GPU.
 
-use kiln_algorithms::hata::topk::{reference, sort_key, TopK, TopKError, TopKScratch};
+use crate::hata::topk::{reference, sort_key, TopK, TopKError, TopKScratch};
 use kiln_runtime::emu::{EmuOptions, Schedule};
 use kiln_runtime::Device;
 

@@ -4,28 +4,24 @@
 
 use std::fmt::Write as _;
 
-use kiln_algorithms::hata::decoder::Budget;
-use kiln_algorithms::hata::fidelity::{evaluate, table, train_held_out};
-use kiln_algorithms::hata::speed::measure;
-use kiln_algorithms::workload::{generate, Rng, WorkloadSpec};
+use crate::hata::decoder::Budget;
+use crate::hata::fidelity::{evaluate, table, train_held_out};
+use crate::hata::speed::measure;
+use crate::workload::{generate, Rng, WorkloadSpec};
 use kiln_runtime::Device;
 
 /// Runs the HATA demo on `device` (a small shape on the emulator) and returns its report.
 pub fn run(device: &Device) -> Result<String, String> {
     let gpu = device.is_gpu();
-    let (heads, kv_heads, seq, dim) = if gpu {
-        (32, 8, 32768, 128)
-    } else {
-        (8, 2, 1024, 64)
-    };
+    let spec = WorkloadSpec::demo_decode(gpu);
+    let (heads, kv_heads, seq, dim) = (spec.heads, spec.kv_heads, spec.seq, spec.dim);
     let mut out = String::new();
     let _ = writeln!(
         out,
         "\nHATA (hash-aware top-k decode attention) on the {}: planted-structure workload b1 h{heads}/{kv_heads} s{seq} d{dim}, rbit 128, random Gaussian hash weights and weights trained on a held-out sequence",
         device.name()
     );
-    let wl =
-        generate(&WorkloadSpec::decode(1, heads, kv_heads, seq, dim)).map_err(|e| e.to_string())?;
+    let wl = generate(&spec).map_err(|e| e.to_string())?;
     let mut rng = Rng::new(3);
     let weights: Vec<f32> = (0..kv_heads * dim * 128).map(|_| rng.normal()).collect();
     let budgets: Vec<Budget> = if gpu {
@@ -38,7 +34,6 @@ pub fn run(device: &Device) -> Result<String, String> {
     } else {
         vec![Budget::Count(32), Budget::Count(64), Budget::Ratio(0.1)]
     };
-    let spec = WorkloadSpec::decode(1, heads, kv_heads, seq, dim);
     // training runs on the emulator too, but slowly: a few epochs there, 20 on a GPU
     let trained = train_held_out(device, &spec, 128, if gpu { 20 } else { 2 }, 5)
         .map_err(|e| e.to_string())?;

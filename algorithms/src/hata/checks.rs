@@ -1,12 +1,12 @@
 //! HATA's encode, score and cache-append kernels against their plain-Rust references.
 
-use kiln_algorithms::attention::reference as attention_reference;
-use kiln_algorithms::hata::decoder::{Budget, HataConfig, HataLayer};
-use kiln_algorithms::hata::encode::{
+use crate::attention::reference as attention_reference;
+use crate::hata::decoder::{Budget, HataConfig, HataLayer};
+use crate::hata::encode::{
     self, group_launch, hash_encode, hash_encode_group, scatter_rows, VECTORS_PER_WARP,
 };
-use kiln_algorithms::hata::reference;
-use kiln_algorithms::hata::score::{self, hash_score};
+use crate::hata::reference;
+use crate::hata::score::{self, hash_score};
 use kiln_runtime::{Device, LaunchConfig};
 
 use crate::verify::{ensure, ensure_eq, rel_err, Real, Rng, VerifyError};
@@ -283,7 +283,7 @@ pub fn hata_kernels_match_reference(dev: &Device) -> Result<(), VerifyError> {
 /// each; every step's selection must hold the sink and recent tokens and be exactly the
 /// top-k of the kernel's own scores (ties to the lower index), and its output must match a
 /// float64 attention over the selected keys. A dense layer must match dense attention.
-pub fn decoder_case<T: Real + kiln::codegen::prelude::Float>(
+pub fn decoder_case<T: Real + kiln_codegen::prelude::Float>(
     dev: &Device,
     cfg: HataConfig,
     prefill_len: usize,

@@ -6,19 +6,16 @@
 
 use std::fmt::Write as _;
 
-use kiln_algorithms::chelsea::fidelity::{evaluate, table, Setting};
-use kiln_algorithms::chelsea::speed::{measure, SpeedCase};
-use kiln_algorithms::workload::{generate, WorkloadSpec};
+use crate::chelsea::fidelity::{evaluate, table, Setting};
+use crate::chelsea::speed::{measure, SpeedCase};
+use crate::workload::{generate, WorkloadSpec};
 use kiln_runtime::Device;
 
 /// Runs the Chelsea demo on `device` (a small shape on the emulator) and returns its report.
 pub fn run(device: &Device) -> Result<String, String> {
     let gpu = device.is_gpu();
-    let (heads, kv_heads, seq, dim) = if gpu {
-        (32, 8, 32768, 128)
-    } else {
-        (8, 2, 1024, 64)
-    };
+    let spec = WorkloadSpec::demo_decode(gpu);
+    let (heads, kv_heads, seq, dim) = (spec.heads, spec.kv_heads, spec.seq, spec.dim);
     // chunks of 256 where the sequence is long enough (a chunk must find similar keys)
     let setting = Setting::with_chunk(if gpu { 256 } else { 64 });
     let mut out = String::new();
@@ -30,8 +27,7 @@ pub fn run(device: &Device) -> Result<String, String> {
         setting.sink,
         setting.recent
     );
-    let wl =
-        generate(&WorkloadSpec::decode(1, heads, kv_heads, seq, dim)).map_err(|e| e.to_string())?;
+    let wl = generate(&spec).map_err(|e| e.to_string())?;
     let rows = evaluate(device, &wl, setting, &[0.5, 0.75, 0.8]).map_err(|e| e.to_string())?;
     out.push_str(&table(&rows));
     if gpu {

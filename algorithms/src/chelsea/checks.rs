@@ -3,12 +3,10 @@
 //! host API, and flash-decoding with the `log n` bias. Inputs are random (never all zero),
 //! rounded to the element type; outputs are poisoned first.
 
-use kiln_algorithms::attention::decode::{DecodeScratch, DecodeShape, FlashDecode};
-use kiln_algorithms::chelsea::compress::{ChelseaCache, ChelseaConfig};
-use kiln_algorithms::chelsea::kernels::{chelsea_round, ROUND_THREADS};
-use kiln_algorithms::chelsea::reference::{
-    self, CacheDims, CompressedRef, Entries, Method, Similarity,
-};
+use crate::attention::decode::{DecodeScratch, DecodeShape, FlashDecode};
+use crate::chelsea::compress::{ChelseaCache, ChelseaConfig};
+use crate::chelsea::kernels::{chelsea_round, ROUND_THREADS};
+use crate::chelsea::reference::{self, CacheDims, CompressedRef, Entries, Method, Similarity};
 use kiln_runtime::{Device, DeviceBuffer, LaunchConfig};
 
 use crate::verify::{ensure, ensure_eq, rel_err, Real, Rng, VerifyError};

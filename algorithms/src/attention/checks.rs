@@ -1,9 +1,9 @@
 //! Flash attention (prefill) and flash-decoding against their float64 references, on fresh
 //! random inputs rounded to the element type, with poisoned outputs.
 
-use kiln_algorithms::attention::decode::{DecodeScratch, DecodeShape, FlashDecode};
-use kiln_algorithms::attention::prefill::{flash_attn_fwd, BLOCK_Q, THREADS};
-use kiln_algorithms::attention::reference::{self, PrefillShape};
+use crate::attention::decode::{DecodeScratch, DecodeShape, FlashDecode};
+use crate::attention::prefill::{flash_attn_fwd, BLOCK_Q, THREADS};
+use crate::attention::reference::{self, PrefillShape};
 use kiln_runtime::{Device, DeviceBuffer, LaunchConfig};
 
 use crate::verify::{ensure, rel_err, Real, Rng, VerifyError};

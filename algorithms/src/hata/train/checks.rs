@@ -3,12 +3,12 @@
 //! whole mini-batch runs of [`HashTrainer`] (weights and loss history after several SGD
 //! steps); on a GPU also the recall gain of a real training run.
 
-use kiln_algorithms::hata::train::kernels::{
+use crate::hata::train::kernels::{
     hash_train_finish, hash_train_forward, hash_train_gram, hash_train_update, FORWARD_ROWS,
     FORWARD_WARPS, TILE,
 };
-use kiln_algorithms::hata::train::reference as train_ref;
-use kiln_algorithms::hata::train::{
+use crate::hata::train::reference as train_ref;
+use crate::hata::train::{
     random_weights, recall_at, samples_from_capture, HashTrainer, HeadSamples, PlantedCapture, Rng,
     SampleOptions, TrainOptions,
 };

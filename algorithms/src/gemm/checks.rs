@@ -1,6 +1,6 @@
 //! The tile-layer GEMM against a float64 matmul, with tails in M, N and K.
 
-use kiln_algorithms::gemm::{gemm, launch_config};
+use crate::gemm::{gemm, launch_config};
 use kiln_runtime::Device;
 
 use crate::verify::{ensure, rel_err, Real, Rng, VerifyError};

@@ -1,8 +1,12 @@
 //! Tools for checking kernels against references: seeded random inputs, relative norm
-//! error, and the error a failed check returns.
+//! error, and the error a failed check returns. Shared by the algorithm checks here and the
+//! `kiln` corpus checks.
 
 use kiln_codegen::Dtype;
-use kiln_runtime::{Element, RuntimeError};
+use kiln_runtime::{Device, Element, RuntimeError};
+
+/// A check of some kernels on a device: `Ok` when they match their reference.
+pub type Check = fn(&Device) -> Result<(), VerifyError>;
 
 /// Why a check failed.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +20,7 @@ pub enum VerifyError {
 }
 
 /// Fails the check with a message unless the condition holds.
+#[macro_export]
 macro_rules! ensure {
     ($cond:expr, $($msg:tt)+) => {
         if $cond {
@@ -32,6 +37,7 @@ macro_rules! ensure {
 }
 
 /// Fails the check unless the two values are equal, showing both.
+#[macro_export]
 macro_rules! ensure_eq {
     ($a:expr, $b:expr, $($msg:tt)+) => {{
         let (a, b) = (&$a, &$b);
@@ -47,7 +53,7 @@ macro_rules! ensure_eq {
     }};
 }
 
-pub(crate) use {ensure, ensure_eq};
+pub use crate::{ensure, ensure_eq};
 
 /// SplitMix64: small, seeded, good enough for test data.
 pub struct Rng(u64);
@@ -88,7 +94,7 @@ impl Rng {
     }
 }
 
-pub use kiln_algorithms::metrics::rel_err;
+pub use crate::metrics::rel_err;
 
 /// The float element types a check runs in, with their conversions.
 pub trait Real: Element + PartialEq + std::fmt::Debug {

@@ -1,0 +1,37 @@
+//! The registry of every algorithm check: each kernel against its float64 reference, run on
+//! whichever device is present (the emulator on small shapes, a GPU on larger ones). The
+//! checks live beside their kernels (`<module>/checks.rs`); the tests
+//! (`tests/algorithms_run.rs`) and `kiln demo` run them from this list.
+
+use crate::verify::Check;
+use crate::{attention, chelsea, gemm, hata};
+
+/// Every algorithm check, by name.
+pub const CHECKS: &[(&str, Check)] = &[
+    (
+        "flash_attn_fwd",
+        attention::checks::prefill_matches_reference,
+    ),
+    (
+        "flash_decode + decode_merge",
+        attention::checks::decode_matches_reference,
+    ),
+    ("gemm", gemm::checks::gemm_matches_reference),
+    (
+        "chelsea_round + chelsea_copy",
+        chelsea::checks::chelsea_matches_reference,
+    ),
+    (
+        "hash_encode + hash_encode_group + hash_score + scatter_rows",
+        hata::checks::hata_kernels_match_reference,
+    ),
+    ("hata decoder", hata::checks::hata_decoder_matches_reference),
+    (
+        "topk_hist + topk_filter + topk_refine + topk_write",
+        hata::topk::checks::topk_matches_reference,
+    ),
+    (
+        "hash_train_forward + hash_train_gram + hash_train_update + hash_train_finish",
+        hata::train::checks::hash_train_matches_reference,
+    ),
+];
