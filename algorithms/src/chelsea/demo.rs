@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use crate::chelsea::fidelity::{evaluate, table, Setting};
+use crate::chelsea::fidelity::{evaluate, table, verdict, Setting};
 use crate::chelsea::speed::{measure, SpeedCase};
 use crate::workload::{generate, WorkloadSpec};
 use kiln_runtime::Device;
@@ -30,6 +30,7 @@ pub fn run(device: &Device) -> Result<String, String> {
     let wl = generate(&spec).map_err(|e| e.to_string())?;
     let rows = evaluate(device, &wl, setting, &[0.5, 0.75, 0.8]).map_err(|e| e.to_string())?;
     out.push_str(&table(&rows));
+    let _ = writeln!(out, "{}", verdict(&rows));
     if gpu {
         for batch in [1u32, 8] {
             let case = SpeedCase {

@@ -275,3 +275,47 @@ pub fn table(rows: &[FidelityRow]) -> String {
     }
     out
 }
+
+/// One line saying whether Chelsea beat its baselines in `rows` (from [`evaluate`]): the
+/// better of its two variants against "recent" and "evenly spaced" by output error at each
+/// target, and how far each target's reduction fell short, if it did.
+pub fn verdict(rows: &[FidelityRow]) -> String {
+    let mut targets: Vec<f64> = rows.iter().map(|r| r.target).collect();
+    targets.dedup();
+    let of = |t: f64, pred: &dyn Fn(&str) -> bool| {
+        rows.iter()
+            .filter(|r| r.target == t && pred(&r.method))
+            .map(|r| r.output_error)
+            .fold(f64::INFINITY, f64::min)
+    };
+    let chelsea = |t: f64| of(t, &|m| m.starts_with("chelsea"));
+    let beats = |baseline: &str| {
+        targets
+            .iter()
+            .filter(|&&t| chelsea(t) < of(t, &|m| m == baseline))
+            .count()
+    };
+    let short: Vec<String> = targets
+        .iter()
+        .filter_map(|&t| {
+            let reached = rows
+                .iter()
+                .filter(|r| r.target == t && r.method.starts_with("chelsea"))
+                .map(|r| r.reduction)
+                .fold(f64::NAN, f64::max);
+            (reached + 1e-9 < t)
+                .then(|| format!("{:.0}% reached {:.1}%", t * 100.0, reached * 100.0))
+        })
+        .collect();
+    let n = targets.len();
+    format!(
+        "verdict: Chelsea has a lower output error than \"recent\" at {}/{n} targets and \"evenly spaced\" at {}/{n}; {}",
+        beats("recent"),
+        beats("evenly spaced"),
+        if short.is_empty() {
+            "every target reduction reached".to_string()
+        } else {
+            format!("reduction short of its target: {}", short.join(", "))
+        }
+    )
+}

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::hata::decoder::Budget;
-use crate::hata::fidelity::{evaluate, table, train_held_out};
+use crate::hata::fidelity::{evaluate, table, train_held_out, verdict};
 use crate::hata::speed::measure;
 use crate::workload::{generate, Rng, WorkloadSpec};
 use kiln_runtime::Device;
@@ -40,6 +40,7 @@ pub fn run(device: &Device) -> Result<String, String> {
     let sets = [("random W", &weights[..]), ("trained W", &trained[..])];
     let rows = evaluate(device, &wl, &sets, 128, &budgets, (4, 16)).map_err(|e| e.to_string())?;
     out.push_str(&table(&rows));
+    let _ = writeln!(out, "{}", verdict(&rows));
     if gpu {
         for (batch, seq) in [(1u32, 131072u32), (8, 131072)] {
             let t = measure(device, batch, seq, Budget::Ratio(0.016), (3, 20), 9)

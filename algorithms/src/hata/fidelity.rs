@@ -1,6 +1,7 @@
 //! How close HATA's sparse decode step is to dense attention on a workload: recall of the
-//! exact top-k keys and relative error of the attention output, per budget, next to two
-//! reference selectors — the exact top-k (the ceiling) and a recency window.
+//! exact top-k keys and relative error of the attention output, per budget, next to the
+//! reference selectors — the exact top-k (the ceiling), a recency window, and the peers
+//! HATA's paper compares with, Quest and Loki (see [`super::peers`]), at the same budget.
 //!
 //! The exact top-k of a GQA group ranks each key by the attention mass the group's query
 //! heads give it (the sum over the heads of their softmax probabilities), because the group
@@ -10,6 +11,7 @@ use half::bf16;
 use kiln::{Device, DeviceBuffer};
 
 use super::decoder::{Budget, HataConfig, HataError, HataLayer};
+use super::peers::{quest_select, HeadInputs, Loki, QUEST_PAGE};
 use super::reference::{recall, top_k};
 use super::train::{samples_from_capture, train, CaptureShape, SampleOptions, TrainError};
 use crate::attention::reference as attention;
@@ -54,7 +56,8 @@ pub fn train_held_out(
 /// One selector at one budget.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FidelityRow {
-    /// "hata (<weights>)", "exact top-k" or "recency".
+    /// "hata (<weights>)", "exact top-k", "recency", "quest (pages of 16)" or
+    /// "loki (r = D/4)".
     pub selector: String,
     /// The budget as asked ("512", "1.6%").
     pub budget: String,
@@ -127,6 +130,27 @@ pub fn evaluate(
             .sum::<f64>()
             / ids.len() as f64
     };
+    // per (sequence, KV head): the group's query rows and the head's keys, and Loki's basis
+    let heads: Vec<(Vec<f64>, Vec<f64>)> = (0..b * hk)
+        .map(|row| {
+            let (bb, kv) = (row / hk, row % hk);
+            let queries = qw[(bb * h + kv * g) * d..][..g * d].to_vec();
+            let keys: Vec<f64> = (0..s)
+                .flat_map(|t| kw[((bb * s + t) * hk + kv) * d..][..d].iter().copied())
+                .collect();
+            (queries, keys)
+        })
+        .collect();
+    let loki_rank = (d / 4).max(1);
+    let loki: Vec<Loki> = heads
+        .iter()
+        .map(|(_, keys)| Loki::calibrate(keys, d, loki_rank))
+        .collect();
+    let head_inputs = |row: usize| HeadInputs {
+        queries: &heads[row].0,
+        keys: &heads[row].1,
+        dim: d,
+    };
     let mut rows = Vec::new();
     for budget in budgets {
         let cfg = HataConfig {
@@ -167,11 +191,38 @@ pub fn evaluate(
             .collect();
         rows.push(FidelityRow {
             selector: "recency".into(),
-            budget: label,
+            budget: label.clone(),
             keys: k,
             recall: mean_recall(&window, &exact),
             output_error: error_of(&window, k),
         });
+        let peers: [(String, Vec<Vec<u32>>); 2] = [
+            (
+                format!("quest (pages of {QUEST_PAGE})"),
+                (0..b * hk)
+                    .map(|row| quest_select(&head_inputs(row), k))
+                    .collect(),
+            ),
+            (
+                format!("loki (r = {loki_rank})"),
+                (0..b * hk)
+                    .map(|row| loki[row].select(&head_inputs(row), k))
+                    .collect(),
+            ),
+        ];
+        for (selector, ids) in peers {
+            // Quest keeps whole pages, so a head that kept the last, partial page has fewer
+            // keys; the attention call takes one count for all heads: the smallest
+            let kept = ids.iter().map(Vec::len).min().unwrap_or(0);
+            let equal: Vec<Vec<u32>> = ids.iter().map(|v| v[..kept].to_vec()).collect();
+            rows.push(FidelityRow {
+                selector,
+                budget: label.clone(),
+                keys: kept,
+                recall: mean_recall(&ids, &exact),
+                output_error: error_of(&equal, kept),
+            });
+        }
     }
     Ok(rows)
 }
@@ -239,4 +290,40 @@ pub fn table(rows: &[FidelityRow]) -> String {
         ));
     }
     out
+}
+
+/// One line saying whether HATA beat its baselines in `rows` (from [`evaluate`] with the
+/// weight sets "random W" and "trained W"): trained against random weights by recall, and
+/// HATA with trained weights against recency, Quest and Loki by output error, counted over
+/// the budgets.
+pub fn verdict(rows: &[FidelityRow]) -> String {
+    let budgets: Vec<&str> = {
+        let mut v: Vec<&str> = rows.iter().map(|r| r.budget.as_str()).collect();
+        v.dedup();
+        v
+    };
+    let find = |budget: &str, prefix: &str| {
+        rows.iter()
+            .find(|r| r.budget == budget && r.selector.starts_with(prefix))
+    };
+    let count = |better: &dyn Fn(&FidelityRow, &FidelityRow) -> bool, a: &str, b: &str| {
+        budgets
+            .iter()
+            .filter(|&&bud| match (find(bud, a), find(bud, b)) {
+                (Some(x), Some(y)) => better(x, y),
+                _ => false,
+            })
+            .count()
+    };
+    let by_recall = |x: &FidelityRow, y: &FidelityRow| x.recall > y.recall;
+    let by_error = |x: &FidelityRow, y: &FidelityRow| x.output_error < y.output_error;
+    let n = budgets.len();
+    let trained = "hata (trained W)";
+    format!(
+        "verdict: trained W beats random W on recall at {}/{n} budgets; HATA (trained W) has a lower output error than recency at {}/{n}, Quest at {}/{n}, Loki at {}/{n}",
+        count(&by_recall, trained, "hata (random W)"),
+        count(&by_error, trained, "recency"),
+        count(&by_error, trained, "quest"),
+        count(&by_error, trained, "loki"),
+    )
 }

@@ -8,6 +8,7 @@ pub mod decoder;
 pub mod demo;
 pub mod encode;
 pub mod fidelity;
+pub mod peers;
 pub mod reference;
 pub mod score;
 pub mod speed;
