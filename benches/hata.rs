@@ -104,7 +104,7 @@ fn main() {
         Ok(wl) => {
             let mut rng = Rng::new(3);
             let random: Vec<f32> = (0..8 * 128 * 128).map(|_| rng.normal()).collect();
-            let trained = match train_held_out(&dev, &spec, 128, 20, 5) {
+            let trained = match train_held_out(&dev, &spec, 1, 128, 20, 5) {
                 Ok(w) => w,
                 Err(e) => {
                     println!("training: {e}");

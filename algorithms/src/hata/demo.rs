@@ -35,7 +35,7 @@ pub fn run(device: &Device) -> Result<String, String> {
         vec![Budget::Count(32), Budget::Count(64), Budget::Ratio(0.1)]
     };
     // training runs on the emulator too, but slowly: a few epochs there, 20 on a GPU
-    let trained = train_held_out(device, &spec, 128, if gpu { 20 } else { 2 }, 5)
+    let trained = train_held_out(device, &spec, 1, 128, if gpu { 20 } else { 2 }, 5)
         .map_err(|e| e.to_string())?;
     let sets = [("random W", &weights[..]), ("trained W", &trained[..])];
     let rows = evaluate(device, &wl, &sets, 128, &budgets, (4, 16)).map_err(|e| e.to_string())?;

@@ -12,33 +12,34 @@ use kiln::{Device, DeviceBuffer};
 
 use super::decoder::{Budget, HataConfig, HataError, HataLayer};
 use super::peers::{quest_select, HeadInputs, Loki, QUEST_PAGE};
-use super::reference::{recall, top_k};
-use super::train::{samples_from_capture, train, CaptureShape, SampleOptions, TrainError};
+use super::reference::{encode, recall, score, top_k};
+use super::train::{
+    samples_from_capture, train, CaptureShape, HeadSamples, SampleOptions, TrainError,
+};
 use crate::attention::reference as attention;
-use crate::workload::{generate, Workload, WorkloadSpec};
+use crate::workload::{generate, Shape, Workload, WorkloadSpec};
 
-/// Hash weights trained on a *held-out* sequence of the same workload model: `spec` with a
-/// second sequence in the batch (same per-head channel roles, different tokens), queries at
-/// every position of its second half, samples as PIPELINES.md describes (one query position
-/// per head from the second half, labels 20→1 for the true top 10% of its prefix, −1 else),
-/// `epochs` epochs on `device`. The evaluated sequence (batch element 0) is never seen.
-pub fn train_held_out(
-    device: &Device,
+/// Training samples from *held-out* sequences of the same workload model: `spec` with
+/// `sequences` more sequences in the batch (same per-head channel roles, different tokens),
+/// queries at every position of their second half, samples as PIPELINES.md describes (one
+/// query position per sequence and query head from the second half, labels 20→1 for the true
+/// top 10% of its prefix, −1 else), capped at 65 536 per KV head. The evaluated sequence
+/// (batch element 0) is never seen. Each sequence gives one query per query head, so a KV
+/// head learns from `sequences × G` queries: with one sequence, too few to generalise.
+pub fn held_out_samples(
     spec: &WorkloadSpec,
-    rbit: u32,
-    epochs: u32,
+    sequences: usize,
     seed: u64,
-) -> Result<Vec<f32>, TrainError> {
+) -> Result<Vec<HeadSamples>, TrainError> {
     let mut capture = spec.clone();
-    capture.batch = 2;
+    capture.batch = 1 + sequences.max(1);
     capture.queries = spec.seq / 2;
     let wl = generate(&capture).map_err(|e| TrainError::Invalid(e.to_string()))?;
     let sh = wl.shape;
-    // batch element 1 only
     let q_per = sh.heads * sh.queries * sh.dim;
     let k_per = sh.kv_heads * sh.seq * sh.dim;
     let shape = CaptureShape {
-        batch: 1,
+        batch: sh.batch - 1,
         heads: sh.heads,
         kv_heads: sh.kv_heads,
         q_seq: sh.queries,
@@ -49,7 +50,20 @@ pub fn train_held_out(
         seed,
         ..SampleOptions::default()
     };
-    let heads = samples_from_capture(&wl.q[q_per..], &wl.k[k_per..], &shape, &options)?;
+    samples_from_capture(&wl.q[q_per..], &wl.k[k_per..], &shape, &options)
+}
+
+/// Hash weights trained on [`held_out_samples`] of `sequences` held-out sequences, `epochs`
+/// epochs on `device`.
+pub fn train_held_out(
+    device: &Device,
+    spec: &WorkloadSpec,
+    sequences: usize,
+    rbit: u32,
+    epochs: u32,
+    seed: u64,
+) -> Result<Vec<f32>, TrainError> {
+    let heads = held_out_samples(spec, sequences, seed)?;
     Ok(train(device, &heads, rbit, epochs, seed)?.weights)
 }
 
@@ -94,25 +108,7 @@ pub fn evaluate(
     let [(qb, qw), (kb, kw), (vb, vw)] = wl.decode_step_bf16();
     let scale = 1.0 / (d as f64).sqrt();
     let (dense, _) = attention::decode(b, h, hk, s, d, &qw, &kw, &vw, None, s, scale);
-    // the group's attention mass per key, per (sequence, KV head)
-    let mut mass = vec![0.0f64; b * hk * s];
-    for bb in 0..b {
-        for head in 0..h {
-            let kv = head / g;
-            let qrow = &qw[(bb * h + head) * d..][..d];
-            let logits: Vec<f64> = (0..s)
-                .map(|t| {
-                    let key = &kw[((bb * s + t) * hk + kv) * d..][..d];
-                    scale * qrow.iter().zip(key).map(|(a, c)| a * c).sum::<f64>()
-                })
-                .collect();
-            let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let den: f64 = logits.iter().map(|l| (l - mx).exp()).sum();
-            for (t, l) in logits.iter().enumerate() {
-                mass[(bb * hk + kv) * s + t] += (l - mx).exp() / den;
-            }
-        }
-    }
+    let mass = group_mass(sh, &qw, &kw);
     let exact_for = |k: usize| -> Vec<Vec<u32>> {
         (0..b * hk)
             .map(|row| top_k(&mass[row * s..][..s], k))
@@ -227,6 +223,76 @@ pub fn evaluate(
     Ok(rows)
 }
 
+/// The attention mass each key gets from its GQA group at the decode step — the sum over the
+/// group's query heads of their softmax probabilities — `[B, H_kv, S]`, from the decode
+/// queries `q` `[B, H, D]` and the keys `k` `[B, S, H_kv, D]`.
+fn group_mass(sh: Shape, q: &[f64], k: &[f64]) -> Vec<f64> {
+    let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
+    let g = h / hk;
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut mass = vec![0.0f64; b * hk * s];
+    for bb in 0..b {
+        for head in 0..h {
+            let kv = head / g;
+            let qrow = &q[(bb * h + head) * d..][..d];
+            let logits: Vec<f64> = (0..s)
+                .map(|t| {
+                    let key = &k[((bb * s + t) * hk + kv) * d..][..d];
+                    scale * qrow.iter().zip(key).map(|(a, c)| a * c).sum::<f64>()
+                })
+                .collect();
+            let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let den: f64 = logits.iter().map(|l| (l - mx).exp()).sum();
+            for (t, l) in logits.iter().enumerate() {
+                mass[(bb * hk + kv) * s + t] += (l - mx).exp() / den;
+            }
+        }
+    }
+    mass
+}
+
+/// HATA's selection computed on the host in float64 (codes, norm-weighted scores, sinks and
+/// recent tokens forced in, top-k; what the kernels compute up to f32 rounding), and its mean
+/// recall of the exact top-k by group mass, at the workload's decode step. For measuring hash
+/// weights on the CPU at shapes the emulator would take minutes over.
+pub fn host_recall(
+    wl: &Workload,
+    weights: &[f32],
+    rbit: usize,
+    k: usize,
+    (sink, recent): (usize, usize),
+) -> f64 {
+    let sh = wl.shape;
+    let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
+    let g = h / hk;
+    let [(_, qw), (_, kw), _] = wl.decode_step_bf16();
+    let mass = group_mass(sh, &qw, &kw);
+    let w: Vec<f64> = weights.iter().map(|&x| x as f64).collect();
+    let mut total = 0.0;
+    for bb in 0..b {
+        for kv in 0..hk {
+            let wh = &w[kv * d * rbit..][..d * rbit];
+            let q_codes: Vec<Vec<u32>> = (0..g)
+                .map(|j| encode(&qw[(bb * h + kv * g + j) * d..][..d], wh, rbit))
+                .collect();
+            let q_refs: Vec<&[u32]> = q_codes.iter().map(Vec::as_slice).collect();
+            let scores: Vec<f64> = (0..s)
+                .map(|t| {
+                    if t < sink || t + recent >= s {
+                        return f64::INFINITY;
+                    }
+                    let key = &kw[((bb * s + t) * hk + kv) * d..][..d];
+                    let norm = key.iter().map(|x| x * x).sum::<f64>().sqrt();
+                    score(&q_refs, &encode(key, wh, rbit), rbit, Some(norm))
+                })
+                .collect();
+            let row = bb * hk + kv;
+            total += recall(&top_k(&scores, k), &top_k(&mass[row * s..][..s], k));
+        }
+    }
+    total / (b * hk) as f64
+}
+
 /// One HATA decode step at the workload's last position: prefill all tokens but the last,
 /// then a step with it; returns the output and the selected indices per (sequence, KV head).
 fn hata_step(
@@ -326,4 +392,96 @@ pub fn verdict(rows: &[FidelityRow]) -> String {
         count(&by_error, trained, "quest"),
         count(&by_error, trained, "loki"),
     )
+}
+
+#[cfg(test)]
+mod sweep {
+    use super::*;
+    use crate::hata::train::{random_weights, reference, TrainOptions};
+
+    /// Recall on the host of random and trained hash weights on the demo workload, with the
+    /// training settings from the environment (`SEQS` held-out sequences, `EP` epochs, `RBIT`,
+    /// `SEED`, `SEQ`, `DIM`, `HEADS`, `KV`, `K` budget, `NORMS`):
+    /// `cargo test --release -p kiln-algorithms hata_recall_sweep -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn hata_recall_sweep() {
+        let get = |n: &str, d: usize| -> usize {
+            std::env::var(n)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        let (rbit, epochs, seed) = (get("RBIT", 128), get("EP", 20) as u32, get("SEED", 5));
+        let mut spec = WorkloadSpec::decode(
+            1,
+            get("HEADS", 8),
+            get("KV", 2),
+            get("SEQ", 1024),
+            get("DIM", 64),
+        );
+        spec.seed = seed as u64;
+        spec.outlier_channels = get("OUT", spec.outlier_channels);
+        let mut wl = generate(&spec).unwrap();
+        // CENTER=1: subtract each (sequence, KV head)'s mean key; a query's logits all move
+        // by the same amount, so its softmax and the exact top-k are unchanged
+        let center = get("CENTER", 0) == 1;
+        let centre = |keys: &mut [f32], d: usize| {
+            let n = keys.len() / d;
+            let mean: Vec<f32> = (0..d)
+                .map(|c| (0..n).map(|t| keys[t * d + c]).sum::<f32>() / n as f32)
+                .collect();
+            for t in 0..n {
+                for c in 0..d {
+                    keys[t * d + c] -= mean[c];
+                }
+            }
+        };
+        if center {
+            let per = spec.seq * spec.dim;
+            for head in wl.k.chunks_mut(per) {
+                centre(head, spec.dim);
+            }
+        }
+        let mut samples = held_out_samples(&spec, get("SEQS", 1), seed as u64).unwrap();
+        let fget = |n: &str, d: f64| -> f64 {
+            std::env::var(n)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        let (scale, init) = (fget("SCALE", 1.0) as f32, fget("INIT", 1.0));
+        for h in &mut samples {
+            if center {
+                centre(&mut h.keys, spec.dim);
+            }
+            h.queries
+                .iter_mut()
+                .chain(h.keys.iter_mut())
+                .for_each(|x| *x *= scale);
+        }
+        let w0 = random_weights(spec.kv_heads, spec.dim, rbit, seed as u64);
+        let wide: Vec<f64> = w0.iter().map(|&v| v as f64 * init).collect();
+        let t = std::time::Instant::now();
+        let (w, losses) = reference::train(
+            &samples,
+            &wide,
+            &TrainOptions::new(rbit as u32, epochs, seed as u64),
+        );
+        let trained: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+        let k = get("K", 64);
+        let sr = (4, 16);
+        println!(
+            "CENTER {center} OUT {} SCALE {scale} INIT {init} SEQS {} EP {epochs} RBIT {rbit} seed {seed} {} samples/head, {} steps in {:.1?}, loss {:.3} -> {:.3}: recall@{k} random {:.3} trained {:.3}",
+            spec.outlier_channels,
+            get("SEQS", 1),
+            samples[0].len(),
+            losses.len() / spec.kv_heads,
+            t.elapsed(),
+            losses[0],
+            losses[losses.len() - 1],
+            host_recall(&wl, &w0, rbit, k, sr),
+            host_recall(&wl, &trained, rbit, k, sr),
+        );
+    }
 }
