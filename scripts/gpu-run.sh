@@ -29,7 +29,8 @@ fi
 # the measured ceilings (mma.sync rate included) that every bench's "% roof" column uses
 ./.gpu/kiln roofline 2>&1 | tee "$out/roofline.log" || status=1
 if [ "$what" != benches ]; then
-  ./.gpu/kiln demo 2>&1 | tail -5 | tee "$out/demo.log"
+  ./.gpu/kiln demo > "$out/demo.log" 2>&1 || status=1
+  tail -5 "$out/demo.log"
 fi
 if [ "$what" != tests ]; then
   baseline_json="$out/attention-baseline-torch.json"
