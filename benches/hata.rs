@@ -15,7 +15,7 @@
 mod support;
 
 use kiln_algorithms::hata::decoder::Budget;
-use kiln_algorithms::hata::fidelity::{budget_label, evaluate, table, train_held_out};
+use kiln_algorithms::hata::fidelity::{budget_label, evaluate, table, train_held_out, verdict};
 use kiln_algorithms::hata::speed::measure;
 use kiln_algorithms::workload::{generate, Rng, WorkloadSpec};
 use support::baseline::{AttnShape, Baselines};
@@ -104,30 +104,39 @@ fn main() {
         Ok(wl) => {
             let mut rng = Rng::new(3);
             let random: Vec<f32> = (0..8 * 128 * 128).map(|_| rng.normal()).collect();
-            let trained = match train_held_out(&dev, &spec, 1, 128, 20, 5) {
-                Ok(w) => w,
-                Err(e) => {
-                    println!("training: {e}");
-                    random.clone()
-                }
-            };
+            // trained on 4 held-out sequences, on centred keys and (for comparison) raw keys
+            let train =
+                |center: bool| match train_held_out(Some(&dev), &spec, (4, center), 128, 20, 5) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        println!("training: {e}");
+                        random.clone()
+                    }
+                };
+            let (trained, trained_raw) = (train(true), train(false));
             let budgets = [
                 Budget::Count(512),
                 Budget::Count(1024),
                 Budget::Count(2048),
                 Budget::Ratio(0.016),
             ];
-            let sets = [("random W", &random[..]), ("trained W", &trained[..])];
-            match evaluate(&dev, &wl, &sets, 128, &budgets, (16, 64)) {
-                Ok(r) => {
-                    println!("fidelity, workload b1 h32/8 s32768 d128, rbit 128 (trained 20 epochs on a held-out sequence):\n{}", table(&r));
-                    fidelity = serde_json::json!(r
-                        .iter()
-                        .map(|x| serde_json::json!({"selector": x.selector, "budget": x.budget, "keys": x.keys, "recall": x.recall, "output_error": x.output_error}))
-                        .collect::<Vec<_>>());
+            let mut all = Vec::new();
+            for (center, weights) in [(true, &trained), (false, &trained_raw)] {
+                let sets = [("random W", &random[..]), ("trained W", &weights[..])];
+                match evaluate(&dev, &wl, &sets, 128, &budgets, (16, 64), center) {
+                    Ok(r) => {
+                        println!(
+                            "fidelity, workload b1 h32/8 s32768 d128, rbit 128, keys {} (trained 20 epochs on 4 held-out sequences):\n{}{}",
+                            if center { "centred" } else { "raw" },
+                            table(&r),
+                            verdict(&r)
+                        );
+                        all.extend(r.iter().map(|x| serde_json::json!({"center_keys": center, "selector": x.selector, "budget": x.budget, "keys": x.keys, "recall": x.recall, "output_error": x.output_error})));
+                    }
+                    Err(e) => println!("fidelity: {e}"),
                 }
-                Err(e) => println!("fidelity: {e}"),
             }
+            fidelity = serde_json::Value::Array(all);
         }
         Err(e) => println!("workload: {e}"),
     }

@@ -53,6 +53,10 @@ pub struct TrainArgs {
     /// Train on the CPU emulator even when a GPU is present.
     #[arg(long)]
     pub emulate: bool,
+    /// Train on the raw keys instead of keys centred on their sequence's mean (for a
+    /// `HataLayer` with `center_keys: false`).
+    #[arg(long)]
+    pub no_center_keys: bool,
 }
 
 /// Runs a `kiln hata` subcommand and returns what to print.
@@ -95,6 +99,7 @@ pub fn train(args: &TrainArgs) -> Result<String, CliError> {
         &SampleOptions {
             max_samples_per_head: args.max_samples,
             seed: args.seed,
+            center_keys: !args.no_center_keys,
             ..SampleOptions::default()
         },
     )
@@ -193,6 +198,10 @@ pub fn train(args: &TrainArgs) -> Result<String, CliError> {
         ("kiln.hata.epochs".to_string(), args.epochs.to_string()),
         ("kiln.hata.batch".to_string(), args.batch.to_string()),
         ("kiln.hata.seed".to_string(), args.seed.to_string()),
+        (
+            "kiln.hata.center_keys".to_string(),
+            (!args.no_center_keys).to_string(),
+        ),
         (
             "kiln.hata.samples_per_head".to_string(),
             sizes

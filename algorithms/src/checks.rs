@@ -22,7 +22,7 @@ pub const CHECKS: &[(&str, Check)] = &[
         chelsea::checks::chelsea_matches_reference,
     ),
     (
-        "hash_encode + hash_encode_group + hash_score + scatter_rows",
+        "hash_encode + hash_encode_group + hash_score + scatter_rows + key_sum_partial + key_mean",
         hata::checks::hata_kernels_match_reference,
     ),
     ("hata decoder", hata::checks::hata_decoder_matches_reference),

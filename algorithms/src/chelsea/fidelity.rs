@@ -1,6 +1,7 @@
 //! How close attention over Chelsea's merged cache is to dense attention on a workload: the
-//! relative error of the decode output at given reductions, with and without the `log n`
-//! bias, next to two baselines holding the same number of entries — the sinks plus the most
+//! relative error of the decode output at given reductions of the whole cache (the sink and
+//! recent tokens, which are never merged, counted: the chunks are compressed further to make
+//! up for them, see [`chunk_ratio_for`]), with and without the `log n` bias, next to two baselines holding the same number of entries — the sinks plus the most
 //! recent tokens, and the sinks plus evenly spaced tokens. Chelsea runs on the device in
 //! bf16; the dense output and the baselines are float64 references on the same bf16 values.
 
@@ -10,6 +11,7 @@ use kiln::Device;
 use super::compress::{
     ChelseaCache, ChelseaConfig, ChelseaError, Similarity, DEFAULT_ROUND_FRACTION,
 };
+use super::plan::chunk_ratio_for;
 use super::reference::{self, CacheDims};
 use crate::attention::reference as attention;
 use crate::metrics::rel_err;
@@ -197,7 +199,15 @@ impl Step {
             kv_heads: self.hk as u32,
             dim: self.d as u32,
             chunk: setting.chunk,
-            ratio: target,
+            // the per-chunk reduction that reaches `target` over the whole cache
+            ratio: chunk_ratio_for(
+                self.s as u32,
+                setting.chunk,
+                setting.sink,
+                setting.recent,
+                target,
+            )
+            .0,
             sink: setting.sink,
             recent: setting.recent,
             capacity: self.s as u32,

@@ -90,3 +90,48 @@ impl Layout {
         self.sink + self.chunks * keep + self.tail
     }
 }
+
+/// The per-chunk reduction (for [`keep_for`] and `ChelseaConfig::ratio`) that brings a cache
+/// of `len` tokens, laid out as [`Layout::of`], to the *overall* reduction `target`: at most
+/// `⌊(1 − target)·len⌋` entries, the exempt sink and tail tokens counted. Returns it with the
+/// overall reduction it reaches, which is below `target` only when keeping one entry per chunk
+/// is still too many (or there are no chunks): the shortfall a caller should report.
+pub fn chunk_ratio_for(len: u32, chunk: u32, sink: u32, recent: u32, target: f64) -> (f64, f64) {
+    let lay = Layout::of(len, chunk, sink, recent);
+    let chunk = chunk.max(1);
+    if lay.chunks == 0 || len == 0 {
+        return (0.0, 0.0);
+    }
+    let allowed = ((1.0 - target.clamp(0.0, 1.0)) * len as f64 + 1e-9).floor() as i64;
+    let fixed = (lay.sink + lay.tail) as i64;
+    let keep = ((allowed - fixed) / lay.chunks as i64).clamp(1, chunk as i64) as u32;
+    let reached = 1.0 - lay.compressed_len(keep) as f64 / len as f64;
+    (1.0 - keep as f64 / chunk as f64, reached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_ratio_reaches_the_overall_target_when_it_can() {
+        // 1024 tokens, chunks of 64, sink 4, recent 64: 14 chunks, 4 + 124 tokens exempt
+        for target in [0.5, 0.75, 0.8] {
+            let (ratio, reached) = chunk_ratio_for(1024, 64, 4, 64, target);
+            let keep = keep_for(64, ratio);
+            let lay = Layout::of(1024, 64, 4, 64);
+            assert_eq!(lay.compressed_len(keep) as f64, (1.0 - reached) * 1024.0);
+            assert!(reached >= target - 1e-12, "{target}: reached {reached}");
+            // one more entry per chunk would miss the target
+            assert!(lay.compressed_len(keep + 1) as f64 > (1.0 - target) * 1024.0);
+        }
+        // 90% of 1024 keeps at most 102 entries, fewer than the 128 exempt: a shortfall,
+        // with one entry per chunk
+        let (ratio, reached) = chunk_ratio_for(1024, 64, 4, 64, 0.9);
+        assert_eq!(keep_for(64, ratio), 1);
+        assert!(reached < 0.9);
+        assert_eq!(reached, 1.0 - (128.0 + 14.0) / 1024.0);
+        // no chunk to compress: nothing to reduce
+        assert_eq!(chunk_ratio_for(100, 64, 4, 64, 0.5), (0.0, 0.0));
+    }
+}

@@ -3,7 +3,8 @@
 use crate::attention::reference as attention_reference;
 use crate::hata::decoder::{Budget, HataConfig, HataLayer};
 use crate::hata::encode::{
-    self, group_launch, hash_encode, hash_encode_group, scatter_rows, VECTORS_PER_WARP,
+    self, group_launch, hash_encode, hash_encode_group, key_mean, key_sum_partial, mean_launch,
+    scatter_rows, MEAN_TOKENS, VECTORS_PER_WARP,
 };
 use crate::hata::reference;
 use crate::hata::score::{self, hash_score};
@@ -51,8 +52,10 @@ fn key_matches(
     Ok(())
 }
 
-/// Encodes a cache of keys and a step's query heads, scores the keys, appends a new key;
-/// `rbit` 128 or 256, D 64 or 128, `hk` KV heads with GQA groups of 4.
+/// Encodes a cache of keys (centred on a random mean per sequence and KV head) and a step's
+/// query heads (not centred), scores the keys, appends a new key (centred); computes the mean
+/// keys with `key_sum_partial` + `key_mean`; `rbit` 128 or 256, D 64 or 128, `hk` KV heads
+/// with GQA groups of 4.
 pub fn hata_kernels_case<T: Real>(
     dev: &Device,
     d: usize,
@@ -72,6 +75,13 @@ pub fn hata_kernels_case<T: Real>(
     let (kw, qw) = (wide(&keys), wide(&queries));
     let ww: Vec<f64> = w.iter().map(|&x| x as f64).collect();
     let w_dev = dev.upload(&w)?;
+    // centres [B, H_kv, D]: keys are encoded as k − μ
+    let mu: Vec<f32> = rng.f32s(b * hk * d);
+    let mu_dev = dev.upload(&mu)?;
+    let centred = |x: &[f64], bb: usize, hh: usize| -> Vec<f64> {
+        let m = &mu[(bb * hk + hh) * d..][..d];
+        x.iter().zip(m).map(|(v, c)| v - *c as f64).collect()
+    };
     // keys with 8 vectors per warp (prefill); a decode step's query heads by GQA group
     let encode = hash_encode::spec()
         .t(T::DTYPE)
@@ -97,6 +107,8 @@ pub fn hata_kernels_case<T: Real>(
         &encode::launch_config(n_keys, hk as u32),
         &dev.upload(&keys)?,
         &w_dev,
+        &mu_dev,
+        true,
         &mut k_codes,
         &mut norms,
         n_keys,
@@ -111,16 +123,62 @@ pub fn hata_kernels_case<T: Real>(
     let norms_host = dev.download(&norms)?;
     for row in 0..b * s * hk {
         let head = row % hk;
-        let x = &kw[row * d..][..d];
+        let x = centred(&kw[row * d..][..d], row / (s * hk), head);
         let wh = &ww[head * d * rbit..][..d * rbit];
         key_matches(
             &format!("key row {row}"),
             (&k_codes_host[row * words..][..words], norms_host[row]),
-            x,
+            &x,
             wh,
             rbit,
         )?;
     }
+    // the mean key of each (sequence, KV head) over the first `len` tokens
+    let len = s - 7;
+    let (sums, mean, splits) = mean_launch(len as u32, b as u32, hk as u32, d as u32);
+    let mut partial = dev.upload(&vec![f32::NAN; b * hk * splits as usize * d])?;
+    let mut means = dev.upload(&vec![f32::NAN; b * hk * d])?;
+    let k_dev = dev.upload(&keys)?;
+    let sum_kernel = key_sum_partial::spec()
+        .t(T::DTYPE)
+        .d(d as u32)
+        .span(MEAN_TOKENS)
+        .build(dev)?;
+    // keys of `len` tokens in prefill layout [B, len, H_kv, D]
+    let prefix: Vec<T> = (0..b)
+        .flat_map(|bb| keys[bb * s * hk * d..][..len * hk * d].iter().copied())
+        .collect();
+    let prefix_dev = dev.upload(&prefix)?;
+    drop(k_dev);
+    key_sum_partial::launch(
+        &sum_kernel,
+        &sums,
+        &prefix_dev,
+        &mut partial,
+        len as u32,
+        hk as u32,
+    )?;
+    let mean_kernel = key_mean::spec().d(d as u32).build(dev)?;
+    key_mean::launch(
+        &mean_kernel,
+        &mean,
+        &partial,
+        &mut means,
+        splits,
+        len as u32,
+    )?;
+    let got_mean: Vec<f64> = dev.download(&means)?.iter().map(|&x| x as f64).collect();
+    let want_mean: Vec<f64> = (0..b * hk * d)
+        .map(|i| {
+            let (bb, hh, c) = (i / (hk * d), i / d % hk, i % d);
+            (0..len)
+                .map(|t| kw[((bb * s + t) * hk + hh) * d + c])
+                .sum::<f64>()
+                / len as f64
+        })
+        .collect();
+    let e = rel_err(&got_mean, &want_mean);
+    ensure!(e < 1e-5, "key means: relative error {e:.2e}");
     // queries [B, H, D] → codes [B, H, words], head h uses KV head h / g
     let mut q_codes = dev.upload(&vec![0xdead_beefu32; b * h * words])?;
     let mut unused = dev.zeros::<f32>(1)?;
@@ -129,6 +187,8 @@ pub fn hata_kernels_case<T: Real>(
         &group_launch(hk as u32, b as u32, rbit as u32),
         &dev.upload(&queries)?,
         &w_dev,
+        &mu_dev,
+        false,
         &mut q_codes,
         &mut unused,
         hk as u32,
@@ -238,6 +298,8 @@ pub fn hata_kernels_case<T: Real>(
         &group_launch(hk as u32, b as u32, rbit as u32),
         &dev.upload(&new)?,
         &w_dev,
+        &mu_dev,
+        true,
         &mut codes_new,
         &mut norms_new,
         hk as u32,
@@ -259,11 +321,11 @@ pub fn hata_kernels_case<T: Real>(
             );
             continue;
         }
-        let x = &new_w[(bb * hk + hh) * d..][..d];
+        let x = centred(&new_w[(bb * hk + hh) * d..][..d], bb, hh);
         key_matches(
             &format!("new key (b {bb}, h {hh})"),
             (got, norms_new[row]),
-            x,
+            &x,
             &ww[hh * d * rbit..][..d * rbit],
             rbit,
         )?;
@@ -327,6 +389,33 @@ pub fn decoder_case<T: Real + kiln_codegen::prelude::Float>(
         )
         .map_err(mismatch)?;
     let wide = |v: &[T]| -> Vec<f64> { v.iter().map(|x| x.to_f32() as f64).collect() };
+    // the layer centres its keys on the prefill's mean key, or on 0
+    let got_mean: Vec<f64> = dev
+        .download(layer.key_mean())?
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let kw = wide(&keys);
+    let want_mean: Vec<f64> = (0..b * hk * d)
+        .map(|i| {
+            let (bb, hh, c) = (i / (hk * d), i / d % hk, i % d);
+            let sum: f64 = (0..prefill_len)
+                .map(|t| kw[((bb * cap + t) * hk + hh) * d + c])
+                .sum();
+            if cfg.center_keys {
+                sum / prefill_len as f64
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    ensure!(
+        got_mean
+            .iter()
+            .zip(&want_mean)
+            .all(|(g, w)| (g - w).abs() <= 1e-5 * (1.0 + w.abs())),
+        "the layer's key means differ from the prefill's"
+    );
     for step in 0..steps {
         let t = prefill_len + step;
         let q = round(rng.f32s(b * h * d));
@@ -401,11 +490,12 @@ fn mismatch(e: impl std::fmt::Display) -> VerifyError {
 }
 
 /// The decoder: sparse steps with a count budget and with a ratio (norm-weighted scores,
-/// sinks and recent tokens), a dense layer, rbit 128 and 256, bf16 and f16.
+/// sinks and recent tokens), a dense layer, rbit 128 and 256, bf16 and f16, keys centred and
+/// not.
 pub fn hata_decoder_matches_reference(dev: &Device) -> Result<(), VerifyError> {
     let big = dev.is_gpu();
     let prefill = if big { 3000 } else { 200 };
-    let cfg = |dim, rbit, budget, dense| HataConfig {
+    let cfg = |dim, rbit, budget, dense, center_keys| HataConfig {
         batch: 2,
         heads: 8,
         kv_heads: 2,
@@ -416,9 +506,29 @@ pub fn hata_decoder_matches_reference(dev: &Device) -> Result<(), VerifyError> {
         sink: 4,
         recent: 8,
         use_norms: true,
+        center_keys,
         dense,
     };
-    decoder_case::<half::bf16>(dev, cfg(128, 128, Budget::Count(48), false), prefill, 3, 51)?;
-    decoder_case::<half::f16>(dev, cfg(64, 256, Budget::Ratio(0.1), false), prefill, 2, 52)?;
-    decoder_case::<half::bf16>(dev, cfg(64, 128, Budget::Count(48), true), prefill, 2, 53)
+    let c = |dim, rbit, budget, dense, centre| cfg(dim, rbit, budget, dense, centre);
+    decoder_case::<half::bf16>(
+        dev,
+        c(128, 128, Budget::Count(48), false, true),
+        prefill,
+        3,
+        51,
+    )?;
+    decoder_case::<half::f16>(
+        dev,
+        c(64, 256, Budget::Ratio(0.1), false, false),
+        prefill,
+        2,
+        52,
+    )?;
+    decoder_case::<half::bf16>(
+        dev,
+        c(64, 128, Budget::Count(48), true, true),
+        prefill,
+        2,
+        53,
+    )
 }

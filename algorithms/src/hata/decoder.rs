@@ -7,7 +7,8 @@ use kiln::tune::{Entry, TuneOptions};
 use kiln::{Device, DeviceBuffer, Element, Kernel, LaunchConfig, RuntimeError};
 
 use super::encode::{
-    self, group_launch, hash_encode, hash_encode_group, scatter_rows, VECTORS_PER_WARP,
+    self, group_launch, hash_encode, hash_encode_group, key_mean, key_sum_partial, mean_launch,
+    scatter_rows, MEAN_TOKENS, VECTORS_PER_WARP,
 };
 use super::score::{self, hash_score};
 use super::topk::{TopK, TopKError, TopKScratch};
@@ -57,6 +58,12 @@ pub struct HataConfig {
     pub recent: u32,
     /// Weight scores by key norms (`score = (G − 2·ham/rbit)·‖k‖`).
     pub use_norms: bool,
+    /// Hash keys centred on the mean key of their sequence and KV head (`k − μ`, norms of
+    /// `k − μ`), `μ` taken at [`HataLayer::prefill`] and kept for the keys appended later (a
+    /// cache filled by appends alone has `μ = 0`). Leaves the exact ranking unchanged and
+    /// frees the code bits from the component every key shares (see `hata::encode`); the
+    /// hash weights must be trained on centred keys too (`SampleOptions::center_keys`).
+    pub center_keys: bool,
     /// Attend to every cached token (a layer kept dense).
     pub dense: bool,
 }
@@ -91,6 +98,11 @@ pub struct HataLayer<T: Element> {
     norms: DeviceBuffer<f32>,
     q_codes: DeviceBuffer<u32>,
     no_norms: DeviceBuffer<f32>,
+    /// The mean key per (sequence, KV head), `[batch, kv_heads, dim]` (zeros until a
+    /// centring prefill).
+    mu: DeviceBuffer<f32>,
+    /// [`key_sum_partial`]'s sums, `[batch, kv_heads, ⌈capacity / MEAN_TOKENS⌉, dim]`.
+    mean_partial: DeviceBuffer<f32>,
     scores: DeviceBuffer<f32>,
     ids: DeviceBuffer<u32>,
     len: u32,
@@ -102,6 +114,8 @@ pub struct HataLayer<T: Element> {
     encode_key: Kernel,
     score: Kernel,
     scatter: Kernel,
+    key_sum: Kernel,
+    key_mean: Kernel,
     topk: TopK,
     topk_scratch: TopKScratch,
     sparse: FlashDecode,
@@ -162,6 +176,8 @@ impl<T: Element + Float> HataLayer<T> {
             norms: device.zeros(b * cap * hk)?,
             q_codes: device.zeros(b * cfg.heads as usize * words)?,
             no_norms: device.zeros(1)?,
+            mu: device.zeros(b * hk * d)?,
+            mean_partial: device.zeros(b * hk * cfg.capacity.div_ceil(MEAN_TOKENS) as usize * d)?,
             scores: device.zeros(b * hk * cap)?,
             ids: device.zeros(b * hk * cap)?,
             len: 0,
@@ -188,6 +204,12 @@ impl<T: Element + Float> HataLayer<T> {
                 .g(cfg.heads / cfg.kv_heads)
                 .build(device)?,
             scatter: scatter_rows::spec().t(dtype).build(device)?,
+            key_sum: key_sum_partial::spec()
+                .t(dtype)
+                .d(cfg.dim)
+                .span(MEAN_TOKENS)
+                .build(device)?,
+            key_mean: key_mean::spec().d(cfg.dim).build(device)?,
             topk: TopK::new(device)?,
             topk_scratch: TopKScratch::new(device, (b * hk) as u32, cfg.capacity)?,
             sparse: FlashDecode::new(device, dtype, cfg.dim, true)?,
@@ -214,6 +236,12 @@ impl<T: Element + Float> HataLayer<T> {
     /// The scores of the last sparse step, `[batch, kv_heads, len]` (row stride `len`).
     pub fn scores(&self) -> &DeviceBuffer<f32> {
         &self.scores
+    }
+
+    /// The mean key per (sequence, KV head) the keys are centred on, `[batch, kv_heads,
+    /// dim]` (zeros without `center_keys`).
+    pub fn key_mean(&self) -> &DeviceBuffer<f32> {
+        &self.mu
     }
 
     /// The indices selected by the last sparse step, `[batch, kv_heads, budget]`.
@@ -281,12 +309,33 @@ impl<T: Element + Float> HataLayer<T> {
         let per_batch = len * c.kv_heads * c.dim;
         Self::scatter_into(&self.scatter, &c, k, &mut self.k, per_batch, 0)?;
         Self::scatter_into(&self.scatter, &c, v, &mut self.v, per_batch, 0)?;
+        if c.center_keys {
+            let (sums, mean, splits) = mean_launch(len, c.batch, c.kv_heads, c.dim);
+            key_sum_partial::launch(
+                &self.key_sum,
+                &sums,
+                k,
+                &mut self.mean_partial,
+                len,
+                c.kv_heads,
+            )?;
+            key_mean::launch(
+                &self.key_mean,
+                &mean,
+                &self.mean_partial,
+                &mut self.mu,
+                splits,
+                len,
+            )?;
+        }
         let rows = len * c.kv_heads;
         hash_encode::launch(
             &self.encode_many,
             &encode::launch_config(c.batch * rows, c.kv_heads),
             k,
             &self.w,
+            &self.mu,
+            c.center_keys,
             &mut self.codes,
             &mut self.norms,
             c.batch * rows,
@@ -327,6 +376,8 @@ impl<T: Element + Float> HataLayer<T> {
             &group_launch(c.kv_heads, c.batch, c.rbit),
             k_new,
             &self.w,
+            &self.mu,
+            c.center_keys,
             &mut self.codes,
             &mut self.norms,
             c.kv_heads,
@@ -347,6 +398,8 @@ impl<T: Element + Float> HataLayer<T> {
             &group_launch(c.kv_heads, c.batch, c.rbit),
             q,
             &self.w,
+            &self.mu,
+            false,
             &mut self.q_codes,
             &mut self.no_norms,
             c.kv_heads,

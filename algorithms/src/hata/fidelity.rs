@@ -14,7 +14,8 @@ use super::decoder::{Budget, HataConfig, HataError, HataLayer};
 use super::peers::{quest_select, HeadInputs, Loki, QUEST_PAGE};
 use super::reference::{encode, recall, score, top_k};
 use super::train::{
-    samples_from_capture, train, CaptureShape, HeadSamples, SampleOptions, TrainError,
+    random_weights, reference, samples_from_capture, train, CaptureShape, HeadSamples,
+    SampleOptions, TrainError, TrainOptions,
 };
 use crate::attention::reference as attention;
 use crate::workload::{generate, Shape, Workload, WorkloadSpec};
@@ -26,9 +27,11 @@ use crate::workload::{generate, Shape, Workload, WorkloadSpec};
 /// top 10% of its prefix, −1 else), capped at 65 536 per KV head. The evaluated sequence
 /// (batch element 0) is never seen. Each sequence gives one query per query head, so a KV
 /// head learns from `sequences × G` queries: with one sequence, too few to generalise.
+/// `center_keys` as in `SampleOptions` (for a layer that centres its keys).
 pub fn held_out_samples(
     spec: &WorkloadSpec,
     sequences: usize,
+    center_keys: bool,
     seed: u64,
 ) -> Result<Vec<HeadSamples>, TrainError> {
     let mut capture = spec.clone();
@@ -48,23 +51,34 @@ pub fn held_out_samples(
     };
     let options = SampleOptions {
         seed,
+        center_keys,
         ..SampleOptions::default()
     };
     samples_from_capture(&wl.q[q_per..], &wl.k[k_per..], &shape, &options)
 }
 
 /// Hash weights trained on [`held_out_samples`] of `sequences` held-out sequences, `epochs`
-/// epochs on `device`.
+/// epochs, on `device` with the training kernels, or with `None` by the float64 reference
+/// trainer on the host (the kernels' specification; what the emulator would take minutes
+/// over).
 pub fn train_held_out(
-    device: &Device,
+    device: Option<&Device>,
     spec: &WorkloadSpec,
-    sequences: usize,
+    (sequences, center_keys): (usize, bool),
     rbit: u32,
     epochs: u32,
     seed: u64,
 ) -> Result<Vec<f32>, TrainError> {
-    let heads = held_out_samples(spec, sequences, seed)?;
-    Ok(train(device, &heads, rbit, epochs, seed)?.weights)
+    let heads = held_out_samples(spec, sequences, center_keys, seed)?;
+    match device {
+        Some(device) => Ok(train(device, &heads, rbit, epochs, seed)?.weights),
+        None => {
+            let w0 = random_weights(spec.kv_heads, spec.dim, rbit as usize, seed);
+            let wide: Vec<f64> = w0.iter().map(|&v| v as f64).collect();
+            let (w, _) = reference::train(&heads, &wide, &TrainOptions::new(rbit, epochs, seed));
+            Ok(w.iter().map(|&v| v as f32).collect())
+        }
+    }
 }
 
 /// One selector at one budget.
@@ -93,7 +107,8 @@ pub fn budget_label(b: &Budget) -> String {
 
 /// Evaluates the decode step at the workload's last position (its decode queries) for each
 /// budget: HATA on `device` in bf16 once per named set of hash weights (`[kv_heads, dim,
-/// rbit]`, e.g. random and trained), and the two reference selectors on the host in float64.
+/// rbit]`, e.g. random and trained; keys centred when `center_keys`), and the reference and
+/// peer selectors on the host in float64.
 pub fn evaluate(
     device: &Device,
     wl: &Workload,
@@ -101,6 +116,7 @@ pub fn evaluate(
     rbit: u32,
     budgets: &[Budget],
     (sink, recent): (u32, u32),
+    center_keys: bool,
 ) -> Result<Vec<FidelityRow>, HataError> {
     let sh = wl.shape;
     let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
@@ -160,6 +176,7 @@ pub fn evaluate(
             sink,
             recent,
             use_norms: true,
+            center_keys,
             dense: false,
         };
         let k = budget.keys(s as u32) as usize;
@@ -251,8 +268,10 @@ fn group_mass(sh: Shape, q: &[f64], k: &[f64]) -> Vec<f64> {
     mass
 }
 
-/// HATA's selection computed on the host in float64 (codes, norm-weighted scores, sinks and
-/// recent tokens forced in, top-k; what the kernels compute up to f32 rounding), and its mean
+/// HATA's selection computed on the host in float64 (codes of the keys, centred on their mean
+/// when `center_keys`, norm-weighted scores, sinks and recent tokens forced in, top-k; what
+/// the kernels compute up to f32 rounding; the layer takes the mean over the prefill, one
+/// token fewer), and its mean
 /// recall of the exact top-k by group mass, at the workload's decode step. For measuring hash
 /// weights on the CPU at shapes the emulator would take minutes over.
 pub fn host_recall(
@@ -261,6 +280,7 @@ pub fn host_recall(
     rbit: usize,
     k: usize,
     (sink, recent): (usize, usize),
+    center_keys: bool,
 ) -> f64 {
     let sh = wl.shape;
     let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
@@ -272,6 +292,16 @@ pub fn host_recall(
     for bb in 0..b {
         for kv in 0..hk {
             let wh = &w[kv * d * rbit..][..d * rbit];
+            let key = |t: usize| &kw[((bb * s + t) * hk + kv) * d..][..d];
+            let mean: Vec<f64> = (0..d)
+                .map(|c| {
+                    if center_keys {
+                        (0..s).map(|t| key(t)[c]).sum::<f64>() / s as f64
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
             let q_codes: Vec<Vec<u32>> = (0..g)
                 .map(|j| encode(&qw[(bb * h + kv * g + j) * d..][..d], wh, rbit))
                 .collect();
@@ -281,9 +311,9 @@ pub fn host_recall(
                     if t < sink || t + recent >= s {
                         return f64::INFINITY;
                     }
-                    let key = &kw[((bb * s + t) * hk + kv) * d..][..d];
-                    let norm = key.iter().map(|x| x * x).sum::<f64>().sqrt();
-                    score(&q_refs, &encode(key, wh, rbit), rbit, Some(norm))
+                    let x: Vec<f64> = key(t).iter().zip(&mean).map(|(v, m)| v - m).collect();
+                    let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+                    score(&q_refs, &encode(&x, wh, rbit), rbit, Some(norm))
                 })
                 .collect();
             let row = bb * hk + kv;
@@ -397,7 +427,6 @@ pub fn verdict(rows: &[FidelityRow]) -> String {
 #[cfg(test)]
 mod sweep {
     use super::*;
-    use crate::hata::train::{random_weights, reference, TrainOptions};
 
     /// Recall on the host of random and trained hash weights on the demo workload, with the
     /// training settings from the environment (`SEQS` held-out sequences, `EP` epochs, `RBIT`,
@@ -422,28 +451,9 @@ mod sweep {
         );
         spec.seed = seed as u64;
         spec.outlier_channels = get("OUT", spec.outlier_channels);
-        let mut wl = generate(&spec).unwrap();
-        // CENTER=1: subtract each (sequence, KV head)'s mean key; a query's logits all move
-        // by the same amount, so its softmax and the exact top-k are unchanged
+        let wl = generate(&spec).unwrap();
         let center = get("CENTER", 0) == 1;
-        let centre = |keys: &mut [f32], d: usize| {
-            let n = keys.len() / d;
-            let mean: Vec<f32> = (0..d)
-                .map(|c| (0..n).map(|t| keys[t * d + c]).sum::<f32>() / n as f32)
-                .collect();
-            for t in 0..n {
-                for c in 0..d {
-                    keys[t * d + c] -= mean[c];
-                }
-            }
-        };
-        if center {
-            let per = spec.seq * spec.dim;
-            for head in wl.k.chunks_mut(per) {
-                centre(head, spec.dim);
-            }
-        }
-        let mut samples = held_out_samples(&spec, get("SEQS", 1), seed as u64).unwrap();
+        let mut samples = held_out_samples(&spec, get("SEQS", 1), center, seed as u64).unwrap();
         let fget = |n: &str, d: f64| -> f64 {
             std::env::var(n)
                 .ok()
@@ -452,9 +462,6 @@ mod sweep {
         };
         let (scale, init) = (fget("SCALE", 1.0) as f32, fget("INIT", 1.0));
         for h in &mut samples {
-            if center {
-                centre(&mut h.keys, spec.dim);
-            }
             h.queries
                 .iter_mut()
                 .chain(h.keys.iter_mut())
@@ -480,8 +487,8 @@ mod sweep {
             t.elapsed(),
             losses[0],
             losses[losses.len() - 1],
-            host_recall(&wl, &w0, rbit, k, sr),
-            host_recall(&wl, &trained, rbit, k, sr),
+            host_recall(&wl, &w0, rbit, k, sr, center),
+            host_recall(&wl, &trained, rbit, k, sr, center),
         );
     }
 }

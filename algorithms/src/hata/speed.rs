@@ -68,6 +68,7 @@ pub fn measure(
         sink: 16,
         recent: 64,
         use_norms: true,
+        center_keys: true,
         dense: false,
     };
     let mut rng = Rng::new(seed);

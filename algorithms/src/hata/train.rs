@@ -830,9 +830,34 @@ mod tests {
         let k: Vec<f32> = (0..2 * 2 * 40 * 8).map(|_| rng.normal() as f32).collect();
         let opts = SampleOptions {
             max_samples_per_head: 0,
+            center_keys: false,
             ..SampleOptions::default()
         };
         let heads = samples_from_capture(&q, &k, &shape, &opts).unwrap();
+        // centred keys: each sequence's keys of a head have mean 0, the labels are the same
+        let centred = samples_from_capture(
+            &q,
+            &k,
+            &shape,
+            &SampleOptions {
+                center_keys: true,
+                ..opts
+            },
+        )
+        .unwrap();
+        for (raw, c) in heads.iter().zip(&centred) {
+            assert_eq!(
+                (&raw.label, &raw.key, &raw.query),
+                (&c.label, &c.key, &c.query)
+            );
+            for seq_keys in c.keys.chunks(40 * 8) {
+                for ch in 0..8 {
+                    let mean: f64 =
+                        (0..40).map(|t| seq_keys[t * 8 + ch] as f64).sum::<f64>() / 40.0;
+                    assert!(mean.abs() < 1e-6, "channel {ch} mean {mean}");
+                }
+            }
+        }
         assert_eq!(heads.len(), 2);
         for (hk, s) in heads.iter().enumerate() {
             assert_eq!(s.n_queries(), 4);
@@ -958,8 +983,17 @@ mod recall {
     fn recall_of(spec: PlantedCapture, rbit: usize, epochs: u32) -> (f64, f64, f64) {
         let (dim, seq) = (spec.dim, spec.seq);
         let (q, k) = spec.generate(1);
-        let samples =
-            samples_from_capture(&q, &k, &spec.shape(), &SampleOptions::default()).unwrap();
+        let samples = samples_from_capture(
+            &q,
+            &k,
+            &spec.shape(),
+            &SampleOptions {
+                // recall_at ranks the raw keys
+                center_keys: false,
+                ..SampleOptions::default()
+            },
+        )
+        .unwrap();
         let options = TrainOptions::new(rbit as u32, epochs, 3);
         let w0 = random_weights(1, dim, rbit, 3);
         let wide: Vec<f64> = w0.iter().map(|&v| v as f64).collect();

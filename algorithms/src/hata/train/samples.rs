@@ -148,6 +148,10 @@ pub struct SampleOptions {
     pub max_samples_per_head: usize,
     /// Seed of the query positions and of the subsampling.
     pub seed: u64,
+    /// Store each sequence's keys centred on their mean (per KV head), as a `HataLayer` with
+    /// `center_keys` hashes them; the labels do not change (a query's ranking of its prefix
+    /// is the same for `k` and `k − μ`). Default true.
+    pub center_keys: bool,
 }
 
 impl Default for SampleOptions {
@@ -157,6 +161,7 @@ impl Default for SampleOptions {
             max_label: 20.0,
             max_samples_per_head: 1 << 16,
             seed: 0,
+            center_keys: true,
         }
     }
 }
@@ -278,6 +283,11 @@ pub fn samples_from_capture(
                     s.key.push((key0 + j) as u32);
                     s.label.push(l);
                 }
+            }
+        }
+        if options.center_keys {
+            for keys in s.keys.chunks_mut(seq * dim) {
+                center_rows(keys, dim);
             }
         }
         let cap = options.max_samples_per_head;
@@ -407,5 +417,24 @@ impl PlantedCapture {
             }
         }
         (q, k)
+    }
+}
+
+/// Subtracts the mean row from every row of `rows` (`[n, dim]`, row-major), in f64.
+pub fn center_rows(rows: &mut [f32], dim: usize) {
+    let n = rows.len() / dim;
+    if n == 0 {
+        return;
+    }
+    let mut mean = vec![0.0f64; dim];
+    for r in rows.chunks_exact(dim) {
+        for (m, &x) in mean.iter_mut().zip(r) {
+            *m += x as f64;
+        }
+    }
+    for r in rows.chunks_exact_mut(dim) {
+        for (x, m) in r.iter_mut().zip(&mean) {
+            *x = (*x as f64 - m / n as f64) as f32;
+        }
     }
 }
