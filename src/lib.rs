@@ -22,6 +22,8 @@ pub mod corpus;
 #[cfg(feature = "cli")]
 pub mod demo;
 #[cfg(feature = "cli")]
+pub mod fidelity_cli;
+#[cfg(feature = "cli")]
 pub mod hata_cli;
 #[cfg(feature = "cli")]
 pub mod roofline;

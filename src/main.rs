@@ -108,6 +108,8 @@ enum Command {
         #[command(subcommand)]
         command: kiln::hata_cli::HataCommand,
     },
+    /// Fidelity of the sparse pipelines (HATA, Chelsea) on captured Q/K/V (a safetensors file).
+    Fidelity(kiln::fidelity_cli::FidelityArgs),
     /// The main job: run Kiln end to end on this machine and print what it did.
     Demo {
         /// Target architecture when no GPU is present.
@@ -129,6 +131,7 @@ fn main() {
         Command::Check { arches } => kiln::cli::check(&arches),
         Command::Demo { arch } => kiln::demo::run(&arch),
         Command::Hata { command } => kiln::hata_cli::run(&command),
+        Command::Fidelity(args) => kiln::fidelity_cli::run(&args),
         Command::Roofline => kiln::runtime::Device::from_env()
             .and_then(|d| kiln::roofline::measure(&d))
             .map(|r| {

@@ -13,12 +13,13 @@ use kiln::{Device, DeviceBuffer};
 use super::decoder::{Budget, HataConfig, HataError, HataLayer};
 use super::peers::{quest_select, HeadInputs, Loki, QUEST_PAGE};
 use super::reference::{encode, recall, score, top_k};
+use super::train::capture_file::HashWeights;
 use super::train::{
     random_weights, reference, samples_from_capture, train, CaptureShape, HeadSamples,
     SampleOptions, TrainError, TrainOptions,
 };
 use crate::attention::reference as attention;
-use crate::workload::{generate, Shape, Workload, WorkloadSpec};
+use crate::workload::{generate, Rng, Shape, Workload, WorkloadSpec};
 
 /// Training samples from *held-out* sequences of the same workload model: `spec` with
 /// `sequences` more sequences in the batch (same per-head channel roles, different tokens),
@@ -415,6 +416,14 @@ pub fn verdict(rows: &[FidelityRow]) -> String {
     let by_error = |x: &FidelityRow, y: &FidelityRow| x.output_error < y.output_error;
     let n = budgets.len();
     let trained = "hata (trained W)";
+    if !rows.iter().any(|r| r.selector == trained) {
+        return format!(
+            "verdict: no trained weights; HATA (random W) has a lower output error than recency at {}/{n} budgets, Quest at {}/{n}, Loki at {}/{n}",
+            count(&by_error, "hata (random W)", "recency"),
+            count(&by_error, "hata (random W)", "quest"),
+            count(&by_error, "hata (random W)", "loki"),
+        );
+    }
     format!(
         "verdict: trained W beats random W on recall at {}/{n} budgets; HATA (trained W) has a lower output error than recency at {}/{n}, Quest at {}/{n}, Loki at {}/{n}",
         count(&by_recall, trained, "hata (random W)"),
@@ -422,6 +431,65 @@ pub fn verdict(rows: &[FidelityRow]) -> String {
         count(&by_error, trained, "quest"),
         count(&by_error, trained, "loki"),
     )
+}
+
+/// The fidelity report on a captured (or loaded) workload `wl`, as `kiln fidelity --data`
+/// prints it: HATA with random Gaussian weights and, when given, trained ones (keys centred as
+/// they were trained), beside the exact top-k, recency, Quest and Loki, at the budgets 64 /
+/// 512 / 2048 keys and 1.6% / 10% of the cache that lie between 40 keys (twice the 4 sink
+/// and 16 recent tokens always kept) and half the cache; the decode query is each sequence's
+/// last query row.
+pub fn report(
+    device: &Device,
+    wl: &Workload,
+    trained: Option<&HashWeights>,
+    rbit: u32,
+) -> Result<String, HataError> {
+    let sh = wl.shape;
+    let (s, hk, d) = (sh.seq, sh.kv_heads, sh.dim);
+    if let Some(t) = trained {
+        if t.shape != [hk, d, rbit as usize] {
+            return Err(HataError::Config(format!(
+                "the trained weights are {:?}; this capture with {rbit}-bit codes needs [{hk}, {d}, {rbit}]",
+                t.shape
+            )));
+        }
+    }
+    let center = trained.is_none_or(|t| t.center_keys);
+    let mut rng = Rng::new(3);
+    let random: Vec<f32> = (0..hk * d * rbit as usize).map(|_| rng.normal()).collect();
+    let mut sets = vec![("random W", &random[..])];
+    if let Some(t) = trained {
+        sets.push(("trained W", &t.w[..]));
+    }
+    // budgets of at most half the cache and at least twice the 4 + 16 forced tokens
+    let fits = |k: usize| k <= s / 2 && k >= 40;
+    let mut budgets: Vec<Budget> = [64u32, 512, 2048]
+        .into_iter()
+        .filter(|&k| fits(k as usize))
+        .map(Budget::Count)
+        .collect();
+    budgets.extend(
+        [0.016f32, 0.1]
+            .into_iter()
+            .filter(|&r| fits((r as f64 * s as f64).ceil() as usize))
+            .map(Budget::Ratio),
+    );
+    if budgets.is_empty() {
+        return Err(HataError::Config(format!(
+            "a cache of {s} tokens is too short for a sparse budget (at least 80 tokens)"
+        )));
+    }
+    let rows = evaluate(device, wl, &sets, rbit, &budgets, (4, 16), center)?;
+    Ok(format!(
+        "HATA on the {}: b{} h{}/{hk} s{s} d{d}, rbit {rbit}, keys {}\n{}{}\n",
+        device.name(),
+        sh.batch,
+        sh.heads,
+        if center { "centred" } else { "raw" },
+        table(&rows),
+        verdict(&rows)
+    ))
 }
 
 #[cfg(test)]

@@ -25,10 +25,12 @@ fn unusable(message: String) -> CaptureFileError {
     CaptureFileError::Unusable(message)
 }
 
-/// One tensor of the file as f32 with its shape; errors name the file and the tensor.
+/// One tensor of the file as f32 with its shape, which must have the dimensions `dims`
+/// (their names, for the message); errors name the file and the tensor.
 fn read_tensor(
     file: &SafeTensors,
     name: &str,
+    dims: &[&str],
     path: &Path,
 ) -> Result<(Vec<usize>, Vec<f32>), CaptureFileError> {
     let view = file.tensor(name).map_err(|_| {
@@ -45,10 +47,12 @@ fn read_tensor(
         ))
     })?;
     let shape = view.shape().to_vec();
-    if shape.len() != 4 {
+    if shape.len() != dims.len() {
         return Err(unusable(format!(
-            "{}: \"{name}\" has shape {shape:?}; it must have 4 dimensions [batch, heads, seq, dim]",
-            path.display()
+            "{}: \"{name}\" has shape {shape:?}; it must have {} dimensions [{}]",
+            path.display(),
+            dims.len(),
+            dims.join(", ")
         )));
     }
     let Some(values) = to_f32(view.dtype(), view.data()) else {
@@ -75,8 +79,9 @@ pub fn read_capture(path: &Path) -> Result<(CaptureShape, Vec<f32>, Vec<f32>), C
         .map_err(|e| unusable(format!("cannot read {}: {e}", path.display())))?;
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| unusable(format!("{}: not a safetensors file: {e}", path.display())))?;
-    let (qs, q) = read_tensor(&file, "q", path)?;
-    let (ks, k) = read_tensor(&file, "k", path)?;
+    const CAPTURE: [&str; 4] = ["batch", "heads", "seq", "dim"];
+    let (qs, q) = read_tensor(&file, "q", &CAPTURE, path)?;
+    let (ks, k) = read_tensor(&file, "k", &CAPTURE, path)?;
     let shape = CaptureShape {
         batch: qs[0],
         heads: qs[1],
@@ -107,6 +112,40 @@ pub fn read_capture(path: &Path) -> Result<(CaptureShape, Vec<f32>, Vec<f32>), C
         return wrong("more query rows than keys".into());
     }
     Ok((shape, q, k))
+}
+
+/// Trained hash weights as `kiln hata train` writes them: "w" `[kv_heads, dim, rbit]` (F32,
+/// F16 or BF16), and whether they were trained on centred keys (the file's
+/// `kiln.hata.center_keys`; true when absent, the training default).
+pub struct HashWeights {
+    /// `[kv_heads, dim, rbit]`, row-major.
+    pub w: Vec<f32>,
+    /// `[kv_heads, dim, rbit]`.
+    pub shape: [usize; 3],
+    /// Trained on keys centred on their sequence's mean.
+    pub center_keys: bool,
+}
+
+/// Reads the hash weights of `path` (see [`HashWeights`]).
+pub fn read_weights(path: &Path) -> Result<HashWeights, CaptureFileError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| unusable(format!("cannot read {}: {e}", path.display())))?;
+    let bad = |e: safetensors::SafeTensorError| {
+        unusable(format!("{}: not a safetensors file: {e}", path.display()))
+    };
+    let file = SafeTensors::deserialize(&bytes).map_err(bad)?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(bad)?;
+    let (shape, w) = read_tensor(&file, "w", &["kv_heads", "dim", "rbit"], path)?;
+    let center_keys = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("kiln.hata.center_keys"))
+        .is_none_or(|v| v != "false");
+    Ok(HashWeights {
+        w,
+        shape: [shape[0], shape[1], shape[2]],
+        center_keys,
+    })
 }
 
 /// Writes the trained "w" and the "loss" history (F32) with the run's settings in the

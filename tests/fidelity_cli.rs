@@ -1,0 +1,101 @@
+//! `kiln fidelity --data` on a capture written as a user would (safetensors q/k/v), with hash
+//! weights from `kiln hata train`: both reports print with their verdicts; a missing file or
+//! mismatched weights are errors with a message and exit code 2, never a panic.
+
+use std::process::Command;
+
+use kiln::algorithms::workload::{generate, WorkloadSpec};
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+#[test]
+fn fidelity_reports_both_pipelines_on_a_capture() {
+    let dir = std::env::temp_dir().join(format!("kiln-fidelity-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let capture = dir.join("capture.safetensors");
+    let spec = WorkloadSpec {
+        batch: 2,
+        heads: 8,
+        kv_heads: 2,
+        seq: 640,
+        queries: 320,
+        dim: 64,
+        seed: 11,
+        ..WorkloadSpec::default()
+    };
+    generate(&spec).unwrap().save(&capture).unwrap();
+    let weights = dir.join("w.safetensors");
+    let trained = kiln()
+        .args([
+            "hata",
+            "train",
+            "--emulate",
+            "--epochs",
+            "1",
+            "--max-samples",
+            "1024",
+        ])
+        .arg("--data")
+        .arg(&capture)
+        .arg("--out")
+        .arg(&weights)
+        .output()
+        .unwrap();
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    let out = kiln()
+        .args(["fidelity", "--emulate"])
+        .arg("--data")
+        .arg(&capture)
+        .arg("--weights")
+        .arg(&weights)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "hata (trained W)",
+        "hata (random W)",
+        "quest (pages of 16)",
+        "loki (r = 16)",
+        "keys centred",
+        "chelsea + log n",
+        "evenly spaced",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert_eq!(text.matches("verdict:").count(), 2, "{text}");
+    // weights for another shape: refused with the shapes named
+    let other = kiln()
+        .args(["fidelity", "--emulate", "--rbit", "256"])
+        .arg("--data")
+        .arg(&capture)
+        .arg("--weights")
+        .arg(&capture)
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("no tensor \"w\""),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    let missing = kiln()
+        .args(["fidelity", "--emulate", "--data"])
+        .arg(dir.join("absent.safetensors"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&missing.stderr).is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}
