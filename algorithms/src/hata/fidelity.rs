@@ -496,9 +496,44 @@ pub fn report(
 mod sweep {
     use super::*;
 
-    /// Recall on the host of random and trained hash weights on the demo workload, with the
-    /// training settings from the environment (`SEQS` held-out sequences, `EP` epochs, `RBIT`,
-    /// `SEED`, `SEQ`, `DIM`, `HEADS`, `KV`, `K` budget, `NORMS`):
+    /// Recall@`k` on the host of random Gaussian and trained weights (the float64 reference
+    /// trainer, `epochs` epochs on `sequences` held-out sequences) at `spec`'s decode step.
+    fn random_vs_trained(
+        spec: &WorkloadSpec,
+        (sequences, center): (usize, bool),
+        (rbit, epochs): (u32, u32),
+        k: usize,
+    ) -> (f64, f64) {
+        let wl = generate(spec).unwrap();
+        let seed = spec.seed;
+        let w0 = random_weights(spec.kv_heads, spec.dim, rbit as usize, seed);
+        let trained = train_held_out(None, spec, (sequences, center), rbit, epochs, seed).unwrap();
+        let at = |w: &[f32]| host_recall(&wl, w, rbit as usize, k, (4, 16), center);
+        (at(&w0), at(&trained))
+    }
+
+    /// The claim the fidelity report rests on, at a shape CI can afford (b1 h8/2 s2048 d128,
+    /// rbit 128, keys centred, 20 epochs on 4 held-out sequences, 64 keys): trained weights
+    /// find more of the exact top-k than the random weights they start from, on three seeds
+    /// (measured 0.367/0.430, 0.469/0.578, 0.477/0.555).
+    #[test]
+    fn trained_weights_beat_random_ones_on_centred_keys() {
+        for seed in 1..=3 {
+            let spec = WorkloadSpec {
+                seed,
+                ..WorkloadSpec::decode(1, 8, 2, 2048, 128)
+            };
+            let (random, trained) = random_vs_trained(&spec, (4, true), (128, 20), 64);
+            assert!(
+                trained > random + 0.03,
+                "seed {seed}: trained recall {trained:.3} vs random {random:.3}"
+            );
+        }
+    }
+
+    /// [`random_vs_trained`] with the settings from the environment (`SEQS` held-out
+    /// sequences, `CENTER` 0/1, `EP` epochs, `RBIT`, `SEED`, `SEQ`, `DIM`, `HEADS`, `KV`, `K`
+    /// keys, `OUT` outlier channels of the workload):
     /// `cargo test --release -p kiln-algorithms hata_recall_sweep -- --ignored --nocapture`.
     #[test]
     #[ignore]
@@ -509,7 +544,6 @@ mod sweep {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(d)
         };
-        let (rbit, epochs, seed) = (get("RBIT", 128), get("EP", 20) as u32, get("SEED", 5));
         let mut spec = WorkloadSpec::decode(
             1,
             get("HEADS", 8),
@@ -517,46 +551,19 @@ mod sweep {
             get("SEQ", 1024),
             get("DIM", 64),
         );
-        spec.seed = seed as u64;
+        spec.seed = get("SEED", 5) as u64;
         spec.outlier_channels = get("OUT", spec.outlier_channels);
-        let wl = generate(&spec).unwrap();
-        let center = get("CENTER", 0) == 1;
-        let mut samples = held_out_samples(&spec, get("SEQS", 1), center, seed as u64).unwrap();
-        let fget = |n: &str, d: f64| -> f64 {
-            std::env::var(n)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(d)
-        };
-        let (scale, init) = (fget("SCALE", 1.0) as f32, fget("INIT", 1.0));
-        for h in &mut samples {
-            h.queries
-                .iter_mut()
-                .chain(h.keys.iter_mut())
-                .for_each(|x| *x *= scale);
-        }
-        let w0 = random_weights(spec.kv_heads, spec.dim, rbit, seed as u64);
-        let wide: Vec<f64> = w0.iter().map(|&v| v as f64 * init).collect();
+        let (seqs, center) = (get("SEQS", 1), get("CENTER", 0) == 1);
+        let (rbit, epochs, k) = (get("RBIT", 128) as u32, get("EP", 20) as u32, get("K", 64));
         let t = std::time::Instant::now();
-        let (w, losses) = reference::train(
-            &samples,
-            &wide,
-            &TrainOptions::new(rbit as u32, epochs, seed as u64),
-        );
-        let trained: Vec<f32> = w.iter().map(|&v| v as f32).collect();
-        let k = get("K", 64);
-        let sr = (4, 16);
+        let (random, trained) = random_vs_trained(&spec, (seqs, center), (rbit, epochs), k);
         println!(
-            "CENTER {center} OUT {} SCALE {scale} INIT {init} SEQS {} EP {epochs} RBIT {rbit} seed {seed} {} samples/head, {} steps in {:.1?}, loss {:.3} -> {:.3}: recall@{k} random {:.3} trained {:.3}",
+            "CENTER {center} OUT {} SEQS {seqs} EP {epochs} RBIT {rbit} seed {} s{} d{} in {:.1?}: recall@{k} random {random:.3} trained {trained:.3}",
             spec.outlier_channels,
-            get("SEQS", 1),
-            samples[0].len(),
-            losses.len() / spec.kv_heads,
-            t.elapsed(),
-            losses[0],
-            losses[losses.len() - 1],
-            host_recall(&wl, &w0, rbit, k, sr, center),
-            host_recall(&wl, &trained, rbit, k, sr, center),
+            spec.seed,
+            spec.seq,
+            spec.dim,
+            t.elapsed()
         );
     }
 }
