@@ -23,6 +23,7 @@ extern crate kiln_runtime as kiln;
 pub mod attention;
 pub mod checks;
 pub mod chelsea;
+pub mod clo;
 pub mod common;
 pub mod gemm;
 pub mod hata;

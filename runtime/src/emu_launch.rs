@@ -22,6 +22,9 @@ pub fn launch(
         kernel: name.to_string(),
         reason,
     };
+    if crate::graph::capturing() {
+        crate::graph::note_args(args);
+    }
     let mut emu_args = Vec::with_capacity(args.len());
     for a in args.iter_mut() {
         emu_args.push(match a {
@@ -44,6 +47,10 @@ pub fn launch(
             KernelArg::Scalar(v) => EmuArg::Scalar(*v),
             KernelArg::Invalid(why) => return Err(reject(why.clone())),
         });
+    }
+    if crate::graph::capturing() {
+        crate::graph::record_emulated(program, cfg, opts, &mut emu_args);
+        return Ok(());
     }
     let report = emu::run(program, cfg, &mut emu_args, opts).map_err(|e| reject(e.to_string()))?;
     report

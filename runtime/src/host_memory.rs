@@ -31,7 +31,7 @@ pub struct PinnedBuffer<T: Element> {
     len: usize,
     mapped: bool,
     /// The last launch that used the buffer, which host access waits for.
-    last_use: Mutex<Option<CudaEvent>>,
+    last_use: Arc<Mutex<Option<CudaEvent>>>,
 }
 
 /// Pinned host memory that kernels read and write directly.
@@ -77,7 +77,7 @@ impl<T: Element> PinnedBuffer<T> {
             },
             len,
             mapped,
-            last_use: Mutex::new(None),
+            last_use: Arc::new(Mutex::new(None)),
         };
         if mapped {
             let mut device: sys::CUdeviceptr = 0;
@@ -99,7 +99,7 @@ impl<T: Element> PinnedBuffer<T> {
             storage: Storage::Emulated(vec![T::default(); len]),
             len,
             mapped,
-            last_use: Mutex::new(None),
+            last_use: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -116,8 +116,30 @@ impl<T: Element> PinnedBuffer<T> {
         }
     }
 
+    /// The address kernels use (device address when mapped on a GPU, else the host
+    /// address): what a captured [`crate::Graph`] remembers the buffer by.
+    pub fn address(&self) -> u64 {
+        match &self.storage {
+            Storage::Cuda { device, host, .. } => device.unwrap_or(*host as u64),
+            Storage::Emulated(v) => v.as_ptr() as u64,
+        }
+    }
+
+    /// The host address of the first element.
+    pub(crate) fn host_ptr(&self) -> *const T {
+        match &self.storage {
+            Storage::Cuda { host, .. } => *host,
+            Storage::Emulated(v) => v.as_ptr(),
+        }
+    }
+
+    /// Where work that uses the buffer leaves the event host access waits for.
+    pub(crate) fn last_use_slot(&self) -> &Arc<Mutex<Option<CudaEvent>>> {
+        &self.last_use
+    }
+
     /// Waits for the last kernel that used the buffer.
-    fn wait_for_kernels(&self) {
+    pub(crate) fn wait_for_kernels(&self) {
         let pending = self
             .last_use
             .lock()
@@ -135,7 +157,7 @@ fn device_arg<'a, T: Element>(
     device: Option<sys::CUdeviceptr>,
     ctx: &Arc<CudaContext>,
     len: usize,
-    last_use: &'a Mutex<Option<CudaEvent>>,
+    last_use: &'a Arc<Mutex<Option<CudaEvent>>>,
     writable: bool,
 ) -> KernelArg<'a> {
     match device {
@@ -182,6 +204,7 @@ impl<T: Element> std::ops::DerefMut for PinnedBuffer<T> {
 impl<T: Element> Drop for PinnedBuffer<T> {
     fn drop(&mut self) {
         self.wait_for_kernels();
+        crate::graph::released(self.address(), "pinned host buffer");
         if let Storage::Cuda { host, ctx, .. } = &self.storage {
             let _ = ctx.bind_to_thread();
             // SAFETY: `host` came from cuMemHostAlloc, no kernel uses it, and it is freed once.

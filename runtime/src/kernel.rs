@@ -312,6 +312,13 @@ impl Kernel {
                 .map_err(driver)?;
         }
         g.ctx.bind_to_thread().map_err(driver)?;
+        // inside a capture the graph orders its work (see `crate::graph`) and keeps track of
+        // its buffers; the joins and host-access events below would only be captured too
+        let capturing = crate::graph::capturing();
+        if capturing {
+            crate::graph::note_args(args);
+            other_streams.clear();
+        }
         for other in &other_streams {
             stream.join(other).map_err(driver)?;
         }
@@ -333,7 +340,7 @@ impl Kernel {
         for other in &other_streams {
             other.join(stream).map_err(driver)?;
         }
-        for a in args.iter() {
+        for a in args.iter().filter(|_| !capturing) {
             if let KernelArg::Slice {
                 mem:
                     SliceMem::Device {

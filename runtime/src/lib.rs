@@ -22,8 +22,10 @@ pub use nvrtc::{compile_ptx, nvrtc_version, CompileOptions, CompiledPtx};
 pub mod blas;
 pub mod cache;
 pub mod device;
+pub mod copy;
 pub mod emu;
 mod emu_launch;
+pub mod graph;
 pub mod host_memory;
 pub mod jit;
 pub mod kernel;
@@ -36,6 +38,7 @@ pub mod tune;
 
 pub use blas::{Blas, BlasError};
 pub use device::{Device, REQUIRE_GPU_ENV};
+pub use graph::Graph;
 pub use host_memory::{MappedBuffer, PinnedBuffer};
 pub use kernel::{Build, Kernel};
 pub use kiln_codegen;

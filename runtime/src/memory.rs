@@ -38,7 +38,22 @@ pub enum DeviceBuffer<T: Element> {
     Host(Vec<T>),
 }
 
+impl<T: Element> Drop for DeviceBuffer<T> {
+    fn drop(&mut self) {
+        crate::graph::released(self.address(), "device buffer");
+    }
+}
+
 impl<T: Element> DeviceBuffer<T> {
+    /// The address of the first element (device address on a GPU, host address on the
+    /// emulator): what a captured [`crate::Graph`] remembers the buffer by.
+    pub fn address(&self) -> u64 {
+        match self {
+            DeviceBuffer::Cuda(s) => s.device_ptr(s.stream()).0,
+            DeviceBuffer::Host(v) => v.as_ptr() as u64,
+        }
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         match self {
@@ -78,7 +93,7 @@ pub enum SliceMem<'a> {
         /// launch on another stream waits for it and makes it wait for the launch.
         stream: Option<Arc<CudaStream>>,
         /// For host memory: where the launch leaves an event that host access waits for.
-        last_use: Option<&'a Mutex<Option<CudaEvent>>>,
+        last_use: Option<&'a Arc<Mutex<Option<CudaEvent>>>>,
     },
     /// Read-only host memory (emulator).
     Host(&'a [u8]),

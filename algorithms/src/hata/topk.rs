@@ -37,7 +37,7 @@
 //! largest's 12-bit bucket and above (a few percent of a row for spread-out scores; up to the
 //! whole row when most scores tie, which stays correct, only slower).
 
-use kiln::{Device, DeviceBuffer, Kernel, LaunchConfig, RuntimeError};
+use kiln::{Device, DeviceBuffer, Kernel, LaunchConfig, RuntimeError, Stream};
 use kiln_dsl::{device, kernel};
 
 use crate::common::warp_sum_u32;
@@ -668,6 +668,23 @@ impl TopK {
         idx: &mut DeviceBuffer<u32>,
         scratch: &mut TopKScratch,
     ) -> Result<(), TopKError> {
+        let stream = self.hist.device.default_stream();
+        self.run_on(&stream, scores, rows, n, k, idx, scratch)
+    }
+
+    /// [`TopK::run`] on `stream` (e.g. a second stream that selects the next layer's keys
+    /// while this layer attends). `scratch` must not be shared with work on other streams.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_on(
+        &self,
+        stream: &Stream,
+        scores: &DeviceBuffer<f32>,
+        rows: u32,
+        n: u32,
+        k: u32,
+        idx: &mut DeviceBuffer<u32>,
+        scratch: &mut TopKScratch,
+    ) -> Result<(), TopKError> {
         let bad = |m: String| Err(TopKError::Shape(m));
         if rows == 0 || rows > 65_535 {
             return bad(format!("{rows} rows (1 ..= 65535)"));
@@ -714,8 +731,9 @@ impl TopK {
             block: (THREADS, 1, 1),
             dyn_shared_bytes: 0,
         };
-        topk_hist::launch(
+        topk_hist::launch_on(
             &self.hist,
+            stream,
             &cfg,
             scores,
             &mut s.hist,
@@ -724,8 +742,9 @@ impl TopK {
             k,
             chunk,
         )?;
-        topk_filter::launch(
+        topk_filter::launch_on(
             &self.filter,
+            stream,
             &cfg,
             scores,
             &mut s.hist,
@@ -736,8 +755,9 @@ impl TopK {
             n,
             chunk,
         )?;
-        topk_refine::launch(
+        topk_refine::launch_on(
             &self.refine,
+            stream,
             &cfg,
             &s.cand_key,
             &mut s.counts,
@@ -745,8 +765,9 @@ impl TopK {
             &mut s.state,
             chunk,
         )?;
-        topk_write::launch(
+        topk_write::launch_on(
             &self.write,
+            stream,
             &cfg,
             &s.cand_idx,
             &s.cand_key,
