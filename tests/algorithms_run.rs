@@ -5,7 +5,7 @@
 mod common;
 
 use kiln::algorithms::verify::VerifyError;
-use kiln::algorithms::{attention, chelsea, gemm, hata};
+use kiln::algorithms::{attention, chelsea, clo, gemm, hata};
 use kiln::runtime::Device;
 
 fn check(name: &str, f: fn(&Device) -> Result<(), VerifyError>) {
@@ -64,4 +64,9 @@ fn hash_train_matches_reference() {
 #[test]
 fn chelsea_matches_reference() {
     check("chelsea", chelsea::checks::chelsea_matches_reference);
+}
+
+#[test]
+fn clo_matches_reference() {
+    check("clo", clo::checks::clo_matches_reference);
 }

@@ -4,7 +4,7 @@
 //! (`tests/algorithms_run.rs`) and `kiln demo` run them from this list.
 
 use crate::verify::Check;
-use crate::{attention, chelsea, gemm, hata};
+use crate::{attention, chelsea, clo, gemm, hata};
 
 /// Every algorithm check, by name.
 pub const CHECKS: &[(&str, Check)] = &[
@@ -26,6 +26,10 @@ pub const CHECKS: &[(&str, Check)] = &[
         hata::checks::hata_kernels_match_reference,
     ),
     ("hata decoder", hata::checks::hata_decoder_matches_reference),
+    (
+        "clo_hit + clo_plan + clo_gather + clo_append + clo_mask + clo_advance (CloModel)",
+        clo::checks::clo_matches_reference,
+    ),
     (
         "topk_hist + topk_filter + topk_refine + topk_write",
         hata::topk::checks::topk_matches_reference,

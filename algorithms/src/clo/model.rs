@@ -570,6 +570,13 @@ impl<T: Element + Float> CloModel<T> {
         Ok((&layer.slot_ids, &layer.k_slot, &layer.v_slot))
     }
 
+    /// Layer `l`'s last selection (`[batch, kv_heads, budget]`, ascending per row; fresh
+    /// only for the rows that missed) and its miss flags (`[batch, kv_heads]`, 0 or 1).
+    pub fn selection(&self, l: usize) -> Result<(&DeviceBuffer<u32>, &DeviceBuffer<u32>), CloError> {
+        let layer = self.layer(l)?;
+        Ok((&layer.ids, &layer.miss))
+    }
+
     /// Misses since the prefill, per layer and (batch, KV head) (copies back and waits).
     pub fn misses(&self) -> Result<Vec<Vec<u32>>, CloError> {
         self.layers
