@@ -29,7 +29,15 @@ fn a_captured_step_replays_with_its_counter_in_device_memory() {
         .capture(|s| {
             // fork: y += 1·x on the side stream, the counter on the main stream, then join
             side.wait(&s.record()?)?;
-            basics::saxpy::launch_on(&saxpy, &side, &LaunchConfig::linear(64, 256), 1.0f32, &dx, &mut y, n as u32)?;
+            basics::saxpy::launch_on(
+                &saxpy,
+                &side,
+                &LaunchConfig::linear(64, 256),
+                1.0f32,
+                &dx,
+                &mut y,
+                n as u32,
+            )?;
             clo_advance::launch_on(&advance, s, &one, &mut counter)?;
             s.wait(&side.record()?)
         })
@@ -86,7 +94,8 @@ fn async_copies_move_ranges_and_refuse_bad_ones() {
     let mut e = dev.upload(&vec![0u32; n]).unwrap();
     let side = dev.new_stream().unwrap();
     side.copy_htod_async(&host, 100, &mut d, 10, 500).unwrap();
-    side.copy_htod_rows(&host, &mut d, &[(0, 1000), (2000, 3000)], 16).unwrap();
+    side.copy_htod_rows(&host, &mut d, &[(0, 1000), (2000, 3000)], 16)
+        .unwrap();
     side.copy_dtod_async(&d, 10, &mut e, 0, 500).unwrap();
     let mut back = dev.pinned::<u32>(n).unwrap();
     side.copy_dtoh_async(&e, 0, &mut back, 1, 500).unwrap();
@@ -97,5 +106,7 @@ fn async_copies_move_ranges_and_refuse_bad_ones() {
     assert_eq!(&got[3000..3016], &data[2000..2016]);
     assert!(side.copy_htod_async(&host, n - 10, &mut d, 0, 11).is_err());
     assert!(side.copy_dtod_async(&d, 0, &mut e, n - 1, 2).is_err());
-    assert!(side.copy_htod_rows(&host, &mut d, &[(0, 0), (0, n)], 1).is_err());
+    assert!(side
+        .copy_htod_rows(&host, &mut d, &[(0, 0), (0, n)], 1)
+        .is_err());
 }

@@ -15,7 +15,12 @@ use crate::memory::{DeviceBuffer, Element};
 use crate::stream::Stream;
 
 /// The element range `[at, at + len)` of a buffer of `have` elements, or why not.
-fn range(what: &'static str, at: usize, len: usize, have: usize) -> Result<Range<usize>, RuntimeError> {
+fn range(
+    what: &'static str,
+    at: usize,
+    len: usize,
+    have: usize,
+) -> Result<Range<usize>, RuntimeError> {
     match at.checked_add(len) {
         Some(end) if end <= have => Ok(at..end),
         _ => Err(RuntimeError::InvalidInput {
@@ -42,7 +47,10 @@ fn no_emulated_capture() -> RuntimeError {
 /// The device address of element `at` of a device buffer, with the stream it lives on.
 fn device_at<T: Element>(buf: &DeviceBuffer<T>, at: usize) -> Option<(u64, Arc<CudaStream>)> {
     let s = buf.as_cuda_slice()?;
-    Some((buf.address() + (at * std::mem::size_of::<T>()) as u64, s.stream().clone()))
+    Some((
+        buf.address() + (at * std::mem::size_of::<T>()) as u64,
+        s.stream().clone(),
+    ))
 }
 
 impl Stream {
@@ -75,7 +83,10 @@ impl Stream {
     fn mark_host_use<T: Element>(&self, host: &PinnedBuffer<T>) -> Result<(), RuntimeError> {
         if let (Some(s), false) = (self.cuda(), crate::graph::capturing()) {
             let event = s.record_event(None).map_err(driver)?;
-            *host.last_use_slot().lock().unwrap_or_else(|p| p.into_inner()) = Some(event);
+            *host
+                .last_use_slot()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(event);
         }
         Ok(())
     }
@@ -211,8 +222,10 @@ impl Stream {
                 let bytes = len * std::mem::size_of::<T>();
                 self.ordered(&[&sh, &dh], |s| {
                     // SAFETY: both ranges lie inside their buffers (checked above).
-                    unsafe { cudarc::driver::result::memcpy_dtod_async(dp, sp, bytes, s.cu_stream()) }
-                        .map_err(driver)
+                    unsafe {
+                        cudarc::driver::result::memcpy_dtod_async(dp, sp, bytes, s.cu_stream())
+                    }
+                    .map_err(driver)
                 })
             }
             _ => Err(not_here()),

@@ -60,7 +60,11 @@ struct EmuLaunch {
 
 /// An emulator argument by address, valid while the graph's guard says its buffer lives.
 enum RawArg {
-    Slice { ptr: *mut u8, len: usize, writable: bool },
+    Slice {
+        ptr: *mut u8,
+        len: usize,
+        writable: bool,
+    },
     Scalar(ScalarValue),
 }
 
@@ -231,9 +235,7 @@ impl Stream {
             None => Ok(None),
         };
         result?;
-        let rec = RECORDER
-            .with(|r| r.borrow_mut().take())
-            .unwrap_or_default();
+        let rec = RECORDER.with(|r| r.borrow_mut().take()).unwrap_or_default();
         let body = match graph? {
             Some(g) => Body::Cuda(g),
             None if cuda.is_some() => {
@@ -298,12 +300,18 @@ impl Graph {
                         .args
                         .iter()
                         .map(|a| match *a {
-                            RawArg::Slice { ptr, len, writable: false } => {
-                                EmuArg::Slice(unsafe { std::slice::from_raw_parts(ptr, len) })
-                            }
-                            RawArg::Slice { ptr, len, writable: true } => EmuArg::SliceMut(
-                                unsafe { std::slice::from_raw_parts_mut(ptr, len) },
-                            ),
+                            RawArg::Slice {
+                                ptr,
+                                len,
+                                writable: false,
+                            } => EmuArg::Slice(unsafe { std::slice::from_raw_parts(ptr, len) }),
+                            RawArg::Slice {
+                                ptr,
+                                len,
+                                writable: true,
+                            } => EmuArg::SliceMut(unsafe {
+                                std::slice::from_raw_parts_mut(ptr, len)
+                            }),
                             RawArg::Scalar(v) => EmuArg::Scalar(v),
                         })
                         .collect();

@@ -21,8 +21,8 @@ pub use nvrtc::{compile_ptx, nvrtc_version, CompileOptions, CompiledPtx};
 
 pub mod blas;
 pub mod cache;
-pub mod device;
 pub mod copy;
+pub mod device;
 pub mod emu;
 mod emu_launch;
 pub mod graph;

@@ -23,6 +23,8 @@ pub struct Stream {
 /// A point in a stream's work that other streams can wait for.
 pub struct Event {
     inner: Option<CudaEvent>,
+    /// When it was recorded, for timed events on the emulator.
+    at: Option<std::time::Instant>,
 }
 
 impl Device {
@@ -62,9 +64,37 @@ impl Stream {
                     .new_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
                     .map_err(driver)?;
                 e.record(s).map_err(driver)?;
-                Ok(Event { inner: Some(e) })
+                Ok(Event {
+                    inner: Some(e),
+                    at: None,
+                })
             }
-            None => Ok(Event { inner: None }),
+            None => Ok(Event {
+                inner: None,
+                at: Some(std::time::Instant::now()),
+            }),
+        }
+    }
+
+    /// Marks the current end of this stream's work with an event that can be timed against
+    /// another ([`Event::elapsed_ms`]); on the emulator the host clock stands in.
+    pub fn record_timed(&self) -> Result<Event, RuntimeError> {
+        match &self.inner {
+            Some(s) => {
+                let e = s
+                    .context()
+                    .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                    .map_err(driver)?;
+                e.record(s).map_err(driver)?;
+                Ok(Event {
+                    inner: Some(e),
+                    at: None,
+                })
+            }
+            None => Ok(Event {
+                inner: None,
+                at: Some(std::time::Instant::now()),
+            }),
         }
     }
 
@@ -89,6 +119,22 @@ impl Event {
     /// Whether the work before the event has finished (never blocks).
     pub fn is_done(&self) -> bool {
         self.inner.as_ref().is_none_or(|e| e.is_complete())
+    }
+
+    /// Milliseconds from this event to `later` (both from [`Stream::record_timed`]); waits
+    /// for `later`.
+    pub fn elapsed_ms(&self, later: &Event) -> Result<f64, RuntimeError> {
+        match (&self.inner, &later.inner, self.at, later.at) {
+            (Some(a), Some(b), _, _) => {
+                b.synchronize().map_err(driver)?;
+                a.elapsed_ms(b).map(|ms| ms as f64).map_err(driver)
+            }
+            (None, None, Some(a), Some(b)) => Ok(b.duration_since(a).as_secs_f64() * 1e3),
+            _ => Err(RuntimeError::InvalidInput {
+                what: "event",
+                reason: "time events of one device, both from `record_timed`".into(),
+            }),
+        }
     }
 
     /// Blocks the host until the event has happened.

@@ -102,7 +102,11 @@ fn clo_case<T: Real + Float>(
         })
         .collect();
     let kv_refs: Vec<(&[T], &[T])> = kv.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-    let transfers = [Transfer::ZeroCopy, Transfer::HostGather, Transfer::RowCopies];
+    let transfers = [
+        Transfer::ZeroCopy,
+        Transfer::HostGather,
+        Transfer::RowCopies,
+    ];
     let mut models = Vec::new();
     for _ in transfers {
         let mut m = CloModel::<T>::new(dev, cfg, &params).map_err(mismatch)?;
@@ -138,7 +142,11 @@ fn clo_case<T: Real + Float>(
                 drift(head, rho, &mut rng);
             }
             let q_t = round(q.iter().map(|&x| x as f32).collect());
-            inputs.push((q_t, round(rng.f32s(b * hk * d)), round(rng.f32s(b * hk * d))));
+            inputs.push((
+                q_t,
+                round(rng.f32s(b * hk * d)),
+                round(rng.f32s(b * hk * d)),
+            ));
         }
         for m in models.iter_mut() {
             for (l, (q, k_new, v_new)) in inputs.iter().enumerate() {
@@ -188,13 +196,8 @@ fn clo_case<T: Real + Float>(
                     labels[l][heads.clone()].copy_from_slice(&qw[heads.clone()]);
                     misses += 1;
                     let mine = &got_ids[row * budget..][..budget];
-                    let want = reference_selection(
-                        &cfg,
-                        &keys,
-                        &w[l],
-                        &qw[heads],
-                        (bb, kh, len + 1),
-                    );
+                    let want =
+                        reference_selection(&cfg, &keys, &w[l], &qw[heads], (bb, kh, len + 1));
                     let recall = hata_reference::recall(mine, &want);
                     ensure!(
                         recall >= 0.9,
@@ -216,7 +219,10 @@ fn clo_case<T: Real + Float>(
                 );
                 let slot_count = cfg.slots() as usize;
                 let ring = (len + 1 - recent..=len).map(|p| (budget + p % recent, p));
-                let held = slots[l][row].iter().enumerate().map(|(p, &t)| (p, t as usize));
+                let held = slots[l][row]
+                    .iter()
+                    .enumerate()
+                    .map(|(p, &t)| (p, t as usize));
                 for (p, tok) in held.chain(ring) {
                     let at = ((bb * slot_count + p) * hk + kh) * d;
                     let src = ((bb * cap + tok) * hk + kh) * d;
@@ -243,7 +249,10 @@ fn clo_case<T: Real + Float>(
             );
             let got_o = dev.download(out)?;
             let got_lse: Vec<f64> = dev.download(lse)?.iter().map(|&x| x as f64).collect();
-            let (eo, el) = (rel_err(&wide(&got_o), &want_o), rel_err(&got_lse, &want_lse));
+            let (eo, el) = (
+                rel_err(&wide(&got_o), &want_o),
+                rel_err(&got_lse, &want_lse),
+            );
             ensure!(
                 eo < 1e-2 && el < 1e-5,
                 "step {step}, layer {l}: relative error O {eo:.2e}, LSE {el:.2e}"

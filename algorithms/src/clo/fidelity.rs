@@ -103,7 +103,11 @@ pub fn trajectory(spec: &WorkloadSpec, steps: usize, rho: f64) -> Result<Traject
                 drift_towards(&mut q[bh * s.dim..][..s.dim], &fresh, rho);
             }
         }
-        queries.push(q.iter().map(|&x| half::bf16::from_f64(x).to_f64()).collect());
+        queries.push(
+            q.iter()
+                .map(|&x| half::bf16::from_f64(x).to_f64())
+                .collect(),
+        );
     }
     Ok(Trajectory {
         workload,
@@ -156,13 +160,21 @@ pub fn importance(cfg: &CloConfig, tr: &Trajectory, prefill: usize) -> Vec<f32> 
             let logits: Vec<f64> = (0..prefill)
                 .map(|j| {
                     let key = &tr.keys[(j * hk + kh) * d..][..d];
-                    scale * q[h * d..][..d].iter().zip(key).map(|(a, c)| a * c).sum::<f64>()
+                    scale
+                        * q[h * d..][..d]
+                            .iter()
+                            .zip(key)
+                            .map(|(a, c)| a * c)
+                            .sum::<f64>()
                 })
                 .collect();
             let top = hata_reference::top_k(&logits, cfg.budget as usize);
             let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let total: f64 = logits.iter().map(|l| (l - m).exp()).sum();
-            top.iter().map(|&j| (logits[j as usize] - m).exp()).sum::<f64>() / total
+            top.iter()
+                .map(|&j| (logits[j as usize] - m).exp())
+                .sum::<f64>()
+                / total
         })
         .collect();
     let most = mass.iter().cloned().fold(0.0, f64::max).max(1e-12);
@@ -192,10 +204,8 @@ pub fn evaluate<T: Real + Float>(
     for (t, q) in tr.queries.iter().enumerate() {
         let valid = prefill + t + 1;
         let run = |ids: Option<&[u32]>, n: usize| {
-            attention_reference::decode(
-                1, h, hk, s.seq, d, q, &tr.keys, &tr.values, ids, n, scale,
-            )
-            .0
+            attention_reference::decode(1, h, hk, s.seq, d, q, &tr.keys, &tr.values, ids, n, scale)
+                .0
         };
         let ids = exact_ids(&cfg, tr, q, valid);
         wants.push((run(None, valid), run(Some(&ids), cfg.slots() as usize)));
@@ -215,7 +225,10 @@ pub fn evaluate<T: Real + Float>(
         }];
         let err = |e: super::model::CloError| e.to_string();
         let mut model = CloModel::<T>::new(device, c, &params).map_err(err)?;
-        let (k, v) = (narrow(&tr.keys[..prefill * row]), narrow(&tr.values[..prefill * row]));
+        let (k, v) = (
+            narrow(&tr.keys[..prefill * row]),
+            narrow(&tr.values[..prefill * row]),
+        );
         model.prefill(&[(&k, &v)], prefill as u32).map_err(err)?;
         let (mut e_dense, mut e_topk) = (0.0, 0.0);
         for (t, q) in tr.queries.iter().enumerate() {
@@ -223,8 +236,12 @@ pub fn evaluate<T: Real + Float>(
             let inputs = model.inputs_mut(0).map_err(err)?;
             let re = |e: kiln::RuntimeError| e.to_string();
             device.write(inputs.q, &narrow(q)).map_err(re)?;
-            device.write(inputs.k_new, &narrow(&tr.keys[at..at + row])).map_err(re)?;
-            device.write(inputs.v_new, &narrow(&tr.values[at..at + row])).map_err(re)?;
+            device
+                .write(inputs.k_new, &narrow(&tr.keys[at..at + row]))
+                .map_err(re)?;
+            device
+                .write(inputs.v_new, &narrow(&tr.values[at..at + row]))
+                .map_err(re)?;
             model.step(Transfer::ZeroCopy).map_err(err)?;
             let got: Vec<f64> = device
                 .download(model.output(0).map_err(err)?.0)

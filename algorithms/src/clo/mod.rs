@@ -43,3 +43,4 @@ pub mod fidelity;
 pub mod kernels;
 pub mod model;
 pub mod reference;
+pub mod speed;

@@ -16,9 +16,7 @@ use super::kernels::{
 };
 use crate::attention::decode::{DecodeError, DecodeScratch, DecodeShape, FlashDecode};
 use crate::common::check_kv_len;
-use crate::hata::encode::{
-    self, group_launch, hash_encode, hash_encode_group, VECTORS_PER_WARP,
-};
+use crate::hata::encode::{self, group_launch, hash_encode, hash_encode_group, VECTORS_PER_WARP};
 use crate::hata::score::{self, hash_score};
 use crate::hata::topk::{TopK, TopKError, TopKScratch};
 
@@ -149,6 +147,7 @@ struct Layer<T: Element> {
     codes: DeviceBuffer<u32>,
     norms: DeviceBuffer<f32>,
     tau: DeviceBuffer<f32>,
+    importance: Vec<f32>,
     labels: DeviceBuffer<f32>,
     miss: DeviceBuffer<u32>,
     misses: DeviceBuffer<u32>,
@@ -257,7 +256,11 @@ fn check_config(cfg: &CloConfig, params: &[LayerParams]) -> Result<(), String> {
         return Err(format!("η = {} (in [-1, 1]) and p = {} (≥ 0)", c.eta, c.p));
     }
     if params.len() != c.layers as usize {
-        return Err(format!("{} layer parameters for {} layers", params.len(), c.layers));
+        return Err(format!(
+            "{} layer parameters for {} layers",
+            params.len(),
+            c.layers
+        ));
     }
     let want = (c.kv_heads * c.dim * c.rbit) as usize;
     for (l, p) in params.iter().enumerate() {
@@ -344,6 +347,7 @@ impl<T: Element + Float> Layer<T> {
             codes: device.zeros(b * cap * hk * words)?,
             norms: device.zeros(b * cap * hk)?,
             tau: device.upload(&tau)?,
+            importance: p.importance.clone(),
             labels: device.zeros(b * h * d)?,
             miss: device.zeros(rows)?,
             misses: device.zeros(rows)?,
@@ -462,8 +466,13 @@ impl<T: Element + Float> CloModel<T> {
         let row = (c.kv_heads * c.dim) as usize;
         let want = c.batch as usize * len as usize * row;
         for (l, (k, v)) in kv.iter().enumerate() {
-            check_kv_len("prefill", (k.len(), v.len()), want, "[batch, len, kv_heads, dim]")
-                .map_err(CloError::Config)?;
+            check_kv_len(
+                "prefill",
+                (k.len(), v.len()),
+                want,
+                "[batch, len, kv_heads, dim]",
+            )
+            .map_err(CloError::Config)?;
             let (kh, vh) = self.host_kv_mut(l)?;
             for b in 0..c.batch as usize {
                 let (src, dst) = (b * len as usize * row, b * c.capacity as usize * row);
@@ -488,26 +497,11 @@ impl<T: Element + Float> CloModel<T> {
     }
 
     /// Takes the first `len` tokens of every layer's host cache as the prefill: hashes the
-    /// keys on the GPU (codes and norms), copies the last `recent` tokens into the ring,
-    /// empties the slots and labels and sets the length. Call after writing the caches
-    /// through [`CloModel::host_kv_mut`].
+    /// keys on the GPU (codes and norms), then [`CloModel::rewind`]s to `len`. Call after
+    /// writing the caches through [`CloModel::host_kv_mut`].
     pub fn prefill_in_place(&mut self, len: u32) -> Result<(), CloError> {
         self.check_prefill(len)?;
         let c = self.cfg;
-        let stream = self.device.default_stream();
-        let (cap, hk, d) = (c.capacity as usize, c.kv_heads as usize, c.dim as usize);
-        let rows = (c.batch * c.kv_heads) as usize;
-        let ring: Vec<(usize, usize)> = (0..c.batch as usize)
-            .flat_map(|b| {
-                (len - c.recent..len).map(move |pos| {
-                    let slot = (c.budget + pos % c.recent) as usize;
-                    (
-                        (b * cap + pos as usize) * hk * d,
-                        (b * c.slots() as usize + slot) * hk * d,
-                    )
-                })
-            })
-            .collect();
         for layer in &mut self.layers {
             let keys = self.device.upload(&layer.k_host[..])?;
             let n = c.batch * c.capacity * c.kv_heads;
@@ -526,17 +520,73 @@ impl<T: Element + Float> CloModel<T> {
                 0,
                 true,
             )?;
+        }
+        self.len = 0;
+        self.rewind(len)
+    }
+
+    /// Goes back to `len` cached tokens (at most the current length): the ring takes the
+    /// `recent` tokens before `len` again, the slots and labels empty, the miss counts and
+    /// the step count start over. Tokens past `len` are overwritten as decoding appends.
+    /// (A benchmark decodes the same stretch again with other settings this way.)
+    pub fn rewind(&mut self, len: u32) -> Result<(), CloError> {
+        self.check_prefill(len)?;
+        if self.len != 0 && len > self.len {
+            return Err(CloError::Config(format!(
+                "rewind to {len} tokens, but only {} are cached",
+                self.len
+            )));
+        }
+        let c = self.cfg;
+        let stream = self.device.default_stream();
+        let (cap, hk, d) = (c.capacity as usize, c.kv_heads as usize, c.dim as usize);
+        let rows = (c.batch * c.kv_heads) as usize;
+        let ring: Vec<(usize, usize)> = (0..c.batch as usize)
+            .flat_map(|b| {
+                (len - c.recent..len).map(move |pos| {
+                    let slot = (c.budget + pos % c.recent) as usize;
+                    (
+                        (b * cap + pos as usize) * hk * d,
+                        (b * c.slots() as usize + slot) * hk * d,
+                    )
+                })
+            })
+            .collect();
+        for layer in &mut self.layers {
             stream.copy_htod_rows(&layer.k_host, &mut layer.k_slot, &ring, hk * d)?;
             stream.copy_htod_rows(&layer.v_host, &mut layer.v_slot, &ring, hk * d)?;
             self.device
                 .write(&mut layer.slot_ids, &vec![EMPTY; rows * c.budget as usize])?;
-            self.device
-                .write(&mut layer.labels, &vec![0.0; (c.batch * c.heads) as usize * d])?;
+            self.device.write(
+                &mut layer.labels,
+                &vec![0.0; (c.batch * c.heads) as usize * d],
+            )?;
             self.device.write(&mut layer.misses, &vec![0; rows])?;
         }
         self.device.write(&mut self.scratch.len, &[len])?;
         self.len = len;
         self.steps = 0;
+        Ok(())
+    }
+
+    /// Changes `η` and `p` (every layer's thresholds, from the importances it was built
+    /// with); a captured step graph stays valid (it reads the thresholds from device memory).
+    pub fn set_thresholds(&mut self, eta: f64, p: f64) -> Result<(), CloError> {
+        if !(-1.0..=1.0).contains(&eta) || p < 0.0 {
+            return Err(CloError::Config(format!(
+                "η = {eta} (in [-1, 1]) and p = {p} (≥ 0)"
+            )));
+        }
+        self.cfg.eta = eta;
+        self.cfg.p = p;
+        for layer in &mut self.layers {
+            let tau: Vec<f32> = layer
+                .importance
+                .iter()
+                .map(|&s| threshold(eta, p, s as f64) as f32)
+                .collect();
+            self.device.write(&mut layer.tau, &tau)?;
+        }
         Ok(())
     }
 
@@ -572,7 +622,10 @@ impl<T: Element + Float> CloModel<T> {
 
     /// Layer `l`'s last selection (`[batch, kv_heads, budget]`, ascending per row; fresh
     /// only for the rows that missed) and its miss flags (`[batch, kv_heads]`, 0 or 1).
-    pub fn selection(&self, l: usize) -> Result<(&DeviceBuffer<u32>, &DeviceBuffer<u32>), CloError> {
+    pub fn selection(
+        &self,
+        l: usize,
+    ) -> Result<(&DeviceBuffer<u32>, &DeviceBuffer<u32>), CloError> {
         let layer = self.layer(l)?;
         Ok((&layer.ids, &layer.miss))
     }
@@ -588,7 +641,8 @@ impl<T: Element + Float> CloModel<T> {
     /// The fraction of (layer, batch, KV head, step) lookups that hit (copies back and waits).
     pub fn hit_rate(&self) -> Result<f64, CloError> {
         let misses: u64 = self.misses()?.iter().flatten().map(|&m| m as u64).sum();
-        let lookups = self.steps as u64 * (self.cfg.layers * self.cfg.batch * self.cfg.kv_heads) as u64;
+        let lookups =
+            self.steps as u64 * (self.cfg.layers * self.cfg.batch * self.cfg.kv_heads) as u64;
         Ok(if lookups == 0 {
             1.0
         } else {
@@ -615,9 +669,8 @@ impl<T: Element + Float> CloModel<T> {
                     graph.launch(&main)?;
                 } else {
                     self.enqueue_zero_copy(&main)?;
-                    let graph = main.capture(|s| {
-                        self.enqueue_zero_copy(s).map_err(RuntimeError::from)
-                    })?;
+                    let graph =
+                        main.capture(|s| self.enqueue_zero_copy(s).map_err(RuntimeError::from))?;
                     self.graph = Some(graph);
                 }
             }
@@ -735,7 +788,9 @@ impl<T: Element + Float> CloModel<T> {
             0,
             c.use_norms,
         )?;
-        let tail = (c.capacity - self.len + c.recent).div_ceil(THREADS).clamp(1, 256);
+        let tail = (c.capacity - self.len + c.recent)
+            .div_ceil(THREADS)
+            .clamp(1, 256);
         clo_mask::launch_on(
             &k.mask,
             s,
@@ -745,8 +800,15 @@ impl<T: Element + Float> CloModel<T> {
             c.capacity,
             c.recent,
         )?;
-        k.topk
-            .run_on(s, &sc.scores, rows, c.capacity, c.budget, &mut layer.ids, &mut sc.topk)?;
+        k.topk.run_on(
+            s,
+            &sc.scores,
+            rows,
+            c.capacity,
+            c.budget,
+            &mut layer.ids,
+            &mut sc.topk,
+        )?;
         clo_plan::launch_on(
             &k.plan,
             s,
