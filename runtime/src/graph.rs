@@ -104,7 +104,9 @@ pub(crate) fn note_args(args: &[KernelArg<'_>]) {
                         SliceMem::Device { ptr, last_use, .. } => {
                             rec.addresses.push(*ptr);
                             if let Some(slot) = last_use {
-                                rec.host_uses.push(Arc::clone(slot));
+                                if !rec.host_uses.iter().any(|u| Arc::ptr_eq(u, slot)) {
+                                    rec.host_uses.push(Arc::clone(slot));
+                                }
                             }
                         }
                         SliceMem::Host(b) => rec.addresses.push(b.as_ptr() as u64),
@@ -153,7 +155,7 @@ pub(crate) fn record_emulated(
             rec.emulated.push(EmuLaunch {
                 program: program.clone(),
                 cfg: *cfg,
-                opts: opts.clone(),
+                opts: *opts,
                 args: raw,
             });
         }

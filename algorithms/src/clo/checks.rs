@@ -174,9 +174,9 @@ fn clo_case<T: Real + Float>(
             let keys = wide(k_host);
             let (ids_buf, miss_buf) = m.selection(l).map_err(mismatch)?;
             let (got_ids, got_miss) = (dev.download(ids_buf)?, dev.download(miss_buf)?);
-            let (slot_buf, k_slot, v_slot) = m.slots(l).map_err(mismatch)?;
-            let got_slots = dev.download(slot_buf)?;
-            let (k_slot, v_slot) = (dev.download(k_slot)?, dev.download(v_slot)?);
+            let view = m.slots(l).map_err(mismatch)?;
+            let got_slots = dev.download(view.ids)?;
+            let (k_slot, v_slot) = (dev.download(view.k)?, dev.download(view.v)?);
             let qw = wide(q_t);
             for row in 0..b * hk {
                 let (bb, kh) = (row / hk, row % hk);

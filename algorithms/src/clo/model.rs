@@ -199,6 +199,17 @@ pub struct StepInputs<'a, T: Element> {
     pub v_new: &'a mut DeviceBuffer<T>,
 }
 
+/// One layer's slots on the GPU.
+pub struct SlotView<'a, T: Element> {
+    /// The token of each of a KV head's `budget` slots (`[batch, kv_heads, budget]`,
+    /// [`EMPTY`] for none).
+    pub ids: &'a DeviceBuffer<u32>,
+    /// The slots' keys `[batch, budget + recent, kv_heads, dim]` (the ring last).
+    pub k: &'a DeviceBuffer<T>,
+    /// The slots' values, as the keys.
+    pub v: &'a DeviceBuffer<T>,
+}
+
 /// A stack of CLO layers over element type `T` (bf16 or f16).
 pub struct CloModel<T: Element> {
     cfg: CloConfig,
@@ -609,15 +620,14 @@ impl<T: Element + Float> CloModel<T> {
         Ok((&layer.out, &layer.lse))
     }
 
-    /// Layer `l`'s slot contents: the token of each of a KV head's `budget` slots
-    /// (`[batch, kv_heads, budget]`, [`EMPTY`] for none), and the slots' keys and values
-    /// `[batch, budget + recent, kv_heads, dim]`.
-    pub fn slots(
-        &self,
-        l: usize,
-    ) -> Result<(&DeviceBuffer<u32>, &DeviceBuffer<T>, &DeviceBuffer<T>), CloError> {
+    /// Layer `l`'s slot contents (see [`SlotView`]).
+    pub fn slots(&self, l: usize) -> Result<SlotView<'_, T>, CloError> {
         let layer = self.layer(l)?;
-        Ok((&layer.slot_ids, &layer.k_slot, &layer.v_slot))
+        Ok(SlotView {
+            ids: &layer.slot_ids,
+            k: &layer.k_slot,
+            v: &layer.v_slot,
+        })
     }
 
     /// Layer `l`'s last selection (`[batch, kv_heads, budget]`, ascending per row; fresh
