@@ -11,22 +11,20 @@
 //!   device time, host CPU time and wall time per step, hit rate. (c) the whole cache on
 //!   the GPU: dense flash-decoding and a HATA step, one layer ×32.
 //! - hit rate and step time per η ∈ {0.8, 0.9, 0.95} and p ∈ {1, 2, 4} at S = 256K.
-//! - fidelity on the planted-structure workload (b1 h32/8 s32768 d128, 32 drifting decode
-//!   steps): hit rate, output error against dense attention and against the exact top-k.
+//! - fidelity on the planted-structure workload (`clo::fidelity::study`: b1 h32/8 s32768
+//!   d128, 48 drifting decode steps, budget 2048 + 64, trained HATA weights): hit rate and
+//!   output error against dense attention and against the exact top-k, per η and p.
 //!
 //! Writes `clo-<device>.json`. Run: `cargo bench --bench clo` (needs a GPU; a filter such as
 //! `s262144` keeps the matching rows).
 
 mod support;
 
-use half::bf16;
-use kiln::algorithms::clo::fidelity::{evaluate, table, trajectory, RHO};
-use kiln::algorithms::clo::model::{CloConfig, Transfer};
+use kiln::algorithms::clo::fidelity::{run_study, study, table, RHO};
+use kiln::algorithms::clo::model::Transfer;
 use kiln::algorithms::clo::speed::{
     gather_bandwidth, resident_speeds, speed_model, step_speeds, StepSpeed,
 };
-use kiln::algorithms::verify::Rng;
-use kiln::algorithms::workload::WorkloadSpec;
 use support::{gpu, report_with, selected, Roof, Row};
 
 const LAYERS_MODELLED: f64 = 32.0;
@@ -217,48 +215,25 @@ fn main() {
     }
     let mut fidelity = Vec::new();
     if selected("fidelity") {
-        let spec = WorkloadSpec::decode(1, 32, 8, 32768, 128);
-        match trajectory(&spec, 32, RHO) {
-            Ok(tr) => {
-                let cfg = CloConfig {
-                    layers: 1,
-                    batch: 1,
-                    heads: 32,
-                    kv_heads: 8,
-                    dim: 128,
-                    rbit: 128,
-                    capacity: 32768 + 16,
-                    budget: 1024,
-                    recent: 64,
-                    sink: 4,
-                    use_norms: true,
-                    eta: 0.9,
-                    p: 1.0,
-                };
-                let weights = Rng::new(41).f32s(8 * 128 * 128);
-                let mut settings = vec![(1.0, 0.0)];
-                for eta in [0.8, 0.9, 0.95] {
-                    for p in [1.0, 2.0, 4.0] {
-                        settings.push((eta, p));
-                    }
-                }
-                match evaluate::<bf16>(&dev, cfg, &tr, &weights, &settings) {
-                    Ok(r) => {
-                        println!(
-                            "fidelity, workload b1 h32/8 s32768 d128, budget 1024 + 64 recent, 32 steps, rho {RHO} (eta 1 p 0: every lookup misses):\n{}",
-                            table(&r)
-                        );
-                        fidelity.extend(r.iter().map(|x| {
-                            serde_json::json!({
-                                "eta": x.eta, "p": x.p, "hit_rate": x.hit_rate,
-                                "err_vs_dense": x.err_dense, "err_vs_exact_topk": x.err_topk,
-                            })
-                        }));
-                    }
-                    Err(e) => println!("fidelity: {e}"),
-                }
+        let st = study(true, true);
+        match run_study(&dev, &st) {
+            Ok((r, topk_vs_dense)) => {
+                println!(
+                    "fidelity, workload b1 h32/8 s32768 d128, budget {} + {} recent, {} steps, rho {RHO}, trained HATA weights (eta 1 p 0: every lookup misses; exact top-k is {topk_vs_dense:.4} from dense):\n{}",
+                    st.cfg.budget,
+                    st.cfg.recent,
+                    st.steps,
+                    table(&r)
+                );
+                fidelity.push(serde_json::json!({ "exact_topk_vs_dense": topk_vs_dense }));
+                fidelity.extend(r.iter().map(|x| {
+                    serde_json::json!({
+                        "eta": x.eta, "p": x.p, "hit_rate": x.hit_rate,
+                        "err_vs_dense": x.err_dense, "err_vs_exact_topk": x.err_topk,
+                    })
+                }));
             }
-            Err(e) => println!("workload: {e}"),
+            Err(e) => println!("fidelity: {e}"),
         }
     }
     report_with(

@@ -39,6 +39,7 @@
 //! - Importance `s_h` and the query drift of the fidelity runs: see [`fidelity`].
 
 pub mod checks;
+pub mod demo;
 pub mod fidelity;
 pub mod kernels;
 pub mod model;

@@ -11,8 +11,8 @@ use kiln::{
 };
 
 use super::kernels::{
-    clo_advance, clo_append, clo_gather, clo_hit, clo_mask, clo_plan, EMPTY, GATHER_WARPS,
-    MAX_BUDGET, PLAN_THREADS, THREADS,
+    clo_advance, clo_append, clo_gather, clo_hit, clo_mask, clo_plan, EMPTY, GATHER_ROWS,
+    GATHER_WARPS, MAX_BUDGET, PLAN_THREADS, THREADS,
 };
 use crate::attention::decode::{DecodeError, DecodeScratch, DecodeShape, FlashDecode};
 use crate::common::check_kv_len;
@@ -296,11 +296,13 @@ impl Kernels {
             gather: clo_gather::spec()
                 .t(dtype)
                 .d(c.dim)
+                .r(GATHER_ROWS)
                 .staged(false)
                 .build(device)?,
             gather_staged: clo_gather::spec()
                 .t(dtype)
                 .d(c.dim)
+                .r(GATHER_ROWS)
                 .staged(true)
                 .build(device)?,
             append: clo_append::spec()
@@ -838,7 +840,11 @@ impl<T: Element + Float> CloModel<T> {
     fn gather_launch(&self) -> LaunchConfig {
         let c = self.cfg;
         launch(
-            (c.budget.div_ceil(GATHER_WARPS), c.kv_heads, c.batch),
+            (
+                c.budget.div_ceil(GATHER_WARPS * GATHER_ROWS),
+                c.kv_heads,
+                c.batch,
+            ),
             GATHER_WARPS * 32,
         )
     }

@@ -3,8 +3,8 @@
 //! - [`gather_bandwidth`]: the zero-copy gather of scattered rows from mapped host memory
 //!   against one pinned host-to-device memcpy of the same bytes (the PCIe roofline), and
 //!   against the CPU gather into pinned staging plus that memcpy (baseline (a)'s transfer);
-//!   fetch lists rotate over distinct rows so that no timed run reads what another left in
-//!   L2.
+//!   the rows are random tokens, ascending per KV head (as a miss lists them), and the fetch
+//!   lists rotate over distinct rows so that no timed run reads what another left in L2.
 //! - [`step_speeds`]: decode steps of a [`CloModel`] with each [`Transfer`] over the same
 //!   query trajectory (the model rewinds between them, so every transfer sees the same hits
 //!   and selections): device time per step (events around the step), host CPU time of the
@@ -19,7 +19,7 @@ use kiln::{timing, Device, DeviceBuffer, LaunchConfig, RuntimeError};
 
 use crate::attention::decode::{DecodeScratch, DecodeShape, FlashDecode};
 use crate::clo::fidelity::drift;
-use crate::clo::kernels::{clo_gather, GATHER_WARPS};
+use crate::clo::kernels::{clo_gather, GATHER_ROWS, GATHER_WARPS};
 use crate::clo::model::{CloConfig, CloError, CloModel, LayerParams, Transfer};
 use crate::hata::decoder::{Budget, HataConfig, HataLayer};
 use crate::verify::Rng;
@@ -93,7 +93,11 @@ pub fn gather_bandwidth(
     let mut rng = Rng::new(3);
     let lists: Vec<DeviceBuffer<u32>> = (0..rotations)
         .map(|_| {
-            let toks: Vec<u32> = (0..hk * n).map(|_| rng.u32() % cap).collect();
+            // ascending per KV head, as the plan lists a miss's new tokens
+            let mut toks: Vec<u32> = (0..hk * n).map(|_| rng.u32() % cap).collect();
+            for head in toks.chunks_mut(n) {
+                head.sort_unstable();
+            }
             device.upload(&toks)
         })
         .collect::<Result<_, _>>()?;
@@ -105,10 +109,11 @@ pub fn gather_bandwidth(
     let gather = clo_gather::spec()
         .t(Dtype::Bf16)
         .d(dim)
+        .r(GATHER_ROWS)
         .staged(false)
         .build(device)?;
     let cfg = LaunchConfig {
-        grid: (rows.div_ceil(GATHER_WARPS), kv_heads, 1),
+        grid: (rows.div_ceil(GATHER_WARPS * GATHER_ROWS), kv_heads, 1),
         block: (GATHER_WARPS * 32, 1, 1),
         dyn_shared_bytes: 0,
     };
