@@ -358,6 +358,7 @@ pub fn resident_speeds(
         recent: c.recent,
         use_norms: true,
         dense: false,
+        center_keys: false,
     };
     let mut rng = Rng::new(31);
     let weights = rng.f32s((c.kv_heads * c.dim * c.rbit) as usize);
