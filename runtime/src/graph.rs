@@ -98,8 +98,12 @@ pub(crate) fn capturing() -> bool {
 pub(crate) fn note_args(args: &[KernelArg<'_>]) {
     RECORDER.with(|r| {
         if let Some(rec) = r.borrow_mut().as_mut() {
+            // an empty buffer has no memory to free (and may share its address with others)
             for a in args {
-                if let KernelArg::Slice { mem, .. } = a {
+                if let KernelArg::Slice { mem, len, .. } = a {
+                    if *len == 0 {
+                        continue;
+                    }
                     match mem {
                         SliceMem::Device { ptr, last_use, .. } => {
                             rec.addresses.push(*ptr);
