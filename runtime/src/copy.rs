@@ -54,6 +54,17 @@ fn device_at<T: Element>(buf: &DeviceBuffer<T>, at: usize) -> Option<(u64, Arc<C
 }
 
 impl Stream {
+    /// Whether a copy may run now on the emulator: an emulator stream, outside a capture.
+    fn emulated_copy(&self) -> Result<(), RuntimeError> {
+        if self.cuda().is_some() {
+            return Err(not_here());
+        }
+        if crate::graph::capturing() {
+            return Err(no_emulated_capture());
+        }
+        Ok(())
+    }
+
     /// Runs `copy` on this stream after the work queued on `buffer_stream` (the stream a
     /// device buffer was allocated on), and makes that stream wait for it, as a launch does;
     /// inside a capture the graph orders it instead.
@@ -118,12 +129,7 @@ impl Stream {
             range("copy destination", d, len, dst.len())?;
         }
         if let DeviceBuffer::Host(v) = dst {
-            if self.cuda().is_some() {
-                return Err(not_here());
-            }
-            if crate::graph::capturing() {
-                return Err(no_emulated_capture());
-            }
+            self.emulated_copy()?;
             for &(s, d) in rows {
                 v[d..d + len].copy_from_slice(&src[s..s + len]);
             }
@@ -167,12 +173,7 @@ impl Stream {
         let from = range("copy source", src_at, len, src.len())?;
         let to = range("copy destination", dst_at, len, dst.len())?;
         if let DeviceBuffer::Host(v) = src {
-            if self.cuda().is_some() {
-                return Err(not_here());
-            }
-            if crate::graph::capturing() {
-                return Err(no_emulated_capture());
-            }
+            self.emulated_copy()?;
             dst[to].copy_from_slice(&v[from]);
             return Ok(());
         }
@@ -207,9 +208,7 @@ impl Stream {
         let (src_dev, src_addr, dst_addr) = (device_at(src, src_at), src.address(), dst.address());
         match (src, dst) {
             (DeviceBuffer::Host(a), DeviceBuffer::Host(b)) if self.cuda().is_none() => {
-                if crate::graph::capturing() {
-                    return Err(no_emulated_capture());
-                }
+                self.emulated_copy()?;
                 b[to].copy_from_slice(&a[from]);
                 Ok(())
             }

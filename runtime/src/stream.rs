@@ -57,34 +57,19 @@ impl Stream {
 
     /// Marks the current end of this stream's work.
     pub fn record(&self) -> Result<Event, RuntimeError> {
-        match &self.inner {
-            Some(s) => {
-                let e = s
-                    .context()
-                    .new_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
-                    .map_err(driver)?;
-                e.record(s).map_err(driver)?;
-                Ok(Event {
-                    inner: Some(e),
-                    at: None,
-                })
-            }
-            None => Ok(Event {
-                inner: None,
-                at: Some(std::time::Instant::now()),
-            }),
-        }
+        self.record_with(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
     }
 
     /// Marks the current end of this stream's work with an event that can be timed against
     /// another ([`Event::elapsed_ms`]); on the emulator the host clock stands in.
     pub fn record_timed(&self) -> Result<Event, RuntimeError> {
+        self.record_with(sys::CUevent_flags::CU_EVENT_DEFAULT)
+    }
+
+    fn record_with(&self, flags: sys::CUevent_flags) -> Result<Event, RuntimeError> {
         match &self.inner {
             Some(s) => {
-                let e = s
-                    .context()
-                    .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                    .map_err(driver)?;
+                let e = s.context().new_event(Some(flags)).map_err(driver)?;
                 e.record(s).map_err(driver)?;
                 Ok(Event {
                     inner: Some(e),

@@ -717,9 +717,14 @@ impl<T: Element + Float> CloModel<T> {
             attended.push(main.record()?);
         }
         main.wait(&side.record()?)?;
+        self.advance(main)
+    }
+
+    /// Ends a step on `s`: the cache length in device memory moves on by one.
+    fn advance(&mut self, s: &Stream) -> Result<(), CloError> {
         clo_advance::launch_on(
             &self.kernels.advance,
-            main,
+            s,
             &launch((1, 1, 1), 32),
             &mut self.scratch.len,
         )?;
@@ -928,13 +933,7 @@ impl<T: Element + Float> CloModel<T> {
             }
             self.attend(l)?;
         }
-        clo_advance::launch_on(
-            &self.kernels.advance,
-            main,
-            &launch((1, 1, 1), 32),
-            &mut self.scratch.len,
-        )?;
-        Ok(())
+        self.advance(main)
     }
 
     /// Baseline (a) for layer `l`: the host copies the fetched rows into pinned staging (keys,
