@@ -350,3 +350,70 @@ pub fn report(device: &Device, wl: &Workload) -> Result<String, ChelseaError> {
         verdict(&rows)
     ))
 }
+
+#[cfg(test)]
+mod sweep {
+    use super::*;
+    use crate::workload::{generate, WorkloadSpec};
+
+    /// Chelsea's host fidelity (float64 reference compression) over chunk sizes, round
+    /// fractions, similarities and recent windows on a decode workload (`SEQ`, `DIM`, `HEADS`,
+    /// `KV`, `SEED` from the environment), printed beside the two baselines:
+    /// `cargo test --release -p kiln-algorithms chelsea_setting_sweep -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn chelsea_setting_sweep() {
+        let get = |n: &str, d: usize| -> usize {
+            std::env::var(n)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        let spec = WorkloadSpec {
+            seed: get("SEED", 0) as u64,
+            ..WorkloadSpec::decode(
+                1,
+                get("HEADS", 8),
+                get("KV", 2),
+                get("SEQ", 1024),
+                get("DIM", 64),
+            )
+        };
+        let wl = generate(&spec).unwrap();
+        for chunk in [64u32, 128, 256, 512] {
+            if (chunk as usize) * 2 > spec.seq {
+                continue;
+            }
+            for recent in [16u32, 64] {
+                for fraction in [0.125, 0.25, 0.5] {
+                    for similarity in [Similarity::Standardised, Similarity::Cosine] {
+                        let setting = Setting {
+                            chunk,
+                            sink: 4,
+                            recent,
+                            round_fraction: fraction,
+                            similarity,
+                        };
+                        let rows = evaluate_host(&wl, setting, &[0.5, 0.8]);
+                        let err = |m: &str, t: f64| {
+                            rows.iter()
+                                .filter(|r| r.target == t && r.method.starts_with(m))
+                                .map(|r| r.output_error)
+                                .fold(f64::INFINITY, f64::min)
+                        };
+                        println!(
+                            "{} | 50%: chelsea {:.3} recent {:.3} even {:.3} | 80%: chelsea {:.3} recent {:.3} even {:.3}",
+                            setting.describe(),
+                            err("chelsea", 0.5),
+                            err("recent", 0.5),
+                            err("evenly", 0.5),
+                            err("chelsea", 0.8),
+                            err("recent", 0.8),
+                            err("evenly", 0.8)
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
