@@ -1,7 +1,9 @@
 //! HATA's decode step against dense decoding, on the same card in the same run: the whole
-//! step (hash the query heads, score every cached key, top-k, attention over the selected
-//! keys) vs the tile layer's dense flash-decoding over the whole cache, and vs PyTorch SDPA
-//! (`benches/baselines/attention.py`, read through `KILN_BASELINE_JSON`); S = 8K, 32K, 128K,
+//! step as a user calls it (append the new token, hash the query heads, score every cached
+//! key, top-k, attention over the selected keys; one graph replay, or dense below the
+//! crossover), the same sparse step launched kernel by kernel and as a graph, vs the tile
+//! layer's dense flash-decoding over the whole cache, and vs PyTorch SDPA
+//! (`benches/baselines/attention.py`, read through `KILN_BASELINE_JSON`); S = 2K, 4K, 8K, 32K, 128K,
 //! 256K, B = 1 and 8, heads 32/8, D = 128, rbit 128, budgets 1.6% of S and 2048 keys, with
 //! the time of each stage; appending the new token is timed apart. Then fidelity on the
 //! planted-structure workload (S = 32K): recall of the exact top-k and output error against
@@ -40,8 +42,12 @@ fn main() {
     let mut rows = Vec::new();
     let mut stages = Vec::new();
     for batch in [1u32, 8] {
-        for seq in [8192u32, 32768, 131072, 262144] {
+        for seq in [2048u32, 4096, 8192, 32768, 131072, 262144] {
             for budget in [Budget::Ratio(0.016), Budget::Count(2048)] {
+                // a 2048-key budget leaves out too little of a short cache to be a sparse step
+                if matches!(budget, Budget::Count(n) if seq < 4 * n) {
+                    continue;
+                }
                 let name = format!(
                     "hata b{batch} h32/8 s{seq} d128 budget {}",
                     budget_label(&budget)
@@ -63,22 +69,28 @@ fn main() {
                     })
                     .map(|b| b.median_ms);
                 println!(
-                    "{name}: step {:.4} ms (score {:.4}, select {:.4}, attend {:.4}; append {:.4}), dense {:.4} ms: {:.2}x{}",
-                    t.step, t.score, t.select, t.attend, t.append, t.dense, t.speedup(),
-                    sdpa.map(|s| format!(", SDPA {s:.4} ms: {:.2}x", s / t.step)).unwrap_or_default()
+                    "{name}: layer step {:.4} ms ({}) vs dense {:.4} ms: {:.2}x; sparse graph step {:.4} ms: {:.2}x, launched one by one {:.4} ms (score {:.4}, select {:.4}, attend {:.4}: {:.4}; append {:.4}){}",
+                    t.layer_step,
+                    if t.layer_dense { "dense below the crossover" } else { "sparse, graph" },
+                    t.dense, t.speedup(), t.graph_step, t.sparse_speedup(), t.eager_step,
+                    t.score, t.select, t.attend, t.step, t.append,
+                    sdpa.map(|s| format!(", SDPA {s:.4} ms: {:.2}x", s / t.layer_step)).unwrap_or_default()
                 );
                 stages.push(serde_json::json!({
-                    "shape": name, "step_ms": t.step, "score_ms": t.score, "select_ms": t.select,
+                    "shape": name, "layer_step_ms": t.layer_step, "layer_dense": t.layer_dense,
+                    "graph_step_ms": t.graph_step, "eager_step_ms": t.eager_step,
+                    "step_ms": t.step, "score_ms": t.score, "select_ms": t.select,
                     "attend_ms": t.attend, "append_ms": t.append, "dense_ms": t.dense,
                     "sdpa_ms": sdpa, "speedup_vs_dense": t.speedup(),
+                    "sparse_speedup_vs_dense": t.sparse_speedup(),
                 }));
                 let kv = 4.0 * (batch as f64 * seq as f64 * 8.0 * 128.0);
                 let dense_name = format!("kiln dense decode b{batch} s{seq}");
                 rows.push(Row {
                     name: format!("kiln {name}"),
                     work: kv,
-                    median_ms: t.step,
-                    rate: kv / t.step / 1e6,
+                    median_ms: t.layer_step,
+                    rate: kv / t.layer_step / 1e6,
                     vs: Some((dense_name.clone(), t.speedup())),
                     roof: Roof::DeviceMemory,
                 });

@@ -15,7 +15,7 @@ for line in sys.stdin:
     except ValueError: continue
     if msg.get("reason") != "compiler-artifact" or not msg.get("executable"): continue
     t = msg["target"]
-    if t["kind"] == ["test"] and t["name"] in ("corpus_run", "algorithms_run", "chelsea_run", "array_refs", "cross_crate", "nvrtc_check", "gpu_runtime", "differential"):
+    if t["kind"] == ["test"] and t["name"] in ("corpus_run", "algorithms_run", "chelsea_run", "array_refs", "cross_crate", "nvrtc_check", "gpu_runtime", "differential", "graph_run"):
         shutil.copy(msg["executable"], ".gpu/test-" + t["name"])
 '
 cargo bench --no-run --message-format=json 2>/dev/null \

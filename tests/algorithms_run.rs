@@ -44,6 +44,14 @@ fn hata_kernels_match_reference() {
 }
 
 #[test]
+fn hata_append_and_mask_match_reference() {
+    check(
+        "hata append and mask",
+        hata::checks::append_and_mask_match_reference,
+    );
+}
+
+#[test]
 fn hata_decoder_matches_reference() {
     check("hata decoder", hata::checks::hata_decoder_matches_reference);
 }

@@ -25,6 +25,10 @@ pub const CHECKS: &[(&str, Check)] = &[
         "hash_encode + hash_encode_group + hash_score + scatter_rows + key_sum_partial + key_mean",
         hata::checks::hata_kernels_match_reference,
     ),
+    (
+        "hata_append + hata_tail_mask",
+        hata::checks::append_and_mask_match_reference,
+    ),
     ("hata decoder", hata::checks::hata_decoder_matches_reference),
     (
         "clo_hit + clo_plan + clo_gather + clo_append + clo_mask + clo_advance",

@@ -335,6 +335,16 @@ impl Graph {
         }
     }
 
+    /// Whether a buffer the graph uses has been freed or reallocated since the capture (a
+    /// replay would be refused): the owner of a cached graph captures again instead.
+    pub fn is_stale(&self) -> bool {
+        self.guard
+            .freed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     /// Launches recorded (emulator) or `None` on a GPU, where the driver owns the nodes.
     pub fn emulated_launches(&self) -> Option<usize> {
         match &self.body {

@@ -47,9 +47,9 @@ pub struct ChelseaConfig {
     /// At most this share of a chunk's current entries merges per round, in `(0, ½]`:
     /// smaller shares take more rounds (re-partitioning in between) but merge only the
     /// most similar pairs of each; ½ merges every a at 50% reduction. Default
-    /// [`DEFAULT_ROUND_FRACTION`] (¼), chosen by measurement (see there).
+    /// [`DEFAULT_ROUND_FRACTION`] (⅛), chosen by measurement (see there).
     pub round_fraction: f64,
-    /// How keys are compared (default: standardised per channel over the chunk).
+    /// How keys are compared (default: plain cosine, chosen with the round share).
     pub similarity: Similarity,
 }
 

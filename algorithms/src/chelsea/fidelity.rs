@@ -331,11 +331,11 @@ pub fn verdict(rows: &[FidelityRow]) -> String {
 }
 
 /// The fidelity report on a captured (or loaded) workload `wl`, as `kiln fidelity --data`
-/// prints it: chunks of 256 (64 below 8K tokens), reductions of 50, 75 and 80% of the whole
+/// prints it: chunks of 256 (128 below 8K tokens), reductions of 50, 75 and 80% of the whole
 /// cache, both baselines, and the verdict line.
 pub fn report(device: &Device, wl: &Workload) -> Result<String, ChelseaError> {
     let sh = wl.shape;
-    let setting = Setting::with_chunk(if sh.seq >= 8192 { 256 } else { 64 });
+    let setting = Setting::with_chunk(if sh.seq >= 8192 { 256 } else { 128 });
     let rows = evaluate(device, wl, setting, &[0.5, 0.75, 0.8])?;
     Ok(format!(
         "Chelsea on the {}: b{} h{}/{} s{} d{}, {}\n{}{}\n",
@@ -358,7 +358,8 @@ mod sweep {
 
     /// Chelsea's host fidelity (float64 reference compression) over chunk sizes, round
     /// fractions, similarities and recent windows on a decode workload (`SEQ`, `DIM`, `HEADS`,
-    /// `KV`, `SEED` from the environment), printed beside the two baselines:
+    /// `KV`, `SEED` from the environment; `CHUNK` keeps one chunk size), printed beside the
+    /// two baselines:
     /// `cargo test --release -p kiln-algorithms chelsea_setting_sweep -- --ignored --nocapture`.
     #[test]
     #[ignore]
@@ -381,7 +382,7 @@ mod sweep {
         };
         let wl = generate(&spec).unwrap();
         for chunk in [64u32, 128, 256, 512] {
-            if (chunk as usize) * 2 > spec.seq {
+            if (chunk as usize) * 2 > spec.seq || ![0, chunk as usize].contains(&get("CHUNK", 0)) {
                 continue;
             }
             for recent in [16u32, 64] {

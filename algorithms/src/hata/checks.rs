@@ -1,7 +1,8 @@
 //! HATA's encode, score and cache-append kernels against their plain-Rust references.
 
 use crate::attention::reference as attention_reference;
-use crate::hata::decoder::{Budget, HataConfig, HataLayer};
+use crate::hata::append::{hata_append, hata_tail_mask, THREADS as APPEND_THREADS};
+use crate::hata::decoder::{Budget, HataConfig, HataLayer, SCORE_GRANULE};
 use crate::hata::encode::{
     self, group_launch, hash_encode, hash_encode_group, key_mean, key_sum_partial, mean_launch,
     scatter_rows, MEAN_TOKENS, VECTORS_PER_WARP,
@@ -341,6 +342,133 @@ pub fn hata_kernels_match_reference(dev: &Device) -> Result<(), VerifyError> {
     hata_kernels_case::<half::f16>(dev, 64, 256, 3, 42)
 }
 
+/// The decode step's device-length kernels on poisoned random buffers: [`hata_append`]
+/// writes the new key, value, code and norm at position `len[0]` of every sequence and
+/// nothing else; [`hata_tail_mask`] sets the last `recent` scores below `len[0]` to `+∞`, the
+/// columns `[len[0], cols)` to `−∞` and leaves the rest (also when `len[0] < recent`, and
+/// with a grid smaller than the masked span).
+fn append_and_mask_case<T: Real>(
+    dev: &Device,
+    (b, hk, d, words): (usize, usize, usize, usize),
+    seed: u64,
+) -> Result<(), VerifyError> {
+    let mut rng = Rng::new(seed);
+    let cap = 37usize;
+    let pos = 1 + rng.u32() as usize % (cap - 1);
+    let round = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };
+    let (k0, v0) = (
+        round(rng.f32s(b * cap * hk * d)),
+        round(rng.f32s(b * cap * hk * d)),
+    );
+    let (codes0, norms0) = (rng.u32s(b * cap * hk * words), rng.f32s(b * cap * hk));
+    let (k_new, v_new) = (round(rng.f32s(b * hk * d)), round(rng.f32s(b * hk * d)));
+    let (new_codes, new_norms) = (rng.u32s(b * hk * words), rng.f32s(b * hk));
+    let (mut k, mut v) = (dev.upload(&k0)?, dev.upload(&v0)?);
+    let (mut codes, mut norms) = (dev.upload(&codes0)?, dev.upload(&norms0)?);
+    let len = dev.upload(&[pos as u32])?;
+    let kernel = hata_append::spec()
+        .t(T::DTYPE)
+        .d(d as u32)
+        .words(words as u32)
+        .build(dev)?;
+    hata_append::launch(
+        &kernel,
+        &LaunchConfig {
+            grid: (b as u32, 1, 1),
+            block: (APPEND_THREADS, 1, 1),
+            dyn_shared_bytes: 0,
+        },
+        &len,
+        &dev.upload(&k_new)?,
+        &dev.upload(&v_new)?,
+        &dev.upload(&new_codes)?,
+        &dev.upload(&new_norms)?,
+        &mut k,
+        &mut v,
+        &mut codes,
+        &mut norms,
+        cap as u32,
+        hk as u32,
+    )?;
+    // the reference: the same cache with row `pos` of every sequence replaced
+    fn placed<E: Copy>(
+        old: &[E],
+        new: &[E],
+        b: usize,
+        cap: usize,
+        row: usize,
+        pos: usize,
+    ) -> Vec<E> {
+        let mut out = old.to_vec();
+        for bb in 0..b {
+            out[(bb * cap + pos) * row..][..row].copy_from_slice(&new[bb * row..][..row]);
+        }
+        out
+    }
+    let bits = |x: Vec<T>| -> Vec<u32> { x.iter().map(|e| e.to_f32().to_bits()).collect() };
+    ensure!(
+        bits(dev.download(&k)?) == bits(placed(&k0, &k_new, b, cap, hk * d, pos)),
+        "hata_append: keys (len {pos})"
+    );
+    ensure!(
+        bits(dev.download(&v)?) == bits(placed(&v0, &v_new, b, cap, hk * d, pos)),
+        "hata_append: values (len {pos})"
+    );
+    ensure_eq!(
+        dev.download(&codes)?,
+        placed(&codes0, &new_codes, b, cap, hk * words, pos),
+        "hata_append: codes (len {pos})"
+    );
+    let norm_bits = |x: &[f32]| -> Vec<u32> { x.iter().map(|e| e.to_bits()).collect() };
+    ensure_eq!(
+        norm_bits(&dev.download(&norms)?),
+        norm_bits(&placed(&norms0, &new_norms, b, cap, hk, pos)),
+        "hata_append: norms (len {pos})"
+    );
+    let mask = hata_tail_mask::spec().build(dev)?;
+    let (rows, cols, recent) = (b * hk, 700usize, 16usize);
+    for n in [cols, 650, 9, 0] {
+        let before = rng.f32s(rows * cols);
+        let mut scores = dev.upload(&before)?;
+        hata_tail_mask::launch(
+            &mask,
+            &LaunchConfig {
+                grid: (1, rows as u32, 1),
+                block: (APPEND_THREADS, 1, 1),
+                dyn_shared_bytes: 0,
+            },
+            &dev.upload(&[n as u32])?,
+            &mut scores,
+            cols as u32,
+            recent as u32,
+        )?;
+        let got = dev.download(&scores)?;
+        for (i, (&g, &was)) in got.iter().zip(&before).enumerate() {
+            let s = i % cols;
+            let want = if s >= n {
+                f32::NEG_INFINITY
+            } else if s + recent >= n {
+                f32::INFINITY
+            } else {
+                was
+            };
+            ensure!(
+                g.to_bits() == want.to_bits(),
+                "hata_tail_mask (len {n}, row {}, column {s}): {g}, want {want}",
+                i / cols
+            );
+        }
+    }
+    Ok(())
+}
+
+/// [`append_and_mask_case`] for bf16 with D = 128, 4 code words, 2 sequences of 2 KV heads,
+/// and f16 with D = 64, 8 code words, 1 sequence of 3 KV heads.
+pub fn append_and_mask_match_reference(dev: &Device) -> Result<(), VerifyError> {
+    append_and_mask_case::<half::bf16>(dev, (2, 2, 128, 4), 51)?;
+    append_and_mask_case::<half::f16>(dev, (1, 3, 64, 8), 52)
+}
+
 /// The decoder end to end on random data: prefill, then decode steps that append a token
 /// each; every step's selection must hold the sink and recent tokens and be exactly the
 /// top-k of the kernel's own scores (ties to the lower index), and its output must match a
@@ -362,7 +490,13 @@ pub fn decoder_case<T: Real + kiln_codegen::prelude::Float>(
     let cap = cfg.capacity as usize;
     let round = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };
     let weights: Vec<f32> = rng.f32s(hk * d * cfg.rbit as usize);
+    // the same steps through captured graphs and launched kernel by kernel: the same kernels
+    // with the same arguments, so the results must agree to the bit
     let mut layer = HataLayer::<T>::new(dev, cfg, &weights).map_err(mismatch)?;
+    let mut eager = HataLayer::<T>::new(dev, cfg, &weights).map_err(mismatch)?;
+    layer.set_dense_below(0);
+    eager.set_dense_below(0);
+    eager.set_graphs(false);
     // the whole sequence of keys and values, in cache layout [B, cap, H_kv, D]
     let total = prefill_len + steps;
     let mut keys = vec![T::from_f32(0.0); b * cap * hk * d];
@@ -381,13 +515,21 @@ pub fn decoder_case<T: Real + kiln_codegen::prelude::Float>(
         }
         out
     };
-    layer
-        .prefill(
-            &dev.upload(&rows_of(&keys, 0, prefill_len))?,
-            &dev.upload(&rows_of(&values, 0, prefill_len))?,
-            prefill_len as u32,
-        )
-        .map_err(mismatch)?;
+    let (k0, v0) = (
+        dev.upload(&rows_of(&keys, 0, prefill_len))?,
+        dev.upload(&rows_of(&values, 0, prefill_len))?,
+    );
+    for l in [&mut layer, &mut eager] {
+        l.prefill(&k0, &v0, prefill_len as u32).map_err(mismatch)?;
+    }
+    // one set of step buffers, rewritten each step, so the graph is replayed
+    let mut q_buf = dev.upload(&vec![T::from_f32(0.0); b * h * d])?;
+    let mut k_new = dev.upload(&vec![T::from_f32(0.0); b * hk * d])?;
+    let mut v_new = dev.upload(&vec![T::from_f32(0.0); b * hk * d])?;
+    let mut out = dev.upload(&vec![T::NAN; b * h * d])?;
+    let mut lse = dev.upload(&vec![f32::NAN; b * h])?;
+    let mut out_e = dev.upload(&vec![T::NAN; b * h * d])?;
+    let mut lse_e = dev.upload(&vec![f32::NAN; b * h])?;
     let wide = |v: &[T]| -> Vec<f64> { v.iter().map(|x| x.to_f32() as f64).collect() };
     // the layer centres its keys on the prefill's mean key, or on 0
     let got_mean: Vec<f64> = dev
@@ -419,27 +561,46 @@ pub fn decoder_case<T: Real + kiln_codegen::prelude::Float>(
     for step in 0..steps {
         let t = prefill_len + step;
         let q = round(rng.f32s(b * h * d));
-        let mut out = dev.upload(&vec![T::NAN; b * h * d])?;
-        let mut lse = dev.upload(&vec![f32::NAN; b * h])?;
+        dev.write(&mut q_buf, &q)?;
+        dev.write(&mut k_new, &rows_of(&keys, t, 1))?;
+        dev.write(&mut v_new, &rows_of(&values, t, 1))?;
+        for (o, l) in [(&mut out, &mut lse), (&mut out_e, &mut lse_e)] {
+            dev.write(o, &vec![T::NAN; b * h * d])?;
+            dev.write(l, &vec![f32::NAN; b * h])?;
+        }
         layer
-            .step(
-                &dev.upload(&q)?,
-                &dev.upload(&rows_of(&keys, t, 1))?,
-                &dev.upload(&rows_of(&values, t, 1))?,
-                &mut out,
-                &mut lse,
-            )
+            .step(&q_buf, &k_new, &v_new, &mut out, &mut lse)
             .map_err(mismatch)?;
+        eager
+            .step(&q_buf, &k_new, &v_new, &mut out_e, &mut lse_e)
+            .map_err(mismatch)?;
+        let bits = |v: Vec<T>| -> Vec<u32> { v.iter().map(|x| x.to_f32().to_bits()).collect() };
+        ensure!(
+            bits(dev.download(&out)?) == bits(dev.download(&out_e)?)
+                && dev.download(&lse)?.iter().map(|x| x.to_bits()).eq(dev.download(&lse_e)?.iter().map(|x| x.to_bits())),
+            "step {step}: the graph-replayed step differs from the same step launched kernel by kernel"
+        );
         let len = t + 1;
         let k_sel = layer.budget_for(len as u32) as usize;
         let ids: Option<Vec<u32>> = if layer.is_sparse() {
             let got = dev.download(layer.selected())?;
+            ensure!(
+                got == dev.download(eager.selected())?,
+                "step {step}: the graph-replayed selection differs from the eager one"
+            );
             let scores = dev.download(layer.scores())?;
+            let cols = layer.score_columns() as usize;
             let mut ids = Vec::with_capacity(b * hk * k_sel);
             for row in 0..b * hk {
                 let mut mine: Vec<u32> = got[row * k_sel..][..k_sel].to_vec();
                 mine.sort_unstable();
-                let row_scores: Vec<f64> = scores[row * len..][..len]
+                ensure!(
+                    scores[row * cols + len..][..cols - len]
+                        .iter()
+                        .all(|&x| x == f32::NEG_INFINITY),
+                    "step {step}, row {row}: columns past the cache are not masked"
+                );
+                let row_scores: Vec<f64> = scores[row * cols..][..len]
                     .iter()
                     .map(|&x| x as f64)
                     .collect();
@@ -482,6 +643,13 @@ pub fn decoder_case<T: Real + kiln_codegen::prelude::Float>(
             n_keys
         );
     }
+    if !cfg.dense {
+        let (replays, captures) = layer.graph_counts();
+        ensure!(
+            captures >= 1 && replays >= 1 && replays + captures == steps as u64,
+            "{steps} sparse steps gave {replays} graph replays and {captures} captures"
+        );
+    }
     Ok(())
 }
 
@@ -514,14 +682,14 @@ pub fn hata_decoder_matches_reference(dev: &Device) -> Result<(), VerifyError> {
         dev,
         c(128, 128, Budget::Count(48), false, true),
         prefill,
-        3,
+        4,
         51,
     )?;
     decoder_case::<half::f16>(
         dev,
         c(64, 256, Budget::Ratio(0.1), false, false),
         prefill,
-        2,
+        4,
         52,
     )?;
     decoder_case::<half::bf16>(
@@ -530,5 +698,17 @@ pub fn hata_decoder_matches_reference(dev: &Device) -> Result<(), VerifyError> {
         prefill,
         2,
         53,
+    )?;
+    // the scored columns grow past a granule during the steps (a new graph is captured)
+    let crossing = SCORE_GRANULE as usize - 2;
+    decoder_case::<half::bf16>(
+        dev,
+        HataConfig {
+            capacity: crossing as u32 + 100,
+            ..c(64, 128, Budget::Count(64), false, true)
+        },
+        crossing,
+        4,
+        54,
     )
 }

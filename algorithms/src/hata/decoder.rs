@@ -1,11 +1,20 @@
 //! The HATA decoder: one layer's KV cache with its hash codes, and the decode step a user
 //! calls — append the new key, hash the query heads, score every cached key, keep the top-k
 //! (plus sink and recent tokens), and attend to exactly those with flash-decoding.
+//!
+//! The append and the selection read the cache length from device memory and score a fixed
+//! number of columns (the length rounded up to [`SCORE_GRANULE`]), so one captured graph
+//! serves every step until the column count, the budget or the caller's buffers change
+//! ([`HataLayer::step`], `step_graph`). Below a crossover length a step decodes dense
+//! ([`HataLayer::set_dense_below`]): at short caches the selection costs more than it saves.
+
+mod step_graph;
 
 use kiln::prelude::*;
 use kiln::tune::{Entry, TuneOptions};
 use kiln::{Device, DeviceBuffer, Element, Kernel, LaunchConfig, RuntimeError};
 
+use super::append::{hata_append, hata_tail_mask, THREADS as APPEND_THREADS};
 use super::encode::{
     self, group_launch, hash_encode, hash_encode_group, key_mean, key_sum_partial, mean_launch,
     scatter_rows, MEAN_TOKENS, VECTORS_PER_WARP,
@@ -13,7 +22,18 @@ use super::encode::{
 use super::score::{self, hash_score};
 use super::topk::{TopK, TopKError, TopKScratch};
 use crate::attention::decode::{DecodeError, DecodeScratch, DecodeShape, FlashDecode};
+use crate::clo::kernels::clo_advance;
 use crate::common::check_kv_len;
+
+/// The selection scores the cache length rounded up to a multiple of this many columns (at
+/// most the capacity), the columns past the cache masked out: a captured step stays valid
+/// for this many tokens.
+pub const SCORE_GRANULE: u32 = 1024;
+
+/// Cached tokens over the whole batch (`batch · len`) below which a step decodes dense by
+/// default: measured on an H200, where the graph-captured sparse step and dense
+/// flash-decoding cross near this size (`bench-results/`, the `hata` bench).
+pub const DEFAULT_DENSE_BELOW_TOKENS: u32 = 16 * 1024;
 
 /// How many keys a step attends to.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -90,6 +110,7 @@ pub enum HataError {
 
 /// One layer of HATA decoding over element type `T` (bf16 or f16).
 pub struct HataLayer<T: Element> {
+    device: Device,
     cfg: HataConfig,
     w: DeviceBuffer<f32>,
     k: DeviceBuffer<T>,
@@ -106,6 +127,20 @@ pub struct HataLayer<T: Element> {
     scores: DeviceBuffer<f32>,
     ids: DeviceBuffer<u32>,
     len: u32,
+    /// `len` in device memory (one u32), what the append and the masking read.
+    dev_len: DeviceBuffer<u32>,
+    /// A step's new key codes and norms, `[batch, kv_heads, rbit / 32]` and
+    /// `[batch, kv_heads]`, before [`hata_append`] puts them at position `len`.
+    new_codes: DeviceBuffer<u32>,
+    new_norms: DeviceBuffer<f32>,
+    /// A step at fewer cached tokens per sequence decodes dense.
+    dense_below: u32,
+    /// Whether [`HataLayer::step`] replays captured graphs (else it launches each kernel).
+    use_graphs: bool,
+    graph: Option<step_graph::StepGraph>,
+    /// Steps served by one graph replay, and graphs captured, since construction.
+    replays: u64,
+    captures: u64,
     /// `hash_encode` with 8 vectors per warp: a prefill's keys.
     encode_many: Kernel,
     /// `hash_encode_group` over a step's query heads (a GQA group per block) and over its new
@@ -114,6 +149,9 @@ pub struct HataLayer<T: Element> {
     encode_key: Kernel,
     score: Kernel,
     scatter: Kernel,
+    append: Kernel,
+    tail_mask: Kernel,
+    advance: Kernel,
     key_sum: Kernel,
     key_mean: Kernel,
     topk: TopK,
@@ -168,6 +206,7 @@ impl<T: Element + Float> HataLayer<T> {
         );
         let words = (cfg.rbit / 32) as usize;
         Ok(HataLayer {
+            device: device.clone(),
             cfg,
             w: device.upload(weights)?,
             k: device.zeros(b * cap * hk * d)?,
@@ -181,6 +220,14 @@ impl<T: Element + Float> HataLayer<T> {
             scores: device.zeros(b * hk * cap)?,
             ids: device.zeros(b * hk * cap)?,
             len: 0,
+            dev_len: device.zeros(1)?,
+            new_codes: device.zeros(b * hk * words)?,
+            new_norms: device.zeros(b * hk)?,
+            dense_below: DEFAULT_DENSE_BELOW_TOKENS.div_ceil(cfg.batch),
+            use_graphs: true,
+            graph: None,
+            replays: 0,
+            captures: 0,
             encode_many: hash_encode::spec()
                 .t(dtype)
                 .d(cfg.dim)
@@ -204,6 +251,13 @@ impl<T: Element + Float> HataLayer<T> {
                 .g(cfg.heads / cfg.kv_heads)
                 .build(device)?,
             scatter: scatter_rows::spec().t(dtype).build(device)?,
+            append: hata_append::spec()
+                .t(dtype)
+                .d(cfg.dim)
+                .words(cfg.rbit / 32)
+                .build(device)?,
+            tail_mask: hata_tail_mask::spec().build(device)?,
+            advance: clo_advance::spec().build(device)?,
             key_sum: key_sum_partial::spec()
                 .t(dtype)
                 .d(cfg.dim)
@@ -233,9 +287,43 @@ impl<T: Element + Float> HataLayer<T> {
         self.cfg.budget.keys(len)
     }
 
-    /// The scores of the last sparse step, `[batch, kv_heads, len]` (row stride `len`).
+    /// The scores of the last sparse step, `[batch, kv_heads, cols]` with `cols =`
+    /// [`HataLayer::score_columns`] (the first `len` of a row are the cached tokens', the
+    /// rest `−∞`).
     pub fn scores(&self) -> &DeviceBuffer<f32> {
         &self.scores
+    }
+
+    /// Columns the selection scores at the current length: the length rounded up to
+    /// [`SCORE_GRANULE`], at most the capacity (the row stride of [`HataLayer::scores`]).
+    pub fn score_columns(&self) -> u32 {
+        self.columns_at(self.len)
+    }
+
+    fn columns_at(&self, len: u32) -> u32 {
+        len.next_multiple_of(SCORE_GRANULE).min(self.cfg.capacity)
+    }
+
+    /// Decode dense while fewer than `len` tokens per sequence are cached (0: always sparse
+    /// unless the budget covers the cache). The default is [`DEFAULT_DENSE_BELOW_TOKENS`]
+    /// over the batch.
+    pub fn set_dense_below(&mut self, len: u32) {
+        self.dense_below = len;
+    }
+
+    /// Steps served by a graph replay and graphs captured since the layer was made (a
+    /// workload that recaptures often changes its step buffers or crosses granules).
+    pub fn graph_counts(&self) -> (u64, u64) {
+        (self.replays, self.captures)
+    }
+
+    /// Whether [`HataLayer::step`] captures its sparse steps as graphs and replays them (the
+    /// default) or launches every kernel each step (the same kernels, so the same results).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.use_graphs = on;
+        if !on {
+            self.graph = None;
+        }
     }
 
     /// The mean key per (sequence, KV head) the keys are centred on, `[batch, kv_heads,
@@ -346,6 +434,7 @@ impl<T: Element + Float> HataLayer<T> {
             0,
             true,
         )?;
+        self.device.write(&mut self.dev_len, &[len])?;
         self.len = len;
         Ok(())
     }
@@ -368,9 +457,6 @@ impl<T: Element + Float> HataLayer<T> {
             "[batch, kv_heads, dim]",
         )
         .map_err(HataError::Config)?;
-        let per_batch = c.kv_heads * c.dim;
-        Self::scatter_into(&self.scatter, &c, k_new, &mut self.k, per_batch, self.len)?;
-        Self::scatter_into(&self.scatter, &c, v_new, &mut self.v, per_batch, self.len)?;
         hash_encode_group::launch(
             &self.encode_key,
             &group_launch(c.kv_heads, c.batch, c.rbit),
@@ -378,19 +464,44 @@ impl<T: Element + Float> HataLayer<T> {
             &self.w,
             &self.mu,
             c.center_keys,
+            &mut self.new_codes,
+            &mut self.new_norms,
+            c.kv_heads,
+            c.kv_heads,
+            c.kv_heads,
+            0,
+            true,
+        )?;
+        hata_append::launch(
+            &self.append,
+            &LaunchConfig {
+                grid: (c.batch, 1, 1),
+                block: (APPEND_THREADS, 1, 1),
+                dyn_shared_bytes: 0,
+            },
+            &self.dev_len,
+            k_new,
+            v_new,
+            &self.new_codes,
+            &self.new_norms,
+            &mut self.k,
+            &mut self.v,
             &mut self.codes,
             &mut self.norms,
+            c.capacity,
             c.kv_heads,
-            c.kv_heads,
-            c.capacity * c.kv_heads,
-            self.len * c.kv_heads,
-            true,
+        )?;
+        clo_advance::launch(
+            &self.advance,
+            &LaunchConfig::linear(1, 32),
+            &mut self.dev_len,
         )?;
         self.len += 1;
         Ok(())
     }
 
-    /// Hashes the query heads `q` (`[batch, heads, dim]`) and scores every cached key.
+    /// Hashes the query heads `q` (`[batch, heads, dim]`) and scores every cached key (the
+    /// sink and the last `recent` tokens `+∞`, the columns past the cache `−∞`).
     pub fn score(&mut self, q: &DeviceBuffer<T>) -> Result<(), HataError> {
         let c = self.cfg;
         hash_encode_group::launch(
@@ -408,19 +519,37 @@ impl<T: Element + Float> HataLayer<T> {
             0,
             false,
         )?;
+        let cols = self.score_columns();
         hash_score::launch(
             &self.score,
-            &score::launch_config(self.len, c.kv_heads, c.batch),
+            &score::launch_config(cols, c.kv_heads, c.batch),
             &self.q_codes,
             &self.codes,
             &self.norms,
             &mut self.scores,
-            self.len,
+            cols,
             c.capacity,
             c.kv_heads,
             c.sink,
-            c.recent,
+            0,
             c.use_norms,
+        )?;
+        // the recent window and the columns past the cache, from the device's length
+        let rows = c.batch * c.kv_heads;
+        let tail = (cols - self.len + c.recent)
+            .div_ceil(APPEND_THREADS)
+            .clamp(1, 64);
+        hata_tail_mask::launch(
+            &self.tail_mask,
+            &LaunchConfig {
+                grid: (tail, rows, 1),
+                block: (APPEND_THREADS, 1, 1),
+                dyn_shared_bytes: 0,
+            },
+            &self.dev_len,
+            &mut self.scores,
+            cols,
+            c.recent,
         )?;
         Ok(())
     }
@@ -432,7 +561,7 @@ impl<T: Element + Float> HataLayer<T> {
         self.topk.run(
             &self.scores,
             rows,
-            self.len,
+            self.score_columns(),
             k,
             &mut self.ids,
             &mut self.topk_scratch,
@@ -499,6 +628,8 @@ impl<T: Element + Float> HataLayer<T> {
         let shape = self.shape();
         let scale = 1.0 / (self.cfg.dim as f32).sqrt();
         let k = self.budget_for(self.len);
+        // a captured step keeps the split it was captured with
+        self.graph = None;
         Ok(self.sparse.tune(
             &shape,
             q,
@@ -514,13 +645,21 @@ impl<T: Element + Float> HataLayer<T> {
         )?)
     }
 
-    /// Whether a step at the current length selects keys (not dense).
+    /// Whether a step at the current length selects keys (not dense): the layer is sparse,
+    /// the budget leaves keys out, and the cache is past the dense crossover
+    /// ([`HataLayer::set_dense_below`]).
     pub fn is_sparse(&self) -> bool {
-        !self.cfg.dense && self.budget_for(self.len) < self.len
+        self.sparse_at(self.len)
+    }
+
+    fn sparse_at(&self, len: u32) -> bool {
+        !self.cfg.dense && self.budget_for(len) < len && len >= self.dense_below
     }
 
     /// One decode step: append `k_new`, `v_new`, then attend with `q` (all enqueued on the
-    /// device's stream; the host does not wait).
+    /// device's stream; the host does not wait). A sparse step is captured as a graph the
+    /// first time it runs with its column count, budget and buffers, and replayed (one
+    /// launch) while they stay the same; a dense step launches its kernels one by one.
     pub fn step(
         &mut self,
         q: &DeviceBuffer<T>,
@@ -529,11 +668,49 @@ impl<T: Element + Float> HataLayer<T> {
         out: &mut DeviceBuffer<T>,
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), HataError> {
-        self.append(k_new, v_new)?;
+        let io = StepIo {
+            q,
+            k_new,
+            v_new,
+            out,
+            lse,
+        };
+        if self.use_graphs && self.len < self.cfg.capacity && self.sparse_at(self.len + 1) {
+            return self.graph_step(io);
+        }
+        self.eager_step(io)
+    }
+
+    /// [`HataLayer::step`] with every kernel launched (what a graph captures).
+    fn eager_step(&mut self, io: StepIo<'_, T>) -> Result<(), HataError> {
+        self.append(io.k_new, io.v_new)?;
         if self.is_sparse() {
-            self.score(q)?;
+            self.score(io.q)?;
             self.select()?;
         }
-        self.attend(q, out, lse)
+        self.attend(io.q, io.out, io.lse)
+    }
+}
+
+/// The caller's buffers of one [`HataLayer::step`]: the query, the new key and value, and
+/// where the output and its log-sum-exp go.
+struct StepIo<'a, T: Element> {
+    q: &'a DeviceBuffer<T>,
+    k_new: &'a DeviceBuffer<T>,
+    v_new: &'a DeviceBuffer<T>,
+    out: &'a mut DeviceBuffer<T>,
+    lse: &'a mut DeviceBuffer<f32>,
+}
+
+impl<T: Element> StepIo<'_, T> {
+    /// The same buffers, borrowed again (a capture replays the step that just ran).
+    fn again(&mut self) -> StepIo<'_, T> {
+        StepIo {
+            q: self.q,
+            k_new: self.k_new,
+            v_new: self.v_new,
+            out: self.out,
+            lse: self.lse,
+        }
     }
 }

@@ -341,6 +341,8 @@ fn hata_step(
         cfg.capacity as usize,
     );
     let mut layer = HataLayer::<bf16>::new(device, cfg, weights)?;
+    // the selector's quality is measured at every length, the dense crossover aside
+    layer.set_dense_below(0);
     let rows_of = |src: &[bf16], t0: usize, n: usize| -> Vec<bf16> {
         let mut out = Vec::with_capacity(b * n * hk * d);
         for bb in 0..b {

@@ -3,6 +3,7 @@
 //! Hamming distance of its code to its group's query codes; the top-k keys (plus sink and
 //! recent tokens) are attended to exactly with flash-decoding over their indices.
 
+pub mod append;
 pub mod checks;
 pub mod decoder;
 pub mod demo;

@@ -9,7 +9,8 @@ use super::decoder::{Budget, HataConfig, HataError, HataLayer};
 use crate::attention::decode::{time_dense, DecodeShape};
 use crate::workload::Rng;
 
-/// Median times in milliseconds of one decode step's parts, and of dense decoding.
+/// Median times in milliseconds of one decode step's parts, of whole steps, and of dense
+/// decoding.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepTimes {
     /// Hash the query heads and score every cached key.
@@ -18,18 +19,33 @@ pub struct StepTimes {
     pub select: f64,
     /// Flash-decoding over the selected keys.
     pub attend: f64,
-    /// The three together, as a step runs them.
+    /// Score, select and attend launched one by one (the append apart).
     pub step: f64,
-    /// Appending the new token (copy + hash of one key per KV head).
+    /// Appending the new token (hash of one key per KV head and the copy into the cache).
     pub append: f64,
-    /// Dense flash-decoding over the whole cache.
+    /// A whole sparse step (append included) launched kernel by kernel.
+    pub eager_step: f64,
+    /// The same whole sparse step as one graph replay.
+    pub graph_step: f64,
+    /// [`HataLayer::step`] as a user calls it: the graph-captured sparse step, or, below the
+    /// default dense crossover, the append and dense decoding.
+    pub layer_step: f64,
+    /// Whether the layer's own choice at this shape was to decode dense.
+    pub layer_dense: bool,
+    /// Dense flash-decoding over the whole cache (no append).
     pub dense: f64,
 }
 
 impl StepTimes {
-    /// How many times faster than dense decoding the step is.
+    /// How many times faster than dense decoding a user's step is (its append included).
     pub fn speedup(&self) -> f64 {
-        self.dense / self.step
+        self.dense / self.layer_step
+    }
+
+    /// How many times faster than dense decoding the sparse graph step is, wherever it
+    /// would be chosen.
+    pub fn sparse_speedup(&self) -> f64 {
+        self.dense / self.graph_step
     }
 }
 
@@ -46,6 +62,7 @@ fn as_runtime(e: HataError) -> RuntimeError {
 /// Times a step of `batch` sequences of `seq` cached tokens (heads 32/8, D = 128, rbit 128,
 /// bf16, random data and hash weights; sink 16, recent 64), each part a median of `reps`
 /// after `warmup` runs, with dense flash-decoding over the same cache in the same run. The
+/// whole steps grow the cache by a few tokens (`4 · (warmup + reps)` in all). The
 /// split sizes of the sparse attention ([`HataLayer::tune_attend`]) and of the dense baseline
 /// ([`time_dense`]) are tuned first, afresh for this shape.
 pub fn measure(
@@ -63,7 +80,7 @@ pub fn measure(
         kv_heads: hk,
         dim: d,
         rbit,
-        capacity: seq + (warmup + reps) as u32,
+        capacity: seq + 4 * (warmup + reps) as u32 + 1,
         budget,
         sink: 16,
         recent: 64,
@@ -119,6 +136,22 @@ pub fn measure(
     let append = median(time(device, warmup, reps, || {
         layer.append(&k_new, &k_new).map_err(as_runtime)
     }))?;
+    let mut whole_step = |layer: &mut HataLayer<bf16>| {
+        median(time(device, warmup, reps, || {
+            layer
+                .step(&q, &k_new, &k_new, &mut out, &mut lse)
+                .map_err(as_runtime)
+        }))
+    };
+    layer.set_dense_below(0);
+    layer.set_graphs(false);
+    let eager_step = whole_step(&mut layer)?;
+    layer.set_graphs(true);
+    let graph_step = whole_step(&mut layer)?;
+    let mut user = HataLayer::<bf16>::new(device, cfg, &weights)?;
+    user.prefill(&k, &v, seq)?;
+    let layer_dense = !user.is_sparse();
+    let layer_step = whole_step(&mut user)?;
     let shape = DecodeShape {
         batch,
         heads: 32,
@@ -133,6 +166,10 @@ pub fn measure(
         attend,
         step,
         append,
+        eager_step,
+        graph_step,
+        layer_step,
+        layer_dense,
         dense,
     })
 }

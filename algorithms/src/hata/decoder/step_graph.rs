@@ -1,0 +1,81 @@
+//! The graph-captured sparse step: a step's launches captured once and replayed while the
+//! column count, the budget and the caller's buffers stay what they were at the capture
+//! (every kernel reads the cache length from device memory), so a step costs the host one
+//! launch instead of a dozen and the device no gaps between them.
+
+use kiln::prelude::*;
+use kiln::{Element, Graph, RuntimeError};
+
+use super::{HataError, HataLayer, StepIo};
+
+/// A captured step and what it was captured for.
+pub(super) struct StepGraph {
+    graph: Graph,
+    key: StepKey,
+}
+
+/// What a replay repeats: the scored columns, the keys attended, and the addresses of the
+/// step's inputs and outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StepKey {
+    columns: u32,
+    keys: u32,
+    buffers: [u64; 5],
+}
+
+impl<T: Element + Float> HataLayer<T> {
+    /// A sparse [`HataLayer::step`]: one replay of the graph captured for this step's key,
+    /// or (on a new key, or a stale graph) the step launched kernel by kernel, which also
+    /// sizes every scratch buffer, then captured for the next steps.
+    pub(super) fn graph_step(&mut self, mut io: StepIo<'_, T>) -> Result<(), HataError> {
+        let next = self.len + 1;
+        let key = StepKey {
+            columns: self.columns_at(next),
+            keys: self.budget_for(next),
+            buffers: [
+                io.q.address(),
+                io.k_new.address(),
+                io.v_new.address(),
+                io.out.address(),
+                io.lse.address(),
+            ],
+        };
+        let stream = self.device.default_stream();
+        if let Some(g) = self
+            .graph
+            .as_mut()
+            .filter(|g| g.key == key && !g.graph.is_stale())
+        {
+            g.graph.launch(&stream)?;
+            self.len = next;
+            self.replays += 1;
+            return Ok(());
+        }
+        self.graph = None;
+        self.eager_step(io.again())?;
+        // the capture records the same launches for the length before this step; the
+        // kernels read the length itself from device memory, where it has moved on
+        self.len = next - 1;
+        let mut failed = None;
+        let captured = stream.capture(|_| {
+            self.eager_step(io.again()).map_err(|e| {
+                let reason = e.to_string();
+                failed = Some(e);
+                RuntimeError::InvalidInput {
+                    what: "hata step capture",
+                    reason,
+                }
+            })
+        });
+        self.len = next;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.captures += 1;
+        self.graph = Some(StepGraph {
+            graph: captured?,
+            key,
+        });
+        Ok(())
+    }
+}
