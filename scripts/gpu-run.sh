@@ -7,19 +7,22 @@
 #   bash scripts/gpu-run.sh            # everything
 #   bash scripts/gpu-run.sh tests      # only the GPU tests (and roofline, demo)
 #   bash scripts/gpu-run.sh benches    # only the baseline and the benches
+#   bash scripts/gpu-run.sh decode     # the baselines, then the decode-step benches (HATA's
+#                                      # speed shapes, top-k, Chelsea); a .gpu/before-hata
+#                                      # (an older bench-hata) runs beside the new one
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 what="${1:-all}"
 case "$what" in
-  all|tests|benches) ;;
-  *) echo "usage: $0 [all|tests|benches]" >&2; exit 2 ;;
+  all|tests|benches|decode) ;;
+  *) echo "usage: $0 [all|tests|benches|decode]" >&2; exit 2 ;;
 esac
 out="${OUT:-gpu-out}"
 mkdir -p "$out"
 export KILN_REQUIRE_GPU=1 KILN_REQUIRE_NVRTC=1 KILN_REQUIRE_CUBLAS=1 KILN_BENCH_DIR="$out" KILN_CACHE_DIR="${KILN_CACHE_DIR:-/tmp/kiln-cache}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 status=0
-if [ "$what" != benches ]; then
+if [ "$what" = all ] || [ "$what" = tests ]; then
   for t in .gpu/test-*; do
     echo "== $t"
     "$t" --test-threads=1 --nocapture > "$out/$(basename "$t").log" 2>&1 || status=1
@@ -28,7 +31,7 @@ if [ "$what" != benches ]; then
 fi
 # the measured ceilings (mma.sync rate included) that every bench's "% roof" column uses
 ./.gpu/kiln roofline 2>&1 | tee "$out/roofline.log" || status=1
-if [ "$what" != benches ]; then
+if [ "$what" = all ] || [ "$what" = tests ]; then
   ./.gpu/kiln demo > "$out/demo.log" 2>&1 || status=1
   tail -5 "$out/demo.log"
 fi
@@ -52,6 +55,19 @@ if [ "$what" != tests ]; then
     echo "the PyTorch top-k baseline failed; see $out/topk-baseline.log"
     status=1
   fi
+fi
+if [ "$what" = decode ]; then
+  for b in .gpu/bench-hata .gpu/before-hata; do
+    [ -e "$b" ] || continue
+    echo "== $b h32/8"
+    "$b" --bench h32/8 2>&1 | tee "$out/$(basename "$b").log" || status=1
+  done
+  for b in .gpu/bench-topk .gpu/bench-chelsea; do
+    echo "== $b"
+    "$b" --bench 2>&1 | tee "$out/$(basename "$b").log" || status=1
+  done
+fi
+if [ "$what" = all ] || [ "$what" = benches ]; then
   # autotune first: it stores the winners the other benches' kernels then use
   for b in .gpu/bench-autotune $(ls .gpu/bench-* | grep -v bench-autotune); do
     [ -e "$b" ] || continue
