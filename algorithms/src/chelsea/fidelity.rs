@@ -331,11 +331,11 @@ pub fn verdict(rows: &[FidelityRow]) -> String {
 }
 
 /// The fidelity report on a captured (or loaded) workload `wl`, as `kiln fidelity --data`
-/// prints it: chunks of 256 (128 below 8K tokens), reductions of 50, 75 and 80% of the whole
+/// prints it: chunks of 512 (128 below 8K tokens), reductions of 50, 75 and 80% of the whole
 /// cache, both baselines, and the verdict line.
 pub fn report(device: &Device, wl: &Workload) -> Result<String, ChelseaError> {
     let sh = wl.shape;
-    let setting = Setting::with_chunk(if sh.seq >= 8192 { 256 } else { 128 });
+    let setting = Setting::with_chunk(if sh.seq >= 8192 { 512 } else { 128 });
     let rows = evaluate(device, wl, setting, &[0.5, 0.75, 0.8])?;
     Ok(format!(
         "Chelsea on the {}: b{} h{}/{} s{} d{}, {}\n{}{}\n",

@@ -57,7 +57,12 @@ pub fn rounds(chunk: u32, keep: u32, fraction: f64) -> Vec<Round> {
 /// at S = 32K seeds 1 and 2 also beat both (0.10 / 0.42 and 0.44 / 0.59); on the demo
 /// shape 7 of seeds 0–9 beat both, the mean over the ten being 0.29 / 0.65 against recent
 /// 0.57 / 0.76 and evenly spaced 0.69 / 1.03 (seeds 4, 5 and 8 lose to recent: 1K tokens
-/// leave few similar keys per chunk), the best of every setting swept. The former default
+/// leave few similar keys per chunk), the best of every setting swept. On the GPU's b1
+/// h32/8 S = 32K D = 128 workload (`bench-results/h200-2026-12-03-decode/bench-chelsea.log`,
+/// with the `log n` bias, 50 / 75 / 80%) chunks of 512 give 0.22 / 0.50 / 0.56 against
+/// recent 0.57 / 0.85 / 0.96 and evenly spaced 0.54 / 0.80 / 1.09, where chunks of 256
+/// lose to both at 80% (0.97) and chunks of 64 to recent at 50%: use 512 on long caches.
+/// The former default
 /// (¼, standardised) lost to keeping recent tokens at 50% on the demo shape (0.17 against
 /// 0.17) and at 80% on S = 32K with chunks of 64–128 (0.70–0.91 against 0.71). Smaller
 /// shares let only the most similar pairs of a round merge before the chunk is

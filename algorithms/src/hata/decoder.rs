@@ -31,9 +31,14 @@ use crate::common::check_kv_len;
 pub const SCORE_GRANULE: u32 = 1024;
 
 /// Cached tokens over the whole batch (`batch · len`) below which a step decodes dense by
-/// default: measured on an H200, where the graph-captured sparse step and dense
-/// flash-decoding cross near this size (`bench-results/`, the `hata` bench).
-pub const DEFAULT_DENSE_BELOW_TOKENS: u32 = 16 * 1024;
+/// default. Measured on an H200 (`bench-results/h200-2026-12-03-decode/`, the `hata` bench,
+/// heads 32/8, D 128, budget 1.6%): the graph-captured sparse step against dense
+/// flash-decoding is 0.50× at B 1 · 8K and 0.69× at B 8 · 2K (16K tokens both), 1.06× at
+/// B 1 · 32K and B 8 · 4K (32K tokens both). Below it the dense step still appends and
+/// hashes the new key eagerly (the codes are needed once the cache grows past it), which
+/// measured 0.37–0.52× of dense attention alone at B 1, 2K–8K: no faster than the sparse
+/// graph there, since both are bound by a fixed ~40 µs of launches and small kernels.
+pub const DEFAULT_DENSE_BELOW_TOKENS: u32 = 32 * 1024;
 
 /// How many keys a step attends to.
 #[derive(Clone, Copy, Debug, PartialEq)]
