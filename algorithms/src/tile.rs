@@ -325,7 +325,8 @@ pub fn store_strip<T: Float, const N: u32>(
     for h in 0..2u32 {
         let r = lane / 4 + h * 8;
         if r < rows {
-            let inv = 1.0f32 / l[h];
+            // a row that saw only masked keys (l = 0) stores 0, not 0/0
+            let inv = if l[h] > 0.0 { 1.0f32 / l[h] } else { 0.0f32 };
             let row = base + r as u64 * ld + (lane % 4 * 2) as u64;
             for j in 0..N {
                 let at = row + (j * 8) as u64;

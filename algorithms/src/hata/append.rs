@@ -12,8 +12,9 @@ pub const THREADS: u32 = 256;
 /// Appends a step's token at position `len[0]` (device memory): its key and value
 /// (`[B, H_kv, D]`) into the cache `k`, `v` (`[B, cap, H_kv, D]`), and its hash code and
 /// norm (encoded by `hash_encode_group` into `new_codes` `[B, H_kv, WORDS]`, `new_norms`
-/// `[B, H_kv]`) into `codes` `[B, cap, H_kv, WORDS]` and `norms` `[B, cap, H_kv]`. Does not
-/// move the length. Grid `(B)`, 256 threads.
+/// `[B, H_kv]`) into `codes` `[B, cap, H_kv, WORDS]` and `norms` `[B, cap, H_kv]`, and marks
+/// the position filled in `sizes` `[B, cap, H_kv]` (1; the dense step's `log n` bias masks
+/// the 0 entries past the cache). Does not move the length. Grid `(B)`, 256 threads.
 #[kernel(threads = 256, example(T = bf16, D = 128, WORDS = 4), example(T = f16, D = 64, WORDS = 8))]
 pub fn hata_append<T: Float, const D: u32, const WORDS: u32>(
     len: &[u32],
@@ -25,6 +26,7 @@ pub fn hata_append<T: Float, const D: u32, const WORDS: u32>(
     v: &mut [T],
     codes: &mut [u32],
     norms: &mut [f32],
+    sizes: &mut [f32],
     cap: u32,
     kv_heads: u32,
 ) {
@@ -43,6 +45,7 @@ pub fn hata_append<T: Float, const D: u32, const WORDS: u32>(
     }
     for i in (t..kv_heads).step_by(256) {
         norms[slot * kv_heads + i] = new_norms[b * kv_heads + i];
+        sizes[slot * kv_heads + i] = 1.0;
     }
 }
 

@@ -343,8 +343,8 @@ pub fn hata_kernels_match_reference(dev: &Device) -> Result<(), VerifyError> {
 }
 
 /// The decode step's device-length kernels on poisoned random buffers: [`hata_append`]
-/// writes the new key, value, code and norm at position `len[0]` of every sequence and
-/// nothing else; [`hata_tail_mask`] sets the last `recent` scores below `len[0]` to `+∞`, the
+/// writes the new key, value, code, norm and size 1 at position `len[0]` of every sequence
+/// and nothing else; [`hata_tail_mask`] sets the last `recent` scores below `len[0]` to `+∞`, the
 /// columns `[len[0], cols)` to `−∞` and leaves the rest (also when `len[0] < recent`, and
 /// with a grid smaller than the masked span).
 fn append_and_mask_case<T: Real>(
@@ -361,10 +361,12 @@ fn append_and_mask_case<T: Real>(
         round(rng.f32s(b * cap * hk * d)),
     );
     let (codes0, norms0) = (rng.u32s(b * cap * hk * words), rng.f32s(b * cap * hk));
+    let sizes0 = rng.f32s(b * cap * hk);
     let (k_new, v_new) = (round(rng.f32s(b * hk * d)), round(rng.f32s(b * hk * d)));
     let (new_codes, new_norms) = (rng.u32s(b * hk * words), rng.f32s(b * hk));
     let (mut k, mut v) = (dev.upload(&k0)?, dev.upload(&v0)?);
     let (mut codes, mut norms) = (dev.upload(&codes0)?, dev.upload(&norms0)?);
+    let mut sizes = dev.upload(&sizes0)?;
     let len = dev.upload(&[pos as u32])?;
     let kernel = hata_append::spec()
         .t(T::DTYPE)
@@ -387,6 +389,7 @@ fn append_and_mask_case<T: Real>(
         &mut v,
         &mut codes,
         &mut norms,
+        &mut sizes,
         cap as u32,
         hk as u32,
     )?;
@@ -424,6 +427,11 @@ fn append_and_mask_case<T: Real>(
         norm_bits(&dev.download(&norms)?),
         norm_bits(&placed(&norms0, &new_norms, b, cap, hk, pos)),
         "hata_append: norms (len {pos})"
+    );
+    ensure_eq!(
+        norm_bits(&dev.download(&sizes)?),
+        norm_bits(&placed(&sizes0, &vec![1.0; b * hk], b, cap, hk, pos)),
+        "hata_append: sizes (len {pos})"
     );
     let mask = hata_tail_mask::spec().build(dev)?;
     let (rows, cols, recent) = (b * hk, 700usize, 16usize);
@@ -472,12 +480,14 @@ pub fn append_and_mask_match_reference(dev: &Device) -> Result<(), VerifyError> 
 /// The decoder end to end on random data: prefill, then decode steps that append a token
 /// each; every step's selection must hold the sink and recent tokens and be exactly the
 /// top-k of the kernel's own scores (ties to the lower index), and its output must match a
-/// float64 attention over the selected keys. A dense layer must match dense attention.
+/// float64 attention over the selected keys. A dense layer (and a dense step below the
+/// crossover, the first `dense_steps`) must match dense attention. Every step runs through
+/// a replayed graph and, in a twin layer, kernel by kernel: the two must agree to the bit.
 pub fn decoder_case<T: Real + kiln_codegen::prelude::Float>(
     dev: &Device,
     cfg: HataConfig,
     prefill_len: usize,
-    steps: usize,
+    (steps, dense_steps): (usize, usize),
     seed: u64,
 ) -> Result<(), VerifyError> {
     let mut rng = Rng::new(seed);
@@ -494,8 +504,14 @@ pub fn decoder_case<T: Real + kiln_codegen::prelude::Float>(
     // with the same arguments, so the results must agree to the bit
     let mut layer = HataLayer::<T>::new(dev, cfg, &weights).map_err(mismatch)?;
     let mut eager = HataLayer::<T>::new(dev, cfg, &weights).map_err(mismatch)?;
-    layer.set_dense_below(0);
-    eager.set_dense_below(0);
+    // the first `dense_steps` steps decode dense, then the layer turns sparse
+    let below = if dense_steps > 0 {
+        (prefill_len + dense_steps + 1) as u32
+    } else {
+        0
+    };
+    layer.set_dense_below(below);
+    eager.set_dense_below(below);
     eager.set_graphs(false);
     // the whole sequence of keys and values, in cache layout [B, cap, H_kv, D]
     let total = prefill_len + steps;
@@ -643,13 +659,15 @@ pub fn decoder_case<T: Real + kiln_codegen::prelude::Float>(
             n_keys
         );
     }
-    if !cfg.dense {
-        let (replays, captures) = layer.graph_counts();
-        ensure!(
-            captures >= 1 && replays >= 1 && replays + captures == steps as u64,
-            "{steps} sparse steps gave {replays} graph replays and {captures} captures"
-        );
-    }
+    let (replays, captures) = layer.graph_counts();
+    ensure!(
+        captures >= 1 && replays >= 1 && replays + captures == steps as u64,
+        "{steps} steps gave {replays} graph replays and {captures} captures"
+    );
+    ensure!(
+        eager.graph_counts() == (0, 0),
+        "the eager layer captured a graph"
+    );
     Ok(())
 }
 
@@ -658,8 +676,8 @@ fn mismatch(e: impl std::fmt::Display) -> VerifyError {
 }
 
 /// The decoder: sparse steps with a count budget and with a ratio (norm-weighted scores,
-/// sinks and recent tokens), a dense layer, rbit 128 and 256, bf16 and f16, keys centred and
-/// not.
+/// sinks and recent tokens), a dense layer, dense steps turning sparse, rbit 128 and 256,
+/// bf16 and f16, keys centred and not, and the scored columns crossing a granule.
 pub fn hata_decoder_matches_reference(dev: &Device) -> Result<(), VerifyError> {
     let big = dev.is_gpu();
     let prefill = if big { 3000 } else { 200 };
@@ -682,22 +700,42 @@ pub fn hata_decoder_matches_reference(dev: &Device) -> Result<(), VerifyError> {
         dev,
         c(128, 128, Budget::Count(48), false, true),
         prefill,
-        4,
+        (4, 0),
         51,
     )?;
     decoder_case::<half::f16>(
         dev,
         c(64, 256, Budget::Ratio(0.1), false, false),
         prefill,
-        4,
+        (4, 0),
         52,
     )?;
     decoder_case::<half::bf16>(
         dev,
         c(64, 128, Budget::Count(48), true, true),
         prefill,
-        2,
+        (3, 0),
         53,
+    )?;
+    // a dense layer whose scored columns run far past the cache: whole splits of the dense
+    // attention see only masked rows
+    decoder_case::<half::bf16>(
+        dev,
+        HataConfig {
+            capacity: 1500,
+            ..c(64, 128, Budget::Count(48), true, true)
+        },
+        100,
+        (3, 0),
+        56,
+    )?;
+    // dense below the crossover for two steps, then sparse (a new graph at the switch)
+    decoder_case::<half::bf16>(
+        dev,
+        c(64, 128, Budget::Count(48), false, true),
+        prefill,
+        (5, 2),
+        55,
     )?;
     // the scored columns grow past a granule during the steps (a new graph is captured)
     let crossing = SCORE_GRANULE as usize - 2;
@@ -708,7 +746,7 @@ pub fn hata_decoder_matches_reference(dev: &Device) -> Result<(), VerifyError> {
             ..c(64, 128, Budget::Count(64), false, true)
         },
         crossing,
-        4,
+        (4, 0),
         54,
     )
 }

@@ -7,6 +7,9 @@
 //! serves every step until the column count, the budget or the caller's buffers change
 //! ([`HataLayer::step`], `step_graph`). Below a crossover length a step decodes dense
 //! ([`HataLayer::set_dense_below`]): at short caches the selection costs more than it saves.
+//! A dense step attends over the same rounded-up columns, the rows past the cache masked by
+//! a `log n` bias of `ln 0` (entry sizes 1 up to the length, 0 after), so it too is one
+//! graph replay.
 
 mod step_graph;
 
@@ -138,6 +141,9 @@ pub struct HataLayer<T: Element> {
     /// `[batch, kv_heads]`, before [`hata_append`] puts them at position `len`.
     new_codes: DeviceBuffer<u32>,
     new_norms: DeviceBuffer<f32>,
+    /// 1 for every cached row and 0 past the length, `[batch, capacity, kv_heads]`: the
+    /// entry sizes of the dense attention's `log n` bias, which masks the 0 rows.
+    sizes: DeviceBuffer<f32>,
     /// A step at fewer cached tokens per sequence decodes dense.
     dense_below: u32,
     /// Whether [`HataLayer::step`] replays captured graphs (else it launches each kernel).
@@ -228,6 +234,7 @@ impl<T: Element + Float> HataLayer<T> {
             dev_len: device.zeros(1)?,
             new_codes: device.zeros(b * hk * words)?,
             new_norms: device.zeros(b * hk)?,
+            sizes: device.zeros(b * cap * hk)?,
             dense_below: DEFAULT_DENSE_BELOW_TOKENS.div_ceil(cfg.batch),
             use_graphs: true,
             graph: None,
@@ -272,7 +279,7 @@ impl<T: Element + Float> HataLayer<T> {
             topk: TopK::new(device)?,
             topk_scratch: TopKScratch::new(device, (b * hk) as u32, cfg.capacity)?,
             sparse: FlashDecode::new(device, dtype, cfg.dim, true)?,
-            dense: FlashDecode::new(device, dtype, cfg.dim, false)?,
+            dense: FlashDecode::with_counts(device, dtype, cfg.dim, false)?,
             scratch: DecodeScratch::new(device, 1, d)?,
         })
     }
@@ -322,7 +329,7 @@ impl<T: Element + Float> HataLayer<T> {
         (self.replays, self.captures)
     }
 
-    /// Whether [`HataLayer::step`] captures its sparse steps as graphs and replays them (the
+    /// Whether [`HataLayer::step`] captures its steps as graphs and replays them (the
     /// default) or launches every kernel each step (the same kernels, so the same results).
     pub fn set_graphs(&mut self, on: bool) {
         self.use_graphs = on;
@@ -439,6 +446,11 @@ impl<T: Element + Float> HataLayer<T> {
             0,
             true,
         )?;
+        let mut sizes = vec![0.0f32; (c.batch * c.capacity * c.kv_heads) as usize];
+        for seq in sizes.chunks_mut((c.capacity * c.kv_heads) as usize) {
+            seq[..(len * c.kv_heads) as usize].fill(1.0);
+        }
+        self.device.write(&mut self.sizes, &sizes)?;
         self.device.write(&mut self.dev_len, &[len])?;
         self.len = len;
         Ok(())
@@ -493,6 +505,7 @@ impl<T: Element + Float> HataLayer<T> {
             &mut self.v,
             &mut self.codes,
             &mut self.norms,
+            &mut self.sizes,
             c.capacity,
             c.kv_heads,
         )?;
@@ -600,13 +613,15 @@ impl<T: Element + Float> HataLayer<T> {
                 &mut self.scratch,
             )?;
         } else {
-            self.dense.run(
+            // the rounded-up columns, the rows past the cache masked by their size 0
+            self.dense.run_with_counts(
                 &shape,
                 q,
                 &self.k,
                 &self.v,
                 None,
-                self.len,
+                Some(&self.sizes),
+                self.score_columns(),
                 scale,
                 out,
                 lse,
@@ -662,9 +677,9 @@ impl<T: Element + Float> HataLayer<T> {
     }
 
     /// One decode step: append `k_new`, `v_new`, then attend with `q` (all enqueued on the
-    /// device's stream; the host does not wait). A sparse step is captured as a graph the
-    /// first time it runs with its column count, budget and buffers, and replayed (one
-    /// launch) while they stay the same; a dense step launches its kernels one by one.
+    /// device's stream; the host does not wait). A step is captured as a graph the first
+    /// time it runs with its column count, budget (or dense attention) and buffers, and
+    /// replayed (one launch) while they stay the same.
     pub fn step(
         &mut self,
         q: &DeviceBuffer<T>,
@@ -680,7 +695,7 @@ impl<T: Element + Float> HataLayer<T> {
             out,
             lse,
         };
-        if self.use_graphs && self.len < self.cfg.capacity && self.sparse_at(self.len + 1) {
+        if self.use_graphs && self.len < self.cfg.capacity {
             return self.graph_step(io);
         }
         self.eager_step(io)

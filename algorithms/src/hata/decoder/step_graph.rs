@@ -1,4 +1,4 @@
-//! The graph-captured sparse step: a step's launches captured once and replayed while the
+//! The graph-captured step (sparse or dense): a step's launches captured once and replayed while the
 //! column count, the budget and the caller's buffers stay what they were at the capture
 //! (every kernel reads the cache length from device memory), so a step costs the host one
 //! launch instead of a dozen and the device no gaps between them.
@@ -24,14 +24,19 @@ struct StepKey {
 }
 
 impl<T: Element + Float> HataLayer<T> {
-    /// A sparse [`HataLayer::step`]: one replay of the graph captured for this step's key,
+    /// A [`HataLayer::step`]: one replay of the graph captured for this step's key,
     /// or (on a new key, or a stale graph) the step launched kernel by kernel, which also
     /// sizes every scratch buffer, then captured for the next steps.
     pub(super) fn graph_step(&mut self, mut io: StepIo<'_, T>) -> Result<(), HataError> {
         let next = self.len + 1;
         let key = StepKey {
             columns: self.columns_at(next),
-            keys: self.budget_for(next),
+            // 0 for a dense step (its attention covers the columns)
+            keys: if self.sparse_at(next) {
+                self.budget_for(next)
+            } else {
+                0
+            },
             buffers: [
                 io.q.address(),
                 io.k_new.address(),
