@@ -34,13 +34,13 @@ use crate::common::check_kv_len;
 pub const SCORE_GRANULE: u32 = 1024;
 
 /// Cached tokens over the whole batch (`batch · len`) below which a step decodes dense by
-/// default. Measured on an H200 (`bench-results/h200-2026-12-03-decode/`, the `hata` bench,
-/// heads 32/8, D 128, budget 1.6%): the graph-captured sparse step against dense
-/// flash-decoding is 0.50× at B 1 · 8K and 0.69× at B 8 · 2K (16K tokens both), 1.06× at
-/// B 1 · 32K and B 8 · 4K (32K tokens both). Below it the dense step still appends and
-/// hashes the new key eagerly (the codes are needed once the cache grows past it), which
-/// measured 0.37–0.52× of dense attention alone at B 1, 2K–8K: no faster than the sparse
-/// graph there, since both are bound by a fixed ~40 µs of launches and small kernels.
+/// default. Measured on an H200 (`bench-results/h200-2026-12-03-decode/` and
+/// `h200-2026-12-04-dense-graph/`, the `hata` bench, heads 32/8, D 128, budget 1.6%): the
+/// graph-captured sparse step against dense flash-decoding is 0.50× at B 1 · 8K and 0.69× at
+/// B 8 · 2K (16K tokens both), 1.06–1.10× at B 1 · 32K and 1.03–1.07× at B 8 · 4K (32K tokens
+/// both). Below it the dense step (one graph replay too, the new key still hashed for later
+/// sparse steps) measured 0.52–0.84× of dense attention alone at B 1 · 2K–8K and 0.77–0.90×
+/// at B 8 · 2K over two runs: the append and the hashing are what it costs beyond dense.
 pub const DEFAULT_DENSE_BELOW_TOKENS: u32 = 32 * 1024;
 
 /// How many keys a step attends to.
