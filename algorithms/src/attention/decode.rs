@@ -31,7 +31,8 @@ pub const MAX_SPLITS: u32 = 4096;
 /// token `ids[(b·H_kv + h_kv)·n_keys + i]`, else token `i`. Writes, per query head and split,
 /// the normalised partial output `o_part[((b·H + h)·splits + s)·D ..]` (f32) and its
 /// log-sum-exp in log2 units `lse_part[(b·H + h)·splits + s]`. With `BIAS`, the logit of
-/// token `j` gains `ln counts[(b·S + j)·H_kv + h_kv]` (`counts` `[B, S, H_kv]`, each ≥ 1;
+/// token `j` gains `ln counts[(b·S + j)·H_kv + h_kv]` (`counts` `[B, S, H_kv]`, each ≥ 1,
+/// or 0 to mask the entry out: a split of masked entries only contributes nothing;
 /// read 4 bytes per key, a step ahead into registers so the load hides behind the tile's
 /// `mma`s); without it `counts` is never read. Grid `(⌈splits / 2⌉, H_kv, B)`, 64 threads.
 #[kernel(
@@ -661,8 +662,8 @@ impl FlashDecode {
 
     /// [`FlashDecode::run`], over a merged cache when built with
     /// [`FlashDecode::with_counts`]: entry `j` of (b, h_kv) stands for
-    /// `counts[(b·S + j)·H_kv + h_kv]` tokens (`[B, S, H_kv]`, each ≥ 1) and its logit gains
-    /// the log of that. `counts` must be given exactly when the kernels were built for it.
+    /// `counts[(b·S + j)·H_kv + h_kv]` tokens (`[B, S, H_kv]`, each ≥ 1, or 0 for an entry
+    /// to leave out) and its logit gains the log of that. `counts` must be given exactly when the kernels were built for it.
     #[allow(clippy::too_many_arguments)]
     pub fn run_with_counts<T: kiln::Element>(
         &self,

@@ -63,8 +63,8 @@ pub fn rounds(chunk: u32, keep: u32, fraction: f64) -> Vec<Round> {
 /// recent 0.57 / 0.85 / 0.96 and evenly spaced 0.54 / 0.80 / 1.09, where chunks of 256
 /// lose to both at 80% (0.97) and chunks of 64 to recent at 50%: use 512 on long caches.
 /// The former default
-/// (¼, standardised) lost to keeping recent tokens at 50% on the demo shape (0.17 against
-/// 0.17) and at 80% on S = 32K with chunks of 64–128 (0.70–0.91 against 0.71). Smaller
+/// (¼, standardised) lost to keeping recent tokens at 50% on the demo shape (0.169 against
+/// 0.168) and at 80% on S = 32K with chunks of 64–128 (0.70–0.91 against 0.71). Smaller
 /// shares let only the most similar pairs of a round merge before the chunk is
 /// re-partitioned, at twice the rounds of ¼. Sweeps: `bench-results/cpu-fidelity-2026-12-03/`.
 pub const DEFAULT_ROUND_FRACTION: f64 = 0.125;

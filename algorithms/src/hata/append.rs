@@ -1,8 +1,8 @@
 //! The parts of HATA's decode step that read the cache length from device memory, so that
 //! one captured graph serves many steps ([`super::decoder::HataLayer::step`]): appending the
 //! step's token at position `len[0]`, and masking the scores of the recent window and of the
-//! columns past the cache. The length moves on with `clo_advance` once every kernel of the
-//! step that reads it has been enqueued.
+//! columns past the cache. The length moves on with `clo_advance` right after the append
+//! (enqueued in the same stream): the masking then reads the length with the new token.
 
 use kiln_dsl::kernel;
 

@@ -659,6 +659,11 @@ pub fn decoder_case<T: Real + kiln_codegen::prelude::Float>(
             n_keys
         );
     }
+    ensure!(
+        layer.capture_error().is_none(),
+        "a capture failed: {:?}",
+        layer.capture_error()
+    );
     let (replays, captures) = layer.graph_counts();
     ensure!(
         captures >= 1 && replays >= 1 && replays + captures == steps as u64,

@@ -30,7 +30,9 @@ use crate::common::check_kv_len;
 
 /// The selection scores the cache length rounded up to a multiple of this many columns (at
 /// most the capacity), the columns past the cache masked out: a captured step stays valid
-/// for this many tokens.
+/// for up to this many tokens (fewer with a [`Budget::Ratio`], whose key count changes
+/// every `1 / ratio` tokens and is recaptured then). A dense step attends over the same
+/// columns, so it reads up to this many masked rows more than dense attention would.
 pub const SCORE_GRANULE: u32 = 1024;
 
 /// Cached tokens over the whole batch (`batch · len`) below which a step decodes dense by
@@ -40,7 +42,8 @@ pub const SCORE_GRANULE: u32 = 1024;
 /// B 8 · 2K (16K tokens both), 1.06–1.10× at B 1 · 32K and 1.03–1.07× at B 8 · 4K (32K tokens
 /// both). Below it the dense step (one graph replay too, the new key still hashed for later
 /// sparse steps) measured 0.52–0.84× of dense attention alone at B 1 · 2K–8K and 0.77–0.90×
-/// at B 8 · 2K over two runs: the append and the hashing are what it costs beyond dense.
+/// at B 8 · 2K over two runs: it costs the append, the hashing and up to
+/// [`SCORE_GRANULE`]` − 1` masked rows beyond dense.
 pub const DEFAULT_DENSE_BELOW_TOKENS: u32 = 32 * 1024;
 
 /// How many keys a step attends to.
@@ -152,6 +155,8 @@ pub struct HataLayer<T: Element> {
     /// Steps served by one graph replay, and graphs captured, since construction.
     replays: u64,
     captures: u64,
+    /// Why a capture failed, after which steps launch kernel by kernel.
+    capture_error: Option<String>,
     /// `hash_encode` with 8 vectors per warp: a prefill's keys.
     encode_many: Kernel,
     /// `hash_encode_group` over a step's query heads (a GQA group per block) and over its new
@@ -240,6 +245,7 @@ impl<T: Element + Float> HataLayer<T> {
             graph: None,
             replays: 0,
             captures: 0,
+            capture_error: None,
             encode_many: hash_encode::spec()
                 .t(dtype)
                 .d(cfg.dim)
@@ -327,6 +333,12 @@ impl<T: Element + Float> HataLayer<T> {
     /// workload that recaptures often changes its step buffers or crosses granules).
     pub fn graph_counts(&self) -> (u64, u64) {
         (self.replays, self.captures)
+    }
+
+    /// Why capturing a step as a graph failed, if it did: that step still ran (kernel by
+    /// kernel, its results are valid) and graphs are off from then on.
+    pub fn capture_error(&self) -> Option<&str> {
+        self.capture_error.as_deref()
     }
 
     /// Whether [`HataLayer::step`] captures its steps as graphs and replays them (the

@@ -1,7 +1,9 @@
 //! The graph-captured step (sparse or dense): a step's launches captured once and replayed while the
 //! column count, the budget and the caller's buffers stay what they were at the capture
-//! (every kernel reads the cache length from device memory), so a step costs the host one
-//! launch instead of a dozen and the device no gaps between them.
+//! (the append and the masking read the cache length from device memory; the score, top-k
+//! and attention cover the keyed columns and budget), so a step costs the host one launch
+//! instead of a dozen and the device no gaps between them. One graph is kept: a caller
+//! alternating two sets of step buffers recaptures every step (use one set, or graphs off).
 
 use kiln::prelude::*;
 use kiln::{Element, Graph, RuntimeError};
@@ -73,8 +75,15 @@ impl<T: Element + Float> HataLayer<T> {
             })
         });
         self.len = next;
-        if let Some(e) = failed {
-            return Err(e);
+        // the step itself ran (eagerly): report the capture's failure, not the step's, and
+        // launch kernel by kernel from now on
+        if let Some(e) = failed
+            .map(|e| e.to_string())
+            .or(captured.as_ref().err().map(|e| e.to_string()))
+        {
+            self.use_graphs = false;
+            self.capture_error = Some(e);
+            return Ok(());
         }
         self.captures += 1;
         self.graph = Some(StepGraph {
