@@ -78,3 +78,45 @@ fn chelsea_matches_reference() {
 fn clo_matches_reference() {
     check("clo", clo::checks::clo_matches_reference);
 }
+
+/// `HataLayer::new` refuses a configuration it cannot serve with a `Config` error saying
+/// why, before allocating anything: an empty batch, hash weights of the wrong size, and a
+/// cache too large for the kernels' u32 indexing (B 16 × 256K tokens × 8 KV heads × D 128).
+#[test]
+fn hata_layer_refuses_bad_configurations() {
+    use kiln::algorithms::hata::decoder::{Budget, HataConfig, HataError, HataLayer};
+    let Some(dev) = common::device() else { return };
+    let cfg = HataConfig {
+        batch: 1,
+        heads: 32,
+        kv_heads: 8,
+        dim: 128,
+        rbit: 128,
+        capacity: 4096,
+        budget: Budget::Count(64),
+        sink: 4,
+        recent: 16,
+        use_norms: true,
+        center_keys: true,
+        dense: false,
+    };
+    let weights = vec![0.5f32; 8 * 128 * 128];
+    let refused = |cfg: HataConfig, weights: &[f32], says: &str| match HataLayer::<half::bf16>::new(
+        &dev, cfg, weights,
+    ) {
+        Err(HataError::Config(m)) => assert!(m.contains(says), "{m}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("accepted {cfg:?}"),
+    };
+    refused(HataConfig { batch: 0, ..cfg }, &weights, "positive");
+    refused(cfg, &weights[1..], "hash weights hold");
+    refused(
+        HataConfig {
+            batch: 16,
+            capacity: 256 * 1024,
+            ..cfg
+        },
+        &weights,
+        "2^32",
+    );
+}

@@ -201,6 +201,15 @@ impl<T: Element + Float> HataLayer<T> {
         if cfg.batch == 0 || cfg.capacity == 0 {
             return bad("batch and capacity must be positive".into());
         }
+        // the copy kernels index a whole cache's elements, and the scores its rows, in u32
+        let elements = cfg.batch as u64 * cfg.capacity as u64 * (cfg.kv_heads * cfg.dim) as u64;
+        if elements > u32::MAX as u64 {
+            return bad(format!(
+                "a cache of {elements} elements (batch {} × capacity {} × kv_heads {} × dim {}) \
+                 is more than the 2^32 the kernels index; split the batch over several layers",
+                cfg.batch, cfg.capacity, cfg.kv_heads, cfg.dim
+            ));
+        }
         let want = (cfg.kv_heads * cfg.dim * cfg.rbit) as usize;
         if weights.len() != want {
             return bad(format!(
