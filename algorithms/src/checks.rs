@@ -31,7 +31,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ),
     ("hata decoder", hata::checks::hata_decoder_matches_reference),
     (
-        "clo_hit + clo_plan + clo_gather + clo_append + clo_mask + clo_advance",
+        "clo_hit + clo_plan + clo_gather + clo_append + clo_advance",
         clo::checks::clo_matches_reference,
     ),
     (

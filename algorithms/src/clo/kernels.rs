@@ -23,7 +23,7 @@ pub const PLAN_THREADS: u32 = 512;
 pub const GATHER_WARPS: u32 = 8;
 /// Rows each warp of [`clo_gather`] moves (its `R`).
 pub const GATHER_ROWS: u32 = 4;
-/// Threads per block of [`clo_append`] and [`clo_mask`].
+/// Threads per block of [`clo_append`] and of the step's masking (`hata_tail_mask`).
 pub const THREADS: u32 = 256;
 /// Slot id of a slot that holds no token yet.
 pub const EMPTY: u32 = u32::MAX;
@@ -285,20 +285,6 @@ pub fn clo_append<T: Float, const D: u32, const WORDS: u32>(
     }
     for i in (t..kv_heads).step_by(256) {
         norms[(b * cap + pos) * kv_heads + i] = new_norms[b * kv_heads + i];
-    }
-}
-
-/// Takes the tokens the selection must not pick out of its scores (row `y`, `cap` columns):
-/// the recent ring's `[len + 1 − recent, len + 1)` (already in the slots) and the empty
-/// `[len + 1, cap)`, with `len = len[0]` read from device memory. Grid `(x, rows)`, 256
-/// threads, a grid-stride loop over the columns.
-#[kernel(threads = 256)]
-pub fn clo_mask(len: &[u32], scores: &mut [f32], cap: u32, recent: u32) {
-    let row = block_idx().y;
-    let from = len[0] + 1 - recent;
-    let first = from + block_idx().x * 256 + thread_idx().x;
-    for s in (first..cap).step_by(grid_dim().x * 256) {
-        scores[row * cap + s] = f32::NEG_INFINITY;
     }
 }
 

@@ -11,11 +11,12 @@ use kiln::{
 };
 
 use super::kernels::{
-    clo_advance, clo_append, clo_gather, clo_hit, clo_mask, clo_plan, EMPTY, GATHER_ROWS,
-    GATHER_WARPS, MAX_BUDGET, PLAN_THREADS, THREADS,
+    clo_advance, clo_append, clo_gather, clo_hit, clo_plan, EMPTY, GATHER_ROWS, GATHER_WARPS,
+    MAX_BUDGET, PLAN_THREADS, THREADS,
 };
 use crate::attention::decode::{DecodeError, DecodeScratch, DecodeShape, FlashDecode};
 use crate::common::check_kv_len;
+use crate::hata::append::hata_tail_mask;
 use crate::hata::encode::{self, group_launch, hash_encode, hash_encode_group, VECTORS_PER_WARP};
 use crate::hata::score::{self, hash_score};
 use crate::hata::topk::{TopK, TopKError, TopKScratch};
@@ -313,7 +314,7 @@ impl Kernels {
                 .d(c.dim)
                 .words(c.rbit / 32)
                 .build(device)?,
-            mask: clo_mask::spec().build(device)?,
+            mask: hata_tail_mask::spec().build(device)?,
             advance: clo_advance::spec().build(device)?,
             encode_many: hash_encode::spec()
                 .t(dtype)
@@ -818,7 +819,9 @@ impl<T: Element + Float> CloModel<T> {
         let tail = (c.capacity - self.len + c.recent)
             .div_ceil(THREADS)
             .clamp(1, 256);
-        clo_mask::launch_on(
+        // the recent ring `[len + 1 − recent, len + 1)` (already in the slots) and the empty
+        // `[len + 1, cap)` are taken out; the length moves on at the end of the step
+        hata_tail_mask::launch_on(
             &k.mask,
             s,
             &launch((tail, rows, 1), THREADS),
@@ -826,6 +829,8 @@ impl<T: Element + Float> CloModel<T> {
             &mut sc.scores,
             c.capacity,
             c.recent,
+            1,
+            f32::NEG_INFINITY,
         )?;
         k.topk.run_on(
             s,

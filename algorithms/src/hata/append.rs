@@ -49,20 +49,30 @@ pub fn hata_append<T: Float, const D: u32, const WORDS: u32>(
     }
 }
 
-/// Fixes the selection's hand in row `y` of `scores` (`cols` columns, `cols ≥ len`), with
-/// `len = len[0]` read from device memory (the cache after the append): the last `recent`
-/// tokens score `+∞` (always selected) and the columns `[len, cols)` past the cache `−∞`
-/// (never selected while the budget is at most `len`). Grid `(x, rows)`, 256 threads, a
-/// grid-stride loop over the columns from `len − recent`.
+/// Fixes the selection's hand in row `y` of `scores` (`cols` columns, `cols ≥ n`), with the
+/// cache length `n = len[0] + ahead` read from device memory (`ahead` 0 where the length has
+/// already moved past the step's token, as in HATA's step; 1 where it moves at the end of
+/// the step, as in CLO's): the last `recent` tokens below `n` score `recent_score` — `+∞`
+/// to always select them (HATA), `−∞` to leave them out (CLO, whose recent ring is already
+/// on the GPU) — and the columns `[n, cols)` past the cache `−∞` (never selected while the
+/// budget is at most `n`). Grid `(x, rows)`, 256 threads, a grid-stride loop over the
+/// columns from `n − recent`.
 #[kernel(threads = 256)]
-pub fn hata_tail_mask(len: &[u32], scores: &mut [f32], cols: u32, recent: u32) {
+pub fn hata_tail_mask(
+    len: &[u32],
+    scores: &mut [f32],
+    cols: u32,
+    recent: u32,
+    ahead: u32,
+    recent_score: f32,
+) {
     let row = block_idx().y;
-    let n = len[0];
+    let n = len[0] + ahead;
     let first = n - n.min(recent) + block_idx().x * 256 + thread_idx().x;
     for s in (first..cols).step_by(grid_dim().x * 256) {
         let mut x = f32::NEG_INFINITY;
         if s < n {
-            x = f32::INFINITY;
+            x = recent_score;
         }
         scores[row * cols + s] = x;
     }

@@ -344,9 +344,10 @@ pub fn hata_kernels_match_reference(dev: &Device) -> Result<(), VerifyError> {
 
 /// The decode step's device-length kernels on poisoned random buffers: [`hata_append`]
 /// writes the new key, value, code, norm and size 1 at position `len[0]` of every sequence
-/// and nothing else; [`hata_tail_mask`] sets the last `recent` scores below `len[0]` to `+∞`, the
-/// columns `[len[0], cols)` to `−∞` and leaves the rest (also when `len[0] < recent`, and
-/// with a grid smaller than the masked span).
+/// and nothing else; [`hata_tail_mask`] sets the last `recent` scores below
+/// `n = len[0] + ahead` to `+∞` (HATA, `ahead` 0) or `−∞` (CLO, `ahead` 1), the columns
+/// `[n, cols)` to `−∞` and leaves the rest (also when `n < recent`, and with a grid smaller
+/// than the masked span).
 fn append_and_mask_case<T: Real>(
     dev: &Device,
     (b, hk, d, words): (usize, usize, usize, usize),
@@ -435,7 +436,18 @@ fn append_and_mask_case<T: Real>(
     );
     let mask = hata_tail_mask::spec().build(dev)?;
     let (rows, cols, recent) = (b * hk, 700usize, 16usize);
-    for n in [cols, 650, 9, 0] {
+    // HATA's use (the length already counts the step's token, recent kept) and CLO's (the
+    // length one behind, recent left out)
+    for (len, ahead, hand) in [
+        (cols, 0, f32::INFINITY),
+        (650, 0, f32::INFINITY),
+        (9, 0, f32::INFINITY),
+        (0, 0, f32::INFINITY),
+        (cols - 1, 1, f32::NEG_INFINITY),
+        (320, 1, f32::NEG_INFINITY),
+        (4, 1, f32::NEG_INFINITY),
+    ] {
+        let n = len + ahead;
         let before = rng.f32s(rows * cols);
         let mut scores = dev.upload(&before)?;
         hata_tail_mask::launch(
@@ -445,10 +457,12 @@ fn append_and_mask_case<T: Real>(
                 block: (APPEND_THREADS, 1, 1),
                 dyn_shared_bytes: 0,
             },
-            &dev.upload(&[n as u32])?,
+            &dev.upload(&[len as u32])?,
             &mut scores,
             cols as u32,
             recent as u32,
+            ahead as u32,
+            hand,
         )?;
         let got = dev.download(&scores)?;
         for (i, (&g, &was)) in got.iter().zip(&before).enumerate() {
@@ -456,13 +470,13 @@ fn append_and_mask_case<T: Real>(
             let want = if s >= n {
                 f32::NEG_INFINITY
             } else if s + recent >= n {
-                f32::INFINITY
+                hand
             } else {
                 was
             };
             ensure!(
                 g.to_bits() == want.to_bits(),
-                "hata_tail_mask (len {n}, row {}, column {s}): {g}, want {want}",
+                "hata_tail_mask (len {len} + {ahead}, row {}, column {s}): {g}, want {want}",
                 i / cols
             );
         }

@@ -589,6 +589,8 @@ impl<T: Element + Float> HataLayer<T> {
             &mut self.scores,
             cols,
             c.recent,
+            0,
+            f32::INFINITY,
         )?;
         Ok(())
     }
