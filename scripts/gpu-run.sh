@@ -10,12 +10,14 @@
 #   bash scripts/gpu-run.sh decode     # the baselines, then the decode-step benches (HATA's
 #                                      # speed shapes, top-k, Chelsea); a .gpu/before-hata
 #                                      # (an older bench-hata) runs beside the new one
+#   bash scripts/gpu-run.sh adacluster # the algorithm checks on the GPU, the PyTorch
+#                                      # AdaCluster baselines (SDPA, k-means), then its bench
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 what="${1:-all}"
 case "$what" in
-  all|tests|benches|decode) ;;
-  *) echo "usage: $0 [all|tests|benches|decode]" >&2; exit 2 ;;
+  all|tests|benches|decode|adacluster) ;;
+  *) echo "usage: $0 [all|tests|benches|decode|adacluster]" >&2; exit 2 ;;
 esac
 out="${OUT:-gpu-out}"
 mkdir -p "$out"
@@ -34,6 +36,23 @@ fi
 if [ "$what" = all ] || [ "$what" = tests ]; then
   ./.gpu/kiln demo > "$out/demo.log" 2>&1 || status=1
   tail -5 "$out/demo.log"
+fi
+if [ "$what" = adacluster ]; then
+  echo "== .gpu/test-algorithms_run"
+  .gpu/test-algorithms_run --test-threads=1 --nocapture > "$out/test-algorithms_run.log" 2>&1 || status=1
+  grep -E "^test |test result|panicked" "$out/test-algorithms_run.log"
+  ada_json="$out/adacluster-baseline-torch.json"
+  echo "== benches/baselines/adacluster.py"
+  if python3 benches/baselines/adacluster.py "$ada_json" 2>&1 | tee "$out/adacluster-baseline.log" \
+      && [ -s "$ada_json" ]; then
+    export KILN_ADACLUSTER_BASELINE_JSON="$ada_json"
+  else
+    echo "the PyTorch AdaCluster baseline failed; see $out/adacluster-baseline.log"
+    status=1
+  fi
+  echo "== .gpu/bench-adacluster"
+  .gpu/bench-adacluster --bench 2>&1 | tee "$out/bench-adacluster.log" || status=1
+  exit $status
 fi
 if [ "$what" != tests ]; then
   baseline_json="$out/attention-baseline-torch.json"

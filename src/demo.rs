@@ -126,9 +126,16 @@ pub fn run(arch: &str) -> Result<String, CliError> {
             let _ = writeln!(out, "\nCLO: FAILED: {e}");
         }
     }
+    match kiln_algorithms::adacluster::demo::run(&device) {
+        Ok(report) => out.push_str(&report),
+        Err(e) => {
+            failed += 1;
+            let _ = writeln!(out, "\nAdaCluster: FAILED: {e}");
+        }
+    }
     let _ = writeln!(
         out,
-        "\nThe other pipelines (AdaCluster, BigMac, PAT) join this demo as they land."
+        "\nThe other pipelines (BigMac, PAT) join this demo as they land."
     );
     if failed > 0 {
         return Err(CliError {

@@ -5,7 +5,7 @@
 mod common;
 
 use kiln::algorithms::verify::VerifyError;
-use kiln::algorithms::{attention, chelsea, clo, gemm, hata};
+use kiln::algorithms::{adacluster, attention, chelsea, clo, gemm, hata};
 use kiln::runtime::Device;
 
 fn check(name: &str, f: fn(&Device) -> Result<(), VerifyError>) {
@@ -118,5 +118,13 @@ fn hata_layer_refuses_bad_configurations() {
         },
         &weights,
         "2^32",
+    );
+}
+
+#[test]
+fn adacluster_matches_reference() {
+    check(
+        "adacluster",
+        adacluster::checks::adacluster_matches_reference,
     );
 }

@@ -4,7 +4,7 @@
 //! (`tests/algorithms_run.rs`) and `kiln demo` run them from this list.
 
 use crate::verify::Check;
-use crate::{attention, chelsea, clo, gemm, hata};
+use crate::{adacluster, attention, chelsea, clo, gemm, hata};
 
 /// Every algorithm check, by name.
 pub const CHECKS: &[(&str, Check)] = &[
@@ -41,5 +41,9 @@ pub const CHECKS: &[(&str, Check)] = &[
     (
         "hash_train_forward + hash_train_gram + hash_train_update + hash_train_finish",
         hata::train::checks::hash_train_matches_reference,
+    ),
+    (
+        "kmeans_assign + cluster_count + cluster_offsets + cluster_scatter + cluster_update + cluster_select + cluster_attn",
+        adacluster::checks::adacluster_matches_reference,
     ),
 ];

@@ -20,6 +20,7 @@
 // workspace that path is provided by the runtime crate.
 extern crate kiln_runtime as kiln;
 
+pub mod adacluster;
 pub mod attention;
 pub mod checks;
 pub mod chelsea;

@@ -322,16 +322,36 @@ pub fn store_strip<T: Float, const N: u32>(
     rows: u32,
 ) {
     let lane = lane_id();
+    let mut at = [0xffff_ffff_ffff_ffffu64; 2];
     for h in 0..2u32 {
         let r = lane / 4 + h * 8;
         if r < rows {
+            at[h] = base + r as u64 * ld;
+        }
+    }
+    store_strip_rows::<T, N>(&o, &l, out, &at);
+}
+
+/// Writes a 16 × 8N strip, each row divided by `l`, as `T`, to rows anywhere in `out`:
+/// this lane's row `lane / 4 + 8h` starts at `out[at[h]]` (`u64::MAX`: not written).
+/// Un-permuting attention outputs (rows scattered by an index) uses it directly.
+#[device]
+pub fn store_strip_rows<T: Float, const N: u32>(
+    o: &[FragC; N],
+    l: &[f32; 2],
+    out: &mut [T],
+    at: &[u64; 2],
+) {
+    let lane = lane_id();
+    for h in 0..2u32 {
+        if at[h] != 0xffff_ffff_ffff_ffffu64 {
             // a row that saw only masked keys (l = 0) stores 0, not 0/0
             let inv = if l[h] > 0.0 { 1.0f32 / l[h] } else { 0.0f32 };
-            let row = base + r as u64 * ld + (lane % 4 * 2) as u64;
+            let row = at[h] + (lane % 4 * 2) as u64;
             for j in 0..N {
-                let at = row + (j * 8) as u64;
-                out[at] = (o[j][2 * h] * inv) as T;
-                out[at + 1] = (o[j][2 * h + 1] * inv) as T;
+                let e = row + (j * 8) as u64;
+                out[e] = (o[j][2 * h] * inv) as T;
+                out[e + 1] = (o[j][2 * h + 1] * inv) as T;
             }
         }
     }

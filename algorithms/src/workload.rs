@@ -72,6 +72,7 @@
 pub(crate) mod io;
 mod metrics;
 mod rng;
+pub mod video;
 
 pub use io::SaveDtype;
 pub use metrics::{attention_logits, logit_ranks, mass_of_top_logits, softmax_mass_of_top};

@@ -1,0 +1,284 @@
+//! AdaCluster against exact dense attention on the video workload, next to two baselines at
+//! the same per-query key budget: a fixed spatio-temporal window (each query keeps the text
+//! tokens and its nearest grid tokens, frames weighted by the workload's space/time window
+//! ratio — the block-sparse masks of sliding-window methods) and k-means on Q only (queries
+//! clustered as AdaCluster does, keys in fixed contiguous blocks of the raster order, the
+//! same top-p selection on block means). Everything but AdaCluster's own output is float64
+//! on the host, so keep shapes small (a few thousand tokens).
+
+use std::fmt::Write as _;
+
+use super::layer::{AdaClusterAttention, AdaClusterConfig, AdaShape};
+use super::reference;
+use crate::verify::VerifyError;
+use crate::workload::video::{generate_video, VideoSpec};
+use half::bf16;
+use kiln_runtime::Device;
+
+/// One method's fidelity: output relative norm error and mean per-row cosine similarity
+/// against dense attention, and the share of query–key pairs it computed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FidelityRow {
+    /// The method.
+    pub method: &'static str,
+    /// `‖o − o_dense‖ / ‖o_dense‖` over the whole output.
+    pub rel_err: f64,
+    /// Mean over query rows of the cosine similarity to the dense row.
+    pub cosine: f64,
+    /// Computed pairs over `seq²`.
+    pub density: f64,
+}
+
+struct Accumulator {
+    num: f64,
+    den: f64,
+    cos: f64,
+    rows: usize,
+    pairs: f64,
+}
+
+impl Accumulator {
+    fn new() -> Self {
+        Accumulator {
+            num: 0.0,
+            den: 0.0,
+            cos: 0.0,
+            rows: 0,
+            pairs: 0.0,
+        }
+    }
+
+    fn add(&mut self, got: &[f64], want: &[f64], keys: usize) {
+        let (mut gw, mut gg, mut ww) = (0.0, 0.0, 0.0);
+        for (a, b) in got.iter().zip(want) {
+            self.num += (a - b) * (a - b);
+            self.den += b * b;
+            gw += a * b;
+            gg += a * a;
+            ww += b * b;
+        }
+        self.cos += if gg > 0.0 && ww > 0.0 {
+            gw / (gg * ww).sqrt()
+        } else {
+            0.0
+        };
+        self.rows += 1;
+        self.pairs += keys as f64;
+    }
+
+    fn row(&self, method: &'static str, seq: usize) -> FidelityRow {
+        FidelityRow {
+            method,
+            rel_err: (self.num / self.den).sqrt(),
+            cosine: self.cos / self.rows as f64,
+            density: self.pairs / (self.rows as f64 * seq as f64),
+        }
+    }
+}
+
+/// Runs AdaCluster (`config`, two calls: the search, then a warm call — the one measured)
+/// on the workload of `spec` on `device` and scores it and both baselines against dense
+/// attention, all in float64 from the bf16 inputs the device saw.
+pub fn evaluate(
+    device: &Device,
+    spec: &VideoSpec,
+    config: &AdaClusterConfig,
+) -> Result<Vec<FidelityRow>, VerifyError> {
+    let wl = generate_video(spec).map_err(|e| VerifyError::Mismatch(e.to_string()))?;
+    let (p, n, d) = (spec.batch * spec.heads, spec.seq(), spec.dim);
+    let round = |v: &[f32]| -> (Vec<bf16>, Vec<f64>) {
+        let b: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+        let f = b.iter().map(|x| x.to_f64()).collect();
+        (b, f)
+    };
+    let ((qb, q), (kb, k), (vb, v)) = (round(&wl.q), round(&wl.k), round(&wl.v));
+    let shape = AdaShape {
+        batch: spec.batch as u32,
+        heads: spec.heads as u32,
+        seq: n as u32,
+        dim: d as u32,
+    };
+    let mut layer = AdaClusterAttention::<bf16>::new(device, shape, config.clone())?;
+    let (qd, kd, vd) = (
+        device.upload(&qb)?,
+        device.upload(&kb)?,
+        device.upload(&vb)?,
+    );
+    let mut od = device.zeros::<bf16>(shape.len())?;
+    layer.forward(&qd, &kd, &vd, &mut od)?;
+    layer.forward(&qd, &kd, &vd, &mut od)?;
+    let o: Vec<f64> = device.download(&od)?.iter().map(|x| x.to_f64()).collect();
+    let scale = 1.0 / (d as f64).sqrt();
+    // what the layer kept, per query: its key count (AdaCluster's budget for the baselines)
+    let mut budget = vec![n; p * n];
+    let mut q_assign = vec![0u32; p * n];
+    let mut kq = 1usize;
+    let mut cluster_keys = Vec::new();
+    if let Some(c) = layer.clusters() {
+        kq = c.q.k as usize;
+        let a = device.download(&c.q.assign)?;
+        let keys = device.download(&c.selected.sel_keys)?;
+        cluster_keys = keys.clone();
+        for (i, &cq) in a.iter().enumerate() {
+            budget[i] = keys[i / n * kq + cq as usize] as usize;
+        }
+        q_assign = a;
+    }
+    let kk = layer.clusters().map_or(1, |c| c.k.k as usize).max(1);
+    let all: Vec<u32> = (0..n as u32).collect();
+    let ratio = (spec.space_window / spec.time_window.max(1e-3)) as f64;
+    let (mut ada, mut window, mut q_only) =
+        (Accumulator::new(), Accumulator::new(), Accumulator::new());
+    for pi in 0..p {
+        let kv = pi * n * d..(pi + 1) * n * d;
+        let (kh, vh) = (&k[kv.clone()], &v[kv]);
+        // k-means on Q only: key blocks of the raster order, AdaCluster's query clusters
+        let block_of: Vec<u32> = (0..n).map(|j| (j * kk / n) as u32).collect();
+        let (k_order, k_start) = reference::sort(&block_of, kk);
+        let k_means = reference::means(kh, d, &k_order, &k_start);
+        let k_sizes: Vec<u32> = k_start.windows(2).map(|w| w[1] - w[0]).collect();
+        let qa = &q_assign[pi * n..][..n];
+        let (q_order, q_start) = reference::sort(qa, kq);
+        let q_means = reference::means(&q[pi * n * d..][..n * d], d, &q_order, &q_start);
+        // each query cluster takes the most probable key blocks up to AdaCluster's key count
+        let q_kept: Vec<Vec<u32>> = q_means
+            .iter()
+            .enumerate()
+            .map(|(cq, m)| match m {
+                Some(m) => {
+                    let want = cluster_keys.get(pi * kq + cq).copied().unwrap_or(n as u32);
+                    let (_, prob) = reference::select(m, &k_means, &k_sizes, scale, 1.0, kk);
+                    let mut by: Vec<usize> = (0..kk).filter(|&j| k_sizes[j] > 0).collect();
+                    by.sort_by(|&a, &b| prob[b].total_cmp(&prob[a]).then(a.cmp(&b)));
+                    let mut kept = Vec::new();
+                    let mut keys = 0;
+                    for j in by {
+                        if keys >= want {
+                            break;
+                        }
+                        keys += k_sizes[j];
+                        kept.push(j as u32);
+                    }
+                    kept.sort_unstable();
+                    reference::kept_keys(&kept, &k_order, &k_start)
+                }
+                None => Vec::new(),
+            })
+            .collect();
+        for i in 0..n {
+            let row = &q[(pi * n + i) * d..][..d];
+            let (want, _) = reference::attend(row, &all, kh, vh, d, scale);
+            let got = &o[(pi * n + i) * d..][..d];
+            ada.add(got, &want, budget[pi * n + i]);
+            let keys = window_keys(spec, i, budget[pi * n + i], ratio);
+            let (w, _) = reference::attend(row, &keys, kh, vh, d, scale);
+            window.add(&w, &want, keys.len());
+            let keys = &q_kept[qa[i] as usize];
+            let (w, _) = reference::attend(row, keys, kh, vh, d, scale);
+            q_only.add(&w, &want, keys.len());
+        }
+    }
+    Ok(vec![
+        ada.row("adacluster", n),
+        window.row("spatio-temporal window", n),
+        q_only.row("k-means on Q only", n),
+    ])
+}
+
+/// The fixed window of query token `i` with `budget` keys: every text token, then the grid
+/// tokens nearest to it (`ratio·|Δframe| + |Δrow| + |Δcolumn|`, ties in raster order). A
+/// text query keeps the first `budget` tokens.
+fn window_keys(spec: &VideoSpec, i: usize, budget: usize, ratio: f64) -> Vec<u32> {
+    let n = spec.seq();
+    let grid = spec.grid_tokens();
+    let mut keys: Vec<u32> = (grid as u32..n as u32).take(budget).collect();
+    let Some([f, y, x]) = spec.position(i) else {
+        return (0..budget.min(n) as u32).collect();
+    };
+    let mut by: Vec<(f64, u32)> = (0..grid)
+        .map(|j| {
+            let [g, r, c] = spec.position(j).unwrap_or([0, 0, 0]);
+            let dist = ratio * (f as f64 - g as f64).abs()
+                + (y as f64 - r as f64).abs()
+                + (x as f64 - c as f64).abs();
+            (dist, j as u32)
+        })
+        .collect();
+    by.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let room = budget.saturating_sub(keys.len());
+    keys.extend(by.iter().take(room).map(|&(_, j)| j));
+    keys
+}
+
+/// The fidelity table as text, one row per method.
+pub fn table(rows: &[FidelityRow]) -> String {
+    let mut out = format!(
+        "{:<24} {:>9} {:>9} {:>8}\n",
+        "method", "rel err", "cosine", "density"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>9.4} {:>9.5} {:>8.3}",
+            r.method, r.rel_err, r.cosine, r.density
+        );
+    }
+    out
+}
+
+/// One line: whether AdaCluster beat both baselines (lower error at the same budget).
+pub fn verdict(rows: &[FidelityRow]) -> String {
+    let err = |m: &str| rows.iter().find(|r| r.method == m).map(|r| r.rel_err);
+    match (
+        err("adacluster"),
+        err("spatio-temporal window"),
+        err("k-means on Q only"),
+    ) {
+        (Some(a), Some(w), Some(q)) if a < w && a < q => format!(
+            "AdaCluster beat both baselines at the same key budget (error {a:.4} vs window {w:.4}, Q-only k-means {q:.4})"
+        ),
+        (Some(a), Some(w), Some(q)) => format!(
+            "AdaCluster did NOT beat both baselines at the same key budget (error {a:.4} vs window {w:.4}, Q-only k-means {q:.4})"
+        ),
+        _ => "AdaCluster: no fidelity rows".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo shape on the emulator, seeds 0–2: AdaCluster is close to dense attention
+    /// and computes fewer pairs; at the same key budget it beats k-means on Q only on every
+    /// seed, and the spatio-temporal window on average and on most seeds (measured: errors
+    /// 0.145 / 0.122 / 0.177 against the window's 0.221 / 0.226 / 0.125 — on seed 2 this
+    /// tiny 264-token shape is local enough for the window to win).
+    #[test]
+    fn adacluster_beats_its_baselines_on_the_demo_shape() {
+        let dev = Device::emulator();
+        let (mut ada_sum, mut window_sum, mut wins) = (0.0, 0.0, 0);
+        for seed in 0..3 {
+            let spec = super::super::demo::demo_spec(false).with_seed(seed);
+            let rows = evaluate(&dev, &spec, &AdaClusterConfig::default())
+                .expect("the demo shape runs on the emulator");
+            println!("seed {seed}\n{}", table(&rows));
+            let (ada, window, q_only) = (&rows[0], &rows[1], &rows[2]);
+            assert!(ada.density < 0.5, "seed {seed}: {rows:?}");
+            assert!(ada.cosine > 0.97, "seed {seed}: {rows:?}");
+            assert!(
+                ada.rel_err < q_only.rel_err,
+                "seed {seed}: {}",
+                verdict(&rows)
+            );
+            ada_sum += ada.rel_err;
+            window_sum += window.rel_err;
+            wins += (ada.rel_err < window.rel_err) as u32;
+        }
+        assert!(
+            ada_sum < window_sum && wins >= 2,
+            "mean error {:.4} vs the window's {:.4}, {wins} of 3 seeds won",
+            ada_sum / 3.0,
+            window_sum / 3.0
+        );
+    }
+}
