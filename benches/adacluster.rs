@@ -18,6 +18,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use half::bf16;
+use kiln::algorithms::adacluster::fidelity::{evaluate_sampled, table, verdict};
 use kiln::algorithms::adacluster::layer::{
     AdaClusterAttention, AdaClusterConfig, AdaShape, Layout, Selection,
 };
@@ -104,6 +105,7 @@ fn attention_case(
     let reps = if big { 5 } else { 20 };
     let ours = timing::time(dev, 2, reps, || Ok(layer.forward(&q, &k, &v, &mut o)?))?;
     let density = layer.density()?;
+    let tiles = layer.tile_density()?;
     let prefill = Prefill::new(dev, kiln::codegen::Dtype::Bf16, Store::default_location());
     let call = PrefillCall {
         batch: shape.batch,
@@ -131,7 +133,7 @@ fn attention_case(
         _ => (0, 0),
     };
     println!(
-        "{shape_name}: {layout:?}; first call {first_ms:.1} ms; steady {:.2} ms vs dense (ours) {:.2} ms = {:.2}x, vs SDPA {} = {}; density {:.3}; rel err {err:.4}, cosine {cos:.5}",
+        "{shape_name}: {layout:?}; first call {first_ms:.1} ms; steady {:.2} ms vs dense (ours) {:.2} ms = {:.2}x, vs SDPA {} = {}; density {:.3} (tiles {tiles:.3}); rel err {err:.4}, cosine {cos:.5}",
         ours.median_ms,
         dense.median_ms,
         dense.median_ms / ours.median_ms,
@@ -151,9 +153,10 @@ fn attention_case(
             Ok(layer.forward(&q, &k, &v, &mut o)?)
         })?;
         let density = layer.density()?;
+        let tiles = layer.tile_density()?;
         let (err, cos) = fidelity(&dev.download(&o)?, &dense_o, shape.dim as usize);
         println!(
-            "{shape_name} top-p {mass}: {:.2} ms = {:.2}x dense (ours), {}; density {density:.3}; rel err {err:.4}, cosine {cos:.5}",
+            "{shape_name} top-p {mass}: {:.2} ms = {:.2}x dense (ours), {}; density {density:.3} (tiles {tiles:.3}); rel err {err:.4}, cosine {cos:.5}",
             t.median_ms,
             dense.median_ms / t.median_ms,
             baselines
@@ -162,9 +165,71 @@ fn attention_case(
         );
         sweep.push(serde_json::json!({
             "top_p": mass, "steady_ms": t.median_ms, "density": density, "rel_err": err,
+            "tile_density": tiles,
             "cosine": cos, "vs_dense": dense.median_ms / t.median_ms,
             "vs_sdpa": baselines.and_then(|b| b.get(&shape_name)).map(|b| b.ratio(t.median_ms)),
         }));
+    }
+    // the count search started from finer and coarser clusterings (a new layer each)
+    let mut counts = Vec::new();
+    for per in [128u32, 512] {
+        for mass in [0.9f32, 0.75] {
+            let config = AdaClusterConfig {
+                initial_clusters: Some((shape.seq / per).max(8)),
+                selection: Selection::TopP {
+                    mass,
+                    max_clusters: 1024,
+                },
+                ..AdaClusterConfig::default()
+            };
+            let mut other = AdaClusterAttention::<bf16>::new(dev, shape, config)?;
+            other.forward(&q, &k, &v, &mut o)?;
+            let t = timing::time(dev, 1, if big { 3 } else { 10 }, || {
+                Ok(other.forward(&q, &k, &v, &mut o)?)
+            })?;
+            let density = other.density()?;
+            let tiles = other.tile_density()?;
+            let (err, cos) = fidelity(&dev.download(&o)?, &dense_o, shape.dim as usize);
+            println!(
+                "{shape_name} seeds seq/{per}, top-p {mass}: {:?}; {:.2} ms = {:.2}x dense (ours); density {density:.3} (tiles {tiles:.3}); rel err {err:.4}, cosine {cos:.5}",
+                other.layout(),
+                t.median_ms,
+                dense.median_ms / t.median_ms,
+            );
+            counts.push(serde_json::json!({
+                "initial_clusters_per": per, "top_p": mass, "layout": format!("{:?}", other.layout()),
+                "steady_ms": t.median_ms, "density": density, "tile_density": tiles,
+                "rel_err": err, "cosine": cos, "vs_dense": dense.median_ms / t.median_ms,
+            }));
+        }
+    }
+    // fidelity against the two baselines at the same key budget, on sampled rows (float64)
+    let mut baselines_fidelity = Vec::new();
+    for mass in [0.9f32, 0.6] {
+        let config = AdaClusterConfig {
+            selection: Selection::TopP {
+                mass,
+                max_clusters: 1024,
+            },
+            ..AdaClusterConfig::default()
+        };
+        match evaluate_sampled(dev, spec, &config, Some(64)) {
+            Ok(rows) => {
+                println!(
+                    "{shape_name} fidelity at top-p {mass}, 64 query rows per head, float64:\n{}{}",
+                    table(&rows),
+                    verdict(&rows)
+                );
+                baselines_fidelity.push(serde_json::json!({
+                    "top_p": mass,
+                    "rows": rows.iter().map(|r| serde_json::json!({
+                        "method": r.method, "rel_err": r.rel_err, "cosine": r.cosine,
+                        "density": r.density,
+                    })).collect::<Vec<_>>(),
+                }));
+            }
+            Err(e) => println!("{shape_name} fidelity: {e}"),
+        }
     }
     let dense_name = format!("kiln dense prefill {shape_name}");
     rows.push(Row {
@@ -193,7 +258,8 @@ fn attention_case(
         "sdpa_ms": sdpa.map(|b| b.median_ms), "vs_sdpa": sdpa.map(|b| b.ratio(ours.median_ms)),
         "vs_dense": dense.median_ms / ours.median_ms, "density": density,
         "rel_err": err, "cosine": cos, "config": format!("{config:?}"),
-        "top_p_sweep": sweep,
+        "tile_density": tiles,
+        "top_p_sweep": sweep, "count_sweep": counts, "fidelity_vs_baselines": baselines_fidelity,
     }));
     Ok(())
 }

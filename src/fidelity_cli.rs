@@ -1,6 +1,7 @@
-//! `kiln fidelity --data FILE`: both sparse pipelines' fidelity reports (HATA and Chelsea
-//! against dense attention and their baselines) on captured Q/K/V, e.g. activations dumped
-//! from PyTorch in the layout `kiln_algorithms::workload` documents.
+//! `kiln fidelity --data FILE`: both sparse decode pipelines' fidelity reports (HATA and
+//! Chelsea against dense attention and their baselines) on captured Q/K/V, e.g. activations
+//! dumped from PyTorch in the layout `kiln_algorithms::workload` documents; with
+//! `--video FxHxW`, AdaCluster's report on a captured video DiT layer instead.
 
 use std::path::PathBuf;
 
@@ -28,6 +29,38 @@ pub struct FidelityArgs {
     /// Run on the CPU emulator even when a GPU is present (small captures only).
     #[arg(long)]
     pub emulate: bool,
+    /// The capture is a video DiT attention layer (full attention, `q` with a row per token)
+    /// whose tokens sit on a FRAMES×HEIGHT×WIDTH latent grid in raster order, then text
+    /// tokens: run AdaCluster's report (against a spatio-temporal window and k-means on Q
+    /// only, at the same key budget; a frame step counts as 1.5 row steps in the window's
+    /// distance) instead of the decode pipelines'.
+    #[arg(long, value_name = "FxHxW")]
+    pub video: Option<String>,
+    /// Query rows per head the AdaCluster report scores in float64 (0: every row).
+    #[arg(long, default_value_t = 64)]
+    pub rows: usize,
+}
+
+/// Parses `FxHxW` (e.g. `13x30x45`).
+fn parse_grid(text: &str) -> Result<kiln_algorithms::adacluster::fidelity::Grid, CliError> {
+    let dims: Vec<usize> = text
+        .split(['x', 'X', ','])
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| CliError::usage(format!("--video {text}: expected FRAMESxHEIGHTxWIDTH")))?;
+    match dims[..] {
+        [frames, height, width] if frames * height * width > 0 => {
+            Ok(kiln_algorithms::adacluster::fidelity::Grid {
+                frames,
+                height,
+                width,
+                frame_weight: 1.5,
+            })
+        }
+        _ => Err(CliError::usage(format!(
+            "--video {text}: expected three positive sizes FRAMESxHEIGHTxWIDTH"
+        ))),
+    }
 }
 
 /// Runs both reports and returns them; a pipeline that cannot run on the capture (its shape
@@ -47,6 +80,32 @@ pub fn run(args: &FidelityArgs) -> Result<String, CliError> {
         Device::from_env().map_err(|e| CliError::usage(e.to_string()))?
     };
     let mut out = format!("{}: {:?}\n\n", args.data.display(), wl.shape);
+    if let Some(video) = &args.video {
+        use kiln_algorithms::adacluster::fidelity::{evaluate_on, table, verdict};
+        let grid = parse_grid(video)?;
+        if grid.frames * grid.height * grid.width > wl.shape.seq {
+            return Err(CliError::usage(format!(
+                "--video {video}: the grid holds more tokens than the capture's {}",
+                wl.shape.seq
+            )));
+        }
+        let config = kiln_algorithms::adacluster::layer::AdaClusterConfig::default();
+        let sample = (args.rows > 0).then_some(args.rows);
+        return match evaluate_on(&device, &wl, grid, &config, sample) {
+            Ok(rows) => {
+                out.push_str(&format!(
+                    "AdaCluster (top-p 0.9), {} query rows per head:\n{}{}\n",
+                    sample.map_or("all".to_string(), |s| s.to_string()),
+                    table(&rows),
+                    verdict(&rows)
+                ));
+                Ok(out)
+            }
+            Err(e) => Err(CliError::failure(format!(
+                "{out}AdaCluster: not run: {e}\n"
+            ))),
+        };
+    }
     let mut failed = false;
     match kiln_algorithms::hata::fidelity::report(&device, &wl, weights.as_ref(), rbit) {
         Ok(r) => out.push_str(&r),

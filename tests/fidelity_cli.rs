@@ -99,3 +99,40 @@ fn fidelity_reports_both_pipelines_on_a_capture() {
     assert!(!String::from_utf8_lossy(&missing.stderr).is_empty());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn fidelity_reports_adacluster_on_a_video_capture() {
+    use kiln::algorithms::workload::video::{generate_video, VideoSpec};
+    let dir = std::env::temp_dir().join(format!("kiln-fidelity-video-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let capture = dir.join("video.safetensors");
+    let spec = VideoSpec::small(4, 8, 8, 2, 64).with_seed(1);
+    generate_video(&spec).unwrap().save(&capture).unwrap();
+    let run = |grid: &str| {
+        kiln()
+            .args(["fidelity", "--emulate", "--rows", "32", "--video", grid])
+            .arg("--data")
+            .arg(&capture)
+            .output()
+            .unwrap()
+    };
+    let out = run("4x8x8");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for method in ["adacluster", "spatio-temporal window", "k-means on Q only"] {
+        assert!(text.contains(method), "{method} missing from:\n{text}");
+    }
+    assert!(text.contains("baselines at the same key budget"), "{text}");
+    // a grid larger than the capture, and a malformed one, are usage errors
+    for bad in ["40x8x8", "4x8"] {
+        let out = run(bad);
+        assert_eq!(out.status.code(), Some(2), "--video {bad}: {:?}", out);
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

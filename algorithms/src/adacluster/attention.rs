@@ -22,7 +22,8 @@ pub const ATTN_THREADS: u32 = 128;
 /// `⌈n / 128⌉ + kq`), gathers its queries by `q_order` and walks the kept clusters' key
 /// ranges `BK` keys at a time, gathered by `k_order` (the next K tile loads during P·V, the
 /// next V tile during Q·Kᵀ and the softmax, as in the dense kernel); a range's tail is
-/// masked. Rows are written back at their tokens, so the output is already un-permuted. A
+/// masked; a warp whose rows are all past the piece's end skips the arithmetic. Rows are
+/// written back at their tokens, so the output is already un-permuted. A
 /// query cluster with no kept key writes zeros and `lse = −∞`.
 #[kernel(
     threads = 128,
@@ -99,6 +100,9 @@ pub fn cluster_attn<T: Float, const D: u32, const BK: u32>(
     let mut m = [[f32::NEG_INFINITY; 2]; 2];
     let mut l = [[0.0f32; 2]; 2];
     let c = scale * 1.442_695_f32;
+    // a warp whose 32 rows are all past the cluster's end only helps load and synchronise,
+    // leaving the tensor cores to the other blocks on the SM
+    let busy = row0 < valid;
     while si < kept {
         // the next tile: the rest of this range, else the next kept cluster's
         let mut next_si = si;
@@ -116,18 +120,25 @@ pub fn cluster_attn<T: Float, const D: u32, const BK: u32>(
         let keys = (kend - k0).min(BK);
         cp_async_wait::<1>(); // K landed; V may still be in flight
         sync_threads();
-        let mut s = [[frag_c_zero(); BK / 8]; 2];
-        for step in 0..D / 16 {
-            mma_block::<T, D, D, true>(&mut s, &sq, row0, &sk, 0u32, step * 16);
-        }
         let mut pf = [[frag_a_zero::<T>(); BK / 16]; 2];
-        for i in 0..2u32 {
-            scale_strip::<{ BK / 8 }>(&mut s[i], c);
-            if keys < BK {
-                mask_strip::<{ BK / 8 }>(&mut s[i], 0u32, 0u32, keys, false, 0u32);
+        if busy {
+            let mut s = [[frag_c_zero(); BK / 8]; 2];
+            for step in 0..D / 16 {
+                mma_block::<T, D, D, true>(&mut s, &sq, row0, &sk, 0u32, step * 16);
             }
-            online_softmax::<{ BK / 8 }, { D / 8 }>(&mut s[i], &mut m[i], &mut l[i], &mut acc[i]);
-            to_a::<T, { BK / 8 }, { BK / 16 }>(&s[i], &mut pf[i]);
+            for i in 0..2u32 {
+                scale_strip::<{ BK / 8 }>(&mut s[i], c);
+                if keys < BK {
+                    mask_strip::<{ BK / 8 }>(&mut s[i], 0u32, 0u32, keys, false, 0u32);
+                }
+                online_softmax::<{ BK / 8 }, { D / 8 }>(
+                    &mut s[i],
+                    &mut m[i],
+                    &mut l[i],
+                    &mut acc[i],
+                );
+                to_a::<T, { BK / 8 }, { BK / 16 }>(&s[i], &mut pf[i]);
+            }
         }
         sync_threads(); // every warp is done with this K tile
         if more {
@@ -148,7 +159,9 @@ pub fn cluster_attn<T: Float, const D: u32, const BK: u32>(
             cp_async_wait_all();
         }
         sync_threads();
-        mma_ab_block::<T, D>(&mut acc, &pf, &sv, 0u32);
+        if busy {
+            mma_ab_block::<T, D>(&mut acc, &pf, &sv, 0u32);
+        }
         sync_threads(); // every warp is done with this V tile
         if more {
             let rows = next_end - next_k0;

@@ -12,8 +12,51 @@ use super::layer::{AdaClusterAttention, AdaClusterConfig, AdaShape};
 use super::reference;
 use crate::verify::VerifyError;
 use crate::workload::video::{generate_video, VideoSpec};
+use crate::workload::Workload;
 use half::bf16;
 use kiln_runtime::Device;
+
+/// Where the tokens of a video sit: a `frames × height × width` grid in raster order, then
+/// text tokens; `frame_weight` is what one frame counts for in the window baseline's
+/// distance (a row or column counts 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Grid {
+    /// Latent frames.
+    pub frames: usize,
+    /// Rows per frame.
+    pub height: usize,
+    /// Columns per frame.
+    pub width: usize,
+    /// Distance weight of one frame.
+    pub frame_weight: f64,
+}
+
+impl Grid {
+    /// The grid of the video workload `spec` (frames weighted by its space/time windows).
+    pub fn of(spec: &VideoSpec) -> Grid {
+        Grid {
+            frames: spec.frames,
+            height: spec.height,
+            width: spec.width,
+            frame_weight: (spec.space_window / spec.time_window.max(1e-3)) as f64,
+        }
+    }
+
+    fn tokens(&self) -> usize {
+        self.frames * self.height * self.width
+    }
+
+    fn position(&self, token: usize) -> Option<[usize; 3]> {
+        (token < self.tokens()).then(|| {
+            let plane = self.height * self.width;
+            [
+                token / plane,
+                token % plane / self.width,
+                token % self.width,
+            ]
+        })
+    }
+}
 
 /// One method's fidelity: output relative norm error and mean per-row cosine similarity
 /// against dense attention, and the share of query–key pairs it computed.
@@ -66,6 +109,14 @@ impl Accumulator {
         self.pairs += keys as f64;
     }
 
+    fn merge(&mut self, other: &Accumulator) {
+        self.num += other.num;
+        self.den += other.den;
+        self.cos += other.cos;
+        self.rows += other.rows;
+        self.pairs += other.pairs;
+    }
+
     fn row(&self, method: &'static str, seq: usize) -> FidelityRow {
         FidelityRow {
             method,
@@ -84,8 +135,39 @@ pub fn evaluate(
     spec: &VideoSpec,
     config: &AdaClusterConfig,
 ) -> Result<Vec<FidelityRow>, VerifyError> {
+    evaluate_sampled(device, spec, config, None)
+}
+
+/// [`evaluate`] on `sample` evenly spaced query rows per head (all rows when `None`): the
+/// float64 dense rows and baselines then cost `sample · seq` per head, which keeps the
+/// three DiT shapes (up to 119K tokens) within seconds. Heads run in parallel.
+pub fn evaluate_sampled(
+    device: &Device,
+    spec: &VideoSpec,
+    config: &AdaClusterConfig,
+    sample: Option<usize>,
+) -> Result<Vec<FidelityRow>, VerifyError> {
     let wl = generate_video(spec).map_err(|e| VerifyError::Mismatch(e.to_string()))?;
-    let (p, n, d) = (spec.batch * spec.heads, spec.seq(), spec.dim);
+    evaluate_on(device, &wl, Grid::of(spec), config, sample)
+}
+
+/// [`evaluate_sampled`] on any Q/K/V — captured activations included — whose tokens sit on
+/// `grid` (then text tokens): `q`, `k`, `v` `[B, H, S, D]` with as many query rows and KV
+/// heads as tokens and heads.
+pub fn evaluate_on(
+    device: &Device,
+    wl: &Workload,
+    grid: Grid,
+    config: &AdaClusterConfig,
+    sample: Option<usize>,
+) -> Result<Vec<FidelityRow>, VerifyError> {
+    let sh = wl.shape;
+    if sh.kv_heads != sh.heads || sh.queries != sh.seq || grid.tokens() > sh.seq {
+        return Err(VerifyError::Mismatch(format!(
+            "AdaCluster takes full attention with as many query rows and KV heads as tokens and heads, over a grid of at most seq tokens; got {sh:?} and {grid:?}"
+        )));
+    }
+    let (p, n, d) = (sh.batch * sh.heads, sh.seq, sh.dim);
     let round = |v: &[f32]| -> (Vec<bf16>, Vec<f64>) {
         let b: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
         let f = b.iter().map(|x| x.to_f64()).collect();
@@ -93,8 +175,8 @@ pub fn evaluate(
     };
     let ((qb, q), (kb, k), (vb, v)) = (round(&wl.q), round(&wl.k), round(&wl.v));
     let shape = AdaShape {
-        batch: spec.batch as u32,
-        heads: spec.heads as u32,
+        batch: sh.batch as u32,
+        heads: sh.heads as u32,
         seq: n as u32,
         dim: d as u32,
     };
@@ -126,10 +208,13 @@ pub fn evaluate(
     }
     let kk = layer.clusters().map_or(1, |c| c.k.k as usize).max(1);
     let all: Vec<u32> = (0..n as u32).collect();
-    let ratio = (spec.space_window / spec.time_window.max(1e-3)) as f64;
-    let (mut ada, mut window, mut q_only) =
-        (Accumulator::new(), Accumulator::new(), Accumulator::new());
-    for pi in 0..p {
+    let rows: Vec<usize> = match sample {
+        Some(m) if m < n => (0..m).map(|j| (2 * j + 1) * n / (2 * m)).collect(),
+        _ => (0..n).collect(),
+    };
+    let score = |pi: usize| -> [Accumulator; 3] {
+        let (mut ada, mut window, mut q_only) =
+            (Accumulator::new(), Accumulator::new(), Accumulator::new());
         let kv = pi * n * d..(pi + 1) * n * d;
         let (kh, vh) = (&k[kv.clone()], &v[kv]);
         // k-means on Q only: key blocks of the raster order, AdaCluster's query clusters
@@ -160,23 +245,48 @@ pub fn evaluate(
                         kept.push(j as u32);
                     }
                     kept.sort_unstable();
-                    reference::kept_keys(&kept, &k_order, &k_start)
+                    kept
                 }
                 None => Vec::new(),
             })
             .collect();
-        for i in 0..n {
+        for &i in &rows {
             let row = &q[(pi * n + i) * d..][..d];
             let (want, _) = reference::attend(row, &all, kh, vh, d, scale);
             let got = &o[(pi * n + i) * d..][..d];
             ada.add(got, &want, budget[pi * n + i]);
-            let keys = window_keys(spec, i, budget[pi * n + i], ratio);
+            let keys = window_keys(&grid, n, i, budget[pi * n + i]);
             let (w, _) = reference::attend(row, &keys, kh, vh, d, scale);
             window.add(&w, &want, keys.len());
-            let keys = &q_kept[qa[i] as usize];
-            let (w, _) = reference::attend(row, keys, kh, vh, d, scale);
+            let keys = reference::kept_keys(&q_kept[qa[i] as usize], &k_order, &k_start);
+            let (w, _) = reference::attend(row, &keys, kh, vh, d, scale);
             q_only.add(&w, &want, keys.len());
         }
+        [ada, window, q_only]
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(p);
+    let per_thread: Vec<Vec<[Accumulator; 3]>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let score = &score;
+                scope.spawn(move || (t..p).step_by(threads).map(score).collect::<Vec<_>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a fidelity thread panicked"))
+            .collect()
+    });
+    // merge in problem order, so the sums do not depend on the thread count
+    let (mut ada, mut window, mut q_only) =
+        (Accumulator::new(), Accumulator::new(), Accumulator::new());
+    for pi in 0..p {
+        let [a, w, q] = &per_thread[pi % threads][pi / threads];
+        ada.merge(a);
+        window.merge(w);
+        q_only.merge(q);
     }
     Ok(vec![
         ada.row("adacluster", n),
@@ -188,17 +298,16 @@ pub fn evaluate(
 /// The fixed window of query token `i` with `budget` keys: every text token, then the grid
 /// tokens nearest to it (`ratio·|Δframe| + |Δrow| + |Δcolumn|`, ties in raster order). A
 /// text query keeps the first `budget` tokens.
-fn window_keys(spec: &VideoSpec, i: usize, budget: usize, ratio: f64) -> Vec<u32> {
-    let n = spec.seq();
-    let grid = spec.grid_tokens();
-    let mut keys: Vec<u32> = (grid as u32..n as u32).take(budget).collect();
-    let Some([f, y, x]) = spec.position(i) else {
+fn window_keys(grid: &Grid, n: usize, i: usize, budget: usize) -> Vec<u32> {
+    let tokens = grid.tokens();
+    let mut keys: Vec<u32> = (tokens as u32..n as u32).take(budget).collect();
+    let Some([f, y, x]) = grid.position(i) else {
         return (0..budget.min(n) as u32).collect();
     };
-    let mut by: Vec<(f64, u32)> = (0..grid)
+    let mut by: Vec<(f64, u32)> = (0..tokens)
         .map(|j| {
-            let [g, r, c] = spec.position(j).unwrap_or([0, 0, 0]);
-            let dist = ratio * (f as f64 - g as f64).abs()
+            let [g, r, c] = grid.position(j).unwrap_or([0, 0, 0]);
+            let dist = grid.frame_weight * (f as f64 - g as f64).abs()
                 + (y as f64 - r as f64).abs()
                 + (x as f64 - c as f64).abs();
             (dist, j as u32)

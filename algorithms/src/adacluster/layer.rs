@@ -407,6 +407,41 @@ impl<T: Real> AdaClusterAttention<T> {
         Ok(pairs / (p as f64 * n * n))
     }
 
+    /// Like [`AdaClusterAttention::density`] but counting what the attention kernel
+    /// multiplies: query rows rounded up to its warps' 32 and each kept range rounded up to
+    /// its key tiles — the share of dense work the sparse call pays for. Synchronises.
+    pub fn tile_density(&self) -> Result<f64, AdaClusterError> {
+        let Some(c) = self.clusters() else {
+            return Ok(1.0);
+        };
+        let (p, n) = (self.shape.problems() as usize, self.shape.seq as usize);
+        let bk = if self.shape.dim == 128 { 32 } else { 64 };
+        let q_start = self.device.download(&c.q.start)?;
+        let k_start = self.device.download(&c.k.start)?;
+        let sel = self.device.download(&c.selected.sel)?;
+        let sel_n = self.device.download(&c.selected.sel_n)?;
+        let (kq, kk, cap) = (c.q.k as usize, c.k.k as usize, c.selected.cap as usize);
+        let mut pairs = 0.0f64;
+        for pi in 0..p {
+            for cq in 0..kq {
+                let at = pi * (kq + 1) + cq;
+                let size = (q_start[at + 1] - q_start[at]) as usize;
+                // whole 128-row pieces, and the last one's busy warps
+                let rows = size.div_ceil(32) * 32;
+                let list = &sel[(pi * kq + cq) * cap..][..sel_n[pi * kq + cq] as usize];
+                let keys: usize = list
+                    .iter()
+                    .map(|&j| {
+                        let a = pi * (kk + 1) + j as usize;
+                        ((k_start[a + 1] - k_start[a]) as usize).div_ceil(bk) * bk
+                    })
+                    .sum();
+                pairs += rows as f64 * keys as f64;
+            }
+        }
+        Ok(pairs / (p as f64 * n as f64 * n as f64))
+    }
+
     /// Plain k-means of `x` (`[B, H, seq, D]`, every (sequence, head) on its own) into `k`
     /// clusters — spherical or Euclidean — seeded at evenly spaced tokens, then `iters`
     /// iterations; the result holds the assignment, the sorted order and the centroids.
