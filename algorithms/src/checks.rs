@@ -43,7 +43,7 @@ pub const CHECKS: &[(&str, Check)] = &[
         hata::train::checks::hash_train_matches_reference,
     ),
     (
-        "kmeans_assign + cluster_count + cluster_offsets + cluster_scatter + cluster_update + cluster_select + cluster_attn",
+        "kmeans_assign + cluster_count + cluster_offsets + cluster_scatter + cluster_update + cluster_select + permute_rows + cluster_attn",
         adacluster::checks::adacluster_matches_reference,
     ),
 ];

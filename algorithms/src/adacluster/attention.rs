@@ -11,16 +11,16 @@ pub const ATTN_ROWS: u32 = 128;
 pub const ATTN_THREADS: u32 = 128;
 
 /// `O = softmax(scale · Q·Kᵀ)·V` and its natural-log LSE over the selected keys only, for
-/// `q`, `k`, `v`, `o` `[P, n, D]` in token order and `lse` `[P, n]`.
+/// `q`, `k`, `v` `[P, n, D]` in cluster order (copied by [`permute_rows`]), `o` `[P, n, D]`
+/// and `lse` `[P, n]` in token order.
 ///
-/// The clusters come as sorted orders (`q_order`/`k_order` `[P, n]`: the token at each
-/// sorted position) with `q_start`/`k_start` (`[P, kq + 1]`, `[P, kk + 1]`) marking where
-/// each cluster's run starts; `q_blocks` (`[P, kq + 1]`) is the prefix sum of each query
+/// `q_order` (`[P, n]`) is the token at each sorted query position; `q_start`/`k_start`
+/// (`[P, kq + 1]`, `[P, kk + 1]`) mark where each cluster's run starts; `q_blocks` (`[P, kq + 1]`) is the prefix sum of each query
 /// cluster's `⌈size / 128⌉` blocks, and `sel`/`sel_n` the kept key clusters per query
 /// cluster (`cap` slots each). Block `(w, p)` takes the `w`-th 128-row piece of one query
 /// cluster (blocks past the last piece return at once, so the grid may be an upper bound,
-/// `⌈n / 128⌉ + kq`), gathers its queries by `q_order` and walks the kept clusters' key
-/// ranges `BK` keys at a time, gathered by `k_order` (the next K tile loads during P·V, the
+/// `⌈n / 128⌉ + kq`), loads its queries and walks the kept clusters' key ranges `BK` keys
+/// at a time, each a contiguous block of the sorted K and V (the next K tile loads during P·V, the
 /// next V tile during Q·Kᵀ and the softmax, as in the dense kernel); a range's tail is
 /// masked; a warp whose rows are all past the piece's end skips the arithmetic. Rows are
 /// written back at their tokens, so the output is already un-permuted. A
@@ -35,7 +35,6 @@ pub fn cluster_attn<T: Float, const D: u32, const BK: u32>(
     k: &[T],
     v: &[T],
     q_order: &[u32],
-    k_order: &[u32],
     q_start: &[u32],
     q_blocks: &[u32],
     k_start: &[u32],
@@ -78,7 +77,8 @@ pub fn cluster_attn<T: Float, const D: u32, const BK: u32>(
     let pn = p * n;
     let base = pn as u64 * D as u64;
     let ld = D as u64;
-    gather_tile_async::<T, 128, D, 128>(&mut sq, q, q_order, pn + first, valid, base, ld, t);
+    let q_at = base + (first * D) as u64;
+    load_tile_async::<T, 128, D, 128>(&mut sq, q, q_at, ld, valid, D, t);
     let sb = (p as u64 * kq as u64 + cq as u64) * cap as u64;
     let kept = sel_n[p as u64 * kq as u64 + cq as u64];
     let kb = p as u64 * (kk + 1) as u64;
@@ -91,9 +91,10 @@ pub fn cluster_attn<T: Float, const D: u32, const BK: u32>(
         k0 = k_start[kb + c0 as u64];
         kend = k_start[kb + c0 as u64 + 1];
     }
-    gather_tile_async::<T, BK, D, 128>(&mut sk, k, k_order, pn + k0, kend - k0, base, ld, t);
+    let k_at = base + (k0 * D) as u64;
+    load_tile_async::<T, BK, D, 128>(&mut sk, k, k_at, ld, kend - k0, D, t);
     cp_async_commit();
-    gather_tile_async::<T, BK, D, 128>(&mut sv, v, k_order, pn + k0, kend - k0, base, ld, t);
+    load_tile_async::<T, BK, D, 128>(&mut sv, v, k_at, ld, kend - k0, D, t);
     cp_async_commit();
 
     let mut acc = [[frag_c_zero(); D / 8]; 2];
@@ -143,16 +144,8 @@ pub fn cluster_attn<T: Float, const D: u32, const BK: u32>(
         sync_threads(); // every warp is done with this K tile
         if more {
             let rows = next_end - next_k0;
-            gather_tile_async::<T, BK, D, 128>(
-                &mut sk,
-                k,
-                k_order,
-                pn + next_k0,
-                rows,
-                base,
-                ld,
-                t,
-            );
+            let at = base + (next_k0 * D) as u64;
+            load_tile_async::<T, BK, D, 128>(&mut sk, k, at, ld, rows, D, t);
             cp_async_commit();
             cp_async_wait::<1>(); // this V tile landed
         } else {
@@ -165,16 +158,8 @@ pub fn cluster_attn<T: Float, const D: u32, const BK: u32>(
         sync_threads(); // every warp is done with this V tile
         if more {
             let rows = next_end - next_k0;
-            gather_tile_async::<T, BK, D, 128>(
-                &mut sv,
-                v,
-                k_order,
-                pn + next_k0,
-                rows,
-                base,
-                ld,
-                t,
-            );
+            let at = base + (next_k0 * D) as u64;
+            load_tile_async::<T, BK, D, 128>(&mut sv, v, at, ld, rows, D, t);
             cp_async_commit();
         }
         si = next_si;
@@ -198,5 +183,25 @@ pub fn cluster_attn<T: Float, const D: u32, const BK: u32>(
             }
         }
         store_strip_rows::<T, { D / 8 }>(&acc[i], &total, o, &at);
+    }
+}
+
+/// Threads per block of [`permute_rows`].
+pub const PERMUTE_THREADS: u32 = 256;
+
+/// Copies rows into cluster order, `out[p, pos] = x[p, order[p, pos]]` (`[P, n, D]`): one
+/// pass over the tensor that turns every cluster into a contiguous block, so the attention
+/// loads tiles without an index lookup in its loop. Grid `(⌈n·D / 8 / 256⌉, P)`, 256
+/// threads, 16 bytes each.
+#[kernel(threads = 256, example(T = bf16, D = 128), example(T = f16, D = 64))]
+pub fn permute_rows<T: Float, const D: u32>(x: &[T], order: &[u32], out: &mut [T], n: u32) {
+    let e = block_idx().x * 256 + thread_idx().x;
+    let p = block_idx().y;
+    if e < n * (D / 8) {
+        let pos = e / (D / 8);
+        let c = e % (D / 8) * 8;
+        let row = order[p * n + pos];
+        let val = x.vload((p * n + row) * D + c);
+        out.vstore((p * n + pos) * D + c, val);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::attention::{cluster_attn, ATTN_ROWS, ATTN_THREADS};
+use super::attention::{cluster_attn, permute_rows, ATTN_ROWS, ATTN_THREADS, PERMUTE_THREADS};
 use super::kmeans::{
     cluster_count, cluster_offsets, cluster_scatter, cluster_update, kmeans_assign, ASSIGN_ROWS,
     MAX_CLUSTERS, SORT_TILE, UPDATE_THREADS,
@@ -197,6 +197,8 @@ pub struct Clustered<T: Real> {
     pub k: ClusterSet<T>,
     /// The kept key clusters per query cluster.
     pub selected: Selected,
+    /// Q, K and V of the last call in cluster order (what the attention reads).
+    pub sorted: [DeviceBuffer<T>; 3],
 }
 
 enum State<T: Real> {
@@ -345,7 +347,18 @@ impl<T: Real> AdaClusterAttention<T> {
             self.state = Some(match (qs, ks) {
                 (Some(q), Some(k)) => {
                     let selected = self.selected_for(&q, &k)?;
-                    State::Clustered(Box::new(Clustered { q, k, selected }))
+                    let len = self.shape.len();
+                    let sorted = [
+                        self.device.zeros(len)?,
+                        self.device.zeros(len)?,
+                        self.device.zeros(len)?,
+                    ];
+                    State::Clustered(Box::new(Clustered {
+                        q,
+                        k,
+                        selected,
+                        sorted,
+                    }))
                 }
                 _ => State::Dense,
             });
@@ -524,6 +537,7 @@ impl<T: Real> AdaClusterAttention<T> {
                 .spherical(spherical)
                 .build(dev),
             "select" => cluster_select::spec().d(d).build(dev),
+            "permute" => permute_rows::spec().t(T::DTYPE).d(d).build(dev),
             _ => cluster_attn::spec()
                 .t(T::DTYPE)
                 .d(d)
@@ -756,6 +770,7 @@ impl<T: Real> AdaClusterAttention<T> {
             Selection::TopK(_) => 1.0,
         };
         let select = self.kernel("select", false)?;
+        let permute = self.kernel("permute", false)?;
         let attn = self.kernel("attn", false)?;
         let Some(State::Clustered(c)) = &mut self.state else {
             unreachable!("sparse() runs on a clustered layer")
@@ -778,14 +793,29 @@ impl<T: Real> AdaClusterAttention<T> {
             top_p,
             scale,
         )?;
+        let [qs, ks, vs] = &mut c.sorted;
+        let vecs = (n * (s.dim / 8)).div_ceil(PERMUTE_THREADS);
+        for (x, order, out) in [
+            (q, &c.q.order, &mut *qs),
+            (k, &c.k.order, &mut *ks),
+            (v, &c.k.order, &mut *vs),
+        ] {
+            permute_rows::launch(
+                &permute,
+                &launch((vecs, p, 1), PERMUTE_THREADS),
+                x,
+                order,
+                out,
+                n,
+            )?;
+        }
         cluster_attn::launch(
             &attn,
             &launch((n.div_ceil(ATTN_ROWS) + c.q.k, p, 1), ATTN_THREADS),
-            q,
-            k,
-            v,
+            qs,
+            ks,
+            vs,
             &c.q.order,
-            &c.k.order,
             &c.q.start,
             &c.q.blocks,
             &c.k.start,

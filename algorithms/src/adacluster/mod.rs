@@ -13,9 +13,11 @@
 //!   [`kmeans::cluster_update`], which sums each cluster's members in sorted order. The sort
 //!   is stable (ranks from warp shuffles and a turn-taking tally, not atomics), so the sums —
 //!   and the whole call — are deterministic, and the last iteration's sort is the permutation
-//!   the attention reads: no separate permute or un-permute kernels, since
-//!   [`attention::cluster_attn`] gathers Q/K/V rows through the sorted orders and writes
-//!   each output row back at its token.
+//!   the attention uses: [`attention::permute_rows`] copies Q, K and V into cluster order
+//!   (one pass over each; the attention then loads contiguous tiles instead of looking up an
+//!   index per row inside its loop — before and after in the bench note), and
+//!   [`attention::cluster_attn`] writes each output row straight back at its token, so there
+//!   is no un-permute kernel.
 //! - **Spherical means.** The query centroid's direction is that of the plain sum of its
 //!   members (each weighted by its norm), not of their unit vectors; the selection scores
 //!   use the plain mean query.
