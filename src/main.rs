@@ -116,11 +116,41 @@ enum Command {
         #[arg(long, default_value = "sm_90")]
         arch: String,
     },
+    /// Compile one program read from stdin (what `check`, `tune` and a library with a
+    /// compile worker run in a child process, so a compiler crash cannot take them down).
+    #[command(name = "compile-worker", hide = true)]
+    CompileWorker {
+        /// Target architecture, e.g. sm_90.
+        #[arg(long)]
+        arch: String,
+        /// The program's name in NVRTC's log.
+        #[arg(long)]
+        program: String,
+        /// Where the CUBIN goes.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Approximate transcendentals, flushed denormals.
+        #[arg(long)]
+        fast_math: bool,
+    },
 }
 
 fn main() {
     let args = Args::parse();
+    // checking and tuning compile many kernels: each cache miss in a child process, so that a
+    // compiler crash is reported as an error naming the kernel instead of ending the command
+    if matches!(args.command, Command::Check { .. } | Command::Tune { .. }) {
+        kiln::runtime::isolated::set_compile_worker(std::env::current_exe().ok());
+    }
     let result = match args.command {
+        Command::CompileWorker {
+            arch,
+            program,
+            out,
+            fast_math,
+        } => std::process::exit(kiln::runtime::isolated::run_worker(
+            &arch, &program, &out, fast_math,
+        )),
         Command::List => Ok(kiln::cli::list()),
         Command::Emit {
             kernel,

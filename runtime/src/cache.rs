@@ -128,10 +128,15 @@ pub struct JitOptions {
 
 /// The NVRTC options Kiln compiles kernels with.
 pub fn kernel_options(arch: Arch, jit: &JitOptions) -> CompileOptions {
+    kernel_options_for(&arch.sm_name(), jit.fast_math)
+}
+
+/// [`kernel_options`] by architecture name (what a compile worker receives).
+pub fn kernel_options_for(sm: &str, fast_math: bool) -> CompileOptions {
     CompileOptions {
         cubin: true,
-        fast_math: jit.fast_math,
-        ..CompileOptions::for_arch(arch.sm_name())
+        fast_math,
+        ..CompileOptions::for_arch(sm)
     }
 }
 
@@ -173,17 +178,26 @@ pub fn compile_cached_in(
         return Ok(done(bytes, CacheSource::Disk, String::new()));
     }
     let program = format!("{}.cu", module.entry);
-    let compiled = compile_ptx(&module.source, &program, &opts).map_err(|e| match e {
+    let annotate = |e| match e {
         RuntimeError::Compile { program, log } => {
             let log = annotate_log(&log, &program, module);
             RuntimeError::Compile { program, log }
         }
         other => other,
-    })?;
-    let cubin = compiled.cubin.ok_or_else(|| RuntimeError::InvalidInput {
-        what: "NVRTC output",
-        reason: "no CUBIN was produced".into(),
-    })?;
+    };
+    // a cache miss compiles here, or in a child process when a compile worker is set
+    let (cubin, raw_log) = match crate::isolated::compile_worker() {
+        Some(worker) => crate::isolated::compile_in_child(&worker, &module.source, &program, &opts)
+            .map_err(annotate)?,
+        None => {
+            let compiled = compile_ptx(&module.source, &program, &opts).map_err(annotate)?;
+            let cubin = compiled.cubin.ok_or_else(|| RuntimeError::InvalidInput {
+                what: "NVRTC output",
+                reason: "no CUBIN was produced".into(),
+            })?;
+            (cubin, compiled.log)
+        }
+    };
     if let (Some(dir), Some(path)) = (dir, &path) {
         write_entry(dir, path, &cubin);
     }
@@ -195,7 +209,7 @@ pub fn compile_cached_in(
     Ok(done(
         cubin,
         CacheSource::Compiled,
-        annotate_log(&compiled.log, &program, module),
+        annotate_log(&raw_log, &program, module),
     ))
 }
 

@@ -64,6 +64,16 @@ pub enum RuntimeError {
         log: String,
     },
 
+    /// The compiler crashed (or could not run) in a compile worker's child process: the
+    /// program is named with its specialisation; this process is unharmed.
+    #[error("the compiler crashed on `{program}`: {detail}. The kernel was not built; this process continues. Report it with the kernel's CUDA (`kiln emit`) and NVRTC's version.")]
+    CompilerCrashed {
+        /// The kernel and its specialisation, e.g. `gemm [BM=128, T=bf16; target sm_90]`.
+        program: String,
+        /// How the worker ended (signal, exit status) and what it printed.
+        detail: String,
+    },
+
     /// An NVRTC API call failed for a reason other than a compile error in the source (for
     /// example an option NVRTC does not accept). `log` is the program log when one exists.
     #[error("NVRTC call {call} failed with {code}{}", if log.is_empty() { String::new() } else { format!(":\n{log}") })]

@@ -27,6 +27,7 @@ pub mod emu;
 mod emu_launch;
 pub mod graph;
 pub mod host_memory;
+pub mod isolated;
 pub mod jit;
 pub mod kernel;
 pub mod launch;
