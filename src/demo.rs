@@ -133,10 +133,14 @@ pub fn run(arch: &str) -> Result<String, CliError> {
             let _ = writeln!(out, "\nAdaCluster: FAILED: {e}");
         }
     }
-    let _ = writeln!(
-        out,
-        "\nThe other pipelines (BigMac, PAT) join this demo as they land."
-    );
+    match kiln_algorithms::bigmac::demo::run(&device) {
+        Ok(report) => out.push_str(&report),
+        Err(e) => {
+            failed += 1;
+            let _ = writeln!(out, "\nBigMac: FAILED: {e}");
+        }
+    }
+    let _ = writeln!(out, "\nPAT joins this demo when it lands.");
     if failed > 0 {
         return Err(CliError {
             message: out,

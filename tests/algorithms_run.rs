@@ -5,7 +5,7 @@
 mod common;
 
 use kiln::algorithms::verify::VerifyError;
-use kiln::algorithms::{adacluster, attention, chelsea, clo, gemm, hata};
+use kiln::algorithms::{adacluster, attention, bigmac, chelsea, clo, gemm, hata};
 use kiln::runtime::Device;
 
 fn check(name: &str, f: fn(&Device) -> Result<(), VerifyError>) {
@@ -127,4 +127,9 @@ fn adacluster_matches_reference() {
         "adacluster",
         adacluster::checks::adacluster_matches_reference,
     );
+}
+
+#[test]
+fn moe_matches_reference() {
+    check("bigmac moe", bigmac::checks::moe_matches_reference);
 }

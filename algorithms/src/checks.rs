@@ -4,7 +4,7 @@
 //! (`tests/algorithms_run.rs`) and `kiln demo` run them from this list.
 
 use crate::verify::Check;
-use crate::{adacluster, attention, chelsea, clo, gemm, hata};
+use crate::{adacluster, attention, bigmac, chelsea, clo, gemm, hata};
 
 /// Every algorithm check, by name.
 pub const CHECKS: &[(&str, Check)] = &[
@@ -45,5 +45,9 @@ pub const CHECKS: &[(&str, Check)] = &[
     (
         "kmeans_assign + cluster_count + cluster_offsets + cluster_scatter + cluster_update + cluster_select + permute_rows + cluster_attn",
         adacluster::checks::adacluster_matches_reference,
+    ),
+    (
+        "moe_gate + slot_maps + grouped_gemm + moe_combine",
+        bigmac::checks::moe_matches_reference,
     ),
 ];

@@ -22,6 +22,7 @@ extern crate kiln_runtime as kiln;
 
 pub mod adacluster;
 pub mod attention;
+pub mod bigmac;
 pub mod checks;
 pub mod chelsea;
 pub mod clo;

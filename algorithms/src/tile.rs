@@ -440,6 +440,21 @@ pub fn store_block<const M: u32, const N: u32>(
     rows: u32,
     cols: u32,
 ) {
+    store_block_as::<f32, M, N, false>(&acc, c, row0, col0, ldc, rows, cols);
+}
+
+/// [`store_block`] into `T` (rounded), through SiLU (`x·σ(x)`) first when `SILU` — the
+/// epilogue of an expert's up projection.
+#[device]
+pub fn store_block_as<T: Float, const M: u32, const N: u32, const SILU: bool>(
+    acc: &[[FragC; N]; M],
+    c: &mut [T],
+    row0: u32,
+    col0: u32,
+    ldc: u32,
+    rows: u32,
+    cols: u32,
+) {
     let lane = lane_id();
     for i in 0..M {
         for h in 0..2u32 {
@@ -449,8 +464,13 @@ pub fn store_block<const M: u32, const N: u32>(
                     let col = col0 + j * 8 + lane % 4 * 2;
                     if col < cols {
                         let at = r as u64 * ldc as u64 + col as u64;
-                        c[at] = acc[i][j][2 * h];
-                        c[at + 1] = acc[i][j][2 * h + 1];
+                        for e in 0..2u32 {
+                            let mut x = acc[i][j][2 * h + e];
+                            if SILU {
+                                x = x / (1.0f32 + (-x).exp());
+                            }
+                            c[at + e as u64] = x as T;
+                        }
                     }
                 }
             }

@@ -1,0 +1,177 @@
+//! The MoE kernels against their float64 references: the gate (with and without the
+//! balancing bias), and whole layers of both structures through the host API — grouped
+//! GEMMs over experts of uneven sizes, a partial last 128-row piece, the combine — checked
+//! against the reference layer under the kernels' own routing. Inputs are random, never
+//! all zero.
+
+use super::layer::{MoeLayer, MoeShape, MoeWeights, Structure};
+use super::reference;
+use crate::verify::{ensure, ensure_eq, rel_err, Real, Rng, VerifyError};
+use kiln_runtime::Device;
+
+fn random<T: Real>(rng: &mut Rng, n: usize, scale: f32) -> Vec<T> {
+    rng.f32s(n)
+        .into_iter()
+        .map(|v| T::from_f32(scale * v))
+        .collect()
+}
+
+fn widen<T: Real>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f32() as f64).collect()
+}
+
+/// Random weights of a layer, each matrix scaled by `2/√fan-in` so activations stay of
+/// order one through the layer.
+pub fn random_weights<T: Real>(
+    rng: &mut Rng,
+    structure: Structure,
+    shape: MoeShape,
+) -> MoeWeights<T> {
+    let (h, low, e) = (
+        shape.hidden as usize,
+        shape.low as usize,
+        shape.experts as usize,
+    );
+    let (inw, mid) = shape.expert_dims(structure);
+    let (inw, mid) = (inw as usize, mid as usize);
+    let dense = if structure == Structure::BigMac {
+        h * low
+    } else {
+        0
+    };
+    let mut r = |n: usize, fan_in: usize| random::<T>(rng, n, 2.0 / (fan_in as f32).sqrt());
+    MoeWeights {
+        gate: r(h * e, h),
+        up: r(e * inw * mid, inw),
+        down: r(e * mid * inw, mid),
+        descend: r(dense, h),
+        ascend: r(dense, low),
+    }
+}
+
+/// One layer of `structure` on `tokens` random tokens: the gate against the reference
+/// where its choice is clear, then the output against the reference layer.
+fn layer_case<T: Real>(
+    dev: &Device,
+    structure: Structure,
+    shape: MoeShape,
+    tokens: usize,
+    with_bias: bool,
+    seed: u64,
+) -> Result<(), VerifyError> {
+    let mut rng = Rng::new(seed);
+    let (h, e, k) = (
+        shape.hidden as usize,
+        shape.experts as usize,
+        shape.top_k as usize,
+    );
+    let weights = random_weights::<T>(&mut rng, structure, shape);
+    let bias: Option<Vec<f32>> = with_bias.then(|| (0..e).map(|c| 0.02 * (c % 3) as f32).collect());
+    let layer = MoeLayer::new(dev, structure, shape, &weights, bias.as_deref())?;
+    let x = random::<T>(&mut rng, tokens * h, 2.0);
+    let (y, routing) = layer.forward(&dev.upload(&x)?)?;
+    let ids = dev.download(&routing.ids)?;
+    let gw: Vec<f64> = dev
+        .download(&routing.weights)?
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    let xf = widen(&x);
+    let bias64: Option<Vec<f64>> = bias.map(|b| b.iter().map(|&v| v as f64).collect());
+    let (want_ids, want_w, margin) = reference::gate(
+        &xf,
+        &widen(&weights.gate),
+        (h, e, k),
+        bias64.as_deref(),
+        true,
+    );
+    for t in 0..tokens {
+        if margin[t] > 1e-4 {
+            let mut got: Vec<u32> = ids[t * k..][..k].to_vec();
+            let mut want: Vec<u32> = want_ids[t * k..][..k].to_vec();
+            got.sort_unstable();
+            want.sort_unstable();
+            ensure_eq!(got, want, "token {t}: experts");
+        }
+    }
+    let e_w = rel_err(&gw, &want_w);
+    ensure!(e_w < 1e-3, "gate weights error {e_w:.2e}");
+    // every expert's rows: the routing counted per expert
+    let start = dev.download(&routing.start)?;
+    for c in 0..e {
+        let n = ids.iter().filter(|&&i| i as usize == c).count() as u32;
+        ensure_eq!(start[c + 1] - start[c], n, "expert {c}: rows");
+    }
+    let round = |v: f64| T::from_f32(v as f32).to_f32() as f64;
+    let w = reference::Weights {
+        up: &widen(&weights.up),
+        down: &widen(&weights.down),
+        descend: &widen(&weights.descend),
+        ascend: &widen(&weights.ascend),
+    };
+    let want = reference::layer(structure, &shape, &xf, &w, (&ids, &gw), &round);
+    let got = widen(&dev.download(&y)?);
+    let err = rel_err(&got, &want);
+    let tol = if T::DTYPE == kiln_codegen::Dtype::Bf16 {
+        2e-2
+    } else {
+        4e-3
+    };
+    ensure!(
+        err < tol,
+        "{structure:?} {shape:?} on {tokens} tokens: output error {err:.2e} (tolerance {tol:.0e})"
+    );
+    Ok(())
+}
+
+/// Both structures, bf16 and f16, with and without the balancing bias.
+pub fn moe_matches_reference(dev: &Device) -> Result<(), VerifyError> {
+    let shape = MoeShape {
+        hidden: 128,
+        low: 64,
+        experts: 8,
+        top_k: 2,
+    };
+    for structure in [Structure::Cdac, Structure::BigMac] {
+        layer_case::<half::bf16>(dev, structure, shape, 150, false, 21)?;
+        let wide = MoeShape { top_k: 4, ..shape };
+        layer_case::<half::f16>(dev, structure, wide, 70, true, 22)?;
+    }
+    if dev.is_gpu() {
+        let big = MoeShape {
+            hidden: 1024,
+            low: 256,
+            experts: 64,
+            top_k: 6,
+        };
+        for structure in [Structure::Cdac, Structure::BigMac] {
+            layer_case::<half::bf16>(dev, structure, big, 1000, true, 23)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The demo runs on the emulator and reports both structures within bf16 of the
+    /// reference, with BigMac's dispatch width a quarter of CDAC's.
+    #[test]
+    fn the_demo_runs_on_the_emulator() {
+        let dev = kiln_runtime::Device::emulator();
+        let report = super::super::demo::run(&dev).expect("the BigMac demo runs");
+        println!("{report}");
+        for line in report
+            .lines()
+            .filter(|l| l.contains("output error vs float64"))
+        {
+            let err: f64 = line
+                .split("float64 ")
+                .nth(1)
+                .and_then(|r| r.split(';').next())
+                .and_then(|v| v.parse().ok())
+                .expect("an error figure");
+            assert!(err < 2e-2, "{line}");
+        }
+        assert!(report.contains("BigMac moves 0.25x"), "{report}");
+    }
+}
