@@ -103,6 +103,7 @@ pub struct MoeLayer<T: Real> {
     descend: DeviceBuffer<T>,
     ascend: DeviceBuffer<T>,
     kernels: Variants<(&'static str, bool, bool)>,
+    scratch: Option<Scratch<T>>,
 }
 
 fn launch(grid: (u32, u32, u32), threads: u32) -> LaunchConfig {
@@ -196,6 +197,7 @@ impl<T: Real> MoeLayer<T> {
             descend: up(&weights.descend)?,
             ascend: up(&weights.ascend)?,
             kernels: Variants::default(),
+            scratch: None,
         })
     }
 
@@ -256,38 +258,65 @@ impl<T: Real> MoeLayer<T> {
         )
     }
 
-    /// The layer on `x` `[tokens, h]`: returns `y` `[tokens, h]` and the routing.
-    pub fn forward(&self, x: &DeviceBuffer<T>) -> Result<(DeviceBuffer<T>, Routing), RuntimeError> {
+    /// The layer on `x` `[tokens, h]`: a new `y` `[tokens, h]` (see [`MoeLayer::forward_into`]).
+    pub fn forward(&mut self, x: &DeviceBuffer<T>) -> Result<DeviceBuffer<T>, RuntimeError> {
+        let mut y = self
+            .device
+            .zeros::<T>(x.len() / self.shape.hidden as usize * self.shape.hidden as usize)?;
+        self.forward_into(x, &mut y)?;
+        Ok(y)
+    }
+
+    /// The routing of the last call.
+    pub fn routing(&self) -> Option<&Routing> {
+        self.scratch.as_ref().map(|s| &s.routing)
+    }
+
+    /// The layer on `x` `[tokens, h]` into `y` (the same shape). The scratch buffers are
+    /// kept between calls of the same token count, so a steady caller allocates nothing.
+    pub fn forward_into(
+        &mut self,
+        x: &DeviceBuffer<T>,
+        y: &mut DeviceBuffer<T>,
+    ) -> Result<(), RuntimeError> {
         let s = self.shape;
-        let dev = &self.device;
-        if x.is_empty() || !x.len().is_multiple_of(s.hidden as usize) {
+        if x.is_empty() || !x.len().is_multiple_of(s.hidden as usize) || y.len() != x.len() {
             return Err(refuse(format!(
-                "x holds {} elements, not a positive number of rows of {}",
+                "x holds {} elements and y {}: both must be the same positive number of rows of {}",
                 x.len(),
+                y.len(),
                 s.hidden
             )));
         }
         let tokens = (x.len() / s.hidden as usize) as u32;
+        if self.scratch.as_ref().is_none_or(|sc| sc.tokens != tokens) {
+            self.scratch = Some(Scratch::new(&self.device, self.structure, s, tokens)?);
+        }
+        let mut sc = self.scratch.take().expect("made above");
+        let run = self.run(x, y, &mut sc);
+        self.scratch = Some(sc);
+        run
+    }
+
+    fn run(
+        &self,
+        x: &DeviceBuffer<T>,
+        y: &mut DeviceBuffer<T>,
+        sc: &mut Scratch<T>,
+    ) -> Result<(), RuntimeError> {
+        let s = self.shape;
+        let tokens = sc.tokens;
         let (kk, e) = (s.top_k, s.experts);
         let slots = tokens * kk;
-        let mut ids = dev.zeros::<u32>(slots as usize)?;
-        let mut weights = dev.zeros::<f32>(slots as usize)?;
-        let no_bias;
-        let bias = match &self.bias {
-            Some(b) => b,
-            None => {
-                no_bias = dev.zeros::<f32>(1)?;
-                &no_bias
-            }
-        };
+        let r = &mut sc.routing;
         moe_gate::launch(
             &*self.kernel("gate", false, false)?,
             &launch((tokens.div_ceil(GATE_TOKENS), 1, 1), 256),
             x,
             &self.gate,
-            bias,
-            &mut ids,
-            &mut weights,
+            self.bias.as_ref().unwrap_or(&sc.none_f32),
+            &mut r.ids,
+            &mut r.weights,
             tokens,
             s.hidden,
             e,
@@ -296,15 +325,11 @@ impl<T: Real> MoeLayer<T> {
         )?;
         // the stable sort of the slots by expert
         let tiles = slots.div_ceil(SORT_TILE);
-        let mut counts = dev.zeros::<u32>((e * tiles) as usize)?;
-        let mut start = dev.zeros::<u32>(e as usize + 1)?;
-        let mut blocks = dev.zeros::<u32>(e as usize + 1)?;
-        let mut order = dev.zeros::<u32>(slots as usize)?;
         cluster_count::launch(
             &*self.kernel("count", false, false)?,
             &launch((tiles, 1, 1), SORT_TILE),
-            &ids,
-            &mut counts,
+            &r.ids,
+            &mut sc.counts,
             slots,
             e,
             tiles,
@@ -312,102 +337,146 @@ impl<T: Real> MoeLayer<T> {
         cluster_offsets::launch(
             &*self.kernel("offsets", false, false)?,
             &launch((1, 1, 1), 512),
-            &mut counts,
-            &mut start,
-            &mut blocks,
+            &mut sc.counts,
+            &mut r.start,
+            &mut sc.blocks,
             e,
             tiles,
         )?;
         cluster_scatter::launch(
             &*self.kernel("scatter", false, false)?,
             &launch((tiles, 1, 1), SORT_TILE),
-            &ids,
-            &counts,
-            &mut order,
+            &r.ids,
+            &sc.counts,
+            &mut sc.order,
             slots,
             e,
             tiles,
         )?;
-        let mut inv = dev.zeros::<u32>(slots as usize)?;
-        let mut rows = dev.zeros::<u32>(slots as usize)?;
         slot_maps::launch(
             &*self.kernel("maps", false, false)?,
             &launch((slots.div_ceil(256), 1, 1), 256),
-            &order,
-            &mut inv,
-            &mut rows,
+            &sc.order,
+            &mut sc.inv,
+            &mut sc.rows,
             slots,
             kk,
         )?;
-        let experts = (&start, &blocks, e);
-        let one_start = dev.upload(&[0, tokens])?;
-        let one_blocks = dev.upload(&[0, tokens.div_ceil(TILE)])?;
-        let whole = (&one_start, &one_blocks, 1u32);
+        let experts = (&r.start, &sc.blocks, e);
+        let whole = (&sc.one_start, &sc.one_blocks, 1u32);
         let (inw, mid) = s.expert_dims(self.structure);
-        let mut entry_buf;
         let entry = match self.structure {
             Structure::Cdac => x,
             Structure::BigMac => {
-                entry_buf = dev.zeros::<T>((tokens * s.low) as usize)?;
+                let (low, hidden) = (s.low, s.hidden);
                 self.gemm(
                     x,
                     None,
                     &self.descend,
                     whole,
-                    &mut entry_buf,
-                    (s.hidden, s.low),
+                    &mut sc.entry,
+                    (hidden, low),
                     false,
                 )?;
-                &entry_buf
+                &sc.entry
             }
         };
-        let mut y1 = dev.zeros::<T>((slots * mid) as usize)?;
         self.gemm(
             entry,
-            Some(&rows),
+            Some(&sc.rows),
             &self.up,
             experts,
-            &mut y1,
+            &mut sc.y1,
             (inw, mid),
             true,
         )?;
-        let mut y2 = dev.zeros::<T>((slots * inw) as usize)?;
-        self.gemm(&y1, None, &self.down, experts, &mut y2, (mid, inw), false)?;
-        let mut combined = dev.zeros::<T>((tokens * inw) as usize)?;
+        self.gemm(
+            &sc.y1,
+            None,
+            &self.down,
+            experts,
+            &mut sc.y2,
+            (mid, inw),
+            false,
+        )?;
+        let combined = match self.structure {
+            Structure::Cdac => &mut *y,
+            Structure::BigMac => &mut sc.combined,
+        };
         moe_combine::launch(
             &*self.kernel("combine", false, false)?,
             &launch(((tokens * inw / 8).div_ceil(256), 1, 1), 256),
-            &y2,
-            &inv,
-            &weights,
-            &mut combined,
+            &sc.y2,
+            &sc.inv,
+            &r.weights,
+            combined,
             tokens,
             inw,
             kk,
         )?;
-        let y = match self.structure {
-            Structure::Cdac => combined,
-            Structure::BigMac => {
-                let mut y = dev.zeros::<T>((tokens * s.hidden) as usize)?;
-                self.gemm(
-                    &combined,
-                    None,
-                    &self.ascend,
-                    whole,
-                    &mut y,
-                    (s.low, s.hidden),
-                    false,
-                )?;
-                y
-            }
+        if self.structure == Structure::BigMac {
+            self.gemm(
+                &sc.combined,
+                None,
+                &self.ascend,
+                whole,
+                y,
+                (s.low, s.hidden),
+                false,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The buffers of one call, kept for the next call of the same token count.
+struct Scratch<T: Real> {
+    tokens: u32,
+    routing: Routing,
+    counts: DeviceBuffer<u32>,
+    blocks: DeviceBuffer<u32>,
+    order: DeviceBuffer<u32>,
+    inv: DeviceBuffer<u32>,
+    rows: DeviceBuffer<u32>,
+    one_start: DeviceBuffer<u32>,
+    one_blocks: DeviceBuffer<u32>,
+    none_f32: DeviceBuffer<f32>,
+    entry: DeviceBuffer<T>,
+    y1: DeviceBuffer<T>,
+    y2: DeviceBuffer<T>,
+    combined: DeviceBuffer<T>,
+}
+
+impl<T: Real> Scratch<T> {
+    fn new(dev: &Device, st: Structure, s: MoeShape, tokens: u32) -> Result<Self, RuntimeError> {
+        let slots = (tokens * s.top_k) as usize;
+        let e = s.experts as usize;
+        let tiles = slots.div_ceil(SORT_TILE as usize);
+        let (inw, mid) = s.expert_dims(st);
+        let low_rows = if st == Structure::BigMac {
+            tokens as usize * s.low as usize
+        } else {
+            1
         };
-        Ok((
-            y,
-            Routing {
-                ids,
-                weights,
-                start,
+        Ok(Scratch {
+            tokens,
+            routing: Routing {
+                ids: dev.zeros(slots)?,
+                weights: dev.zeros(slots)?,
+                start: dev.zeros(e + 1)?,
             },
-        ))
+            counts: dev.zeros(e * tiles)?,
+            blocks: dev.zeros(e + 1)?,
+            order: dev.zeros(slots)?,
+            inv: dev.zeros(slots)?,
+            rows: dev.zeros(slots)?,
+            one_start: dev.upload(&[0, tokens])?,
+            one_blocks: dev.upload(&[0, tokens.div_ceil(TILE)])?,
+            none_f32: dev.zeros(1)?,
+            entry: dev.zeros(low_rows)?,
+            y1: dev.zeros(slots * mid as usize)?,
+            y2: dev.zeros(slots * inw as usize)?,
+            combined: dev.zeros(low_rows)?,
+        })
     }
 }
