@@ -1,0 +1,258 @@
+//! BigMac on one GPU, ours and the baseline in the same run. (1) The grouped GEMM — every
+//! expert's rows in one launch — against cuBLAS on the same total work: a loop of one GEMM per
+//! expert (its rows × K × N, as a framework without a grouped kernel runs MoE experts), and
+//! one GEMM of all rows against a single weight (the same FLOPs with no grouping: an upper
+//! bound); routed rows per expert drawn from a skewed (Zipf 0.8) law over 64 experts; bf16
+//! inputs, f32 accumulation (cuBLAS writes f32, ours bf16). (2) The whole MoE layer, CDAC
+//! against BigMac (DCCA), at DeepSeekMoE-like sizes (h 2048, r 0.25, 64 experts, top-6) for
+//! 4K–32K tokens: time per layer, tokens/s, and the bytes an all-to-all would move per token
+//! (on one GPU there is none). Writes `bigmac-<device>.json`.
+//! Run: `cargo bench --bench bigmac` (needs a GPU; `KILN_REQUIRE_CUBLAS=1` makes a missing
+//! cuBLAS a failure; a filter such as `layer` keeps the matching rows).
+
+mod support;
+
+use half::bf16;
+use kiln::algorithms::bigmac::checks::random_weights;
+use kiln::algorithms::bigmac::kernels::{grouped_gemm, GEMM_THREADS, TILE};
+use kiln::algorithms::bigmac::layer::{MoeLayer, MoeShape, Structure};
+use kiln::algorithms::verify::Rng;
+use kiln::runtime::blas::{Blas, Layout};
+use kiln::runtime::{timing, Device, LaunchConfig};
+use support::{gpu, random_bf16, report_with, selected, Roof, Row};
+
+/// Rows per expert for `slots` routed rows: a Zipf(0.8) share each, rounded, summing to `slots`.
+fn expert_rows(slots: usize, experts: usize) -> Vec<usize> {
+    let w: Vec<f64> = (1..=experts).map(|i| (i as f64).powf(-0.8)).collect();
+    let total: f64 = w.iter().sum();
+    let mut rows: Vec<usize> = w
+        .iter()
+        .map(|x| (x / total * slots as f64) as usize)
+        .collect();
+    let short = slots - rows.iter().sum::<usize>();
+    rows[0] += short;
+    rows
+}
+
+fn grouped_case(
+    dev: &Device,
+    blas: Option<&Blas>,
+    (slots, k, n, experts): (usize, usize, usize, usize),
+    rows_out: &mut Vec<Row>,
+    json: &mut Vec<serde_json::Value>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let name = format!("grouped gemm rows {slots} k {k} n {n} experts {experts}");
+    if !selected(&name) {
+        return Ok(());
+    }
+    let mut rng = Rng::new(3);
+    let per = expert_rows(slots, experts);
+    let mut start = vec![0u32];
+    let mut blocks = vec![0u32];
+    for &r in &per {
+        start.push(start.last().unwrap() + r as u32);
+        blocks.push(blocks.last().unwrap() + (r as u32).div_ceil(TILE));
+    }
+    let a = dev.upload(&random_bf16(&mut rng, slots * k))?;
+    let w = dev.upload(&random_bf16(&mut rng, experts * k * n))?;
+    let mut y = dev.zeros::<bf16>(slots * n)?;
+    let (start_d, blocks_d, rows_d) = (
+        dev.upload(&start)?,
+        dev.upload(&blocks)?,
+        dev.zeros::<u32>(1)?,
+    );
+    let kernel = grouped_gemm::spec()
+        .t(kiln::codegen::Dtype::Bf16)
+        .gather(false)
+        .silu(false)
+        .build(dev)?;
+    let cfg = LaunchConfig {
+        grid: (
+            (n as u32).div_ceil(TILE),
+            (slots as u32).div_ceil(TILE) + experts as u32,
+            1,
+        ),
+        block: (GEMM_THREADS, 1, 1),
+        dyn_shared_bytes: 0,
+    };
+    let ours = timing::time(dev, 3, 20, || {
+        grouped_gemm::launch(
+            &kernel,
+            &cfg,
+            &a,
+            &rows_d,
+            &w,
+            &start_d,
+            &blocks_d,
+            &mut y,
+            experts as u32,
+            k as u32,
+            n as u32,
+        )
+    })?;
+    let flops = 2.0 * slots as f64 * k as f64 * n as f64;
+    println!(
+        "{name}: ours {:.3} ms ({:.0} TFLOP/s)",
+        ours.median_ms,
+        flops / ours.median_ms / 1e9
+    );
+    let mut entry = serde_json::json!({
+        "shape": name, "rows_per_expert": per, "ours_ms": ours.median_ms,
+        "ours_tflops": flops / ours.median_ms / 1e9,
+    });
+    let mut vs = None;
+    if let Some(blas) = blas {
+        // one GEMM per expert, each on its own buffers
+        let mut parts = Vec::new();
+        for &r in per.iter().filter(|&&r| r > 0) {
+            parts.push((
+                r,
+                dev.upload(&random_bf16(&mut rng, r * k))?,
+                dev.upload(&random_bf16(&mut rng, k * n))?,
+                dev.zeros::<f32>(r * n)?,
+            ));
+        }
+        let looped = timing::time(dev, 3, 20, || {
+            for (r, pa, pw, pc) in parts.iter_mut() {
+                blas.gemm_bf16(pa, pw, pc, *r, n, k, Layout::RowMajor)
+                    .map_err(|e| kiln::runtime::RuntimeError::InvalidInput {
+                        what: "cuBLAS",
+                        reason: e.to_string(),
+                    })?;
+            }
+            Ok(())
+        })?;
+        let w1 = dev.upload(&random_bf16(&mut rng, k * n))?;
+        let mut c1 = dev.zeros::<f32>(slots * n)?;
+        let single = timing::time(dev, 3, 20, || {
+            blas.gemm_bf16(&a, &w1, &mut c1, slots, n, k, Layout::RowMajor)
+                .map_err(|e| kiln::runtime::RuntimeError::InvalidInput {
+                    what: "cuBLAS",
+                    reason: e.to_string(),
+                })
+        })?;
+        println!(
+            "{name}: cuBLAS loop {:.3} ms ({:.2}x ours), one GEMM of all rows {:.3} ms ({:.2}x ours)",
+            looped.median_ms,
+            looped.median_ms / ours.median_ms,
+            single.median_ms,
+            single.median_ms / ours.median_ms
+        );
+        entry["cublas_loop_ms"] = looped.median_ms.into();
+        entry["cublas_single_ms"] = single.median_ms.into();
+        entry["vs_cublas_loop"] = (looped.median_ms / ours.median_ms).into();
+        entry["vs_cublas_single"] = (single.median_ms / ours.median_ms).into();
+        vs = Some((
+            "cublas per-expert loop".to_string(),
+            looped.median_ms / ours.median_ms,
+        ));
+        rows_out.push(Row {
+            name: format!("cublas one gemm, {name}"),
+            work: flops,
+            median_ms: single.median_ms,
+            rate: flops / single.median_ms / 1e9,
+            vs: None,
+            roof: Roof::TensorCores,
+        });
+    }
+    rows_out.push(Row {
+        name,
+        work: flops,
+        median_ms: ours.median_ms,
+        rate: flops / ours.median_ms / 1e9,
+        vs,
+        roof: Roof::TensorCores,
+    });
+    json.push(entry);
+    Ok(())
+}
+
+fn layer_case(
+    dev: &Device,
+    tokens: usize,
+    rows_out: &mut Vec<Row>,
+    json: &mut Vec<serde_json::Value>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let shape = MoeShape {
+        hidden: 2048,
+        low: 512,
+        experts: 64,
+        top_k: 6,
+    };
+    let name = format!("layer tokens {tokens} h 2048 r 0.25 experts 64 top-6");
+    if !selected(&name) {
+        return Ok(());
+    }
+    let mut rng = Rng::new(9);
+    let x = dev.upload(&random_bf16(&mut rng, tokens * 2048))?;
+    let mut y = dev.zeros::<bf16>(tokens * 2048)?;
+    let mut times = Vec::new();
+    for s in [Structure::Cdac, Structure::BigMac] {
+        let w = random_weights::<bf16>(&mut rng, s, shape);
+        let mut layer = MoeLayer::new(dev, s, shape, &w, None)?;
+        let t = timing::time(dev, 2, 10, || layer.forward_into(&x, &mut y))?;
+        let bytes = 2.0 * shape.top_k as f64 * shape.dispatch_width(s) as f64 * 2.0;
+        println!(
+            "{name} {s:?}: {:.3} ms ({:.3e} tokens/s); an all-to-all would move {bytes} bytes per token (dispatch + combine)",
+            t.median_ms,
+            tokens as f64 / (t.median_ms * 1e-3)
+        );
+        times.push(t.median_ms);
+        json.push(serde_json::json!({
+            "shape": name, "structure": format!("{s:?}"), "median_ms": t.median_ms,
+            "tokens_per_s": tokens as f64 / (t.median_ms * 1e-3),
+            "all_to_all_bytes_per_token": bytes,
+        }));
+    }
+    // the work of a CDAC layer: two expert GEMMs per routed token
+    let flops = 2.0 * 2.0 * (tokens * 6) as f64 * 2048.0 * 512.0;
+    rows_out.push(Row {
+        name: format!("bigmac {name}"),
+        work: flops,
+        median_ms: times[1],
+        rate: flops / times[1] / 1e9,
+        vs: Some((format!("cdac {name}"), times[0] / times[1])),
+        roof: Roof::TensorCores,
+    });
+    rows_out.push(Row {
+        name: format!("cdac {name}"),
+        work: flops,
+        median_ms: times[0],
+        rate: flops / times[0] / 1e9,
+        vs: None,
+        roof: Roof::TensorCores,
+    });
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let require = std::env::var("KILN_REQUIRE_CUBLAS").is_ok_and(|v| v.trim() == "1");
+    let blas = match Blas::new(&dev) {
+        Ok(b) => Some(b),
+        Err(e) if require => return Err(e.into()),
+        Err(e) => {
+            println!("cuBLAS is not available, so its rows are left out:\n{e}");
+            None
+        }
+    };
+    let (mut rows, mut grouped, mut layers) = (Vec::new(), Vec::new(), Vec::new());
+    for shape in [
+        (8192 * 6, 2048, 512, 64),
+        (32768 * 6, 2048, 512, 64),
+        (8192 * 6, 512, 2048, 64),
+        (8192 * 8, 4096, 1024, 64),
+    ] {
+        grouped_case(&dev, blas.as_ref(), shape, &mut rows, &mut grouped)?;
+    }
+    for tokens in [4096, 16384, 32768] {
+        layer_case(&dev, tokens, &mut rows, &mut layers)?;
+    }
+    report_with(
+        "bigmac",
+        &dev,
+        &rows,
+        serde_json::json!({ "grouped_gemm": grouped, "layers": layers }),
+    );
+    Ok(())
+}
