@@ -280,12 +280,10 @@ pub fn clo_append<T: Float, const D: u32, const WORDS: u32>(
         k_slot[(b * slots + ring) * row + i] = kx;
         v_slot[(b * slots + ring) * row + i] = vx;
     }
-    for i in (t..kv_heads * WORDS).step_by(256) {
-        codes[(b * cap + pos) * kv_heads * WORDS + i] = new_codes[b * kv_heads * WORDS + i];
-    }
-    for i in (t..kv_heads).step_by(256) {
-        norms[(b * cap + pos) * kv_heads + i] = new_norms[b * kv_heads + i];
-    }
+    let slot = b * cap + pos;
+    crate::hata::append::store_code::<WORDS>(
+        new_codes, new_norms, codes, norms, b, slot, kv_heads, t,
+    );
 }
 
 /// Ends a step: `len[0] += 1`. One thread.

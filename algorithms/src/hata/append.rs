@@ -4,6 +4,7 @@
 //! columns past the cache. The length moves on with `clo_advance` right after the append
 //! (enqueued in the same stream): the masking then reads the length with the new token.
 
+use kiln::prelude::*;
 use kiln_dsl::kernel;
 
 /// Threads per block of [`hata_append`] and [`hata_tail_mask`].
@@ -40,12 +41,32 @@ pub fn hata_append<T: Float, const D: u32, const WORDS: u32>(
         v[at + i as u64] = v_new[b * row + i];
     }
     let slot = b * cap + pos;
+    store_code::<WORDS>(new_codes, new_norms, codes, norms, b, slot, kv_heads, t);
+    for i in (t..kv_heads).step_by(256) {
+        sizes[slot * kv_heads + i] = 1.0;
+    }
+}
+
+/// Copies sequence `b`'s new hash codes and norms (`new_codes` `[B, H_kv, WORDS]`,
+/// `new_norms` `[B, H_kv]`) into cache position `slot` (`b·cap + pos`) of `codes`
+/// `[B·cap, H_kv, WORDS]` and `norms` `[B·cap, H_kv]`; every one of 256 threads calls it with
+/// its index `t`. Shared by HATA's and CLO's appends.
+#[kiln_dsl::device]
+pub fn store_code<const WORDS: u32>(
+    new_codes: &[u32],
+    new_norms: &[f32],
+    codes: &mut [u32],
+    norms: &mut [f32],
+    b: u32,
+    slot: u32,
+    kv_heads: u32,
+    t: u32,
+) {
     for i in (t..kv_heads * WORDS).step_by(256) {
         codes[slot * kv_heads * WORDS + i] = new_codes[b * kv_heads * WORDS + i];
     }
     for i in (t..kv_heads).step_by(256) {
         norms[slot * kv_heads + i] = new_norms[b * kv_heads + i];
-        sizes[slot * kv_heads + i] = 1.0;
     }
 }
 
