@@ -140,7 +140,13 @@ pub fn run(arch: &str) -> Result<String, CliError> {
             let _ = writeln!(out, "\nBigMac: FAILED: {e}");
         }
     }
-    let _ = writeln!(out, "\nPAT joins this demo when it lands.");
+    match kiln_algorithms::pat::demo::run() {
+        Ok(report) => out.push_str(&report),
+        Err(e) => {
+            failed += 1;
+            let _ = writeln!(out, "\nPAT: FAILED: {e}");
+        }
+    }
     if failed > 0 {
         return Err(CliError {
             message: out,

@@ -30,6 +30,7 @@ pub mod common;
 pub mod gemm;
 pub mod hata;
 pub mod metrics;
+pub mod pat;
 pub mod tile;
 pub mod tuning;
 pub mod verify;
