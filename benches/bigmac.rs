@@ -5,8 +5,9 @@
 //! bound); routed rows per expert drawn from a skewed (Zipf 0.8) law over 64 experts; bf16
 //! inputs, f32 accumulation (cuBLAS writes f32, ours bf16). (2) The whole MoE layer, CDAC
 //! against BigMac (DCCA), at DeepSeekMoE-like sizes (h 2048, r 0.25, 64 experts, top-6) for
-//! 4K–32K tokens: time per layer, tokens/s, and the bytes an all-to-all would move per token
-//! (on one GPU there is none). Writes `bigmac-<device>.json`.
+//! 4K–32K tokens: time per layer, its split (gate / permute / descend / experts / combine /
+//! ascend), tokens/s, and the bytes an all-to-all would move per token (on one GPU there is
+//! none). Writes `bigmac-<device>.json`.
 //! Run: `cargo bench --bench bigmac` (needs a GPU; `KILN_REQUIRE_CUBLAS=1` makes a missing
 //! cuBLAS a failure; a filter such as `layer` keeps the matching rows).
 
@@ -191,6 +192,8 @@ fn layer_case(
         let w = random_weights::<bf16>(&mut rng, s, shape);
         let mut layer = MoeLayer::new(dev, s, shape, &w, None)?;
         let t = timing::time(dev, 2, 10, || layer.forward_into(&x, &mut y))?;
+        let split = layer.forward_timed(&x, &mut y)?;
+        println!("{name} {s:?}: stages {split:?}");
         let bytes = 2.0 * shape.top_k as f64 * shape.dispatch_width(s) as f64 * 2.0;
         println!(
             "{name} {s:?}: {:.3} ms ({:.3e} tokens/s); an all-to-all would move {bytes} bytes per token (dispatch + combine)",
@@ -202,6 +205,10 @@ fn layer_case(
             "shape": name, "structure": format!("{s:?}"), "median_ms": t.median_ms,
             "tokens_per_s": tokens as f64 / (t.median_ms * 1e-3),
             "all_to_all_bytes_per_token": bytes,
+            "stages_ms": {
+                "gate": split.gate_ms, "permute": split.permute_ms, "descend": split.descend_ms,
+                "experts": split.experts_ms, "combine": split.combine_ms, "ascend": split.ascend_ms,
+            },
         }));
     }
     // the work of a CDAC layer: two expert GEMMs per routed token

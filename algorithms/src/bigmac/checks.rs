@@ -125,6 +125,29 @@ fn layer_case<T: Real>(
             "{structure:?} {shape:?} on {tokens} tokens, call {call}: output error {err:.2e} (tolerance {tol:.0e})"
         );
     }
+    // the timed call: every stage reports a time, and the output is unchanged
+    let x = dev.upload(&random::<T>(&mut rng, tokens * h, 2.0))?;
+    let mut y1 = dev.zeros::<T>(tokens * h)?;
+    let mut y2 = dev.zeros::<T>(tokens * h)?;
+    let times = layer.forward_timed(&x, &mut y1)?;
+    layer.forward_into(&x, &mut y2)?;
+    let all = [
+        times.gate_ms,
+        times.permute_ms,
+        times.descend_ms,
+        times.experts_ms,
+        times.combine_ms,
+        times.ascend_ms,
+    ];
+    ensure!(
+        all.iter().all(|t| t.is_finite() && *t >= 0.0),
+        "stage times {times:?}"
+    );
+    ensure_eq!(
+        dev.download(&y1)?,
+        dev.download(&y2)?,
+        "a timed call changes nothing"
+    );
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use crate::adacluster::kmeans::{
 };
 use crate::tuning::Variants;
 use crate::verify::Real;
-use kiln::{Device, DeviceBuffer, Kernel, LaunchConfig, RuntimeError};
+use kiln::{Device, DeviceBuffer, Event, Kernel, LaunchConfig, RuntimeError};
 
 /// Where a layer's all-to-all would run, and so the shape of its experts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,9 +293,42 @@ impl<T: Real> MoeLayer<T> {
             self.scratch = Some(Scratch::new(&self.device, self.structure, s, tokens)?);
         }
         let mut sc = self.scratch.take().expect("made above");
-        let run = self.run(x, y, &mut sc);
+        let run = self.run(x, y, &mut sc, &mut None);
         self.scratch = Some(sc);
         run
+    }
+
+    /// [`MoeLayer::forward_into`] with an event between the stages, returning their times
+    /// (the events make it a little slower than an untimed call; time whole layers with
+    /// `forward_into`).
+    pub fn forward_timed(
+        &mut self,
+        x: &DeviceBuffer<T>,
+        y: &mut DeviceBuffer<T>,
+    ) -> Result<StageTimes, RuntimeError> {
+        self.forward_into(x, y)?; // sizes the scratch and checks the shapes
+        let mut sc = self.scratch.take().expect("made by forward_into");
+        let mut marks = Some(vec![self.device.default_stream().record_timed()?]);
+        let run = self.run(x, y, &mut sc, &mut marks);
+        self.scratch = Some(sc);
+        run?;
+        let m = marks.expect("kept");
+        let ms = |i: usize| m[i].elapsed_ms(&m[i + 1]);
+        Ok(StageTimes {
+            gate_ms: ms(0)?,
+            permute_ms: ms(1)?,
+            descend_ms: ms(2)?,
+            experts_ms: ms(3)?,
+            combine_ms: ms(4)?,
+            ascend_ms: ms(5)?,
+        })
+    }
+
+    fn mark(&self, marks: &mut Option<Vec<Event>>) -> Result<(), RuntimeError> {
+        if let Some(m) = marks {
+            m.push(self.device.default_stream().record_timed()?);
+        }
+        Ok(())
     }
 
     fn run(
@@ -303,6 +336,7 @@ impl<T: Real> MoeLayer<T> {
         x: &DeviceBuffer<T>,
         y: &mut DeviceBuffer<T>,
         sc: &mut Scratch<T>,
+        marks: &mut Option<Vec<Event>>,
     ) -> Result<(), RuntimeError> {
         let s = self.shape;
         let tokens = sc.tokens;
@@ -323,6 +357,7 @@ impl<T: Real> MoeLayer<T> {
             self.bias.is_some(),
             self.normalise,
         )?;
+        self.mark(marks)?;
         // the stable sort of the slots by expert
         let tiles = slots.div_ceil(SORT_TILE);
         cluster_count::launch(
@@ -362,6 +397,7 @@ impl<T: Real> MoeLayer<T> {
             slots,
             kk,
         )?;
+        self.mark(marks)?;
         let experts = (&r.start, &sc.blocks, e);
         let whole = (&sc.one_start, &sc.one_blocks, 1u32);
         let (inw, mid) = s.expert_dims(self.structure);
@@ -381,6 +417,7 @@ impl<T: Real> MoeLayer<T> {
                 &sc.entry
             }
         };
+        self.mark(marks)?;
         self.gemm(
             entry,
             Some(&sc.rows),
@@ -399,6 +436,7 @@ impl<T: Real> MoeLayer<T> {
             (mid, inw),
             false,
         )?;
+        self.mark(marks)?;
         let combined = match self.structure {
             Structure::Cdac => &mut *y,
             Structure::BigMac => &mut sc.combined,
@@ -414,6 +452,7 @@ impl<T: Real> MoeLayer<T> {
             inw,
             kk,
         )?;
+        self.mark(marks)?;
         if self.structure == Structure::BigMac {
             self.gemm(
                 &sc.combined,
@@ -425,8 +464,26 @@ impl<T: Real> MoeLayer<T> {
                 false,
             )?;
         }
-        Ok(())
+        self.mark(marks)
     }
+}
+
+/// Where a layer call's time goes, ms (descend and ascend are 0 for CDAC). On several GPUs the
+/// all-to-all would sit between permute and experts, and between experts and combine.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StageTimes {
+    /// Routing.
+    pub gate_ms: f64,
+    /// The sort by expert and the slot maps.
+    pub permute_ms: f64,
+    /// BigMac's `x·W↓`.
+    pub descend_ms: f64,
+    /// Both expert projections (grouped GEMMs).
+    pub experts_ms: f64,
+    /// The gate-weighted combine.
+    pub combine_ms: f64,
+    /// BigMac's `·W↑`.
+    pub ascend_ms: f64,
 }
 
 /// The buffers of one call, kept for the next call of the same token count.
