@@ -180,6 +180,56 @@ pub fn moe_matches_reference(dev: &Device) -> Result<(), VerifyError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::layer::{MoeLayer, MoeShape, Structure};
+
+    /// Bad shapes, weights and inputs are errors that say what is wrong, never panics.
+    #[test]
+    fn bad_layers_and_inputs_are_refused() {
+        let dev = kiln_runtime::Device::emulator();
+        let good = MoeShape {
+            hidden: 128,
+            low: 64,
+            experts: 8,
+            top_k: 2,
+        };
+        let mut rng = crate::verify::Rng::new(1);
+        let w = super::random_weights::<half::bf16>(&mut rng, Structure::Cdac, good);
+        for (shape, why) in [
+            (
+                MoeShape {
+                    hidden: 100,
+                    ..good
+                },
+                "multiples of 64",
+            ),
+            (
+                MoeShape {
+                    experts: 65,
+                    ..good
+                },
+                "experts",
+            ),
+            (MoeShape { top_k: 3, ..good }, "top-3"),
+        ] {
+            let e = MoeLayer::new(&dev, Structure::Cdac, shape, &w, None)
+                .err()
+                .expect("refused");
+            assert!(e.to_string().contains(why), "{e}");
+        }
+        let e = MoeLayer::new(&dev, Structure::BigMac, good, &w, None)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("descend"), "{e}");
+        let e = MoeLayer::new(&dev, Structure::Cdac, good, &w, Some(&[0.0; 3]))
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("bias"), "{e}");
+        let mut layer = MoeLayer::new(&dev, Structure::Cdac, good, &w, None).unwrap();
+        let x = dev.upload(&vec![half::bf16::ONE; 130]).unwrap();
+        let e = layer.forward(&x).err().expect("refused");
+        assert!(e.to_string().contains("rows of 128"), "{e}");
+    }
+
     /// The demo runs on the emulator and reports both structures within bf16 of the
     /// reference, with BigMac's dispatch width a quarter of CDAC's.
     #[test]

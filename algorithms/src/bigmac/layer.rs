@@ -288,7 +288,17 @@ impl<T: Real> MoeLayer<T> {
                 s.hidden
             )));
         }
-        let tokens = (x.len() / s.hidden as usize) as u32;
+        let tokens = x.len() / s.hidden as usize;
+        let (inw, mid) = s.expert_dims(self.structure);
+        let widest = tokens * s.top_k as usize * inw.max(mid).max(s.hidden) as usize;
+        if widest >= 1 << 32 {
+            return Err(refuse(format!(
+                "{tokens} tokens × top-{} × width {} = {widest} elements; the kernels index with 32 bits: split the batch",
+                s.top_k,
+                inw.max(mid).max(s.hidden)
+            )));
+        }
+        let tokens = tokens as u32;
         if self.scratch.as_ref().is_none_or(|sc| sc.tokens != tokens) {
             self.scratch = Some(Scratch::new(&self.device, self.structure, s, tokens)?);
         }
