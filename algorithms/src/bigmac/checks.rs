@@ -226,7 +226,7 @@ mod tests {
         assert!(e.to_string().contains("bias"), "{e}");
         let mut layer = MoeLayer::new(&dev, Structure::Cdac, good, &w, None).unwrap();
         let x = dev.upload(&vec![half::bf16::ONE; 130]).unwrap();
-        let e = layer.forward(&x).err().expect("refused");
+        let e = layer.forward(&x).expect_err("refused");
         assert!(e.to_string().contains("rows of 128"), "{e}");
     }
 
