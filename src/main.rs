@@ -126,9 +126,6 @@ enum Command {
         /// The program's name in NVRTC's log.
         #[arg(long)]
         program: String,
-        /// Where the CUBIN goes.
-        #[arg(long)]
-        out: std::path::PathBuf,
         /// Approximate transcendentals, flushed denormals.
         #[arg(long)]
         fast_math: bool,
@@ -146,11 +143,8 @@ fn main() {
         Command::CompileWorker {
             arch,
             program,
-            out,
             fast_math,
-        } => std::process::exit(kiln::runtime::isolated::run_worker(
-            &arch, &program, &out, fast_math,
-        )),
+        } => std::process::exit(kiln::runtime::isolated::run_worker(&arch, &program, fast_math)),
         Command::List => Ok(kiln::cli::list()),
         Command::Emit {
             kernel,

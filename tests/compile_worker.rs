@@ -121,3 +121,12 @@ fn kiln_check_survives_a_crashing_compiler() {
     assert!(text.contains("SIGABRT"), "{text}");
     let _ = std::fs::remove_dir_all(&cache);
 }
+
+#[test]
+fn options_a_worker_cannot_reproduce_are_refused() {
+    let m = module();
+    let mut opts = kernel_options_for("sm_90", false);
+    opts.extra.push("--maxrregcount=64".into());
+    let err = compile_in_child(&kiln_exe(), &m.source, "x.cu", &opts).expect_err("refused");
+    assert!(err.to_string().contains("kernel options"), "{err}");
+}

@@ -12,7 +12,6 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use crate::error::RuntimeError;
@@ -27,7 +26,7 @@ pub const FAULT_ENV: &str = "KILN_COMPILE_WORKER_FAULT";
 /// The worker's subcommand.
 pub const WORKER_COMMAND: &str = "compile-worker";
 
-/// Exit status of a worker whose program NVRTC rejected (the log is on its stdout).
+/// Exit status of a worker whose program NVRTC rejected (the log is on its stderr).
 const EXIT_COMPILE_ERROR: i32 = 3;
 /// Exit status of a worker that failed otherwise (the message is on its stderr).
 const EXIT_OTHER: i32 = 4;
@@ -76,25 +75,26 @@ pub fn compile_in_child(
     program: &str,
     opts: &CompileOptions,
 ) -> Result<(Vec<u8>, String), RuntimeError> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     let what = describe(source, program);
+    let expected = crate::cache::kernel_options_for(&opts.arch, opts.fast_math);
+    if *opts != expected {
+        return Err(RuntimeError::InvalidInput {
+            what: "compile worker options",
+            reason: format!(
+                "a worker compiles with Kiln's kernel options (cache::kernel_options_for) only; got {opts:?}"
+            ),
+        });
+    }
     let crashed = |detail: String| RuntimeError::CompilerCrashed {
         program: what.clone(),
         detail,
     };
-    let out = std::env::temp_dir().join(format!(
-        "kiln-compile-{}-{}.cubin",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
     let mut cmd = Command::new(worker);
     cmd.arg(WORKER_COMMAND)
         .arg("--arch")
         .arg(&opts.arch)
         .arg("--program")
-        .arg(program)
-        .arg("--out")
-        .arg(&out);
+        .arg(program);
     if opts.fast_math {
         cmd.arg("--fast-math");
     }
@@ -116,20 +116,16 @@ pub fn compile_in_child(
     let output = child
         .wait_with_output()
         .map_err(|e| crashed(format!("waiting for the compile worker: {e}")))?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let result = match output.status.code() {
-        Some(0) => std::fs::read(&out)
-            .map(|cubin| (cubin, stdout))
-            .map_err(|e| {
-                crashed(format!(
-                    "the worker's CUBIN {} is unreadable: {e}",
-                    out.display()
-                ))
-            }),
+    match output.status.code() {
+        Some(0) if output.stdout.starts_with(b"\x7fELF") => Ok((output.stdout, stderr)),
+        Some(0) => Err(crashed(format!(
+            "the compile worker returned {} bytes that are not a CUBIN",
+            output.stdout.len()
+        ))),
         Some(EXIT_COMPILE_ERROR) => Err(RuntimeError::Compile {
             program: program.to_string(),
-            log: stdout,
+            log: stderr,
         }),
         Some(code) => Err(crashed(format!(
             "the compile worker exited with status {code}: {}",
@@ -144,9 +140,7 @@ pub fn compile_in_child(
                 format!(": {}", stderr.trim())
             }
         ))),
-    };
-    let _ = std::fs::remove_file(&out);
-    result
+    }
 }
 
 #[cfg(unix)]
@@ -165,10 +159,10 @@ fn signal_name(_: &std::process::ExitStatus) -> String {
     "an unknown cause".into()
 }
 
-/// The worker's side (`kiln compile-worker --arch A --program P --out FILE [--fast-math]`):
-/// reads the source from stdin, compiles it in this process and writes the CUBIN to `FILE`
-/// and NVRTC's log to stdout. Returns the process exit status.
-pub fn run_worker(arch: &str, program: &str, out: &Path, fast_math: bool) -> i32 {
+/// The worker's side (`kiln compile-worker --arch A --program P [--fast-math]`): reads the
+/// source from stdin, compiles it in this process, and writes the CUBIN to stdout and NVRTC's
+/// log to stderr (no file, so concurrent workers cannot meet). Returns the exit status.
+pub fn run_worker(arch: &str, program: &str, fast_math: bool) -> i32 {
     if std::env::var(FAULT_ENV).as_deref() == Ok("abort") {
         std::process::abort();
     }
@@ -180,23 +174,26 @@ pub fn run_worker(arch: &str, program: &str, out: &Path, fast_math: bool) -> i32
     let opts = crate::cache::kernel_options_for(arch, fast_math);
     match compile_ptx(&source, program, &opts) {
         Ok(c) => match c.cubin {
-            Some(cubin) => match std::fs::write(out, cubin) {
-                Ok(()) => {
-                    print!("{}", c.log);
-                    0
+            Some(cubin) => {
+                let mut stdout = std::io::stdout().lock();
+                match stdout.write_all(&cubin).and_then(|_| stdout.flush()) {
+                    Ok(()) => {
+                        eprint!("{}", c.log);
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("writing the CUBIN to stdout: {e}");
+                        EXIT_OTHER
+                    }
                 }
-                Err(e) => {
-                    eprintln!("writing {}: {e}", out.display());
-                    EXIT_OTHER
-                }
-            },
+            }
             None => {
                 eprintln!("NVRTC produced no CUBIN");
                 EXIT_OTHER
             }
         },
         Err(RuntimeError::Compile { log, .. }) => {
-            print!("{log}");
+            eprint!("{log}");
             EXIT_COMPILE_ERROR
         }
         Err(e) => {

@@ -140,6 +140,8 @@ fn verify_call<T: Real>(
         let order = dev.download(&set.order)?;
         let start = dev.download(&set.start)?;
         let mean = dev.download(&set.mean)?;
+        let cent = dev.download(&set.cent)?;
+        let bias = dev.download(&set.bias)?;
         let mut per = Vec::new();
         for pi in 0..p {
             let (want_o, want_s) = reference::sort(&assign[pi * n..][..n], kc);
@@ -162,6 +164,34 @@ fn verify_call<T: Real>(
                         .collect();
                     let e = rel_err(&got, m);
                     ensure!(e < 1e-5, "problem {pi} cluster {ci}: mean error {e:.2e}");
+                    // what the assignment compares with: the unit direction (spherical) or
+                    // the mean, as T, and its bias
+                    let slot = pi * set.kcap as usize + ci;
+                    let c: Vec<f64> = cent[slot * d..][..d]
+                        .iter()
+                        .map(|v| v.to_f32() as f64)
+                        .collect();
+                    let norm = m.iter().map(|v| v * v).sum::<f64>().sqrt();
+                    let want_c: Vec<f64> = if set.spherical {
+                        m.iter().map(|v| v / norm).collect()
+                    } else {
+                        m.clone()
+                    };
+                    let e = rel_err(&c, &want_c);
+                    ensure!(
+                        e < 1e-2,
+                        "problem {pi} cluster {ci}: centroid error {e:.2e}"
+                    );
+                    let want_b = if set.spherical {
+                        0.0
+                    } else {
+                        -0.5 * c.iter().map(|v| v * v).sum::<f64>()
+                    };
+                    ensure!(
+                        (bias[slot] as f64 - want_b).abs() <= 1e-4 * want_b.abs().max(1.0),
+                        "problem {pi} cluster {ci}: bias {} vs {want_b}",
+                        bias[slot]
+                    );
                 }
             }
             per.push((want_o, want_s, means));
@@ -231,6 +261,40 @@ fn verify_call<T: Real>(
     Ok(())
 }
 
+/// Q/K/V of one call (random, clustered; widened to f64) and the layer's output on them.
+struct Call<T> {
+    q: Vec<f64>,
+    k: Vec<f64>,
+    v: Vec<f64>,
+    o: Vec<T>,
+}
+
+/// Runs `layer` once on fresh inputs, the output poisoned first.
+fn fresh_call<T: Real>(
+    dev: &Device,
+    layer: &mut AdaClusterAttention<T>,
+    rng: &mut Rng,
+) -> Result<Call<T>, VerifyError> {
+    let s = layer.shape();
+    let (p, n, d) = (s.problems() as usize, s.seq as usize, s.dim as usize);
+    let q = clustered::<T>(rng, p, n, d, 5);
+    let k = clustered::<T>(rng, p, n, d, 5);
+    let v: Vec<T> = rng.f32s(p * n * d).into_iter().map(T::from_f32).collect();
+    let mut ob = dev.upload(&vec![T::NAN; p * n * d])?;
+    layer.forward(
+        &dev.upload(&q)?,
+        &dev.upload(&k)?,
+        &dev.upload(&v)?,
+        &mut ob,
+    )?;
+    Ok(Call {
+        q: widen(&q),
+        k: widen(&k),
+        v: widen(&v),
+        o: dev.download(&ob)?,
+    })
+}
+
 /// A layer of 2 heads × 1100 tokens (two sort tiles): the search, then a warm call on new
 /// inputs, each verified; then a layer whose dense limit is tiny runs dense and matches
 /// dense attention.
@@ -256,41 +320,49 @@ fn layer_case<T: Real>(dev: &Device, d: usize, seed: u64) -> Result<(), VerifyEr
     let mut layer = AdaClusterAttention::<T>::new(dev, shape, config.clone())?;
     let mut rng = Rng::new(seed);
     for call in 0..2 {
-        let q = clustered::<T>(&mut rng, p, n, d, 5);
-        let k = clustered::<T>(&mut rng, p, n, d, 5);
-        let v: Vec<T> = rng.f32s(p * n * d).into_iter().map(T::from_f32).collect();
-        let (qb, kb, vb) = (dev.upload(&q)?, dev.upload(&k)?, dev.upload(&v)?);
-        let mut ob = dev.upload(&vec![T::NAN; p * n * d])?;
-        layer.forward(&qb, &kb, &vb, &mut ob)?;
+        let c = fresh_call(dev, &mut layer, &mut rng)?;
         let layout = layer.layout();
         ensure!(
             matches!(layout, Some(Layout::Clustered { .. })),
             "call {call}: layout {layout:?}"
         );
-        let o = dev.download(&ob)?;
-        verify_call(dev, &layer, (&widen(&q), &widen(&k), &widen(&v)), &o, 0.8)
+        verify_call(dev, &layer, (&c.q, &c.k, &c.v), &c.o, 0.8)
             .map_err(|e| VerifyError::Mismatch(format!("call {call}: {e}")))?;
         let density = layer.density()?;
         ensure!(density > 0.0 && density <= 1.0, "density {density}");
     }
+    // knobs changed after `new` are checked again by the next call
+    layer.config.search_iters = 0;
+    let refused = layer.forward(
+        &dev.upload(&vec![T::from_f32(1.0); p * n * d])?,
+        &dev.upload(&vec![T::from_f32(1.0); p * n * d])?,
+        &dev.upload(&vec![T::from_f32(1.0); p * n * d])?,
+        &mut dev.upload(&vec![T::NAN; p * n * d])?,
+    );
+    ensure!(refused.is_err(), "search_iters = 0 was accepted");
+    // top-k: fewer slots than key clusters, so the cap decides (ties by ascending id)
+    let top_k = AdaClusterConfig {
+        selection: Selection::TopK(3),
+        ..config.clone()
+    };
+    let mut layer = AdaClusterAttention::<T>::new(dev, shape, top_k)?;
+    let c = fresh_call(dev, &mut layer, &mut rng)?;
+    let kk = layer.clusters().map_or(0, |c| c.k.k);
+    ensure!(
+        kk > 3,
+        "the top-k case needs more than 3 key clusters, found {kk}"
+    );
+    verify_call(dev, &layer, (&c.q, &c.k, &c.v), &c.o, 1.0)
+        .map_err(|e| VerifyError::Mismatch(format!("top-3: {e}")))?;
     // the dense fallback
     let dense = AdaClusterConfig {
         dense_fraction: 1e-3,
         ..config
     };
     let mut layer = AdaClusterAttention::<T>::new(dev, shape, dense)?;
-    let q = clustered::<T>(&mut rng, p, n, d, 5);
-    let k = clustered::<T>(&mut rng, p, n, d, 5);
-    let v: Vec<T> = rng.f32s(p * n * d).into_iter().map(T::from_f32).collect();
-    let mut ob = dev.upload(&vec![T::NAN; p * n * d])?;
-    layer.forward(
-        &dev.upload(&q)?,
-        &dev.upload(&k)?,
-        &dev.upload(&v)?,
-        &mut ob,
-    )?;
+    let c = fresh_call(dev, &mut layer, &mut rng)?;
     ensure_eq!(layer.layout(), Some(Layout::Dense), "dense fallback");
-    let (qf, kf, vf) = (widen(&q), widen(&k), widen(&v));
+    let (qf, kf, vf) = (&c.q, &c.k, &c.v);
     let all: Vec<u32> = (0..n as u32).collect();
     let mut want = Vec::new();
     for pi in 0..p {
@@ -308,8 +380,7 @@ fn layer_case<T: Real>(dev: &Device, d: usize, seed: u64) -> Result<(), VerifyEr
             want.extend(o);
         }
     }
-    let got: Vec<f64> = widen(&dev.download(&ob)?);
-    let e = rel_err(&got, &want);
+    let e = rel_err(&widen(&c.o), &want);
     ensure!(e < 1e-2, "dense fallback error {e:.2e}");
     Ok(())
 }

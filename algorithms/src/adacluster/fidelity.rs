@@ -2,9 +2,11 @@
 //! the same per-query key budget: a fixed spatio-temporal window (each query keeps the text
 //! tokens and its nearest grid tokens, frames weighted by the workload's space/time window
 //! ratio — the block-sparse masks of sliding-window methods) and k-means on Q only (queries
-//! clustered as AdaCluster does, keys in fixed contiguous blocks of the raster order, the
-//! same top-p selection on block means). Everything but AdaCluster's own output is float64
-//! on the host, so keep shapes small (a few thousand tokens).
+//! clustered as AdaCluster does, keys in fixed contiguous blocks of the raster order, as many
+//! as AdaCluster has key clusters; each query cluster takes the blocks of highest
+//! `q̄·k̄/√D + ln n` until it holds at least AdaCluster's key count — so up to a block more,
+//! which favours the baseline). Everything but AdaCluster's own output is float64 on the
+//! host, so keep shapes small, or sample rows ([`evaluate_sampled`]).
 
 use std::fmt::Write as _;
 
@@ -138,7 +140,7 @@ pub fn evaluate(
     evaluate_sampled(device, spec, config, None)
 }
 
-/// [`evaluate`] on `sample` evenly spaced query rows per head (all rows when `None`): the
+/// [`evaluate`] on `sample` evenly spaced query rows per head (all rows when `None` or 0): the
 /// float64 dense rows and baselines then cost `sample · seq` per head, which keeps the
 /// three DiT shapes (up to 119K tokens) within seconds. Heads run in parallel.
 pub fn evaluate_sampled(
@@ -209,7 +211,7 @@ pub fn evaluate_on(
     let kk = layer.clusters().map_or(1, |c| c.k.k as usize).max(1);
     let all: Vec<u32> = (0..n as u32).collect();
     let rows: Vec<usize> = match sample {
-        Some(m) if m < n => (0..m).map(|j| (2 * j + 1) * n / (2 * m)).collect(),
+        Some(m) if m > 0 && m < n => (0..m).map(|j| (2 * j + 1) * n / (2 * m)).collect(),
         _ => (0..n).collect(),
     };
     let score = |pi: usize| -> [Accumulator; 3] {

@@ -73,6 +73,12 @@ impl AdaShape {
         if self.batch == 0 || self.heads == 0 || self.seq == 0 {
             return refuse(format!("empty shape {self:?}"));
         }
+        if self.batch.checked_mul(self.heads).is_none_or(|p| p > 65535) {
+            return refuse(format!(
+                "{} × {} (sequence, head) pairs: at most 65535 (the grids' y dimension)",
+                self.batch, self.heads
+            ));
+        }
         if (self.len() as u64) >= 1 << 32 {
             return refuse(format!(
                 "{self:?} has {} elements per tensor; the kernels index with 32 bits",
@@ -225,6 +231,28 @@ pub struct AdaClusterAttention<T: Real> {
     lse: DeviceBuffer<f32>,
 }
 
+/// Refuses knobs the kernels cannot run with (a top-p mass outside `(0, 1)`, no clusters
+/// kept, no search iterations, a non-positive dense limit).
+fn validate_config(config: &AdaClusterConfig) -> Result<(), AdaClusterError> {
+    match config.selection {
+        Selection::TopP { mass, max_clusters }
+            if !(mass > 0.0 && mass < 1.0) || max_clusters == 0 =>
+        {
+            return Err(AdaClusterError::Shape(format!(
+                "top-p mass {mass} must be in (0, 1) and max_clusters ({max_clusters}) positive"
+            )))
+        }
+        Selection::TopK(0) => return Err(AdaClusterError::Shape("top-k of 0 clusters".into())),
+        _ => {}
+    }
+    if config.search_iters == 0 || config.dense_fraction.is_nan() || config.dense_fraction <= 0.0 {
+        return Err(AdaClusterError::Shape(
+            "search_iters must be positive and dense_fraction above 0".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn launch(grid: (u32, u32, u32), threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid,
@@ -250,25 +278,7 @@ impl<T: Real> AdaClusterAttention<T> {
                 T::DTYPE
             )));
         }
-        match config.selection {
-            Selection::TopP { mass, max_clusters }
-                if !(mass > 0.0 && mass < 1.0) || max_clusters == 0 =>
-            {
-                return Err(AdaClusterError::Shape(format!(
-                    "top-p mass {mass} must be in (0, 1) and max_clusters ({max_clusters}) positive"
-                )))
-            }
-            Selection::TopK(0) => return Err(AdaClusterError::Shape("top-k of 0 clusters".into())),
-            _ => {}
-        }
-        if config.search_iters == 0
-            || config.dense_fraction.is_nan()
-            || config.dense_fraction <= 0.0
-        {
-            return Err(AdaClusterError::Shape(
-                "search_iters must be positive and dense_fraction above 0".into(),
-            ));
-        }
+        validate_config(&config)?;
         let lse = device.zeros::<f32>(shape.problems() as usize * shape.seq as usize)?;
         Ok(AdaClusterAttention {
             device: device.clone(),
@@ -324,6 +334,7 @@ impl<T: Real> AdaClusterAttention<T> {
         v: &DeviceBuffer<T>,
         o: &mut DeviceBuffer<T>,
     ) -> Result<(), AdaClusterError> {
+        validate_config(&self.config)?;
         let want = self.shape.len();
         for (name, got) in [
             ("q", q.len()),

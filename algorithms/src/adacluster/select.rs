@@ -18,8 +18,8 @@ pub const SELECT_THREADS: u32 = 512;
 ///
 /// The threshold is found by bisection on the bits of the probabilities (non-negative
 /// floats order as their bits): the largest `τ` whose clusters `≥ τ` still hold `top_p` of
-/// the mass, raised to the largest `τ` that keeps at least `cap`; ties at `τ` are all kept
-/// up to `cap`, lower ids first. Grid `(kq, P)`, 512 threads, `kk ≤ 4096`.
+/// the mass, raised to the largest `τ` that keeps at least `cap`; every cluster above `τ` is
+/// kept, then ties at `τ` in ascending id order while fewer than `cap` are kept. Grid `(kq, P)`, 512 threads, `kk ≤ 4096`.
 #[kernel(threads = 512, example(D = 128), example(D = 64))]
 pub fn cluster_select<const D: u32>(
     q_mean: &[f32],
@@ -130,23 +130,53 @@ pub fn cluster_select<const D: u32>(
         }
     }
     let tau = lo_p.max(lo_k);
-    let mut mine = 0u32;
+    // every cluster above τ, then ties at τ by ascending id while slots remain (fewer than
+    // `cap` are strictly above τ: τ is at least the count threshold)
+    let mut above = 0u32;
+    let mut ties = 0u32;
     for j in lo..hi {
         let nk = k_start[kb + j as u64 + 1] - k_start[kb + j as u64];
-        if nk > 0 && prob[j].to_bits() >= tau {
+        let bits = prob[j].to_bits();
+        if nk > 0 && bits > tau {
+            above += 1;
+        }
+        if nk > 0 && bits == tau {
+            ties += 1;
+        }
+    }
+    let _before: u32 = block_exclusive_scan(above, &mut sums);
+    let n_above: u32 = block_total(&sums);
+    sync_threads();
+    let tie_rank: u32 = block_exclusive_scan(ties, &mut sums);
+    sync_threads();
+    let room = if cap > n_above { cap - n_above } else { 0u32 };
+    let mut mine = 0u32;
+    let mut rank = tie_rank;
+    for j in lo..hi {
+        let nk = k_start[kb + j as u64 + 1] - k_start[kb + j as u64];
+        let bits = prob[j].to_bits();
+        if nk > 0 && (bits > tau || (bits == tau && rank < room)) {
             mine += 1;
+        }
+        if nk > 0 && bits == tau {
+            rank += 1;
         }
     }
     let mut pos: u32 = block_exclusive_scan(mine, &mut sums);
     let mut keys = 0u32;
+    rank = tie_rank;
     for j in lo..hi {
         let nk = k_start[kb + j as u64 + 1] - k_start[kb + j as u64];
-        if nk > 0 && prob[j].to_bits() >= tau {
+        let bits = prob[j].to_bits();
+        if nk > 0 && (bits > tau || (bits == tau && rank < room)) {
             if pos < cap {
                 sel[out * cap as u64 + pos as u64] = j;
                 keys += nk;
             }
             pos += 1;
+        }
+        if nk > 0 && bits == tau {
+            rank += 1;
         }
     }
     let kept: u32 = block_total(&sums);

@@ -90,10 +90,8 @@ pub struct Routing {
 /// combine — plus BigMac's descend and ascend, as one-group grouped GEMMs.
 pub struct MoeLayer<T: Real> {
     device: Device,
-    /// The structure.
-    pub structure: Structure,
-    /// The sizes.
-    pub shape: MoeShape,
+    structure: Structure,
+    shape: MoeShape,
     /// Renormalise the chosen experts' weights to sum to 1.
     pub normalise: bool,
     bias: Option<DeviceBuffer<f32>>,
@@ -199,6 +197,16 @@ impl<T: Real> MoeLayer<T> {
             kernels: Variants::default(),
             scratch: None,
         })
+    }
+
+    /// The structure.
+    pub fn structure(&self) -> Structure {
+        self.structure
+    }
+
+    /// The sizes.
+    pub fn shape(&self) -> MoeShape {
+        self.shape
     }
 
     fn kernel(&self, name: &'static str, a: bool, b: bool) -> Result<Arc<Kernel>, RuntimeError> {

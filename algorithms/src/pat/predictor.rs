@@ -58,9 +58,9 @@ impl Predictor {
             contexts.dedup();
             let mut ln_ms = vec![vec![f64::NAN; contexts.len()]; batches.len()];
             for p in &mine {
-                if p.ms.is_nan() || p.ms <= 0.0 || p.batch == 0 || p.context == 0 {
+                if !p.ms.is_finite() || p.ms <= 0.0 || p.batch == 0 || p.context == 0 {
                     return Err(format!(
-                        "TP {tp}: point {p:?} is not a positive measurement"
+                        "TP {tp}: point {p:?} is not a positive, finite measurement"
                     ));
                 }
                 let i = batches.binary_search(&p.batch).unwrap_or(0);

@@ -160,6 +160,16 @@ impl Setup {
     /// one plus the switch cost, both predicted from the law's estimate of each sequence's
     /// remaining length (the scheduler does not know the true lengths).
     pub fn run(&self, start: Layout, switch_to: Option<Layout>, lengths: &[usize]) -> RunReport {
+        // a layout has at least one replica, and decisions come at least every step
+        let start = Layout {
+            tp: start.tp.max(1),
+            dp: start.dp.max(1),
+        };
+        let switch_to = switch_to.map(|l| Layout {
+            tp: l.tp.max(1),
+            dp: l.dp.max(1),
+        });
+        let check_every = self.check_every.max(1);
         let prompt = self.workload.prompt;
         let seqs: Vec<Seq> = lengths
             .iter()
@@ -184,7 +194,7 @@ impl Setup {
         let (mut decode, mut step, mut switch) = (0.0, 0usize, None);
         while reps.iter().any(|r| !r.is_empty()) {
             if let Some(to) = switch_to {
-                if switch.is_none() && step > 0 && step % self.check_every == 0 {
+                if switch.is_none() && step > 0 && step % check_every == 0 {
                     let estimate = |r: &Vec<Seq>| -> Vec<Seq> {
                         r.iter()
                             .map(|s| {
