@@ -5,7 +5,7 @@
 mod common;
 
 use kiln::algorithms::verify::VerifyError;
-use kiln::algorithms::{adacluster, attention, bigmac, chelsea, clo, gemm, hata};
+use kiln::algorithms::{adacluster, attention, bigmac, chelsea, clo, gemm, hata, pat};
 use kiln::runtime::Device;
 
 fn check(name: &str, f: fn(&Device) -> Result<(), VerifyError>) {
@@ -132,4 +132,12 @@ fn adacluster_matches_reference() {
 #[test]
 fn moe_matches_reference() {
     check("bigmac moe", bigmac::checks::moe_matches_reference);
+}
+
+#[test]
+fn decoder_kernels_match_reference() {
+    check(
+        "pat decoder kernels",
+        pat::checks::decoder_kernels_match_reference,
+    );
 }

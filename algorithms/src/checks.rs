@@ -4,7 +4,7 @@
 //! (`tests/algorithms_run.rs`) and `kiln demo` run them from this list.
 
 use crate::verify::Check;
-use crate::{adacluster, attention, bigmac, chelsea, clo, gemm, hata};
+use crate::{adacluster, attention, bigmac, chelsea, clo, gemm, hata, pat};
 
 /// Every algorithm check, by name.
 pub const CHECKS: &[(&str, Check)] = &[
@@ -49,5 +49,9 @@ pub const CHECKS: &[(&str, Check)] = &[
     (
         "moe_gate + slot_maps + grouped_gemm + moe_combine",
         bigmac::checks::moe_matches_reference,
+    ),
+    (
+        "add_rms_norm + rope + swiglu",
+        pat::checks::decoder_kernels_match_reference,
     ),
 ];

@@ -96,6 +96,19 @@ impl Rng {
 
 pub use crate::metrics::rel_err;
 
+/// `n` random values of `T`: `scale` times the generator's `f32`s, rounded to `T`.
+pub fn random_real<T: Real>(rng: &mut Rng, n: usize, scale: f32) -> Vec<T> {
+    rng.f32s(n)
+        .into_iter()
+        .map(|v| T::from_f32(scale * v))
+        .collect()
+}
+
+/// `T` values widened (exactly) to f64, for the float64 references.
+pub fn widen<T: Real>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f32() as f64).collect()
+}
+
 /// The float element types a check runs in, with their conversions.
 pub trait Real: Element + PartialEq + std::fmt::Debug {
     /// The dtype a `T: Float` parameter is bound to for this type.

@@ -7,7 +7,7 @@
 use super::kmeans::kmeans_assign;
 use super::layer::{AdaClusterAttention, AdaClusterConfig, AdaShape, Layout, Selection};
 use super::reference;
-use crate::verify::{ensure, ensure_eq, rel_err, Real, Rng, VerifyError};
+use crate::verify::{ensure, ensure_eq, rel_err, widen, Real, Rng, VerifyError};
 use kiln_runtime::{Device, LaunchConfig};
 
 /// `p` problems of `n` points in `groups` planted clusters (centres of norm ≈ 3·√d, unit
@@ -24,10 +24,6 @@ fn clustered<T: Real>(rng: &mut Rng, p: usize, n: usize, d: usize, groups: usize
         }
     }
     out
-}
-
-fn widen<T: Real>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f32() as f64).collect()
 }
 
 /// [`kmeans_assign`] on 2 problems of 300 points and 40 centroids (a partial last tile of

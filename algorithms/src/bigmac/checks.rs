@@ -6,19 +6,8 @@
 
 use super::layer::{MoeLayer, MoeShape, MoeWeights, Structure};
 use super::reference;
-use crate::verify::{ensure, ensure_eq, rel_err, Real, Rng, VerifyError};
+use crate::verify::{ensure, ensure_eq, random_real, rel_err, widen, Real, Rng, VerifyError};
 use kiln_runtime::Device;
-
-fn random<T: Real>(rng: &mut Rng, n: usize, scale: f32) -> Vec<T> {
-    rng.f32s(n)
-        .into_iter()
-        .map(|v| T::from_f32(scale * v))
-        .collect()
-}
-
-fn widen<T: Real>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f32() as f64).collect()
-}
 
 /// Random weights of a layer, each matrix scaled by `2/√fan-in` so activations stay of
 /// order one through the layer.
@@ -39,7 +28,7 @@ pub fn random_weights<T: Real>(
     } else {
         0
     };
-    let mut r = |n: usize, fan_in: usize| random::<T>(rng, n, 2.0 / (fan_in as f32).sqrt());
+    let mut r = |n: usize, fan_in: usize| random_real::<T>(rng, n, 2.0 / (fan_in as f32).sqrt());
     MoeWeights {
         gate: r(h * e, h),
         up: r(e * inw * mid, inw),
@@ -71,7 +60,7 @@ fn layer_case<T: Real>(
     layer.normalise = normalise;
     // two calls: the second reuses the first's scratch buffers
     for call in 0..2 {
-        let x = random::<T>(&mut rng, tokens * h, 2.0);
+        let x = random_real::<T>(&mut rng, tokens * h, 2.0);
         let y = layer.forward(&dev.upload(&x)?)?;
         let routing = layer.routing().expect("a call was made");
         let ids = dev.download(&routing.ids)?;
@@ -127,7 +116,7 @@ fn layer_case<T: Real>(
         );
     }
     // the timed call: every stage reports a time, and the output is unchanged
-    let x = dev.upload(&random::<T>(&mut rng, tokens * h, 2.0))?;
+    let x = dev.upload(&random_real::<T>(&mut rng, tokens * h, 2.0))?;
     let mut y1 = dev.zeros::<T>(tokens * h)?;
     let mut y2 = dev.zeros::<T>(tokens * h)?;
     let times = layer.forward_timed(&x, &mut y1)?;

@@ -7,10 +7,15 @@
 //! ([`workload`]), step-latency profiles and the roofline model standing in for one until the
 //! decoder made of Kiln kernels is profiled on the multi-GPU kinds ([`profile`]), the fitted
 //! predictor with its held-out error ([`predictor`]), and the decision rule with the switch's
-//! cost split into weight resharding, KV migration and recomputation ([`simulate`]). Not built
-//! yet: the decoder itself, NCCL resharding and migration, and the multi-GPU runs.
+//! cost split into weight resharding, KV migration and recomputation ([`simulate`]) — and the
+//! decoder's element-wise kernels ([`kernels`]: residual add fused with RMSNorm, rotary
+//! embeddings, SwiGLU; checked in [`checks`]). Not built yet: the decoder layer that strings
+//! them together with the grouped-GEMM projections and the flash kernels, NCCL resharding and
+//! migration, and the multi-GPU runs.
 
+pub mod checks;
 pub mod demo;
+pub mod kernels;
 pub mod predictor;
 pub mod profile;
 pub mod simulate;
