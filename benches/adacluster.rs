@@ -18,7 +18,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use half::bf16;
-use kiln::algorithms::adacluster::fidelity::{evaluate_sampled, table, verdict};
+use kiln::algorithms::adacluster::fidelity::{
+    compare as fidelity, evaluate_sampled, table, verdict,
+};
 use kiln::algorithms::adacluster::layer::{
     AdaClusterAttention, AdaClusterConfig, AdaShape, Layout, Selection,
 };
@@ -31,30 +33,6 @@ use support::{gpu, report_with, rotations, selected, Roof, Row};
 
 fn bf16s(v: &[f32]) -> Vec<bf16> {
     v.iter().map(|&x| bf16::from_f32(x)).collect()
-}
-
-/// Relative norm error and mean per-row cosine similarity of `got` against `want` (rows of
-/// `d`).
-fn fidelity(got: &[bf16], want: &[bf16], d: usize) -> (f64, f64) {
-    let (mut num, mut den, mut cos, mut rows) = (0.0f64, 0.0f64, 0.0f64, 0usize);
-    for (g, w) in got.chunks(d).zip(want.chunks(d)) {
-        let (mut gw, mut gg, mut ww) = (0.0f64, 0.0f64, 0.0f64);
-        for (a, b) in g.iter().zip(w) {
-            let (a, b) = (a.to_f64(), b.to_f64());
-            num += (a - b) * (a - b);
-            den += b * b;
-            gw += a * b;
-            gg += a * a;
-            ww += b * b;
-        }
-        cos += if gg > 0.0 && ww > 0.0 {
-            gw / (gg * ww).sqrt()
-        } else {
-            (gg == ww) as u8 as f64
-        };
-        rows += 1;
-    }
-    ((num / den.max(f64::MIN_POSITIVE)).sqrt(), cos / rows as f64)
 }
 
 fn attention_case(

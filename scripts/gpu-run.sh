@@ -24,6 +24,18 @@ mkdir -p "$out"
 export KILN_REQUIRE_GPU=1 KILN_REQUIRE_NVRTC=1 KILN_REQUIRE_CUBLAS=1 KILN_BENCH_DIR="$out" KILN_CACHE_DIR="${KILN_CACHE_DIR:-/tmp/kiln-cache}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 status=0
+# run_baseline NAME VAR: runs benches/baselines/NAME.py into $out/NAME-baseline-torch.json and,
+# when the file was written, exports VAR (the variable the Rust bench reads it through)
+run_baseline() {
+  local json="$out/$1-baseline-torch.json"
+  echo "== benches/baselines/$1.py"
+  if python3 "benches/baselines/$1.py" "$json" 2>&1 | tee "$out/$1-baseline.log" && [ -s "$json" ]; then
+    export "$2=$json"
+  else
+    echo "the PyTorch $1 baseline failed; see $out/$1-baseline.log"
+    status=1
+  fi
+}
 if [ "$what" = all ] || [ "$what" = tests ]; then
   for t in .gpu/test-*; do
     echo "== $t"
@@ -41,39 +53,15 @@ if [ "$what" = adacluster ]; then
   echo "== .gpu/test-algorithms_run"
   .gpu/test-algorithms_run --test-threads=1 --nocapture > "$out/test-algorithms_run.log" 2>&1 || status=1
   grep -E "^test |test result|panicked" "$out/test-algorithms_run.log"
-  ada_json="$out/adacluster-baseline-torch.json"
-  echo "== benches/baselines/adacluster.py"
-  if python3 benches/baselines/adacluster.py "$ada_json" 2>&1 | tee "$out/adacluster-baseline.log" \
-      && [ -s "$ada_json" ]; then
-    export KILN_ADACLUSTER_BASELINE_JSON="$ada_json"
-  else
-    echo "the PyTorch AdaCluster baseline failed; see $out/adacluster-baseline.log"
-    status=1
-  fi
+  run_baseline adacluster KILN_ADACLUSTER_BASELINE_JSON
   echo "== .gpu/bench-adacluster"
   .gpu/bench-adacluster --bench 2>&1 | tee "$out/bench-adacluster.log" || status=1
   exit $status
 fi
 if [ "$what" != tests ]; then
-  baseline_json="$out/attention-baseline-torch.json"
-  echo "== benches/baselines/attention.py"
-  if python3 benches/baselines/attention.py "$baseline_json" 2>&1 | tee "$out/attention-baseline.log" \
-      && [ -s "$baseline_json" ]; then
-    export KILN_BASELINE_JSON="$baseline_json"
-  else
-    echo "the PyTorch attention baseline failed; see $out/attention-baseline.log"
-    status=1
-  fi
+  run_baseline attention KILN_BASELINE_JSON
   # torch.topk for the top-k bench (benches/topk.rs reads it through KILN_TOPK_BASELINE_JSON)
-  topk_json="$out/topk-baseline-torch.json"
-  echo "== benches/baselines/topk.py"
-  if python3 benches/baselines/topk.py "$topk_json" 2>&1 | tee "$out/topk-baseline.log" \
-      && [ -s "$topk_json" ]; then
-    export KILN_TOPK_BASELINE_JSON="$topk_json"
-  else
-    echo "the PyTorch top-k baseline failed; see $out/topk-baseline.log"
-    status=1
-  fi
+  run_baseline topk KILN_TOPK_BASELINE_JSON
 fi
 if [ "$what" = decode ]; then
   for b in .gpu/bench-hata .gpu/before-hata; do

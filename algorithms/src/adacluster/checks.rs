@@ -378,6 +378,13 @@ fn layer_case<T: Real>(dev: &Device, d: usize, seed: u64) -> Result<(), VerifyEr
     }
     let e = rel_err(&widen(&c.o), &want);
     ensure!(e < 1e-2, "dense fallback error {e:.2e}");
+    // a dense layer stays dense on later calls
+    fresh_call(dev, &mut layer, &mut rng)?;
+    ensure_eq!(
+        layer.layout(),
+        Some(Layout::Dense),
+        "dense on the second call"
+    );
     Ok(())
 }
 

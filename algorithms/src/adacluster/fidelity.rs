@@ -129,6 +129,18 @@ impl Accumulator {
     }
 }
 
+/// `(relative norm error, mean per-row cosine)` of `got` against `want`, rows of `d`: how
+/// the bench scores whole outputs against dense attention (rows widened one at a time, so
+/// no float64 copy of a large output is made).
+pub fn compare<T: crate::verify::Real>(got: &[T], want: &[T], d: usize) -> (f64, f64) {
+    let mut acc = Accumulator::new();
+    for (g, w) in got.chunks(d).zip(want.chunks(d)) {
+        acc.add(&crate::verify::widen(g), &crate::verify::widen(w), 0);
+    }
+    let r = acc.row("", 1);
+    (r.rel_err, r.cosine)
+}
+
 /// Runs AdaCluster (`config`, two calls: the search, then a warm call — the one measured)
 /// on the workload of `spec` on `device` and scores it and both baselines against dense
 /// attention, all in float64 from the bf16 inputs the device saw.

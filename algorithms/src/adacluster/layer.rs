@@ -373,19 +373,16 @@ impl<T: Real> AdaClusterAttention<T> {
                 }
                 _ => State::Dense,
             });
-        } else if let Some(State::Clustered(c)) = &mut self.state {
+        } else if matches!(self.state, Some(State::Clustered(_))) {
+            // the state is taken out while `iterate` borrows the layer, and always put back
+            let Some(State::Clustered(mut c)) = self.state.take() else {
+                unreachable!("matched just above")
+            };
             let iters = self.config.warm_iters;
-            let (mut qs, mut ks) = (
-                std::mem::replace(&mut c.q, Self::placeholder(&self.device)?),
-                std::mem::replace(&mut c.k, Self::placeholder(&self.device)?),
-            );
             let run = self
-                .iterate(&mut qs, q, iters)
-                .and_then(|_| self.iterate(&mut ks, k, iters));
-            if let Some(State::Clustered(c)) = &mut self.state {
-                c.q = qs;
-                c.k = ks;
-            }
+                .iterate(&mut c.q, q, iters)
+                .and_then(|_| self.iterate(&mut c.k, k, iters));
+            self.state = Some(State::Clustered(c));
             run?;
         }
         match &mut self.state {
@@ -510,24 +507,6 @@ impl<T: Real> AdaClusterAttention<T> {
             )));
         }
         Ok(self.iterate(set, x, iters)?)
-    }
-
-    fn placeholder(device: &Device) -> Result<ClusterSet<T>, RuntimeError> {
-        Ok(ClusterSet {
-            spherical: false,
-            k: 0,
-            kcap: 0,
-            mean: device.zeros(0)?,
-            cent: device.zeros(0)?,
-            bias: device.zeros(0)?,
-            assign: device.zeros(0)?,
-            dist: device.zeros(0)?,
-            counts: device.zeros(0)?,
-            order: device.zeros(0)?,
-            start: device.zeros(0)?,
-            blocks: device.zeros(0)?,
-            seeds: device.zeros(0)?,
-        })
     }
 
     fn kernel(&self, name: &'static str, spherical: bool) -> Result<Arc<Kernel>, RuntimeError> {

@@ -102,6 +102,8 @@ pub struct MoeLayer<T: Real> {
     ascend: DeviceBuffer<T>,
     kernels: Variants<(&'static str, bool, bool)>,
     scratch: Option<Scratch<T>>,
+    /// The row list of a projection that gathers nothing (never read).
+    no_rows: DeviceBuffer<u32>,
 }
 
 fn launch(grid: (u32, u32, u32), threads: u32) -> LaunchConfig {
@@ -196,6 +198,7 @@ impl<T: Real> MoeLayer<T> {
             ascend: up(&weights.ascend)?,
             kernels: Variants::default(),
             scratch: None,
+            no_rows: device.zeros(1)?,
         })
     }
 
@@ -240,14 +243,7 @@ impl<T: Real> MoeLayer<T> {
     ) -> Result<(), RuntimeError> {
         let m = (y.len() / n as usize) as u32;
         let gather = rows.is_some();
-        let none;
-        let rows = match rows {
-            Some(r) => r,
-            None => {
-                none = self.device.zeros::<u32>(1)?;
-                &none
-            }
-        };
+        let rows = rows.unwrap_or(&self.no_rows);
         grouped_gemm::launch(
             &*self.kernel("gemm", gather, silu)?,
             &launch(
