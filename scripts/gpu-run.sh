@@ -12,12 +12,14 @@
 #                                      # (an older bench-hata) runs beside the new one
 #   bash scripts/gpu-run.sh adacluster # the algorithm checks on the GPU, the PyTorch
 #                                      # AdaCluster baselines (SDPA, k-means), then its bench
+#   bash scripts/gpu-run.sh bigmac     # the BigMac bench (grouped GEMM vs cuBLAS, CDAC vs
+#                                      # BigMac layer stages); run after `tests`
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 what="${1:-all}"
 case "$what" in
-  all|tests|benches|decode|adacluster) ;;
-  *) echo "usage: $0 [all|tests|benches|decode|adacluster]" >&2; exit 2 ;;
+  all|tests|benches|decode|adacluster|bigmac) ;;
+  *) echo "usage: $0 [all|tests|benches|decode|adacluster|bigmac]" >&2; exit 2 ;;
 esac
 out="${OUT:-gpu-out}"
 mkdir -p "$out"
@@ -56,6 +58,11 @@ if [ "$what" = adacluster ]; then
   run_baseline adacluster KILN_ADACLUSTER_BASELINE_JSON
   echo "== .gpu/bench-adacluster"
   .gpu/bench-adacluster --bench 2>&1 | tee "$out/bench-adacluster.log" || status=1
+  exit $status
+fi
+if [ "$what" = bigmac ]; then
+  echo "== .gpu/bench-bigmac"
+  .gpu/bench-bigmac --bench 2>&1 | tee "$out/bench-bigmac.log" || status=1
   exit $status
 fi
 if [ "$what" != tests ]; then
