@@ -26,8 +26,9 @@ use support::{gpu, random_bf16, report_with, results_path, rotations, Roof, Row}
 const WARMUP: usize = 3;
 const REPS: usize = 20;
 
-/// One prefill shape: our median time in ms (with the tuned key tile, if any).
-fn prefill(dev: &Device, s: &AttnShape, rng: &mut Rng) -> Result<f64, RuntimeError> {
+/// One prefill shape: our median times in ms, the default kernel (the Hopper one on sm_90) and
+/// the tile layer's with its tuned key tile.
+fn prefill(dev: &Device, s: &AttnShape, rng: &mut Rng) -> Result<(f64, f64), RuntimeError> {
     let attn = Prefill::new(dev, Dtype::Bf16, Store::default_location());
     let call = s.prefill_call();
     let q_len = s.b * s.hq * s.s * s.d;
@@ -45,12 +46,16 @@ fn prefill(dev: &Device, s: &AttnShape, rng: &mut Rng) -> Result<f64, RuntimeErr
     let mut lse: DeviceBuffer<f32> = dev.zeros(s.b * s.hq * s.s)?;
     let scale = 1.0 / (s.d as f32).sqrt();
     let mut i = 0;
-    let t = time(dev, WARMUP, REPS, || {
-        let (q, k, v) = &sets[i % n];
-        i += 1;
-        Ok(attn.run(&call, q, k, v, scale, &mut o, &mut lse, None)?)
-    })?;
-    Ok(t.median_ms)
+    let mut timed = |bk: Option<u32>| {
+        time(dev, WARMUP, REPS, || {
+            let (q, k, v) = &sets[i % n];
+            i += 1;
+            Ok(attn.run(&call, q, k, v, scale, &mut o, &mut lse, bk)?)
+        })
+    };
+    let ours = timed(None)?.median_ms;
+    let tile_layer = timed(Some(attn.key_tile_for(&call)))?.median_ms;
+    Ok((ours, tile_layer))
 }
 
 /// One decode shape: our median time in ms.
@@ -136,7 +141,18 @@ fn main() {
     if only != "decode" {
         for s in prefill_shapes() {
             match prefill(&dev, &s, &mut rng) {
-                Ok(ms) => push(&mut rows, &s, ms),
+                Ok((ms, tile_ms)) => {
+                    push(&mut rows, &s, ms);
+                    let base = baselines.as_ref().and_then(|b| b.get(&s.name()));
+                    rows.push(Row {
+                        name: format!("kiln tile layer {}", s.name()),
+                        work: s.flops(),
+                        median_ms: tile_ms,
+                        rate: s.flops() / tile_ms / 1e9,
+                        vs: base.map(|b| b.vs(tile_ms)),
+                        roof: Roof::TensorCores,
+                    });
+                }
                 Err(e) => println!("{}: {e}", s.name()),
             }
         }

@@ -1,4 +1,5 @@
-//! Tensor-core GEMM written in Kiln against cuBLAS, in the same process, on the same stream and
+//! Tensor-core GEMMs written in Kiln (the tile layer on mma.sync, and on sm_90 the Hopper GEMM on
+//! wgmma + TMA, with its variants and at MoE-like skinny shapes) against cuBLAS, in the same process, on the same stream and
 //! with the same timing (CUDA events, warm-up, median): bf16 in, f32 accumulation and result,
 //! row-major A and C, at 2048³, 4096³ and 8192³, with B row-major and B column-major (Bᵀ
 //! stored, as a linear layer's weight). Each row gives the median time, TFLOP/s, % of the card's
@@ -17,11 +18,23 @@ use kiln::codegen::Dtype;
 use kiln::runtime::blas::{Blas, Layout};
 use kiln::runtime::tune::Store;
 use kiln::runtime::{time, Device, DeviceBuffer, RuntimeError};
+use kiln_algorithms::gemm::hopper::{Variant, WgmmaGemm};
 use kiln_algorithms::gemm::Gemm;
 use support::plot::{plot_series_with, PlotOptions};
 use support::{gpu, report_with, results_path, Roof, Row};
 
 const SIZES: [usize; 3] = [2048, 4096, 8192];
+/// MoE-like skinny shapes (m tokens, n, k): the Hopper GEMM and cuBLAS only, B column-major.
+const SKINNY: [(usize, usize, usize); 6] = [
+    (256, 4096, 4096),
+    (1024, 4096, 4096),
+    (4096, 4096, 4096),
+    (2048, 14336, 4096),
+    (4096, 14336, 4096),
+    (4096, 4096, 14336),
+];
+/// Row label of the Hopper GEMM.
+const WGMMA_NAME: &str = "kiln wgmma gemm<bf16>";
 const LAYOUTS: [Layout; 2] = [Layout::RowMajor, Layout::ColMajor];
 const WARMUP: usize = 5;
 const REPS: usize = 20;
@@ -68,9 +81,10 @@ impl Ours {
         layout: Layout,
     ) -> Result<(), RuntimeError> {
         let b_col = layout == Layout::ColMajor;
-        Ok(self
-            .gemm
-            .run(a, b, c, m as u32, n as u32, k as u32, b_col, None)?)
+        let (m, n, k) = (m as u32, n as u32, k as u32);
+        // the tile layer's tuned tile, named so that `Gemm` does not route to the Hopper GEMM
+        let tile = self.gemm.tile_for(m, n, k, b_col);
+        Ok(self.gemm.run(a, b, c, m, n, k, b_col, Some(tile))?)
     }
 }
 
@@ -83,6 +97,90 @@ fn rel_norm_err(got: &[f32], want: &[f32]) -> f64 {
         norm += w * w;
     }
     (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// Checks the Hopper GEMM against `want` (the row-major-B result of the same product), times
+/// it and adds its row (vs cuBLAS's time `blas_ms`); returns its TFLOP/s.
+#[allow(clippy::too_many_arguments)]
+fn time_wgmma(
+    dev: &Device,
+    (name, wg): (&str, &WgmmaGemm),
+    (a, b): (&DeviceBuffer<bf16>, &DeviceBuffer<bf16>),
+    (m, n, k): (usize, usize, usize),
+    want: &[f32],
+    blas_ms: Option<f64>,
+    label: &str,
+    rows: &mut Vec<Row>,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let mut c = dev.zeros::<f32>(m * n)?;
+    let (m32, n32, k32) = (m as u32, n as u32, k as u32);
+    wg.run(a, b, &mut c, m32, n32, k32)?;
+    let err = rel_norm_err(&dev.download(&c)?, want);
+    println!("check {label}: {name} vs the reference result: relative norm error {err:.2e}");
+    if err.is_nan() || err > MAX_REL_NORM_ERR {
+        return Err(format!("{label}: {name} differs by {err:.2e}").into());
+    }
+    let t = time(dev, WARMUP, REPS, || wg.run(a, b, &mut c, m32, n32, k32))?;
+    let flops = 2.0 * (m * n * k) as f64;
+    let rate = tflops(flops, t.median_ms);
+    rows.push(Row {
+        name: format!("{name} {label}"),
+        work: flops,
+        median_ms: t.median_ms,
+        rate,
+        vs: blas_ms.map(|b| (format!("cublas {label}"), b / t.median_ms)),
+        roof: Roof::TensorCores,
+    });
+    Ok(rate)
+}
+
+/// One shape, B column-major: cuBLAS (whose result is the reference) and each named Hopper
+/// GEMM in `gemms`.
+fn against_cublas(
+    dev: &Device,
+    gemms: &[(String, WgmmaGemm)],
+    blas: Option<&Blas>,
+    (m, n, k): (usize, usize, usize),
+    rows: &mut Vec<Row>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let Some(blas) = blas else {
+        println!("{m}x{n}x{k}: no cuBLAS to check against, skipped");
+        return Ok(());
+    };
+    let mut rng = Rng::new((m * 31 + n * 7 + k) as u64);
+    let a: Vec<bf16> = rng.f32s(m * k).into_iter().map(bf16::from_f32).collect();
+    let b: Vec<bf16> = rng.f32s(n * k).into_iter().map(bf16::from_f32).collect();
+    let (da, db) = (dev.upload(&a)?, dev.upload(&b)?);
+    let mut c = dev.zeros::<f32>(m * n)?;
+    blas.gemm_bf16(&da, &db, &mut c, m, n, k, Layout::ColMajor)?;
+    let want = dev.download(&c)?;
+    let t = time(dev, WARMUP, REPS, || {
+        Ok(blas.gemm_bf16(&da, &db, &mut c, m, n, k, Layout::ColMajor)?)
+    })?;
+    let label = format!("{m}x{n}x{k} col-major B");
+    let flops = 2.0 * (m * n * k) as f64;
+    rows.push(Row {
+        name: format!("cublas bf16 {label}"),
+        work: flops,
+        median_ms: t.median_ms,
+        rate: tflops(flops, t.median_ms),
+        vs: None,
+        roof: Roof::TensorCores,
+    });
+    for (name, wg) in gemms {
+        let ours = (name.as_str(), wg);
+        time_wgmma(
+            dev,
+            ours,
+            (&da, &db),
+            (m, n, k),
+            &want,
+            Some(t.median_ms),
+            &label,
+            rows,
+        )?;
+    }
+    Ok(())
 }
 
 fn tflops(flops: f64, ms: f64) -> f64 {
@@ -105,6 +203,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(e) => {
             println!("cuBLAS is not available, so the baseline is left out:\n{e}");
             (None, Some(e))
+        }
+    };
+    let wgmma = match WgmmaGemm::supported(&dev) {
+        true => {
+            let wg = WgmmaGemm::new(&dev, Dtype::Bf16)?;
+            if let Some((regs, smem)) = wg.resources() {
+                println!("{WGMMA_NAME}: {regs} registers per thread at entry, {smem} bytes of static shared memory");
+            }
+            Some(wg)
+        }
+        false => {
+            println!("{WGMMA_NAME}: needs sm_90, not timed on {}", dev.name());
+            None
         }
     };
     let mut rows = Vec::new();
@@ -231,6 +342,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 roof: Roof::TensorCores,
             });
             curve(format!("{}, {}", Ours::NAME, layout.label()), size, rate);
+            if let (Layout::ColMajor, Some(wg)) = (layout, &wgmma) {
+                let rate = time_wgmma(
+                    &dev,
+                    (WGMMA_NAME, wg),
+                    (&da, b_of(layout)),
+                    (m, n, k),
+                    &want,
+                    blas_t,
+                    &label,
+                    &mut rows,
+                )?;
+                curve(format!("{WGMMA_NAME}, {}", layout.label()), size, rate);
+            }
+        }
+    }
+    if let Some(wg) = wgmma {
+        let default = [(WGMMA_NAME.to_string(), wg)];
+        for (m, n, k) in SKINNY {
+            against_cublas(&dev, &default, blas.as_ref(), (m, n, k), &mut rows)?;
+        }
+        // the compiled variants (ring depth, launch-order group) at the square shapes
+        let mut variants = Vec::new();
+        for stages in [3, 4] {
+            for group in [1, 8, 16] {
+                let v = Variant { stages, group };
+                let name = format!("{WGMMA_NAME} {v:?}");
+                variants.push((name, WgmmaGemm::with_variant(&dev, Dtype::Bf16, v)?));
+            }
+        }
+        for size in [4096, 8192] {
+            against_cublas(
+                &dev,
+                &variants,
+                blas.as_ref(),
+                (size, size, size),
+                &mut rows,
+            )?;
         }
     }
     let extra = serde_json::json!({

@@ -39,6 +39,19 @@ fn gemm_matches_reference() {
 }
 
 #[test]
+fn gemm_wgmma_matches_reference() {
+    check("gemm_wgmma", gemm::checks::wgmma_matches_reference);
+}
+
+#[test]
+fn flash_attn_wgmma_matches_reference() {
+    check(
+        "flash_attn_wgmma",
+        attention::checks::wgmma_prefill_matches_reference,
+    );
+}
+
+#[test]
 fn hata_kernels_match_reference() {
     check("hata kernels", hata::checks::hata_kernels_match_reference);
 }

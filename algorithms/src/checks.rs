@@ -17,6 +17,11 @@ pub const CHECKS: &[(&str, Check)] = &[
         attention::checks::decode_matches_reference,
     ),
     ("gemm", gemm::checks::gemm_matches_reference),
+    ("gemm_wgmma", gemm::checks::wgmma_matches_reference),
+    (
+        "flash_attn_wgmma",
+        attention::checks::wgmma_prefill_matches_reference,
+    ),
     (
         "chelsea_round + chelsea_copy",
         chelsea::checks::chelsea_matches_reference,

@@ -167,6 +167,8 @@ pub struct Gemm {
     store: Store,
     kernels: Variants<(bool, (u32, u32))>,
     tiles: Choices<TuneKey, (u32, u32)>,
+    /// The Hopper GEMM, built on first use on an sm_90 GPU.
+    hopper: std::sync::Mutex<Option<Arc<hopper::WgmmaGemm>>>,
 }
 
 /// The block tiles the tuner tries.
@@ -181,7 +183,23 @@ impl Gemm {
             store,
             kernels: Variants::default(),
             tiles: Choices::default(),
+            hopper: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The Hopper GEMM when this device runs it (an sm_90 GPU), built once.
+    fn hopper(&self) -> Result<Option<Arc<hopper::WgmmaGemm>>, RuntimeError> {
+        if !self.device.is_gpu() || !hopper::WgmmaGemm::supported(&self.device) {
+            return Ok(None);
+        }
+        let mut slot = self.hopper.lock().map_err(|_| RuntimeError::InvalidInput {
+            what: "gemm",
+            reason: "the Hopper GEMM's slot was poisoned".into(),
+        })?;
+        if slot.is_none() {
+            *slot = Some(Arc::new(hopper::WgmmaGemm::new(&self.device, self.dtype)?));
+        }
+        Ok(slot.clone())
     }
 
     /// The tuning-store key of a shape: sizes bucketed to powers of two.
@@ -223,7 +241,9 @@ impl Gemm {
 
     /// `c (m × n, f32) = a (m × k) · b` with `b` `k × n` row-major, or with `b_col` stored
     /// as `n × k` (column-major B); sizes must be multiples of 16. `tile` picks the block
-    /// tile (one of [`TILES`]); `None` uses the tuned one ([`Gemm::tile_for`]).
+    /// tile (one of [`TILES`]) of the tile-layer (`mma.sync`) kernel; `None` uses the tuned
+    /// one ([`Gemm::tile_for`]), or on an sm_90 GPU with column-major B the Hopper GEMM
+    /// ([`hopper::WgmmaGemm`], 0.9 of cuBLAS where the tile layer is at 0.25).
     #[allow(clippy::too_many_arguments)]
     pub fn run<T: kiln::Element>(
         &self,
@@ -246,6 +266,11 @@ impl Gemm {
             return Err(GemmError::Shape(format!(
                 "{m}×{n}×{k}: every size must be a positive multiple of 16"
             )));
+        }
+        if let (None, true) = (tile, b_col) {
+            if let Some(h) = self.hopper()? {
+                return Ok(h.run(a, b, c, m, n, k)?);
+            }
         }
         let tile = tile.unwrap_or_else(|| self.tile_for(m, n, k, b_col));
         if !TILES.contains(&tile) {
@@ -319,3 +344,4 @@ fn winner_tile(e: &Entry) -> (u32, u32) {
 }
 
 pub mod checks;
+pub mod hopper;

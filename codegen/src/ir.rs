@@ -456,6 +456,65 @@ pub enum Intrinsic {
     UnpackLo,
     /// The high half of a `b32` as the 16-bit float of the result type.
     UnpackHi,
+    // Hopper (sm_90, and sm_90a for wgmma and setmaxnreg; see `front::hopper`)
+    /// `wgmma_fence()`: orders earlier register and shared-memory accesses before the next
+    /// warpgroup MMA (`wgmma.fence.sync.aligned`).
+    WgmmaFence,
+    /// `wgmma_commit()`: closes the group of the warpgroup MMAs issued since the last commit
+    /// (`wgmma.commit_group.sync.aligned`).
+    WgmmaCommit,
+    /// `wgmma_wait::<N>()`: waits until at most `N` committed MMA groups are still in flight
+    /// (`wgmma.wait_group.sync.aligned`). Argument: `N`.
+    WgmmaWait,
+    /// `wgmma.mma_async.sync.aligned.m64nNk16.f32.T.T` with both operands in shared memory:
+    /// `acc += A·B` for one warpgroup. Arguments: the accumulator (a register array of `N/2`
+    /// f32), A's and B's matrix descriptors. `trans_b`: B is stored N-major (a row-major
+    /// `K × N` tile) rather than K-major.
+    Wgmma {
+        /// The input element type (f16 or bf16; a `T: Float` until specialised).
+        elem: Scalar,
+        /// Whether B is read transposed (`imm-trans-b` = 1).
+        trans_b: bool,
+    },
+    /// The same with A from registers (`wgmma_rs`, `wgmma_rs_tb`): arguments the accumulator,
+    /// A as a `FragA` (the warp's 16 rows of the 64 × 16 tile, in `mma.sync`'s A layout) and
+    /// B's descriptor.
+    WgmmaRs {
+        /// The input element type (f16 or bf16; a `T: Float` until specialised).
+        elem: Scalar,
+        /// Whether B is read transposed (`imm-trans-b` = 1).
+        trans_b: bool,
+    },
+    /// `wgmma_desc(&tile[i], lbo, sbo)`: the 64-bit shared-memory matrix descriptor of a
+    /// 128-byte-swizzled tile starting at `tile[i]` (leading and stride byte offsets).
+    WgmmaDesc,
+    /// `mbarrier_init(&mut bar[i], count)`: a barrier expecting `count` arrivals per phase.
+    MbarrierInit,
+    /// `mbarrier_arrive(&mut bar[i])`: one arrival on the current phase.
+    MbarrierArrive,
+    /// `mbarrier_expect_tx(&mut bar[i], bytes)`: one arrival that also expects `bytes` of
+    /// asynchronous copies to complete on the phase (`mbarrier.arrive.expect_tx`).
+    MbarrierExpectTx,
+    /// `mbarrier_wait(&mut bar[i], parity)`: waits until the phase of parity `parity` (0 or 1)
+    /// has completed (`mbarrier.try_wait.parity` in a loop).
+    MbarrierWait,
+    /// `fence_barrier_init()`: makes barrier initialisations visible to the asynchronous
+    /// proxy (copy engine) before the first copy completes on them.
+    FenceBarrierInit,
+    /// `fence_proxy_async()`: orders this thread's ordinary shared-memory writes before later
+    /// reads by the tensor cores or the copy engine (`fence.proxy.async.shared::cta`).
+    FenceProxyAsync,
+    /// `tma_load_2d(&mut tile[j], &map[0], src, &mut bar[i], x, y)`: the copy engine loads the
+    /// box at column `x`, row `y` of the 2-D tensor `src` described by the tensor map `map`
+    /// into shared memory, completing `box bytes` of transactions on the barrier
+    /// (`cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes`).
+    TmaLoad2d,
+    /// `setmaxnreg_inc::<N>()` / `setmaxnreg_dec::<N>()`: raises or lowers the warpgroup's
+    /// register budget to `N` per thread (`setmaxnreg.{inc,dec}.sync.aligned.u32`).
+    SetMaxNReg {
+        /// Raise (`inc`) rather than lower (`dec`).
+        inc: bool,
+    },
     // slices and vectors
     /// `x.len()`: a slice's length (its `_len` parameter) or an array's first dimension.
     Len,
@@ -531,6 +590,43 @@ impl Intrinsic {
     /// execute them together).
     pub fn is_warp_matrix(self) -> bool {
         matches!(self, Intrinsic::Ldmatrix { .. } | Intrinsic::Mma)
+    }
+
+    /// True for the Hopper instructions, which need sm_90 (see [`Intrinsic::needs_sm90a`]).
+    pub fn is_hopper(self) -> bool {
+        use Intrinsic::*;
+        matches!(
+            self,
+            WgmmaFence
+                | WgmmaCommit
+                | WgmmaWait
+                | Wgmma { .. }
+                | WgmmaRs { .. }
+                | WgmmaDesc
+                | MbarrierInit
+                | MbarrierArrive
+                | MbarrierExpectTx
+                | MbarrierWait
+                | FenceBarrierInit
+                | FenceProxyAsync
+                | TmaLoad2d
+                | SetMaxNReg { .. }
+        )
+    }
+
+    /// True for the instructions only the architecture-specific target `sm_90a` has
+    /// (warpgroup MMA and register reallocation).
+    pub fn needs_sm90a(self) -> bool {
+        use Intrinsic::*;
+        matches!(
+            self,
+            WgmmaFence
+                | WgmmaCommit
+                | WgmmaWait
+                | Wgmma { .. }
+                | WgmmaRs { .. }
+                | SetMaxNReg { .. }
+        )
     }
 
     /// True for atomics (their first argument is a memory place).

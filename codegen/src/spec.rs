@@ -308,14 +308,103 @@ pub fn specialize(
         comptime: BTreeMap::new(),
     };
     let kernel = ctx.instantiate(def, kernel_ir, values, types, def.name.to_string())?;
-    Ok(Program {
+    let program = Program {
         kernel,
         comptime: ctx.comptime,
         devices: ctx.instances,
         file: def.file.to_string(),
         bindings: bindings.clone(),
         arch,
-    })
+    };
+    match hopper_problem(&program) {
+        Some((line, message, hint)) => Err(error(def, line, message, Some(hint))),
+        None => Ok(program),
+    }
+}
+
+/// Whether the kernel `def` (with `bindings`) uses Hopper instructions, so that it has no
+/// specialisation below sm_90 (tools that build every kernel for several targets skip those).
+pub fn uses_hopper(def: &'static FnDef, bindings: &Bindings) -> bool {
+    specialize(def, bindings, Arch::SM90).is_ok_and(|p| uses_intrinsic(&p, Intrinsic::is_hopper))
+}
+
+/// Whether any function of `program` (the kernel or a device function it calls) uses an
+/// intrinsic for which `pred` holds.
+pub fn uses_intrinsic(program: &Program, pred: impl Fn(Intrinsic) -> bool) -> bool {
+    let mut found = false;
+    for f in program
+        .devices
+        .iter()
+        .chain(std::iter::once(&program.kernel))
+    {
+        walk_stmts(&f.body, &mut |s| {
+            for e in s.kind.exprs() {
+                e.walk(&mut |x| {
+                    if let ExprKind::Intrinsic(i, _) = &x.kind {
+                        found |= pred(*i);
+                    }
+                });
+            }
+        });
+    }
+    found
+}
+
+/// The first misuse of a Hopper instruction in a specialised program: an architecture
+/// without it, or a comptime shape (accumulator length, register count) it does not have.
+fn hopper_problem(program: &Program) -> Option<(u32, String, String)> {
+    use crate::front::hopper::{maxnreg_ok, wgmma_acc_len_ok};
+    let arch = program.arch;
+    let mut problem = None;
+    for f in program
+        .devices
+        .iter()
+        .chain(std::iter::once(&program.kernel))
+    {
+        walk_stmts(&f.body, &mut |s| {
+            for e in s.kind.exprs() {
+                e.walk(&mut |x| {
+                    let ExprKind::Intrinsic(i, args) = &x.kind else {
+                        return;
+                    };
+                    if problem.is_some() || !i.is_hopper() {
+                        return;
+                    }
+                    let name = crate::front::hopper::dsl_name(*i);
+                    if i.needs_sm90a() && arch != Arch::SM90 {
+                        problem = Some((s.line, format!("`{name}` exists only on sm_90a (Hopper), but this specialisation targets {}", arch.sm_name()), "build it for an H100/H200 (sm_90); keep an mma.sync path for other GPUs".to_string()));
+                    } else if arch < Arch::SM90 {
+                        problem = Some((s.line, format!("`{name}` needs sm_90 (Hopper), but this specialisation targets {}", arch.sm_name()), "build it for an sm_90 GPU; keep a cp.async path for older ones".to_string()));
+                    } else if let Some(acc) = match i {
+                        Intrinsic::Wgmma { .. } | Intrinsic::WgmmaRs { .. } => args.first(),
+                        Intrinsic::WgmmaWait => args.get(1),
+                        _ => None,
+                    } {
+                        let len = match &acc.ty {
+                            Ty::Ref { to, .. } => match &**to {
+                                Ty::Array { dims, .. } => dims.first().and_then(|d| eval_len(program, &f.name, d)),
+                                _ => None,
+                            },
+                            _ => None,
+                        };
+                        if !len.is_some_and(|l| u64::try_from(l).is_ok_and(wgmma_acc_len_ok)) {
+                            problem = Some((s.line, format!("this specialisation gives the wgmma accumulator {} f32, no wgmma shape", len.map_or("an unknown number of".into(), |l| l.to_string())), "the accumulator holds N/2 f32 per thread for N = 8, 16, …, 256".to_string()));
+                        }
+                    } else if let (Intrinsic::SetMaxNReg { .. }, Some(n)) = (i, args.first()) {
+                        let v = match &n.kind {
+                            ExprKind::Int(v) => Some(*v as i128),
+                            ExprKind::ConstParam(p) => program.comptime.get(&f.name).and_then(|c| c.iter().find(|(n, _, _)| n == p).map(|(_, _, v)| *v)),
+                            _ => None,
+                        };
+                        if !v.is_some_and(|v| u64::try_from(v).is_ok_and(maxnreg_ok)) {
+                            problem = Some((s.line, format!("this specialisation asks `setmaxnreg` for {v:?} registers"), "the count must be a multiple of 8 from 24 to 256".to_string()));
+                        }
+                    }
+                });
+            }
+        });
+    }
+    problem
 }
 
 fn load(def: &FnDef) -> Result<Function, SpecError> {
@@ -459,6 +548,13 @@ impl Instantiator {
                     }
                     if let ExprKind::Intrinsic(Intrinsic::Pack2(s), _) = &mut x.kind {
                         *s = subst(*s);
+                    }
+                    if let ExprKind::Intrinsic(
+                        Intrinsic::Wgmma { elem, .. } | Intrinsic::WgmmaRs { elem, .. },
+                        _,
+                    ) = &mut x.kind
+                    {
+                        *elem = subst(*elem);
                     }
                 });
                 e.walk(&mut |x| {

@@ -131,6 +131,15 @@ pub fn kernel_options(arch: Arch, jit: &JitOptions) -> CompileOptions {
     kernel_options_for(&arch.sm_name(), jit.fast_math)
 }
 
+/// The NVRTC options for `module`: [`kernel_options`], with the architecture-specific target
+/// (`sm_90a`) when the module uses its instructions (warpgroup MMA, `setmaxnreg`).
+pub fn module_options(module: &CudaModule, arch: Arch, jit: &JitOptions) -> CompileOptions {
+    match module.needs_sm90a {
+        true => kernel_options_for(&format!("{}a", arch.sm_name()), jit.fast_math),
+        false => kernel_options(arch, jit),
+    }
+}
+
 /// [`kernel_options`] by architecture name (what a compile worker receives).
 pub fn kernel_options_for(sm: &str, fast_math: bool) -> CompileOptions {
     CompileOptions {
@@ -148,7 +157,7 @@ pub fn compile_cached_in(
     dir: Option<&Path>,
 ) -> Result<CachedImage, RuntimeError> {
     let start = Instant::now();
-    let opts = kernel_options(arch, jit);
+    let opts = module_options(module, arch, jit);
     let (major, minor) = nvrtc_version()?;
     let args = opts.nvrtc_args()?.join(" ");
     let version = format!("nvrtc {major}.{minor}");

@@ -34,6 +34,7 @@ pub mod launch;
 pub mod memory;
 pub mod roofline;
 pub mod stream;
+pub mod tensor_map;
 pub mod timing;
 pub mod tune;
 
@@ -46,6 +47,7 @@ pub use kiln_codegen;
 pub use launch::{KernelScalar, LaunchConfig, ScalarValue};
 pub use memory::{AsKernelSlice, AsKernelSliceMut, DeviceBuffer, Element, KernelArg};
 pub use stream::{Event, Stream};
+pub use tensor_map::{Swizzle, TensorMap};
 pub use timing::{time, Timing};
 
 /// What kernel authors import (through the `kiln` facade, or directly in workspace crates).

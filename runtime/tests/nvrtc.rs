@@ -216,6 +216,7 @@ fn nvrtc_errors_name_the_rust_line() {
         entry: "k".into(),
         line_map: vec![(1, 10), (2, 12)],
         rust_file: "src/kernels.rs".into(),
+        needs_sm90a: false,
     };
     let err = kiln_runtime::cache::compile_cached_in(
         &module,

@@ -2,7 +2,8 @@
 //! random inputs rounded to the element type, with poisoned outputs.
 
 use crate::attention::decode::{DecodeScratch, DecodeShape, FlashDecode};
-use crate::attention::prefill::{flash_attn_fwd, BLOCK_Q, THREADS};
+use crate::attention::hopper::WgmmaPrefill;
+use crate::attention::prefill::{flash_attn_fwd, PrefillCall, BLOCK_Q, THREADS};
 use crate::attention::reference::{self, PrefillShape};
 use kiln_runtime::{Device, DeviceBuffer, LaunchConfig};
 
@@ -32,11 +33,12 @@ fn widen<T: Real>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| x.to_f32() as f64).collect()
 }
 
-/// Runs `flash_attn_fwd` on one shape and compares O and LSE with the reference.
+/// Runs one prefill kernel on one shape and compares O and LSE with the reference: the tile
+/// layer's `flash_attn_fwd` with key tile `Some(bk)`, or (`None`) the Hopper kernel.
 pub fn prefill_case<T: Real>(
     dev: &Device,
     s: PrefillShape,
-    bk: u32,
+    bk: Option<u32>,
     seed: u64,
 ) -> Result<(), VerifyError> {
     let mut rng = Rng::new(seed);
@@ -45,14 +47,30 @@ pub fn prefill_case<T: Real>(
     let (k, kw) = random::<T>(&mut rng, s.batch * s.kv_heads * s.s_kv * d, 2.0);
     let (v, vw) = random::<T>(&mut rng, s.batch * s.kv_heads * s.s_kv * d, 1.0);
     let scale = 1.0 / (d as f64).sqrt();
+    let mut o = dev.upload(&vec![T::NAN; q.len()])?;
+    let mut lse = dev.upload(&vec![f32::NAN; s.batch * s.heads * s.s_q])?;
+    let (q, k, v) = (dev.upload(&q)?, dev.upload(&k)?, dev.upload(&v)?);
+    let Some(bk) = bk else {
+        let call = PrefillCall {
+            batch: s.batch as u32,
+            heads: s.heads as u32,
+            kv_heads: s.kv_heads as u32,
+            s_q: s.s_q as u32,
+            s_kv: s.s_kv as u32,
+            dim: d as u32,
+            causal: s.causal,
+        };
+        WgmmaPrefill::new(dev, T::DTYPE).run(&call, &q, &k, &v, &mut o, &mut lse, scale as f32)?;
+        let (want_o, want_lse) = reference::prefill(&s, &qw, &kw, &vw, scale);
+        let what = format!("flash_attn_wgmma {:?} {s:?}", T::DTYPE);
+        return compare::<T>(dev, &what, (&o, &lse), (&want_o, &want_lse));
+    };
     let kernel = flash_attn_fwd::spec()
         .t(T::DTYPE)
         .d(d as u32)
         .causal(s.causal)
         .bk(bk)
         .build(dev)?;
-    let mut o = dev.upload(&vec![T::NAN; q.len()])?;
-    let mut lse = dev.upload(&vec![f32::NAN; s.batch * s.heads * s.s_q])?;
     let cfg = LaunchConfig {
         grid: (
             (s.s_q as u32).div_ceil(BLOCK_Q),
@@ -65,9 +83,9 @@ pub fn prefill_case<T: Real>(
     flash_attn_fwd::launch(
         &kernel,
         &cfg,
-        &dev.upload(&q)?,
-        &dev.upload(&k)?,
-        &dev.upload(&v)?,
+        &q,
+        &k,
+        &v,
         &mut o,
         &mut lse,
         s.s_q as u32,
@@ -175,12 +193,9 @@ pub fn decode_case<T: Real>(
     compare::<T>(dev, &what, (&o, &lse), (&want_o, &want_lse))
 }
 
-/// Prefill: D = 64 and 128, causal and not, both key tiles, GQA, tails in both sequence lengths, bf16 and
-/// f16; larger shapes on a GPU than on the emulator.
-pub fn prefill_matches_reference(dev: &Device) -> Result<(), VerifyError> {
-    let big = dev.is_gpu();
-    let (s1, s2) = if big { (1000, 777) } else { (80, 40) };
-    let shape = |dim, causal, s_q, s_kv| PrefillShape {
+/// The prefill checks' shape: 2 sequences, 4 query heads over 2 KV heads.
+fn shape(dim: usize, causal: bool, s_q: usize, s_kv: usize) -> PrefillShape {
+    PrefillShape {
         batch: 2,
         heads: 4,
         kv_heads: 2,
@@ -188,11 +203,39 @@ pub fn prefill_matches_reference(dev: &Device) -> Result<(), VerifyError> {
         s_kv,
         dim,
         causal,
+    }
+}
+
+/// Prefill: D = 64 and 128, causal and not, both key tiles, GQA, tails in both sequence lengths, bf16 and
+/// f16; larger shapes on a GPU than on the emulator.
+pub fn prefill_matches_reference(dev: &Device) -> Result<(), VerifyError> {
+    let (s1, s2) = if dev.is_gpu() { (1000, 777) } else { (80, 40) };
+    prefill_case::<half::bf16>(dev, shape(128, false, s1, s1), Some(32), 11)?;
+    prefill_case::<half::bf16>(dev, shape(128, true, s2, s1), Some(16), 12)?;
+    prefill_case::<half::f16>(dev, shape(64, true, s1, s1), Some(64), 13)?;
+    prefill_case::<half::f16>(dev, shape(64, false, s2, s1), Some(16), 14)
+}
+
+/// The Hopper prefill: D = 64 and 128, causal and not, GQA, tails in both sequence lengths
+/// (key tiles of 128 cross into the next head's keys, which must be masked), bf16 and f16.
+/// Passes without running on a GPU that is not sm_90 (the kernel has no specialisation there).
+pub fn wgmma_prefill_matches_reference(dev: &Device) -> Result<(), VerifyError> {
+    if !WgmmaPrefill::supported(dev) {
+        println!(
+            "flash_attn_wgmma: skipped, {} is not an sm_90 GPU",
+            dev.name()
+        );
+        return Ok(());
+    }
+    let (s1, s2) = if dev.is_gpu() {
+        (1000, 777)
+    } else {
+        (200, 136)
     };
-    prefill_case::<half::bf16>(dev, shape(128, false, s1, s1), 32, 11)?;
-    prefill_case::<half::bf16>(dev, shape(128, true, s2, s1), 16, 12)?;
-    prefill_case::<half::f16>(dev, shape(64, true, s1, s1), 64, 13)?;
-    prefill_case::<half::f16>(dev, shape(64, false, s2, s1), 16, 14)
+    prefill_case::<half::bf16>(dev, shape(128, false, s1, s1), None, 15)?;
+    prefill_case::<half::bf16>(dev, shape(128, true, s2, s1), None, 16)?;
+    prefill_case::<half::f16>(dev, shape(64, true, s1, s1), None, 17)?;
+    prefill_case::<half::f16>(dev, shape(64, false, s2, s1), None, 18)
 }
 
 /// Decode: dense and over an index list, GQA 4:1, many splits with a partial last tile,

@@ -4,5 +4,6 @@
 
 pub mod checks;
 pub mod decode;
+pub mod hopper;
 pub mod prefill;
 pub mod reference;

@@ -196,6 +196,8 @@ pub struct Prefill {
     pub store: Store,
     kernels: Variants<(u32, bool, u32)>,
     key_tiles: Choices<TuneKey, u32>,
+    /// The Hopper kernel, on an sm_90 GPU.
+    hopper: Option<super::hopper::WgmmaPrefill>,
 }
 
 impl Prefill {
@@ -207,6 +209,8 @@ impl Prefill {
             store,
             kernels: Variants::default(),
             key_tiles: Choices::default(),
+            hopper: (device.is_gpu() && super::hopper::WgmmaPrefill::supported(device))
+                .then(|| super::hopper::WgmmaPrefill::new(device, dtype)),
         }
     }
 
@@ -249,8 +253,10 @@ impl Prefill {
     }
 
     /// `o = softmax(scale·Q·Kᵀ)·V` and the natural-log `lse` `[B, H, S_q]` (see
-    /// [`flash_attn_fwd`]). `bk` picks the key tile (one of [`KEY_TILES`] that fits);
-    /// `None` uses the tuned one ([`Prefill::key_tile_for`]).
+    /// [`flash_attn_fwd`]). `bk` picks the key tile of the tile-layer kernel (one of
+    /// [`KEY_TILES`] that fits); `None` uses, on an sm_90 GPU, the Hopper kernel
+    /// ([`super::hopper::WgmmaPrefill`]), elsewhere the tuned key tile
+    /// ([`Prefill::key_tile_for`]).
     #[allow(clippy::too_many_arguments)]
     pub fn run<T: kiln::Element>(
         &self,
@@ -263,6 +269,9 @@ impl Prefill {
         lse: &mut DeviceBuffer<f32>,
         bk: Option<u32>,
     ) -> Result<(), PrefillError> {
+        if let (None, Some(h)) = (bk, &self.hopper) {
+            return Ok(h.run(c, q, k, v, o, lse, scale)?);
+        }
         let bk = bk.unwrap_or_else(|| self.key_tile_for(c));
         let refuse = |m: String| Err(PrefillError::Shape(m));
         if c.dim != 64 && c.dim != 128 {

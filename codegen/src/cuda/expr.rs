@@ -433,6 +433,17 @@ fn arg(args: &[Expr], i: usize) -> String {
         .unwrap_or_default()
 }
 
+/// The length of the register array a `wgmma` accumulator argument refers to.
+fn acc_len(acc: &Expr) -> String {
+    match &acc.ty {
+        Ty::Ref { to, .. } => match &**to {
+            Ty::Array { dims, .. } => dims.first().map(len).unwrap_or_default(),
+            _ => String::new(),
+        },
+        _ => String::new(),
+    }
+}
+
 fn place(args: &[Expr], i: usize) -> String {
     format!("&{}", args.get(i).map(wrap_postfix).unwrap_or_default())
 }
@@ -657,6 +668,46 @@ fn intrinsic(i: Intrinsic, args: &[Expr], ty: &Ty) -> String {
                 a(2)
             )
         }
+        WgmmaFence => "kiln_wgmma_fence()".into(),
+        WgmmaCommit => "kiln_wgmma_commit()".into(),
+        WgmmaWait => format!("kiln_wgmma_wait<{}, {}>({})", a(0), acc_len(&args[1]), a(1)),
+        Wgmma { elem, trans_b } => format!(
+            "kiln_wgmma_{}<{}, {trans_b}>({}, {}, {})",
+            elem.rust_name(),
+            acc_len(&args[0]),
+            a(0),
+            a(1),
+            a(2)
+        ),
+        WgmmaRs { elem, trans_b } => format!(
+            "kiln_wgmma_rs_{}<{}, {trans_b}>({}, {}, {})",
+            elem.rust_name(),
+            acc_len(&args[0]),
+            a(0),
+            a(1),
+            a(2)
+        ),
+        WgmmaDesc => format!("kiln_wgmma_desc({}, {}, {})", place(args, 0), a(1), a(2)),
+        MbarrierInit => format!("kiln_mbarrier_init({}, {})", place(args, 0), a(1)),
+        MbarrierArrive => format!("kiln_mbarrier_arrive({})", place(args, 0)),
+        MbarrierExpectTx => format!("kiln_mbarrier_expect_tx({}, {})", place(args, 0), a(1)),
+        MbarrierWait => format!("kiln_mbarrier_wait({}, {})", place(args, 0), a(1)),
+        FenceBarrierInit => "kiln_fence_barrier_init()".into(),
+        FenceProxyAsync => "kiln_fence_proxy_async()".into(),
+        // the source tensor is named for type checks and the emulator; the map holds its address
+        TmaLoad2d => format!(
+            "kiln_tma_load_2d({}, {}, {}, {}, {})",
+            place(args, 0),
+            place(args, 1),
+            place(args, 3),
+            a(4),
+            a(5)
+        ),
+        SetMaxNReg { inc } => format!(
+            "kiln_setmaxnreg_{}<{}>()",
+            if inc { "inc" } else { "dec" },
+            a(0)
+        ),
         FragZero => match ty.frag() {
             Some((kind, _)) => format!("{}{{}}", frag_type(kind)),
             None => "/* not a fragment */ 0".into(),

@@ -23,6 +23,9 @@ pub struct CudaModule {
     pub line_map: Vec<(u32, u32)>,
     /// The Rust file the kernel came from.
     pub rust_file: String,
+    /// Whether the program uses instructions of the architecture-specific target `sm_90a`
+    /// (warpgroup MMA, register reallocation): it must be compiled for `sm_90a`, not `sm_90`.
+    pub needs_sm90a: bool,
 }
 
 impl CudaModule {
@@ -63,6 +66,7 @@ pub fn print(program: &Program) -> CudaModule {
         indent: 0,
         sections: BTreeSet::new(),
         program,
+        reallocates_registers: false,
     };
     p.collect_sections();
     for f in &program.devices {
@@ -85,7 +89,11 @@ pub fn print(program: &Program) -> CudaModule {
         } else {
             binds
         },
-        program.arch.sm_name()
+        if needs_sm90a(program) {
+            format!("{}a", program.arch.sm_name())
+        } else {
+            program.arch.sm_name()
+        }
     );
     let pre = prelude::prelude(&p.sections, &c_type);
     if !pre.is_empty() {
@@ -100,7 +108,25 @@ pub fn print(program: &Program) -> CudaModule {
         entry: program.kernel.name.clone(),
         line_map,
         rust_file: program.file.clone(),
+        needs_sm90a: needs_sm90a(program),
     }
+}
+
+/// The accumulator length of a `wgmma` call in function `f` (its first argument's array).
+fn wgmma_len(program: &Program, f: &str, args: &[Expr]) -> Option<u32> {
+    let Ty::Ref { to, .. } = &args.first()?.ty else {
+        return None;
+    };
+    let Ty::Array { dims, .. } = &**to else {
+        return None;
+    };
+    let v = crate::spec::eval_len(program, f, dims.first()?)?;
+    u32::try_from(v).ok()
+}
+
+/// Whether any function of `program` uses an `sm_90a`-only instruction.
+pub fn needs_sm90a(program: &Program) -> bool {
+    crate::spec::uses_intrinsic(program, Intrinsic::needs_sm90a)
 }
 
 struct Printer<'a> {
@@ -109,6 +135,9 @@ struct Printer<'a> {
     indent: usize,
     sections: BTreeSet<Section>,
     program: &'a Program,
+    /// The program uses `setmaxnreg`, which needs a register cap at entry
+    /// (`__launch_bounds__(threads, 1)`).
+    reallocates_registers: bool,
 }
 
 impl Printer<'_> {
@@ -129,6 +158,7 @@ impl Printer<'_> {
 
     fn collect_sections(&mut self) {
         let mut used = BTreeSet::new();
+        let mut reallocates = false;
         let note_scalar = |s: Scalar, used: &mut BTreeSet<Section>| match s {
             Scalar::F16 => {
                 used.insert(Section::Half);
@@ -229,6 +259,30 @@ impl Printer<'_> {
                                     .and_then(|a| a.ty.frag())
                                     .map(|(_, elem)| Section::Mma(elem)),
                                 Intrinsic::Pack2(elem) => Some(Section::Pack2(*elem)),
+                                Intrinsic::Wgmma { elem, trans_b }
+                                | Intrinsic::WgmmaRs { elem, trans_b } => {
+                                    used.insert(Section::Hopper);
+                                    let registers = matches!(i, Intrinsic::WgmmaRs { .. });
+                                    if registers {
+                                        used.insert(Section::Frag);
+                                    }
+                                    wgmma_len(self.program, &f.name, args).map(|acc| {
+                                        Section::Wgmma {
+                                            elem: *elem,
+                                            acc,
+                                            trans_b: *trans_b,
+                                            registers,
+                                        }
+                                    })
+                                }
+                                Intrinsic::SetMaxNReg { .. } => {
+                                    reallocates = true;
+                                    Some(Section::Hopper)
+                                }
+                                h if h.is_hopper() => {
+                                    used.insert(Section::SmemAddr);
+                                    Some(Section::Hopper)
+                                }
                                 Intrinsic::VStore => {
                                     args.get(2).and_then(|v| v.ty.elem()).map(Section::Vector)
                                 }
@@ -242,7 +296,11 @@ impl Printer<'_> {
                 }
             });
         }
+        if used.contains(&Section::Hopper) {
+            used.insert(Section::SmemAddr);
+        }
         self.sections = used;
+        self.reallocates_registers = reallocates;
     }
 
     fn function(&mut self, f: &Function) {
@@ -299,7 +357,10 @@ impl Printer<'_> {
             FnKind::Kernel => {
                 let bounds = f
                     .max_threads
-                    .map(|n| format!("__launch_bounds__({n}) "))
+                    .map(|n| match self.reallocates_registers {
+                        true => format!("__launch_bounds__({n}, 1) "),
+                        false => format!("__launch_bounds__({n}) "),
+                    })
                     .unwrap_or_default();
                 self.line(&format!(
                     "extern \"C\" __global__ void {bounds}{}({params}) {{",

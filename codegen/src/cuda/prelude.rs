@@ -50,6 +50,20 @@ pub enum Section {
     Mma(Scalar),
     /// Two f32 into one `b32` of two halves of a type (f16 or bf16).
     Pack2(Scalar),
+    /// The Hopper helpers: transaction barriers, the copy engine's 2-D tensor load, fences,
+    /// warpgroup MMA synchronisation and descriptors, register reallocation.
+    Hopper,
+    /// One warpgroup MMA shape: `m64nNk16` with `N = 2·acc`, f32 accumulation.
+    Wgmma {
+        /// The input element type (f16 or bf16).
+        elem: Scalar,
+        /// The accumulator's f32 per thread (`N / 2`).
+        acc: u32,
+        /// B read N-major (`imm-trans-b` = 1).
+        trans_b: bool,
+        /// A from registers (a `kiln_frag_a`) rather than a descriptor.
+        registers: bool,
+    },
 }
 
 /// The CUDA name of a fragment struct.
@@ -137,6 +151,87 @@ __device__ __forceinline__ void kiln_cp_async_wait_all() { asm volatile("cp.asyn
 
 const DYN_SHARED: &str = "extern __shared__ __align__(16) unsigned char kiln_dyn_smem[];\n";
 
+/// With the Hopper helpers: 128-byte-swizzled tiles need 1024-byte alignment.
+const DYN_SHARED_1024: &str = "extern __shared__ __align__(1024) unsigned char kiln_dyn_smem[];\n";
+
+const HOPPER: &str = r#"// Hopper (sm_90): transaction barriers (mbarrier), the copy engine (TMA), fences.
+__device__ __forceinline__ void kiln_mbarrier_init(unsigned long long* b, unsigned int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(kiln_smem_addr(b)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void kiln_mbarrier_arrive(unsigned long long* b) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(kiln_smem_addr(b)) : "memory");
+}
+__device__ __forceinline__ void kiln_mbarrier_expect_tx(unsigned long long* b, unsigned int bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(kiln_smem_addr(b)), "r"(bytes) : "memory");
+}
+// Spins until the phase of parity `parity` has completed.
+__device__ __forceinline__ void kiln_mbarrier_wait(unsigned long long* b, unsigned int parity) {
+    asm volatile("{\n .reg .pred done;\n KILN_WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n @!done bra KILN_WAIT;\n}" :: "r"(kiln_smem_addr(b)), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void kiln_fence_barrier_init() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+__device__ __forceinline__ void kiln_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+// The box at column x, row y of a 2-D tensor into shared memory; completes its bytes on `bar`.
+__device__ __forceinline__ void kiln_tma_load_2d(void* dst, const unsigned long long* map, unsigned long long* bar, unsigned int x, unsigned int y) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];"
+        :: "r"(kiln_smem_addr(dst)), "l"(map), "r"(kiln_smem_addr(bar)), "r"((int)x), "r"((int)y) : "memory");
+}
+// Warpgroup MMA (sm_90a): ordering, groups, and the descriptor of a 128-byte-swizzled shared tile.
+__device__ __forceinline__ void kiln_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void kiln_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+// Waits until at most N groups are in flight; the empty asm on each accumulator register keeps
+// the compiler from reading them above the wait.
+template <int N, int R> __device__ __forceinline__ void kiln_wgmma_wait(float* d) {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory");
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
+}
+__device__ __forceinline__ unsigned long long kiln_wgmma_desc(const void* p, unsigned int lbo, unsigned int sbo) {
+    unsigned long long a = kiln_smem_addr(p);
+    return ((a & 0x3FFFFull) >> 4) | ((unsigned long long)((lbo >> 4) & 0x3FFFu) << 16)
+        | ((unsigned long long)((sbo >> 4) & 0x3FFFu) << 32) | (1ull << 62);
+}
+template <int N> __device__ __forceinline__ void kiln_setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" :: "n"(N)); }
+template <int N> __device__ __forceinline__ void kiln_setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" :: "n"(N)); }
+"#;
+
+/// The template declarations every `wgmma` shape specialises (A from shared memory, A from
+/// registers).
+const WGMMA_DECL: &str = "template <int R, bool TB> __device__ void kiln_wgmma_HNAME(float* d, unsigned long long a, unsigned long long b);\n";
+const WGMMA_RS_DECL: &str = "template <int R, bool TB> __device__ void kiln_wgmma_rs_HNAME(float* d, kiln_frag_a a, unsigned long long b);\n";
+
+/// `kiln_wgmma[_rs]_<elem><acc, trans_b>`: `d += A·B` for `m64n{2·acc}k16`, the accumulator
+/// in `acc` registers per thread, A from a descriptor or (`registers`) from a fragment.
+fn wgmma_section(elem: Scalar, acc: u32, trans_b: bool, registers: bool) -> String {
+    let name = elem.rust_name();
+    let n = 2 * acc;
+    let outs: Vec<String> = (0..acc).map(|i| format!("%{i}")).collect();
+    let regs: Vec<String> = (0..acc).map(|i| format!("\"+f\"(d[{i}])")).collect();
+    let tb = u8::from(trans_b);
+    let (rs, a_ty, a_op, a_in, imm) = match registers {
+        true => (
+            "_rs",
+            "kiln_frag_a",
+            format!("{{%{}, %{}, %{}, %{}}}", acc, acc + 1, acc + 2, acc + 3),
+            "\"r\"(a.x[0]), \"r\"(a.x[1]), \"r\"(a.x[2]), \"r\"(a.x[3])".to_string(),
+            format!("%{}, p, 1, 1, {tb}", acc + 4),
+        ),
+        false => (
+            "",
+            "unsigned long long",
+            format!("%{acc}"),
+            "\"l\"(a)".to_string(),
+            format!("%{}, p, 1, 1, 0, {tb}", acc + 1),
+        ),
+    };
+    format!(
+        "template <> __device__ __forceinline__ void kiln_wgmma{rs}_{name}<{acc}, {trans_b}>(float* d, {a_ty} a, unsigned long long b) {{\n    \
+         asm volatile(\"{{\\n .reg .pred p;\\n setp.ne.b32 p, 1, 0;\\n wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{name}.{name} {{{}}}, {a_op}, {imm};\\n}}\"\n        \
+         : {}\n        : {a_in}, \"l\"(b) : \"memory\");\n}}\n",
+        outs.join(", "),
+        regs.join(", ")
+    )
+}
+
 const FRAG: &str = r#"// One lane's registers of the mma.sync m16n8k16 operands: A 16x16 (4 x b32 of two halves), B 16x8 (2 x b32), C/D 16x8 (4 x f32).
 struct kiln_frag_a { unsigned int x[4]; };
 struct kiln_frag_b { unsigned int x[2]; };
@@ -218,12 +313,34 @@ pub fn prelude(used: &BTreeSet<Section>, c_type: &dyn Fn(Scalar) -> String) -> S
             Section::Shift => out.push_str(SHIFT),
             Section::SmemAddr => out.push_str(SMEM_ADDR),
             Section::CpAsync => out.push_str(CP_ASYNC),
+            Section::DynShared if used.contains(&Section::Hopper) => out.push_str(DYN_SHARED_1024),
             Section::DynShared => out.push_str(DYN_SHARED),
             Section::Vector(e) => out.push_str(&vector_section(*e, &c_type(*e))),
             Section::Frag => out.push_str(FRAG),
             Section::Ldmatrix { num, trans } => out.push_str(&ldmatrix_section(*num, *trans)),
             Section::Mma(e) => out.push_str(&MMA.replace("HNAME", &e.rust_name())),
             Section::Pack2(e) => out.push_str(&PACK2.replace("HNAME", &e.rust_name())),
+            Section::Hopper => out.push_str(HOPPER),
+            Section::Wgmma {
+                elem,
+                acc,
+                trans_b,
+                registers,
+            } => {
+                let first = !used.iter().any(|u| {
+                    matches!(u, Section::Wgmma { elem: e, registers: r, .. } if e == elem && r == registers)
+                        && u < section
+                });
+                if first {
+                    let decl = if *registers {
+                        WGMMA_RS_DECL
+                    } else {
+                        WGMMA_DECL
+                    };
+                    out.push_str(&decl.replace("HNAME", &elem.rust_name()));
+                }
+                out.push_str(&wgmma_section(*elem, *acc, *trans_b, *registers));
+            }
         }
     }
     out

@@ -211,7 +211,7 @@ impl Checker {
 
     /// `&name` / `&mut name` passed to a device function: a whole register or shared array,
     /// or array of fragments. A callee that may write marks the array thread-varying.
-    fn array_arg(&mut self, r: &syn::ExprReference) -> Res<Expr> {
+    pub(super) fn array_arg(&mut self, r: &syn::ExprReference) -> Res<Expr> {
         let target = strip(&r.expr);
         // the variable at the root of `tiles[stage]`
         let mut root = target;
@@ -326,7 +326,10 @@ impl Checker {
             "rsqrt" => self.math_fn(c, Rsqrt, args, 1),
             "min" => self.math_fn(c, Min, args, 2),
             "max" => self.math_fn(c, Max, args, 2),
-            _ => return self.tensor_call(c, name, turbofish, args),
+            _ => match self.tensor_call(c, name, turbofish, args) {
+                Some(r) => r,
+                None => return self.hopper_call(c, name, turbofish, args),
+            },
         };
         Some(result)
     }
@@ -507,7 +510,7 @@ impl Checker {
     }
 
     /// `&mut x[i]` (or `&x[i]` when `writable` is false) into global or shared memory.
-    fn memory_place(
+    pub(super) fn memory_place(
         &mut self,
         a: &syn::Expr,
         name: &str,
@@ -600,59 +603,70 @@ impl Checker {
         turbofish: &syn::PathArguments,
         args: &[&syn::Expr],
     ) -> Res<Expr> {
+        let e = self.comptime_count(c, "cp_async_wait", "1", turbofish, args)?;
+        Ok(Expr::new(
+            ExprKind::Intrinsic(Intrinsic::CpAsyncWait, vec![e]),
+            Ty::Unit,
+        ))
+    }
+
+    /// The comptime count of `name::<N>()` (no run-time arguments), as a `u32` expression:
+    /// a literal or a `const` parameter. `example` is a count shown in hints.
+    pub(super) fn comptime_count(
+        &mut self,
+        c: &syn::ExprCall,
+        name: &str,
+        example: &str,
+        turbofish: &syn::PathArguments,
+        args: &[&syn::Expr],
+    ) -> Res<Expr> {
         if !args.is_empty() {
             return err_hint(
                 c,
-                "`cp_async_wait` takes its count as a comptime argument",
-                "write `cp_async_wait::<1>()`",
+                format!("`{name}` takes its count as a comptime argument"),
+                format!("write `{name}::<{example}>()`"),
             );
         }
         let syn::PathArguments::AngleBracketed(a) = turbofish else {
             return err_hint(
                 c,
-                "`cp_async_wait` needs the number of groups that may stay in flight",
-                "write `cp_async_wait::<0>()`",
+                format!("`{name}` needs a comptime count"),
+                format!("write `{name}::<{example}>()`"),
             );
         };
         let [arg] = a.args.iter().collect::<Vec<_>>()[..] else {
-            return err(a, "`cp_async_wait` takes one comptime argument");
+            return err(a, format!("`{name}` takes one comptime argument"));
         };
         let len = match arg {
-            syn::GenericArgument::Const(e) => self.len_expr_or_zero(e)?,
+            syn::GenericArgument::Const(e) => self.len_expr_or_zero(e, name)?,
             syn::GenericArgument::Type(syn::Type::Path(tp)) if tp.path.get_ident().is_some() => {
-                let name = tp.path.get_ident().expect("checked").to_string();
-                if self.const_param(&name).is_none() {
+                let id = tp.path.get_ident().expect("checked").to_string();
+                if self.const_param(&id).is_none() {
                     return err_hint(
                         arg,
-                        format!("`{name}` is not a comptime value"),
+                        format!("`{id}` is not a comptime value"),
                         "pass a literal or a `const` generic parameter",
                     );
                 }
-                Len::Param(name)
+                Len::Param(id)
             }
             other => {
                 return err_hint(
                     other,
                     "expected a comptime count",
-                    "write `cp_async_wait::<0>()`",
+                    format!("write `{name}::<{example}>()`"),
                 )
             }
         };
-        let e = match len {
-            Len::Lit(v) => Expr::new(ExprKind::Int(v), Ty::s(Scalar::U32)),
-            Len::Param(p) => Expr::new(ExprKind::ConstParam(p), Ty::s(Scalar::U32)),
-            Len::Bin(..) => {
-                return err_hint(
-                    arg,
-                    "expected a literal or a `const` parameter",
-                    "bind the value to a `const` generic parameter",
-                )
-            }
-        };
-        Ok(Expr::new(
-            ExprKind::Intrinsic(Intrinsic::CpAsyncWait, vec![e]),
-            Ty::Unit,
-        ))
+        match len {
+            Len::Lit(v) => Ok(Expr::new(ExprKind::Int(v), Ty::s(Scalar::U32))),
+            Len::Param(p) => Ok(Expr::new(ExprKind::ConstParam(p), Ty::s(Scalar::U32))),
+            Len::Bin(..) => err_hint(
+                arg,
+                "expected a literal or a `const` parameter",
+                "bind the value to a `const` generic parameter",
+            ),
+        }
     }
 
     fn size_of(
@@ -679,7 +693,7 @@ impl Checker {
         Ok(Expr::new(ExprKind::SizeOf(s), Ty::s(Scalar::U32)))
     }
 
-    fn len_expr_or_zero(&self, e: &syn::Expr) -> Res<Len> {
+    fn len_expr_or_zero(&self, e: &syn::Expr, name: &str) -> Res<Len> {
         if let syn::Expr::Lit(syn::ExprLit {
             lit: syn::Lit::Int(i),
             ..
@@ -694,9 +708,7 @@ impl Checker {
                 if self.lookup(&id.to_string()).is_some() {
                     return err_hint(
                         e,
-                        format!(
-                            "`{id}` is a run-time value; `cp_async_wait` needs a comptime count"
-                        ),
+                        format!("`{id}` is a run-time value; `{name}` needs a comptime count"),
                         "use a literal or a `const` generic parameter",
                     );
                 }

@@ -124,7 +124,7 @@ impl Checker {
             syn::Expr::Reference(_) => err_hint(
                 e,
                 "references are not values in Kiln",
-                "`&mut x[i]` is only written as the first argument of an atomic (`atomic_add(&mut x[i], v)`) or of `cp_async`",
+                "`&mut x[i]` is only written as an argument of an atomic (`atomic_add(&mut x[i], v)`), of `cp_async`, or of a Hopper builtin (`tma_load_2d`, `mbarrier_*`)",
             ),
             syn::Expr::Tuple(_) => err_hint(e, "tuples are not supported in kernels", "use separate variables"),
             syn::Expr::Struct(_) => err_hint(e, "structs are not supported in kernels", "pass separate slices or scalars"),

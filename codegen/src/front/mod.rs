@@ -6,6 +6,7 @@ mod builtins;
 pub mod calls;
 mod divergence;
 mod expr;
+pub(crate) mod hopper;
 mod prescan;
 mod scope;
 mod signature;

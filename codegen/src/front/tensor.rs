@@ -37,6 +37,10 @@ pub(crate) fn non_half_operand(e: &Expr) -> Option<Scalar> {
     let elem = match (&e.kind, &e.ty) {
         (_, Ty::Frag { kind, elem }) if *kind != FragKind::C => *elem,
         (ExprKind::Intrinsic(Intrinsic::Pack2(s), _), _) => *s,
+        (
+            ExprKind::Intrinsic(Intrinsic::Wgmma { elem, .. } | Intrinsic::WgmmaRs { elem, .. }, _),
+            _,
+        ) => *elem,
         (ExprKind::Intrinsic(Intrinsic::UnpackLo | Intrinsic::UnpackHi, _), t) => t.scalar()?,
         (ExprKind::Intrinsic(Intrinsic::Ldmatrix { .. }, args), _) => args.first()?.ty.scalar()?,
         _ => return None,
@@ -86,7 +90,7 @@ impl Checker {
     }
 
     /// The element type in `name::<T>`, if given; it must be a 16-bit float.
-    fn half_turbofish(
+    pub(super) fn half_turbofish(
         &self,
         name: &str,
         turbofish: &syn::PathArguments,

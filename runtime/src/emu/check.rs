@@ -12,6 +12,8 @@
 
 /// "Several threads" in a reader record.
 const MANY: u16 = u16::MAX;
+/// The epoch of writes by the copy engine: never the epoch of a thread's access.
+const ASYNC: u32 = u32::MAX;
 
 /// One recorded access.
 #[derive(Clone, Copy, Default, Debug)]
@@ -156,6 +158,22 @@ impl Shadow {
             c.w = Stamp::of(a, atomic);
         }
         problem
+    }
+}
+
+impl Shadow {
+    /// Records a write by the copy engine (a TMA load) of `size` bytes at `off`: the bytes
+    /// count as written but race with nothing, since the load is ordered by its barrier
+    /// (checked by `hopper`), not by `sync_threads`.
+    pub(crate) fn write_async(&mut self, off: u64, size: u32) {
+        for c in self.cells(off, size) {
+            c.w = Stamp {
+                epoch: ASYNC,
+                tid: MANY,
+                warp: MANY,
+                ..Stamp::default()
+            };
+        }
     }
 }
 

@@ -20,7 +20,8 @@ use kiln_codegen::spec::{eval_len, Program};
 use kiln_codegen::types::{Scalar, Ty};
 
 use super::isa::{
-    Access, Code, Instr, Loc, MatrixOp, Origin, Reg, ShflMode, Special, WarpOp, ZERO,
+    Access, Code, HopperOp, Instr, Loc, MatrixOp, Origin, Reg, ShflMode, Special, TmaLoad, WarpOp,
+    ZERO,
 };
 use super::value::{self, DivKind, MathFn, K};
 
@@ -134,7 +135,10 @@ struct Compiler<'p> {
 /// blocks have `dyn_bytes` of dynamic shared memory.
 pub(crate) fn compile(program: &Program, args: &[ArgBinding], dyn_bytes: u32) -> Res<Code> {
     let (shared, static_bytes) = layout_shared(program)?;
-    let dyn_off = static_bytes.div_ceil(16) * 16;
+    let hopper = uses_hopper(program);
+    // with the Hopper helpers the CUDA aligns dynamic shared memory to 1024 bytes (swizzles)
+    let align = if hopper { 1024 } else { 16 };
+    let dyn_off = static_bytes.div_ceil(align) * align;
     let mut c = Compiler {
         program,
         instrs: Vec::new(),
@@ -212,7 +216,25 @@ pub(crate) fn compile(program: &Program, args: &[ArgBinding], dyn_bytes: u32) ->
         frame: c.max,
         shared_bytes: dyn_off.saturating_add(dyn_bytes),
         order_sensitive: c.order_sensitive,
+        hopper,
     })
+}
+
+/// Whether the kernel or a device function uses a Hopper instruction.
+fn uses_hopper(program: &Program) -> bool {
+    let mut found = false;
+    for f in std::iter::once(&program.kernel).chain(&program.devices) {
+        walk_stmts(&f.body, &mut |s| {
+            for e in s.kind.exprs() {
+                e.walk(&mut |x| {
+                    if let ExprKind::Intrinsic(i, _) = &x.kind {
+                        found |= i.is_hopper();
+                    }
+                });
+            }
+        });
+    }
+    found
 }
 
 fn kind(s: Scalar) -> Res<K> {
@@ -1383,18 +1405,74 @@ impl Compiler<'_> {
                 Ok(())
             }
             CpAsyncWait => {
-                let n = match &arg(0)?.kind {
-                    ExprKind::Int(v) => *v as i128,
-                    ExprKind::ConstParam(p) => self.comptime(p)?,
-                    other => {
-                        return Err(format!("`cp_async_wait` count {other:?} is not comptime"))
-                    }
-                };
-                self.emit(Instr::CpWait {
-                    n: n.clamp(0, u32::MAX as i128) as u32,
-                });
+                let n = self.count(arg(0)?, "cp_async_wait")?;
+                self.emit(Instr::CpWait { n });
                 Ok(())
             }
+            WgmmaFence | FenceBarrierInit | FenceProxyAsync => Ok(()),
+            SetMaxNReg { .. } => self.count(arg(0)?, "setmaxnreg").map(|_| ()),
+            WgmmaCommit => {
+                self.emit(Instr::Hopper(HopperOp::WgmmaCommit));
+                Ok(())
+            }
+            WgmmaWait => {
+                let n = self.count(arg(0)?, "wgmma_wait")?;
+                self.emit(Instr::Hopper(HopperOp::WgmmaWait { n }));
+                Ok(())
+            }
+            Wgmma { elem, trans_b } => {
+                let elem = kind(elem)?;
+                let acc = self.array_ref(arg(0)?)?;
+                let (Loc::Local(slot), [len], ZERO) = (acc.loc, &acc.dims[..], acc.base) else {
+                    return Err("`wgmma`'s accumulator must be a whole register array".into());
+                };
+                let a = self.scalar(arg(1)?)?;
+                let b = self.scalar(arg(2)?)?;
+                self.emit(Instr::Hopper(HopperOp::Wgmma {
+                    elem,
+                    trans_b,
+                    acc: slot,
+                    acc_len: *len as u32,
+                    a,
+                    b,
+                }));
+                Ok(())
+            }
+            WgmmaDesc => {
+                let at = self.shared_access(arg(0)?, false, "wgmma_desc")?;
+                let addr = self.temp()?;
+                self.emit(Instr::SharedAddr { dst: addr, at });
+                let lbo = self.scalar(arg(1)?)?;
+                let sbo = self.scalar(arg(2)?)?;
+                self.emit(Instr::Hopper(HopperOp::WgmmaDesc {
+                    dst,
+                    addr,
+                    lbo,
+                    sbo,
+                }));
+                Ok(())
+            }
+            MbarrierInit | MbarrierArrive | MbarrierExpectTx | MbarrierWait => {
+                let bar = self.shared_access(arg(0)?, true, "an mbarrier")?;
+                let op = match i {
+                    MbarrierArrive => HopperOp::MbarArrive { bar },
+                    MbarrierInit => HopperOp::MbarInit {
+                        bar,
+                        count: self.scalar(arg(1)?)?,
+                    },
+                    MbarrierExpectTx => HopperOp::MbarExpectTx {
+                        bar,
+                        bytes: self.scalar(arg(1)?)?,
+                    },
+                    _ => HopperOp::MbarWait {
+                        bar,
+                        parity: self.scalar(arg(1)?)?,
+                    },
+                };
+                self.emit(Instr::Hopper(op));
+                Ok(())
+            }
+            TmaLoad2d => self.tma_load_2d(args),
             CpAsyncWaitAll => {
                 self.emit(Instr::CpWaitAll);
                 Ok(())
@@ -1514,6 +1592,64 @@ impl Compiler<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// A comptime count argument (`cp_async_wait::<N>`, `wgmma_wait::<N>`, …).
+    fn count(&self, e: &Expr, what: &str) -> Res<u32> {
+        let n = match &e.kind {
+            ExprKind::Int(v) => *v as i128,
+            ExprKind::ConstParam(p) => self.comptime(p)?,
+            other => return Err(format!("`{what}` count {other:?} is not comptime")),
+        };
+        Ok(n.clamp(0, u32::MAX as i128) as u32)
+    }
+
+    /// The shared-memory element `e` designates (`what` names the user in errors).
+    fn shared_access(&mut self, e: &Expr, write: bool, what: &str) -> Res<Access> {
+        let at = self.access(e, write)?;
+        if !matches!(at.loc, Loc::Shared(_)) {
+            return Err(format!("{what} must be in shared memory"));
+        }
+        Ok(at)
+    }
+
+    /// `tma_load_2d(&mut tile[j], &map[0], src, &mut bar[i], x, y)`.
+    fn tma_load_2d(&mut self, args: &[Expr]) -> Res<()> {
+        let [dst, map, src, bar, x, y] = args else {
+            return Err("`tma_load_2d` takes six arguments".into());
+        };
+        let dst = self.shared_access(dst, true, "a TMA destination")?;
+        let map = self.access(map, false)?;
+        if !matches!(map.loc, Loc::Global(_)) || map.k != K::U64 {
+            return Err("a tensor map is an element of a `&[u64]` slice".into());
+        }
+        let ExprKind::Var(name) = &src.kind else {
+            return Err("`tma_load_2d` names its tensor as a slice parameter".into());
+        };
+        let Binding::Array {
+            loc: Loc::Global(buf),
+            elem,
+            dims,
+            mem,
+            ..
+        } = self.lookup(name)?
+        else {
+            return Err(format!("`{name}` is not a slice"));
+        };
+        let bar = self.shared_access(bar, true, "an mbarrier")?;
+        let (x, y) = (self.scalar(x)?, self.scalar(y)?);
+        self.emit(Instr::Hopper(HopperOp::Tma(Box::new(TmaLoad {
+            dst,
+            map,
+            src: buf,
+            src_len: dims.first().copied().unwrap_or(0),
+            src_k: elem,
+            src_mem: mem,
+            bar,
+            x,
+            y,
+        }))));
+        Ok(())
     }
 
     fn special(&mut self, dst: Reg, which: Special) -> Res<()> {

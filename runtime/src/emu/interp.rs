@@ -8,6 +8,7 @@
 use kiln_codegen::ir::Intrinsic;
 
 use super::check::{Accessor, Problem, Shadow};
+use super::hopper::{HopperBlock, WgmmaThread};
 use super::isa::{Access, Code, Instr, Loc, Reg, Special, POISON};
 use super::memory::{Global, SharedBytes};
 use super::report::{FindingKind, Findings, Who};
@@ -21,6 +22,8 @@ pub(crate) enum State {
     Barrier,
     /// Stopped at the `Warp` collective at its `pc`.
     Warp,
+    /// Blocked in the `mbarrier_wait` at its `pc` (on `Thread::blocked_on`).
+    MbarWait,
     Exited,
 }
 
@@ -49,6 +52,10 @@ pub(crate) struct Thread {
     pending: Vec<Pending>,
     /// `cp_async_commit`s so far (the group that new copies join).
     committed: u64,
+    /// Warpgroup MMAs in flight.
+    pub wgmma: WgmmaThread,
+    /// The barrier address and parity of the `mbarrier_wait` the thread is blocked in.
+    pub blocked_on: Option<(u32, u32)>,
 }
 
 impl Thread {
@@ -61,6 +68,8 @@ impl Thread {
             steps: 0,
             pending: Vec::new(),
             committed: 0,
+            wgmma: WgmmaThread::default(),
+            blocked_on: None,
         }
     }
 
@@ -71,6 +80,8 @@ impl Thread {
         self.steps = 0;
         self.pending.clear();
         self.committed = 0;
+        self.wgmma = WgmmaThread::default();
+        self.blocked_on = None;
     }
 }
 
@@ -80,6 +91,8 @@ pub(crate) enum Yield {
     Exit,
     Barrier,
     Warp,
+    /// Blocked in an `mbarrier_wait` whose phase has not completed.
+    MbarWait,
     /// The time slice is used up.
     Preempt,
 }
@@ -89,6 +102,8 @@ pub(crate) struct Env<'a, 'g> {
     pub code: &'a Code,
     pub global: &'a Global<'g>,
     pub shared: &'a mut SharedBytes,
+    /// Barriers and asynchronous-operation state of the block.
+    pub hopper: &'a mut HopperBlock,
     /// `None` when the shadow-memory checks are off.
     pub shadow: Option<&'a mut Shadow>,
     pub findings: &'a mut Findings,
@@ -135,7 +150,7 @@ impl Env<'_, '_> {
         }
     }
 
-    fn mem_name(&self, mem: u16) -> &str {
+    pub(crate) fn mem_name(&self, mem: u16) -> &str {
         self.code
             .mems
             .get(mem as usize)
@@ -157,7 +172,7 @@ impl Env<'_, '_> {
 
     /// The flat element index of an access of `span` elements, or `None` (reported) when
     /// it is out of bounds or, for 16-byte accesses, misaligned.
-    fn element(
+    pub(crate) fn element(
         &mut self,
         t: &Thread,
         regs: &[u64],
@@ -280,6 +295,27 @@ impl Env<'_, '_> {
         }
     }
 
+    /// The Hopper checks of an ordinary access of `span` elements from element `e` of `at`:
+    /// accumulators of in-flight `wgmma`s, shared memory they read or TMA loads fill.
+    fn check_async(&mut self, t: &Thread, at: &Access, e: u64, span: u64, write: bool, pc: usize) {
+        if !self.code.hopper {
+            return;
+        }
+        match at.loc {
+            Loc::Local(s) => {
+                for i in 0..span {
+                    self.check_acc(t, s as u64 + e + i, at, pc, write);
+                }
+            }
+            Loc::Shared(off) => {
+                let size = at.k.size();
+                let o = off as u64 + e * size as u64;
+                self.check_async_shared(t, at, e, o, size * span as u32, write, pc);
+            }
+            Loc::Global(_) => {}
+        }
+    }
+
     /// Loads `span` elements at `at` into `regs[dst..]` (zeros if the access is faulty).
     fn load_n(
         &mut self,
@@ -296,6 +332,7 @@ impl Env<'_, '_> {
             return;
         };
         let size = at.k.size();
+        self.check_async(t, at, e, span, false, pc);
         if let Loc::Shared(off) = at.loc {
             let o = off as u64 + e * size as u64;
             self.check_shared(t, pc, at.mem, e, o, size * span as u32, None);
@@ -324,6 +361,7 @@ impl Env<'_, '_> {
             return;
         };
         let size = at.k.size();
+        self.check_async(t, at, e, span, true, pc);
         if let Loc::Shared(off) = at.loc {
             let o = off as u64 + e * size as u64;
             self.check_shared(t, pc, at.mem, e, o, size * span as u32, Some(false));
@@ -531,6 +569,14 @@ pub(crate) fn run(env: &mut Env, t: &mut Thread, regs: &mut [u64], budget: u64) 
             Instr::Barrier => break Yield::Barrier,
             Instr::Warp { .. } | Instr::Matrix { .. } => break Yield::Warp,
             Instr::Fence => env.global.fence(),
+            Instr::SharedAddr { dst, at } => {
+                r!(dst) = env.shared_addr(t, regs, at, pc).unwrap_or(POISON);
+            }
+            Instr::Hopper(op) => {
+                if let Some(y) = env.hopper(t, regs, op, pc) {
+                    break y;
+                }
+            }
             Instr::Exit => break Yield::Exit,
         }
         pc += 1;

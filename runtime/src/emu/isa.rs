@@ -89,6 +89,68 @@ pub(crate) enum MatrixOp {
     Mma { elem: K },
 }
 
+/// A `tma_load_2d` (see `hopper`).
+#[derive(Clone, Debug)]
+pub(crate) struct TmaLoad {
+    /// The first destination element (shared).
+    pub dst: Access,
+    /// The map's first word (a global `u64`).
+    pub map: Access,
+    /// The source tensor: its buffer, length in elements, element kind and name.
+    pub src: u16,
+    pub src_len: u64,
+    pub src_k: K,
+    pub src_mem: u16,
+    /// The barrier that receives the bytes.
+    pub bar: Access,
+    /// Column and row of the box.
+    pub x: Reg,
+    pub y: Reg,
+}
+
+/// The Hopper instructions (see `hopper`).
+#[derive(Clone, Debug)]
+pub(crate) enum HopperOp {
+    /// `dst = kiln_wgmma_desc(addr, lbo, sbo)` (`addr` from `SharedAddr`, maybe `POISON`).
+    WgmmaDesc {
+        dst: Reg,
+        addr: Reg,
+        lbo: Reg,
+        sbo: Reg,
+    },
+    WgmmaCommit,
+    /// Retires all but the `n` most recently committed groups.
+    WgmmaWait {
+        n: u32,
+    },
+    /// `acc[..acc_len] += A·B` from the descriptors in `a` and `b`.
+    Wgmma {
+        elem: K,
+        trans_b: bool,
+        acc: Reg,
+        acc_len: u32,
+        a: Reg,
+        b: Reg,
+    },
+    MbarInit {
+        bar: Access,
+        count: Reg,
+    },
+    MbarArrive {
+        bar: Access,
+    },
+    MbarExpectTx {
+        bar: Access,
+        bytes: Reg,
+    },
+    /// Blocks the thread until the phase of parity `parity` has completed.
+    MbarWait {
+        bar: Access,
+        parity: Reg,
+    },
+    Tma(Box<TmaLoad>),
+}
+
 /// One instruction.
 #[derive(Clone, Debug)]
 pub(crate) enum Instr {
@@ -220,6 +282,12 @@ pub(crate) enum Instr {
         src: [Reg; 3],
     },
     Fence,
+    /// `dst` = the shared byte address of `at` (`POISON` when out of bounds).
+    SharedAddr {
+        dst: Reg,
+        at: Access,
+    },
+    Hopper(HopperOp),
     Exit,
 }
 
@@ -252,6 +320,8 @@ pub(crate) struct Code {
     /// (float atomics, exchanges, compare-and-swap, or atomics whose old value is used):
     /// such kernels run their blocks one after another so the result stays deterministic.
     pub order_sensitive: bool,
+    /// Whether the program uses Hopper instructions (their per-block state is kept).
+    pub hopper: bool,
 }
 
 impl Code {

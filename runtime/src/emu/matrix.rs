@@ -66,7 +66,7 @@ pub(crate) fn ldmatrix(rows: &[[u16; 8]; LANES], num: usize, trans: bool) -> [[u
 }
 
 /// The value of a 16-bit float of kind `elem`.
-fn half_value(elem: K, bits: u32) -> f64 {
+pub(crate) fn half_value(elem: K, bits: u32) -> f64 {
     let b = bits as u16;
     match elem {
         K::F16 => f16::from_bits(b).to_f64(),

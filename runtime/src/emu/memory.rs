@@ -24,6 +24,8 @@ pub(crate) enum GlobalBuf<'a> {
 /// The global memory of a launch: one buffer per slice argument.
 pub(crate) struct Global<'a> {
     pub bufs: Vec<GlobalBuf<'a>>,
+    /// The caller's address of each buffer (what a tensor map names its tensor by).
+    pub addresses: Vec<u64>,
 }
 
 fn mask(size: u32) -> u64 {
@@ -123,6 +125,11 @@ impl Global<'_> {
         }
     }
 
+    /// The caller's address of buffer `buf`.
+    pub(crate) fn address(&self, buf: u16) -> Option<u64> {
+        self.addresses.get(buf as usize).copied()
+    }
+
     /// `__threadfence()`.
     pub(crate) fn fence(&self) {
         fence(Ordering::SeqCst);
@@ -133,6 +140,8 @@ impl Global<'_> {
 #[derive(Default)]
 pub(crate) struct SharedBytes {
     bytes: Vec<u8>,
+    /// Bytes the current block has.
+    used: usize,
 }
 
 impl SharedBytes {
@@ -142,6 +151,12 @@ impl SharedBytes {
             self.bytes.resize(n, 0);
         }
         self.bytes[..n].fill(0);
+        self.used = n;
+    }
+
+    /// Bytes the current block has.
+    pub(crate) fn len(&self) -> usize {
+        self.used
     }
 
     pub(crate) fn load(&self, off: u64, size: u32) -> u64 {

@@ -12,14 +12,23 @@
 //!   and dynamic shared memory, register arrays, 16-byte vector loads and stores,
 //!   `cp_async` copies that read global memory when issued and land in shared memory at
 //!   `cp_async_wait`, and tensor-core fragments (`ldmatrix`, `mma.sync` m16n8k16, packed
-//!   conversions) with the PTX ISA's lane layouts. Arithmetic is CUDA's as the printer writes it (see `value`): `f32`
+//!   conversions) with the PTX ISA's lane layouts, and the Hopper instructions (see `hopper`):
+//!   transaction barriers (`mbarrier_init`/`arrive`/`expect_tx`/`wait`, the wait blocking
+//!   the thread), `tma_load_2d` box loads from the emulator's tensor maps (swizzled, zero
+//!   outside the tensor, completing bytes on their barrier), `wgmma_desc` and `wgmma`/
+//!   `wgmma_tb` m64nNk16 with commit groups and `wgmma_wait`; the fences and `setmaxnreg` have
+//!   no effect. With Hopper instructions, dynamic shared memory starts 1024-byte aligned. Arithmetic is CUDA's as the printer writes it (see `value`): `f32`
 //!   stays `f32`, `f16`/`bf16` round to nearest even, integers wrap, shifts clamp like PTX,
 //!   float→int casts saturate with NaN→0.
 //! * **Checks.** Out-of-bounds global, shared and register-array accesses; shared-memory
 //!   races between two barriers; barrier divergence; shuffles reading inactive lanes and
 //!   collective masks naming absent lanes; `ldmatrix`/`mma` without all 32 lanes of the
 //!   warp; reads of shared memory never written;
-//!   misaligned 16-byte accesses; integer division by zero. Each [`Finding`] names the
+//!   misaligned 16-byte accesses; integer division by zero; `wgmma` accumulators used and
+//!   operands overwritten while in flight; TMA destinations read before their barrier
+//!   phase is seen complete; bad tensor maps and TMA destinations; mbarriers used
+//!   uninitialised, over-arrived or completing more bytes than armed for; `mbarrier_wait`s
+//!   nothing can release (a deadlock, not a step limit). Each [`Finding`] names the
 //!   kernel, the Rust line, and the block and thread.
 //! * **Findings are not errors.** A faulty access never touches memory (a bad load gives 0,
 //!   a bad store is dropped) and the launch runs to the end, so one run reports every
@@ -42,11 +51,17 @@
 //! a few ulp; NaN payloads may differ; data races on *global* memory are not detected;
 //! `mma` sums its products exactly and rounds once to f32, where tensor cores may truncate
 //! intermediate sums in the last bits.
+//! Ordering through mbarriers is not known to the race check: ordinary shared stores handed
+//! from one thread to another by `mbarrier_arrive`/`mbarrier_wait` (not `sync_threads`) are
+//! reported as races; data the copy engine writes is ordered by its barrier instead.
+//! `wgmma` is issued per thread (each computes its own accumulator entries), not as one
+//! warpgroup-wide rendezvous.
 //! `u8`/`u16` arithmetic wraps in its own width here (Kiln's rule), whereas the printed
 //! CUDA currently promotes such operands to `int` before e.g. a shift or a comparison.
 
 mod check;
 mod compile;
+mod hopper;
 mod interp;
 mod isa;
 mod matrix;
@@ -200,7 +215,7 @@ pub fn run(
     let kernel = program.kernel.name.clone();
     let bad_launch = |message: String| EmuError::BadLaunch(format!("`{kernel}`: {message}"));
     check_launch(program, cfg).map_err(&bad_launch)?;
-    let (bindings, bufs) = bind_args(program, args)
+    let (bindings, global) = bind_args(program, args)
         .map_err(|message| EmuError::BadArguments(format!("`{kernel}`: {message}")))?;
     let code = compile::compile(program, &bindings, cfg.dyn_shared_bytes)
         .map_err(|message| EmuError::Unsupported(format!("`{kernel}`: {message}")))?;
@@ -217,7 +232,6 @@ pub fn run(
             cfg.threads_per_block()
         )));
     }
-    let global = Global { bufs };
     let host_threads = match opts.host_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -309,11 +323,11 @@ fn check_launch(program: &Program, cfg: &LaunchConfig) -> Result<(), String> {
 }
 
 /// Checks `args` against the kernel's parameters; the per-parameter bindings and the
-/// global buffers (in slice order).
+/// global memory (the buffers in slice order).
 fn bind_args<'a>(
     program: &Program,
     args: &[EmuArg<'a>],
-) -> Result<(Vec<ArgBinding>, Vec<GlobalBuf<'a>>), String> {
+) -> Result<(Vec<ArgBinding>, Global<'a>), String> {
     let params = &program.kernel.params;
     if params.len() != args.len() {
         return Err(format!(
@@ -329,6 +343,7 @@ fn bind_args<'a>(
     }
     let mut bindings = Vec::new();
     let mut bufs = Vec::new();
+    let mut addresses = Vec::new();
     for (i, (p, a)) in params.iter().zip(args).enumerate() {
         let which = format!("argument {} (`{}`)", i + 1, p.name);
         let binding = match (&p.ty, a) {
@@ -371,6 +386,7 @@ fn bind_args<'a>(
                     ));
                 }
                 let buf = u16::try_from(bufs.len()).map_err(|_| "too many slices".to_string())?;
+                addresses.push(bytes.as_ptr() as u64);
                 bufs.push(match a {
                     EmuArg::Slice(s) => GlobalBuf::Ro(s),
                     _ => GlobalBuf::writable(bytes),
@@ -419,5 +435,5 @@ fn bind_args<'a>(
         };
         bindings.push(binding);
     }
-    Ok((bindings, bufs))
+    Ok((bindings, Global { bufs, addresses }))
 }

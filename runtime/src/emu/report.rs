@@ -29,7 +29,8 @@ pub enum FindingKind {
     /// calling lane, or differs between the lanes.
     WarpMaskMismatch,
     /// A tensor-core instruction (`ldmatrix`, `mma`) executed by fewer than all 32 lanes of
-    /// the warp (`.sync.aligned` needs every lane; the missing lanes' operands count as 0).
+    /// the warp (`.sync.aligned` needs every lane; the missing lanes' operands count as 0),
+    /// or a `wgmma` in a block that lacks threads of its warpgroup.
     IncompleteWarp,
     /// A read of shared memory no thread of the block has written.
     UninitializedSharedRead,
@@ -38,6 +39,22 @@ pub enum FindingKind {
     MisalignedAccess,
     /// An integer division or remainder by zero.
     DivisionByZero,
+    /// A `wgmma` accumulator read or written by ordinary code while a `wgmma` on it is in
+    /// flight (before the `wgmma_wait` that retires it).
+    WgmmaAccumulatorInFlight,
+    /// A shared-memory store (ordinary, or a TMA load) to bytes an in-flight `wgmma` reads.
+    WgmmaOperandOverwritten,
+    /// A read (ordinary or by `wgmma`) or ordinary store of shared bytes a TMA load is still
+    /// filling: its barrier phase has not completed.
+    TmaPendingAccess,
+    /// A `tma_load_2d` with a bad tensor map (not a map, another tensor's, a shape the copy
+    /// engine cannot load) or a misaligned destination.
+    TmaMisuse,
+    /// An mbarrier used uninitialised, initialised with a bad count or mid-phase, given more
+    /// arrivals than it expects, or completing more bytes than it was armed for.
+    MbarrierMisuse,
+    /// An `mbarrier_wait` no thread of the block can ever release.
+    MbarrierDeadlock,
 }
 
 impl FindingKind {
@@ -55,6 +72,12 @@ impl FindingKind {
             FindingKind::UninitializedSharedRead => "read of uninitialised shared memory",
             FindingKind::MisalignedAccess => "misaligned 16-byte access",
             FindingKind::DivisionByZero => "integer division by zero",
+            FindingKind::WgmmaAccumulatorInFlight => "wgmma accumulator used while in flight",
+            FindingKind::WgmmaOperandOverwritten => "wgmma operand overwritten while in flight",
+            FindingKind::TmaPendingAccess => "access of a TMA destination before its barrier",
+            FindingKind::TmaMisuse => "bad TMA load",
+            FindingKind::MbarrierMisuse => "mbarrier misuse",
+            FindingKind::MbarrierDeadlock => "mbarrier deadlock",
         }
     }
 }

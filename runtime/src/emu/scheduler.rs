@@ -22,6 +22,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::check::Shadow;
+use super::hopper::HopperBlock;
 use super::interp::{self, tid_of, Env, State, Thread, Yield};
 use super::isa::Code;
 use super::memory::{Global, SharedBytes};
@@ -181,6 +182,7 @@ struct Worker<'l, 'a, 'g> {
     frame: usize,
     shared: SharedBytes,
     shadow: Shadow,
+    hopper: HopperBlock,
     warp_epochs: Vec<u32>,
     findings: Findings,
     instructions: u64,
@@ -197,6 +199,7 @@ impl<'l, 'a, 'g> Worker<'l, 'a, 'g> {
             frame,
             shared: SharedBytes::default(),
             shadow: Shadow::default(),
+            hopper: HopperBlock::default(),
             warp_epochs: vec![0; n.div_ceil(32) as usize],
             findings: Findings::default(),
             instructions: 0,
@@ -213,6 +216,7 @@ impl<'l, 'a, 'g> Worker<'l, 'a, 'g> {
         if self.l.checks {
             self.shadow.reset(bytes);
         }
+        self.hopper.reset(bytes, self.l.code.hopper);
         self.warp_epochs.fill(0);
         let mut rng = self
             .l
@@ -224,9 +228,16 @@ impl<'l, 'a, 'g> Worker<'l, 'a, 'g> {
             if let Err(e) = self.run_ready(&mut ready, rng.as_mut(), block, lin, epoch) {
                 break Err(e);
             }
+            ready = self.release_mbarrier_waits();
+            if !ready.is_empty() {
+                continue;
+            }
             ready = self.resolve_warps(block, lin);
             if !ready.is_empty() {
                 continue;
+            }
+            if self.report_deadlock(block, lin) {
+                break Ok(());
             }
             ready = (0..self.threads.len())
                 .filter(|&i| self.threads[i].state == State::Barrier)
@@ -235,6 +246,7 @@ impl<'l, 'a, 'g> Worker<'l, 'a, 'g> {
                 break Ok(());
             }
             self.check_barrier(&ready, block, lin);
+            self.hopper.publish(&self.threads);
             for &i in &ready {
                 let t = &mut self.threads[i];
                 t.pc += 1;
@@ -261,6 +273,7 @@ impl<'l, 'a, 'g> Worker<'l, 'a, 'g> {
             code: l.code,
             global: l.global,
             shared: &mut self.shared,
+            hopper: &mut self.hopper,
             shadow: if l.checks {
                 Some(&mut self.shadow)
             } else {
@@ -303,10 +316,12 @@ impl<'l, 'a, 'g> Worker<'l, 'a, 'g> {
                 Yield::Preempt => State::Ready,
                 Yield::Exit => {
                     env.cp_complete(t, None);
+                    env.wgmma_retire(t, None);
                     State::Exited
                 }
                 Yield::Barrier => State::Barrier,
                 Yield::Warp => State::Warp,
+                Yield::MbarWait => State::MbarWait,
             };
             match (t.state, rng.is_some()) {
                 (State::Ready, true) => {}
@@ -346,6 +361,63 @@ impl<'l, 'a, 'g> Worker<'l, 'a, 'g> {
             ready.extend(view.resolve().into_iter().map(|l| range.start + l));
         }
         ready
+    }
+
+    /// The threads blocked in an `mbarrier_wait` whose phase has completed since, made ready
+    /// (they run the wait again), in thread order.
+    fn release_mbarrier_waits(&mut self) -> Vec<usize> {
+        let mut ready = Vec::new();
+        for (i, t) in self.threads.iter_mut().enumerate() {
+            if t.state != State::MbarWait {
+                continue;
+            }
+            if t.blocked_on
+                .is_none_or(|(bar, parity)| self.hopper.released(bar, parity))
+            {
+                t.state = State::Ready;
+                ready.push(i);
+            }
+        }
+        ready
+    }
+
+    /// When nothing can run and some threads wait on mbarriers nothing will complete, reports
+    /// each such wait as a deadlock and ends the block (the threads at `sync_threads` could
+    /// not pass it either); whether it did.
+    fn report_deadlock(&mut self, block: [u32; 3], lin: u64) -> bool {
+        let code = self.l.code;
+        let mut found = false;
+        for t in self.threads.iter().filter(|t| t.state == State::MbarWait) {
+            found = true;
+            let (bar, parity) = t.blocked_on.unwrap_or((0, 0));
+            let who = Who {
+                block,
+                block_lin: lin,
+                thread: t.tid,
+                thread_lin: t.linear,
+            };
+            let state = self.hopper.describe(bar);
+            let others = self
+                .threads
+                .iter()
+                .filter(|o| o.state == State::MbarWait)
+                .count();
+            let line = code.origin(t.pc as usize).line;
+            self.findings
+                .report(FindingKind::MbarrierDeadlock, t.pc as usize, who, || {
+                    format!(
+                        "mbarrier_wait(parity {parity}) at line {line} can never return: {state}, and no thread of the block can run to complete it ({others} thread(s) blocked in mbarrier waits)"
+                    )
+                });
+        }
+        if found {
+            for t in &mut self.threads {
+                if t.state != State::Exited {
+                    t.state = State::Exited;
+                }
+            }
+        }
+        found
     }
 
     /// Every live thread waits at a barrier: report if some exited or wait at another one.

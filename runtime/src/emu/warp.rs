@@ -107,6 +107,7 @@ impl WarpView<'_> {
             State::Exited => format!("has exited (line {line})"),
             State::Barrier => format!("waits at sync_threads (line {line})"),
             State::Warp => format!("waits at another warp collective (line {line})"),
+            State::MbarWait => format!("waits on an mbarrier (line {line})"),
             State::Ready => "is still running".to_string(),
         }
     }

@@ -1,0 +1,15 @@
+use kiln::prelude::*;
+
+#[kernel]
+pub fn mm(out: &mut [f32]) {
+    let tile = shared::<[bf16; 1024]>();
+    let mut acc = [0.0f32; 6];
+    let d = wgmma_desc(&tile[0], 16, 1024);
+    wgmma_fence();
+    wgmma::<bf16>(&mut acc, d, d);
+    wgmma_commit();
+    wgmma_wait::<0>(&mut acc);
+    out[thread_idx().x] = acc[0];
+}
+
+fn main() {}
