@@ -1420,17 +1420,32 @@ impl Compiler<'_> {
                 self.emit(Instr::Hopper(HopperOp::WgmmaWait { n }));
                 Ok(())
             }
-            Wgmma { elem, trans_b } => {
+            Wgmma { elem, trans_b } | WgmmaRs { elem, trans_b } => {
                 let elem = kind(elem)?;
                 let acc = self.array_ref(arg(0)?)?;
                 let (Loc::Local(slot), [len], ZERO) = (acc.loc, &acc.dims[..], acc.base) else {
                     return Err("`wgmma`'s accumulator must be a whole register array".into());
                 };
-                let a = self.scalar(arg(1)?)?;
+                let a_rows = matches!(i, WgmmaRs { .. });
+                let a = match a_rows {
+                    // the warp hands each lane the two rows of A its entries need
+                    true => {
+                        let frag = self.aggregate(arg(1)?)?;
+                        let rows = self.alloc(16)?;
+                        self.emit(Instr::Matrix {
+                            op: MatrixOp::WgmmaRows,
+                            dst: rows,
+                            src: [frag, ZERO, ZERO],
+                        });
+                        rows
+                    }
+                    false => self.scalar(arg(1)?)?,
+                };
                 let b = self.scalar(arg(2)?)?;
                 self.emit(Instr::Hopper(HopperOp::Wgmma {
                     elem,
                     trans_b,
+                    a_rows,
                     acc: slot,
                     acc_len: *len as u32,
                     a,

@@ -19,6 +19,8 @@
 //!   entries from shared memory when it issues (exact products, one rounding to f32, like
 //!   `mma`), and the operation stays *in flight* — its accumulator and the 16-byte chunks it
 //!   read — until a `wgmma_wait::<N>` leaves at most `N` of the thread's committed groups.
+//!   `wgmma_rs` takes A from registers in the `mma` A layout (warp `w` of the warpgroup
+//!   holds rows `16w..16w+15`): the warp first hands each lane the two rows it needs.
 //!
 //! Checked: the accumulator touched by ordinary code while in flight; shared stores (ordinary
 //! or by the copy engine) to chunks an in-flight `wgmma` reads; reads (ordinary or by `wgmma`)
@@ -248,6 +250,15 @@ impl WgmmaThread {
     }
 }
 
+/// Where a `wgmma` finds its A operand.
+#[derive(Clone, Copy, Debug)]
+enum WgmmaA {
+    /// A shared-memory matrix descriptor.
+    Shared(u64),
+    /// The first of the 16 register slots that hold this thread's two rows of A.
+    Rows(usize),
+}
+
 /// The chunks of `size` bytes at `off`.
 fn chunks_of(off: u64, size: u64) -> std::ops::Range<usize> {
     (off / CHUNK) as usize..(off + size.max(1)).div_ceil(CHUNK) as usize
@@ -314,18 +325,23 @@ impl Env<'_, '_> {
             HopperOp::Wgmma {
                 elem,
                 trans_b,
+                a_rows,
                 acc,
                 acc_len,
                 a,
                 b,
             } => {
-                let (da, db) = (regs[*a as usize], regs[*b as usize]);
+                let a = match a_rows {
+                    true => WgmmaA::Rows(*a as usize),
+                    false => WgmmaA::Shared(regs[*a as usize]),
+                };
+                let db = regs[*b as usize];
                 self.wgmma(
                     t,
                     regs,
                     (*elem, *trans_b),
                     (*acc as u64, *acc_len as u64),
-                    (da, db),
+                    (a, db),
                     pc,
                 );
             }
@@ -610,11 +626,11 @@ impl Env<'_, '_> {
         regs: &mut [u64],
         (elem, trans_b): (K, bool),
         (acc, acc_len): (u64, u64),
-        (da, db): (u64, u64),
+        (a, db): (WgmmaA, u64),
         pc: usize,
     ) {
         self.check_warpgroup(t, pc);
-        let (a, b) = (Desc::decode(da), Desc::decode(db));
+        let b = Desc::decode(db);
         let lane = (t.linear % WARPGROUP) as u64;
         let (w, l) = (lane / 32, lane % 32);
         let n_blocks = acc_len / 4;
@@ -627,7 +643,16 @@ impl Env<'_, '_> {
         let mut am = [[0f64; 16]; 2];
         for (h, row) in am.iter_mut().enumerate() {
             for (k, v) in row.iter_mut().enumerate() {
-                *v = read(self, a.k_major(16 * w + l / 4 + 8 * h as u64, k as u64));
+                *v = match a {
+                    WgmmaA::Shared(da) => {
+                        let a = Desc::decode(da);
+                        read(self, a.k_major(16 * w + l / 4 + 8 * h as u64, k as u64))
+                    }
+                    WgmmaA::Rows(slot) => {
+                        let pair = regs[slot + 8 * h + k / 2] as u32;
+                        half_value(elem, pair >> (16 * (k % 2)))
+                    }
+                };
             }
         }
         let mut bm = vec![[0f64; 16]; 2 * n_blocks as usize];

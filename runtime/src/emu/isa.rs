@@ -87,6 +87,10 @@ pub(crate) enum MatrixOp {
     /// `mma.sync.m16n8k16` with f32 accumulation for inputs of kind `elem` (f16 or bf16):
     /// A at `src[0]` (4 slots), B at `src[1]` (2), C at `src[2]` (4), D at `dst` (4).
     Mma { elem: K },
+    /// The A operand of `wgmma_rs`: `src[0]` holds this lane's A fragment (4 slots, the
+    /// `mma` A layout over the warp's 16 rows); `dst` receives the two whole rows this lane's
+    /// accumulator entries need (16 slots: row `l/4`, then row `l/4 + 8`, two halves each).
+    WgmmaRows,
 }
 
 /// A `tma_load_2d` (see `hopper`).
@@ -123,10 +127,12 @@ pub(crate) enum HopperOp {
     WgmmaWait {
         n: u32,
     },
-    /// `acc[..acc_len] += A·B` from the descriptors in `a` and `b`.
+    /// `acc[..acc_len] += A·B`: B from the descriptor in `b`; A from the descriptor in `a`,
+    /// or (`a_rows`) from the 16 slots at `a` that `MatrixOp::WgmmaRows` filled.
     Wgmma {
         elem: K,
         trans_b: bool,
+        a_rows: bool,
         acc: Reg,
         acc_len: u32,
         a: Reg,

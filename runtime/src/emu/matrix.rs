@@ -15,7 +15,10 @@
 //!   products and the accumulator (every product of two halves is exact in f64, and so is
 //!   their sum for all but extreme exponent ranges), rounded once to f32.
 //!
-//! Both need all 32 lanes of the warp (`.sync.aligned`); a missing lane is reported
+//! * `wgmma_rs`'s A operand: the warp hands each lane whole rows `l/4` and `l/4 + 8` of its
+//!   16×16 A fragment, which the lane's `wgmma` entries (see `hopper`) multiply.
+//!
+//! All need all 32 lanes of the warp (`.sync.aligned`); a missing lane is reported
 //! ([`FindingKind::IncompleteWarp`]) and its operands count as zeros.
 
 use half::{bf16, f16};
@@ -107,6 +110,26 @@ pub(crate) fn mma(
     d
 }
 
+/// For `wgmma_rs`: each lane's rows `l/4` and `l/4 + 8` of the warp's 16×16 A (from its
+/// `mma` A fragments), 8 slots per row, two halves (k even low) per slot.
+pub(crate) fn a_rows(a: &[[u32; 4]; LANES]) -> [[u32; 16]; LANES] {
+    let mut am = [[0u16; 16]; 16];
+    for (l, regs) in a.iter().enumerate() {
+        for (r, v) in regs.iter().enumerate() {
+            for h in 0..2 {
+                let (i, k) = a_coord(l, r, h);
+                am[i][k] = (v >> (16 * h)) as u16;
+            }
+        }
+    }
+    std::array::from_fn(|l| {
+        std::array::from_fn(|s| {
+            let (row, k) = (l / 4 + 8 * (s / 8), 2 * (s % 8));
+            am[row][k] as u32 | (am[row][k + 1] as u32) << 16
+        })
+    })
+}
+
 impl WarpView<'_> {
     /// Lane `l`'s `n` slots from `r` (zeros for a lane that is not a member).
     fn slots<const N: usize>(&self, members: u32, r: Reg) -> [[u32; N]; LANES] {
@@ -131,18 +154,21 @@ impl WarpView<'_> {
         src: [Reg; 3],
     ) {
         self.check_whole_warp(pc, op, members);
-        let (out, n): ([[u32; 4]; LANES], usize) = match op {
+        let widen =
+            |r: [[u32; 4]; LANES]| r.map(|v| std::array::from_fn(|k| v.get(k).map_or(0, |x| *x)));
+        let (out, n): ([[u32; 16]; LANES], usize) = match op {
             MatrixOp::Ldmatrix { num, trans } => {
                 let rows16: [[u32; 8]; LANES] = self.slots(members, src[0]);
                 let rows = rows16.map(|r| r.map(|v| v as u16));
-                (ldmatrix(&rows, num as usize, trans), num as usize)
+                (widen(ldmatrix(&rows, num as usize, trans)), num as usize)
             }
             MatrixOp::Mma { elem } => {
                 let a = self.slots(members, src[0]);
                 let b = self.slots(members, src[1]);
                 let c = self.slots(members, src[2]);
-                (mma(elem, &a, &b, &c), 4)
+                (widen(mma(elem, &a, &b, &c)), 4)
             }
+            MatrixOp::WgmmaRows => (a_rows(&self.slots(members, src[0])), 16),
         };
         for l in (0..LANES).filter(|l| members >> l & 1 == 1) {
             for (k, v) in out[l].iter().take(n).enumerate() {
@@ -163,6 +189,7 @@ impl WarpView<'_> {
                 format!("ldmatrix_x{num}{}", if trans { "_trans" } else { "" })
             }
             MatrixOp::Mma { .. } => "mma".to_string(),
+            MatrixOp::WgmmaRows => "wgmma_rs".to_string(),
         };
         let missing = !members;
         let detail = format!(
@@ -227,6 +254,23 @@ mod tests {
                     want,
                     "D[{i}][{j}] in lane {l} register {r}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn wgmma_rows_hand_each_lane_its_two_rows() {
+        let m: Vec<Vec<f32>> = (0..16)
+            .map(|i| (0..16).map(|k| (16 * i + k) as f32).collect())
+            .collect();
+        let rows = a_rows(&fragment::<4>(&m, a_coord));
+        for (l, slots) in rows.iter().enumerate() {
+            for (s, v) in slots.iter().enumerate() {
+                let (row, k) = (l / 4 + 8 * (s / 8), 2 * (s % 8));
+                for h in 0..2 {
+                    let got = bf16::from_bits((v >> (16 * h)) as u16).to_f32();
+                    assert_eq!(got, m[row][k + h], "lane {l} slot {s} half {h}");
+                }
             }
         }
     }
