@@ -7,7 +7,8 @@
 //! against BigMac (DCCA), at DeepSeekMoE-like sizes (h 2048, r 0.25, 64 experts, top-6) for
 //! 4K–32K tokens: time per layer, its split (gate / permute / descend / experts / combine /
 //! ascend), tokens/s, and the bytes an all-to-all would move per token (on one GPU there is
-//! none). Writes `bigmac-<device>.json`.
+//! none). On an sm_90 GPU the Hopper grouped GEMM gets its own rows, and each layer is also
+//! timed on the `mma.sync` grouped GEMM (before/after). Writes `bigmac-<device>.json`.
 //! Run: `cargo bench --bench bigmac` (needs a GPU; `KILN_REQUIRE_CUBLAS=1` makes a missing
 //! cuBLAS a failure; a filter such as `layer` keeps the matching rows).
 
@@ -15,8 +16,10 @@ mod support;
 
 use half::bf16;
 use kiln::algorithms::bigmac::checks::random_weights;
+use kiln::algorithms::bigmac::hopper::WgmmaGrouped;
 use kiln::algorithms::bigmac::kernels::{grouped_gemm, GEMM_THREADS, TILE};
 use kiln::algorithms::bigmac::layer::{MoeLayer, MoeShape, Structure};
+use kiln::algorithms::gemm::hopper::WgmmaGemm;
 use kiln::algorithms::verify::Rng;
 use kiln::runtime::blas::{Blas, Layout};
 use kiln::runtime::{timing, Device, LaunchConfig};
@@ -91,7 +94,28 @@ fn grouped_case(
             n as u32,
         )
     })?;
+    // the Hopper grouped GEMM on the same buffers (sm_90 only)
+    let hopper = match WgmmaGemm::supported(dev) {
+        true => {
+            let g = WgmmaGrouped::new(dev, kiln::codegen::Dtype::Bf16, false)?;
+            let pieces = blocks[experts];
+            let t = timing::time(dev, 3, 20, || {
+                g.run(
+                    &a,
+                    &w,
+                    (&start_d, &blocks_d, experts as u32, pieces),
+                    &mut y,
+                    (k as u32, n as u32),
+                )
+            })?;
+            Some(t.median_ms)
+        }
+        false => None,
+    };
     let flops = 2.0 * slots as f64 * k as f64 * n as f64;
+    if let Some(h) = hopper {
+        println!("{name}: wgmma {h:.3} ms ({:.0} TFLOP/s)", flops / h / 1e9);
+    }
     println!(
         "{name}: ours {:.3} ms ({:.0} TFLOP/s)",
         ours.median_ms,
@@ -147,6 +171,24 @@ fn grouped_case(
             "cublas per-expert loop".to_string(),
             looped.median_ms / ours.median_ms,
         ));
+        if let Some(h) = hopper {
+            println!(
+                "{name}: wgmma {:.2} of the cuBLAS loop, {:.2} of one cuBLAS GEMM",
+                looped.median_ms / h,
+                single.median_ms / h
+            );
+            entry["wgmma_ms"] = h.into();
+            entry["wgmma_vs_cublas_loop"] = (looped.median_ms / h).into();
+            entry["wgmma_vs_cublas_single"] = (single.median_ms / h).into();
+            rows_out.push(Row {
+                name: format!("wgmma {name}"),
+                work: flops,
+                median_ms: h,
+                rate: flops / h / 1e9,
+                vs: Some((format!("cublas one gemm, {name}"), single.median_ms / h)),
+                roof: Roof::TensorCores,
+            });
+        }
         rows_out.push(Row {
             name: format!("cublas one gemm, {name}"),
             work: flops,
@@ -191,6 +233,16 @@ fn layer_case(
     for s in [Structure::Cdac, Structure::BigMac] {
         let w = random_weights::<bf16>(&mut rng, s, shape);
         let mut layer = MoeLayer::new(dev, s, shape, &w, None)?;
+        if layer.on_hopper() {
+            // the same layer on the mma.sync grouped GEMM, for the before/after
+            let mut old = MoeLayer::new(dev, s, shape, &w, None)?.without_hopper();
+            let t = timing::time(dev, 2, 10, || old.forward_into(&x, &mut y))?;
+            println!("{name} {s:?}: mma.sync grouped GEMM {:.3} ms", t.median_ms);
+            json.push(serde_json::json!({
+                "shape": name, "structure": format!("{s:?}"), "path": "mma.sync",
+                "median_ms": t.median_ms,
+            }));
+        }
         let t = timing::time(dev, 2, 10, || layer.forward_into(&x, &mut y))?;
         let split = layer.forward_timed(&x, &mut y)?;
         println!("{name} {s:?}: stages {split:?}");
@@ -203,6 +255,7 @@ fn layer_case(
         times.push(t.median_ms);
         json.push(serde_json::json!({
             "shape": name, "structure": format!("{s:?}"), "median_ms": t.median_ms,
+            "path": if layer.on_hopper() { "wgmma" } else { "mma.sync" },
             "tokens_per_s": tokens as f64 / (t.median_ms * 1e-3),
             "all_to_all_bytes_per_token": bytes,
             "stages_ms": {

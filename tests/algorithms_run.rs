@@ -148,6 +148,14 @@ fn moe_matches_reference() {
 }
 
 #[test]
+fn grouped_gemm_wgmma_matches_reference() {
+    check(
+        "grouped_gemm_wgmma",
+        bigmac::checks::grouped_wgmma_matches_reference,
+    );
+}
+
+#[test]
 fn decoder_kernels_match_reference() {
     check(
         "pat decoder kernels",

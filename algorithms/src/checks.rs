@@ -56,6 +56,10 @@ pub const CHECKS: &[(&str, Check)] = &[
         bigmac::checks::moe_matches_reference,
     ),
     (
+        "grouped_gemm_wgmma",
+        bigmac::checks::grouped_wgmma_matches_reference,
+    ),
+    (
         "add_rms_norm + rope + swiglu",
         pat::checks::decoder_kernels_match_reference,
     ),

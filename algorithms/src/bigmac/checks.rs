@@ -4,8 +4,10 @@
 //! against the reference layer under the kernels' own routing. Inputs are random, never
 //! all zero.
 
+use super::hopper::WgmmaGrouped;
 use super::layer::{MoeLayer, MoeShape, MoeWeights, Structure};
 use super::reference;
+use crate::gemm::hopper::WgmmaGemm;
 use crate::verify::{ensure, ensure_eq, random_real, rel_err, widen, Real, Rng, VerifyError};
 use kiln_runtime::Device;
 
@@ -45,7 +47,7 @@ fn layer_case<T: Real>(
     structure: Structure,
     shape: MoeShape,
     tokens: usize,
-    (with_bias, normalise): (bool, bool),
+    (with_bias, normalise, mma_sync): (bool, bool, bool),
     seed: u64,
 ) -> Result<(), VerifyError> {
     let mut rng = Rng::new(seed);
@@ -57,6 +59,9 @@ fn layer_case<T: Real>(
     let weights = random_weights::<T>(&mut rng, structure, shape);
     let bias: Option<Vec<f32>> = with_bias.then(|| (0..e).map(|c| 0.02 * (c % 3) as f32).collect());
     let mut layer = MoeLayer::new(dev, structure, shape, &weights, bias.as_deref())?;
+    if mma_sync {
+        layer = layer.without_hopper();
+    }
     layer.normalise = normalise;
     // two calls: the second reuses the first's scratch buffers
     for call in 0..2 {
@@ -141,7 +146,8 @@ fn layer_case<T: Real>(
     Ok(())
 }
 
-/// Both structures, bf16 and f16, with and without the balancing bias.
+/// Both structures, bf16 and f16, with and without the balancing bias; on a GPU also at a
+/// larger shape on both grouped GEMMs (Hopper where the GPU is sm_90, and `mma.sync`).
 pub fn moe_matches_reference(dev: &Device) -> Result<(), VerifyError> {
     let shape = MoeShape {
         hidden: 128,
@@ -150,11 +156,11 @@ pub fn moe_matches_reference(dev: &Device) -> Result<(), VerifyError> {
         top_k: 2,
     };
     for structure in [Structure::Cdac, Structure::BigMac] {
-        layer_case::<half::bf16>(dev, structure, shape, 150, (false, true), 21)?;
+        layer_case::<half::bf16>(dev, structure, shape, 150, (false, true, false), 21)?;
         // 1200 slots: two sort tiles; weights not renormalised
-        layer_case::<half::bf16>(dev, structure, shape, 600, (false, false), 24)?;
+        layer_case::<half::bf16>(dev, structure, shape, 600, (false, false, false), 24)?;
         let wide = MoeShape { top_k: 4, ..shape };
-        layer_case::<half::f16>(dev, structure, wide, 70, (true, true), 22)?;
+        layer_case::<half::f16>(dev, structure, wide, 70, (true, true, false), 22)?;
     }
     if dev.is_gpu() {
         let big = MoeShape {
@@ -164,9 +170,95 @@ pub fn moe_matches_reference(dev: &Device) -> Result<(), VerifyError> {
             top_k: 6,
         };
         for structure in [Structure::Cdac, Structure::BigMac] {
-            layer_case::<half::bf16>(dev, structure, big, 1000, (true, true), 23)?;
+            // the Hopper path where the GPU has one, and the mma.sync path everywhere
+            layer_case::<half::bf16>(dev, structure, big, 1000, (true, true, false), 23)?;
+            layer_case::<half::bf16>(dev, structure, big, 1000, (true, true, true), 25)?;
         }
     }
+    Ok(())
+}
+
+/// One call of the Hopper grouped GEMM on groups of `counts` rows (`k → n`, SiLU or not)
+/// against float64: every row of every group, the output poisoned first.
+fn grouped_wgmma_case<T: Real>(
+    dev: &Device,
+    counts: &[u32],
+    (k, n): (u32, u32),
+    silu: bool,
+    seed: u64,
+) -> Result<(), VerifyError> {
+    let mut rng = Rng::new(seed);
+    let groups = counts.len();
+    let rows: u32 = counts.iter().sum();
+    let (mut start, mut blocks) = (vec![0u32], vec![0u32]);
+    for &c in counts {
+        start.push(start.last().expect("seeded") + c);
+        blocks.push(blocks.last().expect("seeded") + c.div_ceil(128));
+    }
+    let (ku, nu) = (k as usize, n as usize);
+    let a = random_real::<T>(&mut rng, rows as usize * ku, 1.0);
+    let w = random_real::<T>(&mut rng, groups * ku * nu, 0.2);
+    let gemm = WgmmaGrouped::new(dev, T::DTYPE, silu)?;
+    let mut y = dev.upload(&vec![T::NAN; rows as usize * nu])?;
+    let (sb, bb) = (dev.upload(&start)?, dev.upload(&blocks)?);
+    let pieces = blocks[groups];
+    gemm.run(
+        &dev.upload(&a)?,
+        &dev.upload(&w)?,
+        (&sb, &bb, groups as u32, pieces),
+        &mut y,
+        (k, n),
+    )?;
+    let got = widen(&dev.download(&y)?);
+    let (af, wf) = (widen(&a), widen(&w));
+    let mut want = vec![0f64; got.len()];
+    for g in 0..groups {
+        let wg = &wf[g * ku * nu..][..ku * nu];
+        for r in start[g] as usize..start[g + 1] as usize {
+            let out = &mut want[r * nu..][..nu];
+            for (i, x) in af[r * ku..][..ku].iter().enumerate() {
+                for (o, wv) in out.iter_mut().zip(&wg[i * nu..][..nu]) {
+                    *o += x * wv;
+                }
+            }
+            if silu {
+                out.iter_mut().for_each(|v| *v = reference::silu(*v));
+            }
+        }
+    }
+    let err = rel_err(&got, &want);
+    ensure!(
+        err < 1e-2,
+        "grouped_gemm_wgmma {:?} groups {counts:?}, {k} → {n}, silu {silu}: relative error {err:.2e} (bound 1e-2)",
+        T::DTYPE
+    );
+    Ok(())
+}
+
+/// The Hopper grouped GEMM (sm_90 only; skipped elsewhere): uneven groups (one empty, one
+/// of a single row, some past one 128-row piece), a last column tile cut short, bf16 with
+/// SiLU and f16 without, and the refusal of a `k` that is not a multiple of 64.
+pub fn grouped_wgmma_matches_reference(dev: &Device) -> Result<(), VerifyError> {
+    if !WgmmaGemm::supported(dev) {
+        println!(
+            "grouped_gemm_wgmma: skipped, {} is not an sm_90 GPU",
+            dev.name()
+        );
+        return Ok(());
+    }
+    let (counts, kn): (&[u32], _) = if dev.is_gpu() {
+        (&[300, 0, 1, 517, 128, 1000, 64], (512, 776))
+    } else {
+        (&[70, 0, 150, 1], (128, 264))
+    };
+    grouped_wgmma_case::<half::bf16>(dev, counts, kn, true, 51)?;
+    grouped_wgmma_case::<half::f16>(dev, counts, kn, false, 52)?;
+    let gemm = WgmmaGrouped::new(dev, half::bf16::DTYPE, false)?;
+    let one = dev.upload(&[0u32, 1])?;
+    let a = dev.upload(&[half::bf16::ONE; 96])?;
+    let mut y = dev.zeros::<half::bf16>(64)?;
+    let refused = gemm.run(&a, &a, (&one, &one, 1, 1), &mut y, (96, 64));
+    ensure!(refused.is_err(), "a k of 96 must be refused");
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! counting sort ([`crate::adacluster::kmeans`]: count, offsets, scatter), with experts as
 //! the clusters and the `T·k` routing slots as the points.
 
+use super::hopper::group_of;
 use crate::common::{warp_max, warp_sum};
 use crate::tile::*;
 use kiln::prelude::*;
@@ -170,17 +171,7 @@ pub fn grouped_gemm<T: Float, const GATHER: bool, const SILU: bool>(
     if piece >= blocks[groups] {
         return;
     }
-    let mut lo = 0u32;
-    let mut hi = groups;
-    while hi - lo > 1 {
-        let mid = (lo + hi) / 2;
-        if blocks[mid] <= piece {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    let g = lo;
+    let g: u32 = group_of(piece, blocks, groups);
     let m0 = start[g] + (piece - blocks[g]) * 128;
     let valid = (start[g + 1] - m0).min(128);
     let w_base = g as u64 * k as u64 * n as u64;

@@ -3,12 +3,15 @@
 
 use std::sync::Arc;
 
+use super::hopper::WgmmaGrouped;
 use super::kernels::{
     grouped_gemm, moe_combine, moe_gate, slot_maps, GATE_TOKENS, GEMM_THREADS, MAX_EXPERTS, TILE,
 };
+use crate::adacluster::attention::permute_rows;
 use crate::adacluster::kmeans::{
     cluster_count, cluster_offsets, cluster_scatter, MAX_CLUSTERS, SORT_TILE,
 };
+use crate::gemm::hopper::WgmmaGemm;
 use crate::tuning::Variants;
 use crate::verify::Real;
 use kiln::{Device, DeviceBuffer, Event, Kernel, LaunchConfig, RuntimeError};
@@ -104,6 +107,8 @@ pub struct MoeLayer<T: Real> {
     scratch: Option<Scratch<T>>,
     /// The row list of a projection that gathers nothing (never read).
     no_rows: DeviceBuffer<u32>,
+    /// On an sm_90 GPU, the Hopper grouped GEMMs (SiLU off, on) every projection runs on.
+    hopper: Option<[WgmmaGrouped; 2]>,
 }
 
 fn launch(grid: (u32, u32, u32), threads: u32) -> LaunchConfig {
@@ -199,6 +204,13 @@ impl<T: Real> MoeLayer<T> {
             kernels: Variants::default(),
             scratch: None,
             no_rows: device.zeros(1)?,
+            hopper: match device.is_gpu() && WgmmaGemm::supported(device) {
+                true => Some([
+                    WgmmaGrouped::new(device, T::DTYPE, false)?,
+                    WgmmaGrouped::new(device, T::DTYPE, true)?,
+                ]),
+                false => None,
+            },
         })
     }
 
@@ -212,6 +224,20 @@ impl<T: Real> MoeLayer<T> {
         self.shape
     }
 
+    /// Whether the projections run on the Hopper grouped GEMM (an sm_90 GPU) rather than
+    /// the `mma.sync` one.
+    pub fn on_hopper(&self) -> bool {
+        self.hopper.is_some()
+    }
+
+    /// The same layer on the `mma.sync` grouped GEMM on every architecture (what the bench
+    /// compares the Hopper path with).
+    pub fn without_hopper(mut self) -> Self {
+        self.hopper = None;
+        self.scratch = None;
+        self
+    }
+
     fn kernel(&self, name: &'static str, a: bool, b: bool) -> Result<Arc<Kernel>, RuntimeError> {
         let dev = &self.device;
         self.kernels.get(&(name, a, b), || match name {
@@ -221,6 +247,10 @@ impl<T: Real> MoeLayer<T> {
             "scatter" => cluster_scatter::spec().build(dev),
             "maps" => slot_maps::spec().build(dev),
             "combine" => moe_combine::spec().t(T::DTYPE).build(dev),
+            "permute" => permute_rows::spec()
+                .t(T::DTYPE)
+                .d(self.shape.expert_dims(self.structure).0)
+                .build(dev),
             _ => grouped_gemm::spec()
                 .t(T::DTYPE)
                 .gather(a)
@@ -242,6 +272,10 @@ impl<T: Real> MoeLayer<T> {
         silu: bool,
     ) -> Result<(), RuntimeError> {
         let m = (y.len() / n as usize) as u32;
+        if let (Some(h), None) = (&self.hopper, rows) {
+            let pieces = m.div_ceil(TILE) + groups;
+            return h[silu as usize].run(a, w, (start, blocks, groups, pieces), y, (k, n));
+        }
         let gather = rows.is_some();
         let rows = rows.unwrap_or(&self.no_rows);
         grouped_gemm::launch(
@@ -304,7 +338,13 @@ impl<T: Real> MoeLayer<T> {
         }
         let tokens = tokens as u32;
         if self.scratch.as_ref().is_none_or(|sc| sc.tokens != tokens) {
-            self.scratch = Some(Scratch::new(&self.device, self.structure, s, tokens)?);
+            self.scratch = Some(Scratch::new(
+                &self.device,
+                self.structure,
+                s,
+                tokens,
+                self.hopper.is_some(),
+            )?);
         }
         let mut sc = self.scratch.take().expect("made above");
         let run = self.run(x, y, &mut sc, &mut None);
@@ -432,15 +472,22 @@ impl<T: Real> MoeLayer<T> {
             }
         };
         self.mark(marks)?;
-        self.gemm(
-            entry,
-            Some(&sc.rows),
-            &self.up,
-            experts,
-            &mut sc.y1,
-            (inw, mid),
-            true,
-        )?;
+        // the copy engine cannot gather: the Hopper path puts the rows in expert order first
+        let (entry, rows) = match self.hopper {
+            Some(_) => {
+                permute_rows::launch(
+                    &*self.kernel("permute", false, false)?,
+                    &launch(((slots * inw / 8).div_ceil(256), 1, 1), 256),
+                    entry,
+                    &sc.rows,
+                    &mut sc.sorted,
+                    slots,
+                )?;
+                (&sc.sorted, None)
+            }
+            None => (entry, Some(&sc.rows)),
+        };
+        self.gemm(entry, rows, &self.up, experts, &mut sc.y1, (inw, mid), true)?;
         self.gemm(
             &sc.y1,
             None,
@@ -516,10 +563,18 @@ struct Scratch<T: Real> {
     y1: DeviceBuffer<T>,
     y2: DeviceBuffer<T>,
     combined: DeviceBuffer<T>,
+    /// The entry rows in expert order (Hopper path only).
+    sorted: DeviceBuffer<T>,
 }
 
 impl<T: Real> Scratch<T> {
-    fn new(dev: &Device, st: Structure, s: MoeShape, tokens: u32) -> Result<Self, RuntimeError> {
+    fn new(
+        dev: &Device,
+        st: Structure,
+        s: MoeShape,
+        tokens: u32,
+        hopper: bool,
+    ) -> Result<Self, RuntimeError> {
         let slots = (tokens * s.top_k) as usize;
         let e = s.experts as usize;
         let tiles = slots.div_ceil(SORT_TILE as usize);
@@ -548,6 +603,7 @@ impl<T: Real> Scratch<T> {
             y1: dev.zeros(slots * mid as usize)?,
             y2: dev.zeros(slots * inw as usize)?,
             combined: dev.zeros(low_rows)?,
+            sorted: dev.zeros(if hopper { slots * inw as usize } else { 1 })?,
         })
     }
 }

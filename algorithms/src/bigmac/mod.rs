@@ -5,7 +5,10 @@
 //! AdaCluster's stable counting sort of the routing slots by expert, [`kernels::slot_maps`],
 //! [`kernels::grouped_gemm`] (every expert in one launch, SiLU fused into the first
 //! projection; a one-group call is BigMac's dense descend/ascend) and
-//! [`kernels::moe_combine`]. [`layer::MoeLayer`] is what a user calls.
+//! [`kernels::moe_combine`]. On an sm_90 GPU every projection runs on the Hopper grouped
+//! GEMM instead ([`hopper::grouped_gemm_wgmma`]: warpgroup MMA fed by the copy engine, after
+//! a permutation of the entry rows into expert order). [`layer::MoeLayer`] is what a user
+//! calls.
 //!
 //! # Design choices and limits
 //!
@@ -21,6 +24,7 @@
 
 pub mod checks;
 pub mod demo;
+pub mod hopper;
 pub mod kernels;
 pub mod layer;
 pub mod reference;

@@ -62,7 +62,8 @@ fn matvec(x: &[f64], w: &[f64], cols: usize) -> Vec<f64> {
     out
 }
 
-fn silu(v: f64) -> f64 {
+/// SiLU, `v·σ(v)`.
+pub fn silu(v: f64) -> f64 {
     v / (1.0 + (-v).exp())
 }
 
