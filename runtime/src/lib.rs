@@ -21,6 +21,7 @@ pub use nvrtc::{compile_ptx, nvrtc_version, CompileOptions, CompiledPtx};
 
 pub mod blas;
 pub mod cache;
+pub mod comm;
 pub mod copy;
 pub mod device;
 pub mod emu;
@@ -38,6 +39,7 @@ pub mod timing;
 pub mod tune;
 
 pub use blas::{Blas, BlasError};
+pub use comm::{CommGroup, CommStats, Transfer};
 pub use device::{Device, REQUIRE_GPU_ENV};
 pub use graph::Graph;
 pub use host_memory::{MappedBuffer, PinnedBuffer};
