@@ -23,4 +23,6 @@ pub mod checks;
 pub mod demo;
 pub mod kernels;
 pub mod layer;
+pub mod parallel;
 pub mod reference;
+mod stages;
