@@ -501,6 +501,10 @@ mod tests {
             assert!(err < 2e-2, "{line}");
         }
         assert!(report.contains("BigMac moves 0.25x"), "{report}");
+        assert!(
+            report.contains("measured: BigMac's all-to-all moved 0.25x CDAC's bytes"),
+            "{report}"
+        );
     }
 
     /// The expert-parallel layer refuses experts that do not divide over the ranks, inputs

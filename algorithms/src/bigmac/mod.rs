@@ -5,7 +5,10 @@
 //! AdaCluster's stable counting sort of the routing slots by expert, [`kernels::slot_maps`],
 //! [`kernels::grouped_gemm`] (every expert in one launch, SiLU fused into the first
 //! projection; a one-group call is BigMac's dense descend/ascend) and
-//! [`kernels::moe_combine`]. [`layer::MoeLayer`] is what a user calls.
+//! [`kernels::moe_combine`]. [`layer::MoeLayer`] is what a user calls on one device;
+//! [`parallel::ParallelMoeLayer`] spreads the experts over the ranks of a
+//! [`kiln_runtime::comm::CommGroup`] (NCCL on GPUs, host copies on the emulator) and
+//! exchanges the tokens with all-to-alls at the dispatch width.
 //!
 //! # Design choices and limits
 //!
@@ -16,8 +19,9 @@
 //!   deterministic; the combine sums a token's `k` slots in slot order.
 //! - Widths are multiples of 64; at most 64 experts (two per lane in the gate); top-k one of
 //!   1, 2, 4, 6, 8. Intermediates are stored as `T` between projections.
-//! - One device only so far: the NCCL all-to-all, the multi-GPU runs, the grouped-GEMM bench
-//!   against cuBLAS and backward are not built yet.
+//! - Expert parallelism (`parallel`): each rank holds `E / N` experts (`E` divisible by `N`),
+//!   one process drives every GPU; the count exchange waits on the host before the token
+//!   all-to-all. Not built yet: overlap of communication with compute, backward.
 
 pub mod checks;
 pub mod demo;
