@@ -319,6 +319,13 @@ impl CommGroup {
         let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         match &self.backend {
             Backend::Emulated => {
+                // every buffer is host memory before anything moves
+                for (r, b) in send.iter().enumerate() {
+                    host(b, r)?;
+                }
+                for (r, b) in recv.iter().enumerate() {
+                    host(b, r)?;
+                }
                 for t in &live {
                     let src = host(send[t.from], t.from)?[t.send_offset..][..t.count].to_vec();
                     host_mut(recv[t.to], t.to)?[t.recv_offset..][..t.count].copy_from_slice(&src);
