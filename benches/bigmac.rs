@@ -7,10 +7,17 @@
 //! against BigMac (DCCA), at DeepSeekMoE-like sizes (h 2048, r 0.25, 64 experts, top-6) for
 //! 4K–32K tokens: time per layer, its split (gate / permute / descend / experts / combine /
 //! ascend), tokens/s, and the bytes an all-to-all would move per token (on one GPU there is
-//! none). On an sm_90 GPU the Hopper grouped GEMM gets its own rows, and each layer is also
-//! timed on the `mma.sync` grouped GEMM (before/after). Writes `bigmac-<device>.json`.
+//! none); on an sm_90 GPU the Hopper grouped GEMM gets its own rows, and each layer is also
+//! timed on the `mma.sync` grouped GEMM (before/after). (3) Expert parallelism over NCCL
+//! (`ParallelMoeLayer`) on N = 1, 2, 4 of the visible
+//! GPUs (one process drives them all), the same layer sizes with 4K and 16K tokens per GPU:
+//! layer time (host wall clock over all GPUs), its split (gate / descend / permute / counts /
+//! dispatch / experts / return / combine / ascend, the slowest GPU per stage), the all-to-all
+//! bytes the group's counters measured (to other GPUs, and in total), and BigMac's throughput
+//! against CDAC's. Writes `bigmac-<device>.json`.
 //! Run: `cargo bench --bench bigmac` (needs a GPU; `KILN_REQUIRE_CUBLAS=1` makes a missing
-//! cuBLAS a failure; a filter such as `layer` keeps the matching rows).
+//! cuBLAS a failure, `KILN_REQUIRE_NCCL=1` a missing NCCL; a filter such as `layer` or
+//! `parallel` keeps the matching rows).
 
 mod support;
 
@@ -19,10 +26,14 @@ use kiln::algorithms::bigmac::checks::random_weights;
 use kiln::algorithms::bigmac::hopper::WgmmaGrouped;
 use kiln::algorithms::bigmac::kernels::{grouped_gemm, GEMM_THREADS, TILE};
 use kiln::algorithms::bigmac::layer::{MoeLayer, MoeShape, Structure};
+use kiln::algorithms::bigmac::parallel::ParallelMoeLayer;
 use kiln::algorithms::gemm::hopper::WgmmaGemm;
 use kiln::algorithms::verify::Rng;
 use kiln::runtime::blas::{Blas, Layout};
+use kiln::runtime::comm::CommGroup;
+use kiln::runtime::DeviceBuffer;
 use kiln::runtime::{timing, Device, LaunchConfig};
+use std::sync::Arc;
 use support::{gpu, random_bf16, report_with, selected, Roof, Row};
 
 /// Rows per expert for `slots` routed rows: a Zipf(0.8) share each, rounded, summing to `slots`.
@@ -285,6 +296,125 @@ fn layer_case(
     Ok(())
 }
 
+/// The expert-parallel layer of both structures on `group`, `per_rank` tokens on every GPU.
+fn parallel_case(
+    dev: &Device,
+    group: &Arc<CommGroup>,
+    per_rank: usize,
+    rows_out: &mut Vec<Row>,
+    json: &mut Vec<serde_json::Value>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let n = group.ranks();
+    let shape = MoeShape {
+        hidden: 2048,
+        low: 512,
+        experts: 64,
+        top_k: 6,
+    };
+    let name = format!("parallel gpus {n} tokens/gpu {per_rank} h 2048 r 0.25 experts 64 top-6");
+    if !selected(&name) {
+        return Ok(());
+    }
+    let mut rng = Rng::new(11);
+    let xs: Vec<DeviceBuffer<bf16>> = (0..n)
+        .map(|r| {
+            group
+                .device(r)
+                .upload(&random_bf16(&mut rng, per_rank * 2048))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut ys: Vec<DeviceBuffer<bf16>> = (0..n)
+        .map(|r| group.device(r).zeros::<bf16>(per_rank * 2048))
+        .collect::<Result<_, _>>()?;
+    let cdac_w = random_weights::<bf16>(&mut rng, Structure::Cdac, shape);
+    let mut results = Vec::new();
+    for s in [Structure::Cdac, Structure::BigMac] {
+        let mut w = random_weights::<bf16>(&mut rng, s, shape);
+        w.gate = cdac_w.gate.clone(); // the same routing in both structures
+        let mut layer = ParallelMoeLayer::new(group.clone(), s, shape, &w, None)?;
+        let xr: Vec<&DeviceBuffer<bf16>> = xs.iter().collect();
+        let mut call =
+            |layer: &mut ParallelMoeLayer<bf16>| -> Result<f64, Box<dyn std::error::Error>> {
+                let t0 = std::time::Instant::now();
+                layer.forward(&xr, &mut ys.iter_mut().collect::<Vec<_>>())?;
+                group.synchronize()?;
+                Ok(t0.elapsed().as_secs_f64() * 1e3)
+            };
+        for _ in 0..3 {
+            call(&mut layer)?;
+        }
+        let mut times: Vec<f64> = (0..10)
+            .map(|_| call(&mut layer))
+            .collect::<Result<_, _>>()?;
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let split = layer.forward_timed(&xr, &mut ys.iter_mut().collect::<Vec<_>>())?;
+        let traffic = layer.traffic().clone();
+        let tokens = (n * per_rank) as f64;
+        println!(
+            "{name} {s:?}: {median:.3} ms ({:.3e} tokens/s over {}); all-to-all {:.1} MB to other GPUs, {:.1} MB in all (counts {} B)",
+            tokens / (median * 1e-3),
+            group.backend_name(),
+            traffic.token_bytes_to_peers() as f64 / 1e6,
+            traffic.token_bytes() as f64 / 1e6,
+            traffic.counts.p2p_bytes_to_peers + traffic.counts.p2p_bytes_to_self,
+        );
+        println!(
+            "{name} {s:?}: stages gate {:.3} / descend {:.3} / permute {:.3} / counts {:.3} / dispatch {:.3} / experts {:.3} / return {:.3} / combine {:.3} / ascend {:.3} ms (all-to-all {:.3} of {:.3})",
+            split.gate_ms, split.descend_ms, split.permute_ms, split.counts_ms, split.dispatch_ms,
+            split.experts_ms, split.return_ms, split.combine_ms, split.ascend_ms,
+            split.all_to_all_ms(), split.total_ms()
+        );
+        json.push(serde_json::json!({
+            "shape": name, "gpus": n, "structure": format!("{s:?}"), "backend": group.backend_name(),
+            "median_ms": median, "tokens_per_s": tokens / (median * 1e-3),
+            "bytes_to_peers": traffic.token_bytes_to_peers(), "bytes_total": traffic.token_bytes(),
+            "count_bytes": traffic.counts.p2p_bytes_to_peers + traffic.counts.p2p_bytes_to_self,
+            "rows": traffic.rows,
+            "stages_ms": {
+                "gate": split.gate_ms, "descend": split.descend_ms, "permute": split.permute_ms,
+                "counts": split.counts_ms, "dispatch": split.dispatch_ms, "experts": split.experts_ms,
+                "return": split.return_ms, "combine": split.combine_ms, "ascend": split.ascend_ms,
+                "all_to_all": split.all_to_all_ms(),
+            },
+        }));
+        results.push((median, traffic));
+    }
+    let (cdac, bigmac) = (&results[0], &results[1]);
+    let ratio = |a: u64, b: u64| {
+        if b == 0 {
+            f64::NAN
+        } else {
+            a as f64 / b as f64
+        }
+    };
+    println!(
+        "{name}: BigMac {:.2}x CDAC's throughput; all-to-all bytes to other GPUs x{:.3} (in all x{:.3}; target r = 0.25)",
+        cdac.0 / bigmac.0,
+        ratio(bigmac.1.token_bytes_to_peers(), cdac.1.token_bytes_to_peers()),
+        ratio(bigmac.1.token_bytes(), cdac.1.token_bytes()),
+    );
+    let flops = 2.0 * 2.0 * (n * per_rank * 6) as f64 * 2048.0 * 512.0;
+    rows_out.push(Row {
+        name: format!("bigmac {name}"),
+        work: flops,
+        median_ms: bigmac.0,
+        rate: flops / bigmac.0 / 1e9,
+        vs: Some((format!("cdac {name}"), cdac.0 / bigmac.0)),
+        roof: Roof::TensorCores,
+    });
+    rows_out.push(Row {
+        name: format!("cdac {name}"),
+        work: flops,
+        median_ms: cdac.0,
+        rate: flops / cdac.0 / 1e9,
+        vs: None,
+        roof: Roof::TensorCores,
+    });
+    let _ = dev;
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let Some(dev) = gpu() else { return Ok(()) };
     let require = std::env::var("KILN_REQUIRE_CUBLAS").is_ok_and(|v| v.trim() == "1");
@@ -308,11 +438,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for tokens in [4096, 16384, 32768] {
         layer_case(&dev, tokens, &mut rows, &mut layers)?;
     }
+    let mut parallel = Vec::new();
+    let require_nccl = std::env::var("KILN_REQUIRE_NCCL").is_ok_and(|v| v.trim() == "1");
+    let visible = Device::gpu_count();
+    for n in [1usize, 2, 4].into_iter().filter(|&n| n <= visible) {
+        let group = match CommGroup::gpus(n) {
+            Ok(g) => Arc::new(g),
+            Err(e) if require_nccl => return Err(e.into()),
+            Err(e) => {
+                println!("expert parallelism over {n} GPUs is left out:\n{e}");
+                break;
+            }
+        };
+        for per_rank in [4096, 16384] {
+            parallel_case(&dev, &group, per_rank, &mut rows, &mut parallel)?;
+        }
+    }
     report_with(
         "bigmac",
         &dev,
         &rows,
-        serde_json::json!({ "grouped_gemm": grouped, "layers": layers }),
+        serde_json::json!({ "grouped_gemm": grouped, "layers": layers, "parallel": parallel }),
     );
     Ok(())
 }

@@ -13,7 +13,10 @@
 #   bash scripts/gpu-run.sh adacluster # the algorithm checks on the GPU, the PyTorch
 #                                      # AdaCluster baselines (SDPA, k-means), then its bench
 #   bash scripts/gpu-run.sh bigmac     # the BigMac bench (grouped GEMM vs cuBLAS, CDAC vs
-#                                      # BigMac layer stages); run after `tests`
+#                                      # BigMac layer stages, expert parallelism over NCCL
+#                                      # on 1/2/4 of the visible GPUs; NCCL from the
+#                                      # nvidia-nccl-cu13 wheel or KILN_NCCL_PATH; a missing
+#                                      # NCCL fails); run after `tests`
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 what="${1:-all}"
@@ -62,7 +65,7 @@ if [ "$what" = adacluster ]; then
 fi
 if [ "$what" = bigmac ]; then
   echo "== .gpu/bench-bigmac"
-  .gpu/bench-bigmac --bench 2>&1 | tee "$out/bench-bigmac.log" || status=1
+  KILN_REQUIRE_NCCL=1 .gpu/bench-bigmac --bench 2>&1 | tee "$out/bench-bigmac.log" || status=1
   exit $status
 fi
 if [ "$what" != tests ]; then

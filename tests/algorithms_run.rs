@@ -147,6 +147,16 @@ fn moe_matches_reference() {
     check("bigmac moe", bigmac::checks::moe_matches_reference);
 }
 
+/// On a GPU machine: NCCL over 1 GPU and every visible GPU up to 4 (KILN_REQUIRE_GPU=1 makes a
+/// missing NCCL a failure, with the error saying how to install it).
+#[test]
+fn expert_parallel_moe_matches_reference() {
+    check(
+        "bigmac expert-parallel moe",
+        bigmac::checks::parallel_matches_reference,
+    );
+}
+
 #[test]
 fn grouped_gemm_wgmma_matches_reference() {
     check(

@@ -60,6 +60,10 @@ pub const CHECKS: &[(&str, Check)] = &[
         bigmac::checks::grouped_wgmma_matches_reference,
     ),
     (
+        "expert-parallel MoE (CommGroup all-to-all + the MoE kernels)",
+        bigmac::checks::parallel_matches_reference,
+    ),
+    (
         "add_rms_norm + rope + swiglu",
         pat::checks::decoder_kernels_match_reference,
     ),

@@ -100,6 +100,18 @@ impl Device {
         })
     }
 
+    /// How many GPUs the driver sees (0 without a driver), for spreading work over all of
+    /// them (`crate::comm::CommGroup::gpus`).
+    pub fn gpu_count() -> usize {
+        if locate_cuda_driver().is_err() {
+            return 0;
+        }
+        std::panic::catch_unwind(CudaContext::device_count)
+            .ok()
+            .and_then(Result::ok)
+            .map_or(0, |n| n.max(0) as usize)
+    }
+
     /// The CPU emulator (deterministic schedule, all checks on).
     pub fn emulator() -> Device {
         Device::emulator_with(crate::emu::EmuOptions::default())

@@ -124,6 +124,16 @@ pub enum RuntimeError {
         reason: String,
     },
 
+    /// A collective-communication call (NCCL, or the emulator's stand-in for it) failed, or the
+    /// loaded NCCL lacks a function Kiln calls. `detail` has NCCL's own message when it gave one.
+    #[error("{call} failed: {detail}")]
+    Comm {
+        /// The NCCL function (or Kiln operation) that failed, e.g. `ncclGroupEnd`.
+        call: &'static str,
+        /// What went wrong, and how to fix it where Kiln can tell.
+        detail: String,
+    },
+
     /// A GPU was required but none is usable.
     #[error("no usable GPU: {0}")]
     NoGpu(String),

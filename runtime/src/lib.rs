@@ -1,6 +1,7 @@
 //! Kiln runtime: finds the CUDA libraries without panicking, JIT-compiles Kiln's generated CUDA
 //! with NVRTC (cached in memory and on disk), and launches kernels on a GPU through cudarc or on
-//! the CPU emulator, with devices, memory, streams, timing and the autotuner.
+//! the CPU emulator, with devices, memory, streams, timing, the autotuner and collective
+//! communication between devices ([`comm`], NCCL on GPUs).
 //!
 //! Everything that calls into cudarc first goes through [`locate_nvrtc`] (or
 //! [`locate::locate_cuda_driver`]), because cudarc panics when it cannot load a library and
@@ -21,6 +22,7 @@ pub use nvrtc::{compile_ptx, nvrtc_version, CompileOptions, CompiledPtx};
 
 pub mod blas;
 pub mod cache;
+pub mod comm;
 pub mod copy;
 pub mod device;
 pub mod emu;
@@ -39,6 +41,7 @@ pub mod timing;
 pub mod tune;
 
 pub use blas::{Blas, BlasError};
+pub use comm::{CommGroup, CommStats, Transfer};
 pub use device::{Device, REQUIRE_GPU_ENV};
 pub use graph::Graph;
 pub use host_memory::{MappedBuffer, PinnedBuffer};

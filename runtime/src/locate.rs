@@ -1,5 +1,5 @@
-//! Finding and preloading NVRTC (and, with the same mechanism, the CUDA driver and cuBLAS)
-//! without panicking.
+//! Finding and preloading NVRTC (and, with the same mechanism, the CUDA driver, cuBLAS and
+//! NCCL) without panicking.
 //!
 //! cudarc loads its libraries lazily by soname and panics when none is found. Kiln therefore
 //! searches for the library itself, in this order:
@@ -62,6 +62,12 @@ pub struct LibrarySpec {
     pub cudarc_lib_names: &'static [&'static str],
     /// cudarc's own presence check (`is_culib_present`) for this library.
     pub cudarc_present: unsafe fn() -> bool,
+    /// Whether cudarc binds this library itself, by soname, so that Kiln must check that
+    /// cudarc's lookup resolves to the copy Kiln loaded. `false` for a library whose functions
+    /// Kiln binds from the located file itself (NCCL: cudarc's lookup tries `libnccl.so`,
+    /// `libnccl.so.13`, `libnccl.so.12`, … but never NCCL's soname `libnccl.so.2`, so a
+    /// preloaded `libnccl.so.2` would not satisfy it).
+    pub cudarc_binds: bool,
     /// How to install the library, shown when it is not found.
     pub install_hint: &'static str,
 }
@@ -79,6 +85,7 @@ pub const NVRTC: LibrarySpec = LibrarySpec {
     probe_symbol: "nvrtcVersion",
     cudarc_lib_names: &["nvrtc"],
     cudarc_present: cudarc::nvrtc::sys::is_culib_present,
+    cudarc_binds: true,
     install_hint: "install the NVRTC wheel into the active Python with \
         `python3 -m pip install nvidia-cuda-nvrtc==13.0.88` (Kiln finds it in site-packages), \
         or install the CUDA toolkit and set CUDA_HOME to it, \
@@ -104,6 +111,7 @@ pub const CUDA_DRIVER: LibrarySpec = LibrarySpec {
     probe_symbol: "cuInit",
     cudarc_lib_names: &["cuda", "nvcuda"],
     cudarc_present: cudarc::driver::sys::is_culib_present,
+    cudarc_binds: true,
     install_hint: "install the NVIDIA driver (libcuda.so.1 comes with it, not with the toolkit), \
         or set KILN_CUDA_PATH to libcuda.so.1 or to the folder that contains it.",
 };
@@ -131,11 +139,49 @@ pub const CUBLAS: LibrarySpec = LibrarySpec {
     probe_symbol: "cublasGemmEx",
     cudarc_lib_names: &["cublas"],
     cudarc_present: cudarc::cublas::sys::is_culib_present,
+    cudarc_binds: true,
     install_hint: "install cuBLAS into the active Python with `python3 -m pip install nvidia-cublas` \
         (CUDA 13; PyTorch's CUDA wheels bring it, or `nvidia-cublas-cu12` for CUDA 12; Kiln looks in \
         site-packages/nvidia/cu13/lib and site-packages/nvidia/cublas/lib), \
         or install the CUDA toolkit and set CUDA_HOME to it, \
         or set KILN_CUBLAS_PATH to libcublas.so.13 or to the folder that contains it.",
+};
+
+/// NCCL (`libnccl.so.2`), the collective-communication library multi-GPU layers exchange tokens
+/// with (see `crate::comm`).
+///
+/// PyTorch's CUDA wheels bring it as `nvidia-nccl-cu13` (or `nvidia-nccl-cu12`), which installs
+/// `site-packages/nvidia/nccl/lib/libnccl.so.2`; a system install (`libnccl2` package) puts it in
+/// `/usr/lib/x86_64-linux-gnu`; some CUDA toolkits carry it in `lib64/`. Kiln binds NCCL's
+/// functions from the located file itself (`crate::comm::nccl`), not through cudarc's lookup:
+/// cudarc 0.19 asks the loader for `libnccl.so`, `libnccl.so.13`, `libnccl.so.12`, …,
+/// `libnccl.so.1` (`cudarc::get_lib_name_candidates("nccl")`), none of which is NCCL's soname
+/// `libnccl.so.2` or a file the wheel installs, so it would panic where Kiln has found the
+/// library ([`LibrarySpec::cudarc_binds`] is `false`). cudarc's `nccl::sys` types are used for
+/// the ABI.
+pub const NCCL: LibrarySpec = LibrarySpec {
+    display_name: "NCCL (libnccl)",
+    env_var: "KILN_NCCL_PATH",
+    file_names: &["libnccl.so.2", "libnccl.so"],
+    toolkit_subdirs: &["lib64", "lib"],
+    system_dirs: &[
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/local/cuda/lib64",
+    ],
+    wheel_subdirs: &["nvidia/nccl/lib", "nvidia/cu13/lib"],
+    companion_prefix: None,
+    dependency_prefix: None,
+    probe_symbol: "ncclGetVersion",
+    cudarc_lib_names: &["nccl"],
+    cudarc_present: cudarc::nccl::sys::is_culib_present,
+    cudarc_binds: false,
+    install_hint:
+        "install NCCL into the active Python with `python3 -m pip install nvidia-nccl-cu13` \
+        (CUDA 13; `nvidia-nccl-cu12` for CUDA 12; PyTorch's CUDA wheels bring it; Kiln looks in \
+        site-packages/nvidia/nccl/lib), or install the system package (`libnccl2`), \
+        or set KILN_NCCL_PATH to libnccl.so.2 or to the folder that contains it.",
 };
 
 /// The places to search, in order. Build it with [`SearchRoots::from_env`] for real use, or fill
@@ -373,7 +419,9 @@ pub fn locate_library_in(
                     companions,
                     origin: cand.origin,
                 };
-                verify_cudarc_binds(spec, &location, probe)?;
+                if spec.cudarc_binds {
+                    verify_cudarc_binds(spec, &location, probe)?;
+                }
                 return Ok(location);
             }
             Err(why) => tried.push(TriedPath {
@@ -577,6 +625,18 @@ pub fn locate_cublas() -> Result<&'static LibraryLocation, RuntimeError> {
     cached(&CUBLAS_LOCATION, &CUBLAS)
 }
 
+/// Searches the given roots for NCCL; see [`locate_library_in`] and [`NCCL`].
+pub fn locate_nccl_in(roots: &SearchRoots) -> Result<LibraryLocation, RuntimeError> {
+    locate_library_in(&NCCL, roots)
+}
+
+/// Finds and preloads NCCL (`libnccl.so.2`) using the process environment, once per process,
+/// like [`locate_nvrtc`]. `crate::comm` calls it before binding NCCL's functions.
+pub fn locate_nccl() -> Result<&'static LibraryLocation, RuntimeError> {
+    static NCCL_LOCATION: OnceLock<Result<LibraryLocation, RuntimeError>> = OnceLock::new();
+    cached(&NCCL_LOCATION, &NCCL)
+}
+
 fn cached(
     cell: &'static OnceLock<Result<LibraryLocation, RuntimeError>>,
     spec: &LibrarySpec,
@@ -670,6 +730,34 @@ mod tests {
         assert!(paths.contains(&"/site/nvidia/cu13/lib/libcublas.so.13".to_string()));
         assert!(paths.contains(&"/site/nvidia/cublas/lib/libcublas.so.13".to_string()));
         assert!(paths.contains(&"/site/nvidia/cublas/lib/libcublas.so.12".to_string()));
+    }
+
+    #[test]
+    fn nccl_is_searched_under_its_soname_in_the_wheel_the_toolkit_and_system_folders() {
+        let roots = SearchRoots {
+            toolkit_roots: vec!["/cuda".into()],
+            site_packages: vec!["/site".into()],
+            system_dirs: NCCL.system_dirs.iter().map(PathBuf::from).collect(),
+            ..SearchRoots::empty()
+        };
+        let paths: Vec<String> = candidates(&NCCL, &roots)
+            .iter()
+            .map(|c| c.path.display().to_string())
+            .collect();
+        assert_eq!(paths[0], "/cuda/lib64/libnccl.so.2");
+        assert!(paths.contains(&"/usr/lib/x86_64-linux-gnu/libnccl.so.2".to_string()));
+        let wheel = paths
+            .iter()
+            .position(|p| p == "/site/nvidia/nccl/lib/libnccl.so.2")
+            .expect("the nvidia-nccl-cu13 wheel's folder");
+        let cu13 = paths
+            .iter()
+            .position(|p| p == "/site/nvidia/cu13/lib/libnccl.so.2")
+            .expect("the CUDA 13 wheel folder");
+        assert!(wheel < cu13, "{paths:?}");
+        // Kiln binds NCCL itself: cudarc's names never include the soname
+        const { assert!(!NCCL.cudarc_binds) };
+        assert!(!cudarc::get_lib_name_candidates("nccl").contains(&"libnccl.so.2".to_string()));
     }
 
     #[test]

@@ -1,20 +1,11 @@
 //! The host API: [`MoeLayer`], one MoE layer in either structure (BigMac's DCCA or the
 //! fine-grained CDAC peer), forward on one GPU (or the emulator).
 
-use std::sync::Arc;
-
-use super::hopper::WgmmaGrouped;
-use super::kernels::{
-    grouped_gemm, moe_combine, moe_gate, slot_maps, GATE_TOKENS, GEMM_THREADS, MAX_EXPERTS, TILE,
-};
-use crate::adacluster::attention::permute_rows;
-use crate::adacluster::kmeans::{
-    cluster_count, cluster_offsets, cluster_scatter, MAX_CLUSTERS, SORT_TILE,
-};
-use crate::gemm::hopper::WgmmaGemm;
-use crate::tuning::Variants;
+use super::kernels::{MAX_EXPERTS, TILE};
+use super::stages::{SortBuffers, Stages};
+use crate::adacluster::kmeans::{MAX_CLUSTERS, SORT_TILE};
 use crate::verify::Real;
-use kiln::{Device, DeviceBuffer, Event, Kernel, LaunchConfig, RuntimeError};
+use kiln::{Device, DeviceBuffer, Event, RuntimeError};
 
 /// Where a layer's all-to-all would run, and so the shape of its experts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +78,63 @@ pub struct Routing {
     pub start: DeviceBuffer<u32>,
 }
 
+/// Checks a layer's shape, its weights' sizes (see [`MoeWeights`]) and its bias: what
+/// [`MoeLayer::new`] and the expert-parallel layer refuse, and why.
+pub(crate) fn validate<T: Real>(
+    structure: Structure,
+    shape: MoeShape,
+    weights: &MoeWeights<T>,
+    bias: Option<&[f32]>,
+) -> Result<(), RuntimeError> {
+    let s = shape;
+
+    if s.hidden == 0 || s.low == 0 || !s.hidden.is_multiple_of(64) || !s.low.is_multiple_of(64) {
+        return Err(refuse(format!(
+            "widths {} and {} must be positive multiples of 64",
+            s.hidden, s.low
+        )));
+    }
+    if s.experts == 0 || s.experts > MAX_EXPERTS.min(MAX_CLUSTERS) {
+        return Err(refuse(format!(
+            "{} experts (1 to {MAX_EXPERTS})",
+            s.experts
+        )));
+    }
+    if !TOP_K.contains(&s.top_k) || s.top_k > s.experts {
+        return Err(refuse(format!(
+            "top-{} of {} experts (k one of {TOP_K:?}, at most the experts)",
+            s.top_k, s.experts
+        )));
+    }
+    let (h, low, e) = (s.hidden as usize, s.low as usize, s.experts as usize);
+    let (inw, mid) = s.expert_dims(structure);
+    let expert = e * inw as usize * mid as usize;
+    let dense = if structure == Structure::BigMac {
+        h * low
+    } else {
+        0
+    };
+    for (name, got, want) in [
+        ("gate", weights.gate.len(), h * e),
+        ("up", weights.up.len(), expert),
+        ("down", weights.down.len(), expert),
+        ("descend", weights.descend.len(), dense),
+        ("ascend", weights.ascend.len(), dense),
+    ] {
+        if got != want {
+            return Err(refuse(format!(
+                "`{name}` holds {got} weights, {structure:?} with {s:?} needs {want}"
+            )));
+        }
+    }
+    if let Some(b) = bias {
+        if b.len() != e {
+            return Err(refuse(format!("bias of {} for {e} experts", b.len())));
+        }
+    }
+    Ok(())
+}
+
 /// One MoE layer on a device. `forward` runs: gate (softmax, top-k, optional balancing
 /// bias), a stable sort of the routing slots by expert, the experts as grouped GEMMs (one
 /// launch per projection for all experts, SiLU fused into the first), and the gate-weighted
@@ -103,23 +151,11 @@ pub struct MoeLayer<T: Real> {
     down: DeviceBuffer<T>,
     descend: DeviceBuffer<T>,
     ascend: DeviceBuffer<T>,
-    kernels: Variants<(&'static str, bool, bool)>,
+    stages: Stages<T>,
     scratch: Option<Scratch<T>>,
-    /// The row list of a projection that gathers nothing (never read).
-    no_rows: DeviceBuffer<u32>,
-    /// On an sm_90 GPU, the Hopper grouped GEMMs (SiLU off, on) every projection runs on.
-    hopper: Option<[WgmmaGrouped; 2]>,
 }
 
-fn launch(grid: (u32, u32, u32), threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid,
-        block: (threads, 1, 1),
-        dyn_shared_bytes: 0,
-    }
-}
-
-fn refuse(m: String) -> RuntimeError {
+pub(crate) fn refuse(m: String) -> RuntimeError {
     RuntimeError::InvalidInput {
         what: "MoE layer",
         reason: m,
@@ -136,52 +172,7 @@ impl<T: Real> MoeLayer<T> {
         weights: &MoeWeights<T>,
         bias: Option<&[f32]>,
     ) -> Result<Self, RuntimeError> {
-        let s = shape;
-        if s.hidden == 0 || s.low == 0 || !s.hidden.is_multiple_of(64) || !s.low.is_multiple_of(64)
-        {
-            return Err(refuse(format!(
-                "widths {} and {} must be positive multiples of 64",
-                s.hidden, s.low
-            )));
-        }
-        if s.experts == 0 || s.experts > MAX_EXPERTS.min(MAX_CLUSTERS) {
-            return Err(refuse(format!(
-                "{} experts (1 to {MAX_EXPERTS})",
-                s.experts
-            )));
-        }
-        if !TOP_K.contains(&s.top_k) || s.top_k > s.experts {
-            return Err(refuse(format!(
-                "top-{} of {} experts (k one of {TOP_K:?}, at most the experts)",
-                s.top_k, s.experts
-            )));
-        }
-        let (h, low, e) = (s.hidden as usize, s.low as usize, s.experts as usize);
-        let (inw, mid) = s.expert_dims(structure);
-        let expert = e * inw as usize * mid as usize;
-        let dense = if structure == Structure::BigMac {
-            h * low
-        } else {
-            0
-        };
-        for (name, got, want) in [
-            ("gate", weights.gate.len(), h * e),
-            ("up", weights.up.len(), expert),
-            ("down", weights.down.len(), expert),
-            ("descend", weights.descend.len(), dense),
-            ("ascend", weights.ascend.len(), dense),
-        ] {
-            if got != want {
-                return Err(refuse(format!(
-                    "`{name}` holds {got} weights, {structure:?} with {s:?} needs {want}"
-                )));
-            }
-        }
-        if let Some(b) = bias {
-            if b.len() != e {
-                return Err(refuse(format!("bias of {} for {e} experts", b.len())));
-            }
-        }
+        validate(structure, shape, weights, bias)?;
         // an unused (empty) matrix is one placeholder element
         let up = |v: &[T]| {
             if v.is_empty() {
@@ -201,16 +192,8 @@ impl<T: Real> MoeLayer<T> {
             down: up(&weights.down)?,
             descend: up(&weights.descend)?,
             ascend: up(&weights.ascend)?,
-            kernels: Variants::default(),
+            stages: Stages::new(device, shape.top_k)?,
             scratch: None,
-            no_rows: device.zeros(1)?,
-            hopper: match device.is_gpu() && WgmmaGemm::supported(device) {
-                true => Some([
-                    WgmmaGrouped::new(device, T::DTYPE, false)?,
-                    WgmmaGrouped::new(device, T::DTYPE, true)?,
-                ]),
-                false => None,
-            },
         })
     }
 
@@ -227,73 +210,15 @@ impl<T: Real> MoeLayer<T> {
     /// Whether the projections run on the Hopper grouped GEMM (an sm_90 GPU) rather than
     /// the `mma.sync` one.
     pub fn on_hopper(&self) -> bool {
-        self.hopper.is_some()
+        self.stages.on_hopper()
     }
 
     /// The same layer on the `mma.sync` grouped GEMM on every architecture (what the bench
     /// compares the Hopper path with).
     pub fn without_hopper(mut self) -> Self {
-        self.hopper = None;
+        self.stages = self.stages.without_hopper();
         self.scratch = None;
         self
-    }
-
-    fn kernel(&self, name: &'static str, a: bool, b: bool) -> Result<Arc<Kernel>, RuntimeError> {
-        let dev = &self.device;
-        self.kernels.get(&(name, a, b), || match name {
-            "gate" => moe_gate::spec().t(T::DTYPE).k(self.shape.top_k).build(dev),
-            "count" => cluster_count::spec().build(dev),
-            "offsets" => cluster_offsets::spec().build(dev),
-            "scatter" => cluster_scatter::spec().build(dev),
-            "maps" => slot_maps::spec().build(dev),
-            "combine" => moe_combine::spec().t(T::DTYPE).build(dev),
-            "permute" => permute_rows::spec()
-                .t(T::DTYPE)
-                .d(self.shape.expert_dims(self.structure).0)
-                .build(dev),
-            _ => grouped_gemm::spec()
-                .t(T::DTYPE)
-                .gather(a)
-                .silu(b)
-                .build(dev),
-        })
-    }
-
-    /// `y = a·W` per group on rows grouped by `start`/`blocks` (see [`grouped_gemm`]).
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(
-        &self,
-        a: &DeviceBuffer<T>,
-        rows: Option<&DeviceBuffer<u32>>,
-        w: &DeviceBuffer<T>,
-        (start, blocks, groups): (&DeviceBuffer<u32>, &DeviceBuffer<u32>, u32),
-        y: &mut DeviceBuffer<T>,
-        (k, n): (u32, u32),
-        silu: bool,
-    ) -> Result<(), RuntimeError> {
-        let m = (y.len() / n as usize) as u32;
-        if let (Some(h), None) = (&self.hopper, rows) {
-            let pieces = m.div_ceil(TILE) + groups;
-            return h[silu as usize].run(a, w, (start, blocks, groups, pieces), y, (k, n));
-        }
-        let gather = rows.is_some();
-        let rows = rows.unwrap_or(&self.no_rows);
-        grouped_gemm::launch(
-            &*self.kernel("gemm", gather, silu)?,
-            &launch(
-                (n.div_ceil(TILE), m.div_ceil(TILE) + groups, 1),
-                GEMM_THREADS,
-            ),
-            a,
-            rows,
-            w,
-            start,
-            blocks,
-            y,
-            groups,
-            k,
-            n,
-        )
     }
 
     /// The layer on `x` `[tokens, h]`: a new `y` `[tokens, h]` (see [`MoeLayer::forward_into`]).
@@ -343,7 +268,7 @@ impl<T: Real> MoeLayer<T> {
                 self.structure,
                 s,
                 tokens,
-                self.hopper.is_some(),
+                self.stages.on_hopper(),
             )?);
         }
         let mut sc = self.scratch.take().expect("made above");
@@ -393,63 +318,33 @@ impl<T: Real> MoeLayer<T> {
         marks: &mut Option<Vec<Event>>,
     ) -> Result<(), RuntimeError> {
         let s = self.shape;
+        let st = &self.stages;
         let tokens = sc.tokens;
-        let (kk, e) = (s.top_k, s.experts);
-        let slots = tokens * kk;
+        let e = s.experts;
+        let slots = tokens * s.top_k;
         let r = &mut sc.routing;
-        moe_gate::launch(
-            &*self.kernel("gate", false, false)?,
-            &launch((tokens.div_ceil(GATE_TOKENS), 1, 1), 256),
+        st.gate(
             x,
             &self.gate,
-            self.bias.as_ref().unwrap_or(&sc.none_f32),
+            self.bias.as_ref(),
             &mut r.ids,
             &mut r.weights,
-            tokens,
-            s.hidden,
-            e,
-            self.bias.is_some(),
+            (tokens, s.hidden, e),
             self.normalise,
         )?;
         self.mark(marks)?;
-        // the stable sort of the slots by expert
-        let tiles = slots.div_ceil(SORT_TILE);
-        cluster_count::launch(
-            &*self.kernel("count", false, false)?,
-            &launch((tiles, 1, 1), SORT_TILE),
-            &r.ids,
-            &mut sc.counts,
+        st.sort(
+            SortBuffers {
+                ids: &r.ids,
+                counts: &mut sc.counts,
+                start: &mut r.start,
+                blocks: &mut sc.blocks,
+                order: &mut sc.order,
+                inv: &mut sc.inv,
+                rows: &mut sc.rows,
+            },
             slots,
             e,
-            tiles,
-        )?;
-        cluster_offsets::launch(
-            &*self.kernel("offsets", false, false)?,
-            &launch((1, 1, 1), 512),
-            &mut sc.counts,
-            &mut r.start,
-            &mut sc.blocks,
-            e,
-            tiles,
-        )?;
-        cluster_scatter::launch(
-            &*self.kernel("scatter", false, false)?,
-            &launch((tiles, 1, 1), SORT_TILE),
-            &r.ids,
-            &sc.counts,
-            &mut sc.order,
-            slots,
-            e,
-            tiles,
-        )?;
-        slot_maps::launch(
-            &*self.kernel("maps", false, false)?,
-            &launch((slots.div_ceil(256), 1, 1), 256),
-            &sc.order,
-            &mut sc.inv,
-            &mut sc.rows,
-            slots,
-            kk,
         )?;
         self.mark(marks)?;
         let experts = (&r.start, &sc.blocks, e);
@@ -458,14 +353,14 @@ impl<T: Real> MoeLayer<T> {
         let entry = match self.structure {
             Structure::Cdac => x,
             Structure::BigMac => {
-                let (low, hidden) = (s.low, s.hidden);
-                self.gemm(
+                st.gemm(
                     x,
                     None,
                     &self.descend,
                     whole,
                     &mut sc.entry,
-                    (hidden, low),
+                    tokens,
+                    (s.hidden, s.low),
                     false,
                 )?;
                 &sc.entry
@@ -473,27 +368,30 @@ impl<T: Real> MoeLayer<T> {
         };
         self.mark(marks)?;
         // the copy engine cannot gather: the Hopper path puts the rows in expert order first
-        let (entry, rows) = match self.hopper {
-            Some(_) => {
-                permute_rows::launch(
-                    &*self.kernel("permute", false, false)?,
-                    &launch(((slots * inw / 8).div_ceil(256), 1, 1), 256),
-                    entry,
-                    &sc.rows,
-                    &mut sc.sorted,
-                    slots,
-                )?;
+        let (entry, rows) = match st.on_hopper() {
+            true => {
+                st.permute(entry, &sc.rows, &mut sc.sorted, slots, inw)?;
                 (&sc.sorted, None)
             }
-            None => (entry, Some(&sc.rows)),
+            false => (entry, Some(&sc.rows)),
         };
-        self.gemm(entry, rows, &self.up, experts, &mut sc.y1, (inw, mid), true)?;
-        self.gemm(
+        st.gemm(
+            entry,
+            rows,
+            &self.up,
+            experts,
+            &mut sc.y1,
+            slots,
+            (inw, mid),
+            true,
+        )?;
+        st.gemm(
             &sc.y1,
             None,
             &self.down,
             experts,
             &mut sc.y2,
+            slots,
             (mid, inw),
             false,
         )?;
@@ -502,25 +400,16 @@ impl<T: Real> MoeLayer<T> {
             Structure::Cdac => &mut *y,
             Structure::BigMac => &mut sc.combined,
         };
-        moe_combine::launch(
-            &*self.kernel("combine", false, false)?,
-            &launch(((tokens * inw / 8).div_ceil(256), 1, 1), 256),
-            &sc.y2,
-            &sc.inv,
-            &r.weights,
-            combined,
-            tokens,
-            inw,
-            kk,
-        )?;
+        st.combine(&sc.y2, &sc.inv, &r.weights, combined, tokens, inw)?;
         self.mark(marks)?;
         if self.structure == Structure::BigMac {
-            self.gemm(
+            st.gemm(
                 &sc.combined,
                 None,
                 &self.ascend,
                 whole,
                 y,
+                tokens,
                 (s.low, s.hidden),
                 false,
             )?;
@@ -558,7 +447,6 @@ struct Scratch<T: Real> {
     rows: DeviceBuffer<u32>,
     one_start: DeviceBuffer<u32>,
     one_blocks: DeviceBuffer<u32>,
-    none_f32: DeviceBuffer<f32>,
     entry: DeviceBuffer<T>,
     y1: DeviceBuffer<T>,
     y2: DeviceBuffer<T>,
@@ -598,7 +486,6 @@ impl<T: Real> Scratch<T> {
             rows: dev.zeros(slots)?,
             one_start: dev.upload(&[0, tokens])?,
             one_blocks: dev.upload(&[0, tokens.div_ceil(TILE)])?,
-            none_f32: dev.zeros(1)?,
             entry: dev.zeros(low_rows)?,
             y1: dev.zeros(slots * mid as usize)?,
             y2: dev.zeros(slots * inw as usize)?,

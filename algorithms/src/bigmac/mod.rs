@@ -8,7 +8,9 @@
 //! [`kernels::moe_combine`]. On an sm_90 GPU every projection runs on the Hopper grouped
 //! GEMM instead ([`hopper::grouped_gemm_wgmma`]: warpgroup MMA fed by the copy engine, after
 //! a permutation of the entry rows into expert order). [`layer::MoeLayer`] is what a user
-//! calls.
+//! calls on one device; [`parallel::ParallelMoeLayer`] spreads the experts over the ranks of
+//! a [`kiln_runtime::comm::CommGroup`] (NCCL on GPUs, host copies on the emulator) and
+//! exchanges the tokens with all-to-alls at the dispatch width.
 //!
 //! # Design choices and limits
 //!
@@ -19,12 +21,15 @@
 //!   deterministic; the combine sums a token's `k` slots in slot order.
 //! - Widths are multiples of 64; at most 64 experts (two per lane in the gate); top-k one of
 //!   1, 2, 4, 6, 8. Intermediates are stored as `T` between projections.
-//! - One device only so far: the NCCL all-to-all, the multi-GPU runs, the grouped-GEMM bench
-//!   against cuBLAS and backward are not built yet.
+//! - Expert parallelism (`parallel`): each rank holds `E / N` experts (`E` divisible by `N`),
+//!   one process drives every GPU; the count exchange waits on the host before the token
+//!   all-to-all. Not built yet: overlap of communication with compute, backward.
 
 pub mod checks;
 pub mod demo;
 pub mod hopper;
 pub mod kernels;
 pub mod layer;
+pub mod parallel;
 pub mod reference;
+mod stages;
