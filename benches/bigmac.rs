@@ -381,15 +381,13 @@ fn parallel_case(
         results.push((median, traffic));
     }
     let (cdac, bigmac) = (&results[0], &results[1]);
-    let ratio = |a: u64, b: u64| {
-        if b == 0 {
-            f64::NAN
-        } else {
-            a as f64 / b as f64
-        }
+    // "x0.250", or why there is no ratio (one GPU sends nothing to others)
+    let ratio = |a: u64, b: u64| match b {
+        0 => "n/a (nothing sent)".to_string(),
+        _ => format!("x{:.3}", a as f64 / b as f64),
     };
     println!(
-        "{name}: BigMac {:.2}x CDAC's throughput; all-to-all bytes to other GPUs x{:.3} (in all x{:.3}; target r = 0.25)",
+        "{name}: BigMac {:.2}x CDAC's throughput; all-to-all bytes to other GPUs {} (in all {}; target r = 0.25)",
         cdac.0 / bigmac.0,
         ratio(bigmac.1.token_bytes_to_peers(), cdac.1.token_bytes_to_peers()),
         ratio(bigmac.1.token_bytes(), cdac.1.token_bytes()),

@@ -30,7 +30,7 @@ fn shape_names_follow_the_convention() {
         AttnShape::decode(8, 32, 8, 32768, 128).name(),
         "decode b8 h32/8 s32768 d128"
     );
-    assert_eq!(prefill_shapes().len(), 24);
+    assert_eq!(prefill_shapes().len(), 32);
     assert_eq!(decode_shapes().len(), 10);
 }
 

@@ -5,7 +5,7 @@ Times torch.nn.functional.scaled_dot_product_attention (SDPA) in bf16 with CUDA 
 then the median of >= 20 repetitions; successive runs rotate between copies of the inputs that
 together exceed 512 MiB, so K and V come from device memory rather than L2, as in the Rust bench) for
 
-  prefill: B=1, heads 32/32 and GQA 32/8, S in 4096, 8192, 16384, D in 64 and 128, causal and not;
+  prefill: B=1, heads 32/32 and GQA 32/8, S in 4096, 8192, 16384, 32768, D in 64 and 128, causal and not;
   decode:  one query token, q [B, 32, 1, 128], K/V [B, 8, S, 128] (GQA 32/8, enable_gqa=True),
            S in 8K, 32K, 64K, 128K, 256K, B in 1 and 8.
 
@@ -66,7 +66,7 @@ def prefill_shapes():
     return [
         ("prefill", 1, hq, hkv, s, d, causal)
         for (hq, hkv) in ((32, 32), (32, 8))
-        for s in (4096, 8192, 16384)
+        for s in (4096, 8192, 16384, 32768)
         for d in (64, 128)
         for causal in (True, False)
     ]
@@ -117,6 +117,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="two shapes of each kind, for a smoke test")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--reps", type=int, default=30, help="timed repetitions (at least 20 unless --quick)")
+    ap.add_argument("--prefill", action="store_true",
+                    help="only the prefill shapes (what `KILN_ATTN_ONLY=prefill` benches)")
     ap.add_argument("--hide-launch-latency", action="store_true",
                     help="spin the GPU before each timed run so the host's launch time is not "
                          "counted (by default, like kiln_runtime::time, events are recorded "
@@ -130,6 +132,8 @@ def main():
         return 0
     if args.quick:
         shapes = prefill_shapes()[:2] + decode_shapes()[:2]
+    elif args.prefill:
+        shapes = prefill_shapes()
     elif args.reps < 20:
         ap.error("--reps must be at least 20 (use --quick for a smoke test)")
 

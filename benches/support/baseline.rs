@@ -133,12 +133,12 @@ impl AttnShape {
     }
 }
 
-/// The prefill shapes `attention.py` measures: B=1, heads 32/32 and 32/8, S 4096/8192/16384,
+/// The prefill shapes `attention.py` measures: B=1, heads 32/32 and 32/8, S 4096 to 32768,
 /// D 64/128, causal and not.
 pub fn prefill_shapes() -> Vec<AttnShape> {
     let mut v = Vec::new();
     for (hq, hkv) in [(32, 32), (32, 8)] {
-        for s in [4096, 8192, 16384] {
+        for s in [4096, 8192, 16384, 32768] {
             for d in [64, 128] {
                 for causal in [true, false] {
                     v.push(AttnShape::prefill(1, hq, hkv, s, d, causal));
