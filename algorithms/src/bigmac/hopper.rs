@@ -34,7 +34,8 @@ pub const STAGES: u32 = 4;
 /// columns. Warpgroups 1 and 2 each multiply 64 rows (`m64n256k16`, B transposed), release a
 /// stage once its MMAs retire and store their rows of the group, rounded to `T`. Rows of the
 /// next group that share a piece are computed and not stored; rows past `a` and columns
-/// past `n` are zero-filled by the copy engine and masked on store.
+/// past `n` are zero-filled by the copy engine and masked on store (`n` a multiple of 8:
+/// every lane stores 8 consecutive columns as one 16-byte vector).
 #[kernel(
     threads = 384,
     example(T = bf16, STAGES = 4, SILU = true),
@@ -99,6 +100,8 @@ pub fn grouped_gemm_wgmma<T: Float, const STAGES: u32, const SILU: bool>(
     } else {
         setmaxnreg_inc::<232>();
         let mut acc = [0.0f32; 128];
+        // a vector of 8 `T` for the stores (its loaded values are never used)
+        let mut out = y.vload(0);
         let rows = (wg - 1) * 4096;
         let warp = t % 128 / 32;
         let l = t % 32;
@@ -135,22 +138,61 @@ pub fn grouped_gemm_wgmma<T: Float, const STAGES: u32, const SILU: bool>(
             if t % 128 == 0 {
                 mbarrier_arrive(&mut empty[(it + STAGES - 1) % STAGES]);
             }
-            let row = m0 + (wg - 1) * 64 + warp * 16 + l / 4;
-            for j in 0..32u32 {
-                let col = n0 + j * 8 + l % 4 * 2;
-                if col < n {
-                    for h in 0..2u32 {
-                        let r = row + h * 8;
-                        if r < end {
-                            for e in 0..2u32 {
-                                let mut x = acc[j * 4 + h * 2 + e];
-                                if SILU {
-                                    x = x / (1.0f32 + (-x).exp());
-                                }
-                                y[r * n + col + e] = x as T;
-                            }
-                        }
+            // two rounds of swaps in each quad of lanes leave every lane with 8 consecutive
+            // columns of one row, stored as one 16-byte vector: after the first (lanes l,
+            // l ^ 1) even lanes hold row r, odd lanes row r + 8, four columns of a block each;
+            // after the second (lanes l, l ^ 2) a lane holds a whole block of 8 columns
+            let odd = l % 2;
+            let half = l % 4 / 2;
+            let row = m0 + (wg - 1) * 64 + warp * 16 + l / 4 + odd * 8;
+            for jp in 0..16u32 {
+                let mut q = [0.0f32; 8];
+                for b in 0..2u32 {
+                    let j = jp * 2 + b;
+                    let mut send0 = acc[j * 4];
+                    let mut send1 = acc[j * 4 + 1];
+                    if odd == 0 {
+                        send0 = acc[j * 4 + 2];
+                        send1 = acc[j * 4 + 3];
                     }
+                    let got0 = shfl_xor_sync(0xffff_ffff, send0, 1);
+                    let got1 = shfl_xor_sync(0xffff_ffff, send1, 1);
+                    if odd == 0 {
+                        q[b * 4] = acc[j * 4];
+                        q[b * 4 + 1] = acc[j * 4 + 1];
+                        q[b * 4 + 2] = got0;
+                        q[b * 4 + 3] = got1;
+                    } else {
+                        q[b * 4] = got0;
+                        q[b * 4 + 1] = got1;
+                        q[b * 4 + 2] = acc[j * 4 + 2];
+                        q[b * 4 + 3] = acc[j * 4 + 3];
+                    }
+                }
+                // lanes of half 0 hold columns 0-3 of both blocks and keep the first block,
+                // lanes of half 1 columns 4-7 and keep the second
+                for e in 0..4u32 {
+                    let mut send = q[4 + e];
+                    if half == 1 {
+                        send = q[e];
+                    }
+                    let got = shfl_xor_sync(0xffff_ffff, send, 2);
+                    let mut lo = q[e];
+                    let mut hi = got;
+                    if half == 1 {
+                        lo = got;
+                        hi = q[4 + e];
+                    }
+                    if SILU {
+                        lo = lo / (1.0f32 + (-lo).exp());
+                        hi = hi / (1.0f32 + (-hi).exp());
+                    }
+                    out[e] = lo as T;
+                    out[e + 4] = hi as T;
+                }
+                let col = n0 + (jp * 2 + half) * 8;
+                if row < end && col < n {
+                    y.vstore(row * n + col, out);
                 }
             }
             tile += grid_dim().x;
