@@ -119,6 +119,18 @@ impl TensorMap {
     /// Words (of 8 bytes) in a map: 128 bytes.
     pub const WORDS: usize = 16;
 
+    /// The map the Hopper kernels use for 16-bit tensors: `rows × cols`, boxes of
+    /// `box_rows` rows of 64 elements (one 128-byte line each), 128-byte swizzle.
+    pub fn swizzled_rows(rows: u64, cols: u64, box_rows: u32) -> TensorMap {
+        TensorMap {
+            rows,
+            cols,
+            box_rows,
+            box_cols: 64,
+            swizzle: Swizzle::B128,
+        }
+    }
+
     /// Bytes one box puts in shared memory (what a barrier must expect per load).
     pub fn box_bytes(&self, elem_bytes: u32) -> u32 {
         self.box_rows * self.box_cols * elem_bytes
@@ -263,6 +275,17 @@ pub struct TensorMapCache {
 type CacheKey = (u64, usize, (u64, u64, u32, u32, u32));
 
 impl TensorMapCache {
+    /// [`TensorMapCache::get`] of [`TensorMap::swizzled_rows`]`(rows, cols, box_rows)`.
+    pub fn swizzled_rows<T: Element>(
+        &self,
+        device: &Device,
+        buf: &DeviceBuffer<T>,
+        (rows, cols): (u64, u64),
+        box_rows: u32,
+    ) -> Result<Arc<DeviceBuffer<u64>>, RuntimeError> {
+        self.get(device, buf, TensorMap::swizzled_rows(rows, cols, box_rows))
+    }
+
     /// The map of `buf` with shape `map` on `device`, encoded on first use.
     pub fn get<T: Element>(
         &self,

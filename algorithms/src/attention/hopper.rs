@@ -13,7 +13,7 @@ use super::prefill::PrefillCall;
 use crate::tuning::Variants;
 use kiln::prelude::*;
 use kiln::tensor_map::TensorMapCache;
-use kiln::{Device, DeviceBuffer, Kernel, RuntimeError, Swizzle, TensorMap};
+use kiln::{Device, DeviceBuffer, Kernel, RuntimeError};
 use kiln_dsl::kernel;
 
 /// Threads per block: one producer and two consumer warpgroups.
@@ -267,22 +267,6 @@ impl WgmmaPrefill {
         })
     }
 
-    fn map<T: kiln::Element>(
-        &self,
-        buf: &DeviceBuffer<T>,
-        rows: u64,
-        dim: u32,
-    ) -> Result<Arc<DeviceBuffer<u64>>, RuntimeError> {
-        let map = TensorMap {
-            rows,
-            cols: dim as u64,
-            box_rows: 128,
-            box_cols: 64,
-            swizzle: Swizzle::B128,
-        };
-        self.maps.get(&self.device, buf, map)
-    }
-
     /// Frees the cached tensor maps (see [`TensorMapCache`]).
     pub fn forget_maps(&self) {
         self.maps.clear();
@@ -343,9 +327,15 @@ impl WgmmaPrefill {
             }
         }
         let kernel = self.kernel(c.dim, c.causal)?;
-        let q_map = self.map(q, q_rows, c.dim)?;
-        let k_map = self.map(k, kv_rows, c.dim)?;
-        let v_map = self.map(v, kv_rows, c.dim)?;
+        let q_map = self
+            .maps
+            .swizzled_rows(&self.device, q, (q_rows, c.dim as u64), 128)?;
+        let k_map = self
+            .maps
+            .swizzled_rows(&self.device, k, (kv_rows, c.dim as u64), 128)?;
+        let v_map = self
+            .maps
+            .swizzled_rows(&self.device, v, (kv_rows, c.dim as u64), 128)?;
         let cfg = kiln::LaunchConfig {
             grid: (c.s_q.div_ceil(BLOCK_Q), c.heads, c.batch),
             block: (THREADS, 1, 1),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use kiln::prelude::*;
 use kiln::tensor_map::TensorMapCache;
-use kiln::{Device, DeviceBuffer, Kernel, RuntimeError, Swizzle, TensorMap};
+use kiln::{Device, DeviceBuffer, Kernel, RuntimeError};
 use kiln_dsl::{device, kernel};
 
 use crate::gemm::hopper::{dyn_shared_bytes, BLOCK_K, BLOCK_M, BLOCK_N, THREADS};
@@ -255,23 +255,6 @@ impl WgmmaGrouped {
         k > 0 && n > 0 && k.is_multiple_of(BLOCK_K) && n.is_multiple_of(8)
     }
 
-    fn map<E: kiln::Element>(
-        &self,
-        buf: &DeviceBuffer<E>,
-        rows: u64,
-        cols: u32,
-        box_rows: u32,
-    ) -> Result<Arc<DeviceBuffer<u64>>, RuntimeError> {
-        let map = TensorMap {
-            rows,
-            cols: cols as u64,
-            box_rows,
-            box_cols: 64,
-            swizzle: Swizzle::B128,
-        };
-        self.maps.get(&self.device, buf, map)
-    }
-
     /// Frees the cached tensor maps (see [`TensorMapCache`]).
     pub fn forget_maps(&self) {
         self.maps.clear();
@@ -316,8 +299,12 @@ impl WgmmaGrouped {
                 y.len()
             )));
         }
-        let a_map = self.map(a, rows as u64, k, BLOCK_M)?;
-        let w_map = self.map(w, groups as u64 * k as u64, n, 64)?;
+        let a_map = self
+            .maps
+            .swizzled_rows(&self.device, a, (rows as u64, k as u64), BLOCK_M)?;
+        let w_map =
+            self.maps
+                .swizzled_rows(&self.device, w, (groups as u64 * k as u64, n as u64), 64)?;
         let tiles = pieces as u64 * n.div_ceil(BLOCK_N) as u64;
         let sms = self.device.multiprocessors().max(1) as u64;
         let config = kiln::LaunchConfig {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use kiln::prelude::*;
 use kiln::tensor_map::TensorMapCache;
-use kiln::{Device, DeviceBuffer, Kernel, RuntimeError, Swizzle, TensorMap};
+use kiln::{Device, DeviceBuffer, Kernel, RuntimeError};
 use kiln_dsl::{device, kernel};
 
 /// Threads per block: one producer and two consumer warpgroups.
@@ -285,23 +285,6 @@ impl WgmmaGemm {
         device.arch() == kiln::kiln_codegen::Arch::SM90
     }
 
-    fn map<T: kiln::Element>(
-        &self,
-        buf: &DeviceBuffer<T>,
-        rows: u32,
-        cols: u32,
-        box_rows: u32,
-    ) -> Result<Arc<DeviceBuffer<u64>>, RuntimeError> {
-        let map = TensorMap {
-            rows: rows as u64,
-            cols: cols as u64,
-            box_rows,
-            box_cols: BLOCK_K,
-            swizzle: Swizzle::B128,
-        };
-        self.maps.get(&self.device, buf, map)
-    }
-
     /// Frees the cached tensor maps (see [`TensorMapCache`]).
     pub fn forget_maps(&self) {
         self.maps.clear();
@@ -339,8 +322,12 @@ impl WgmmaGemm {
                 )));
             }
         }
-        let a_map = self.map(a, m, k, BLOCK_M)?;
-        let b_map = self.map(b, n, k, BLOCK_N)?;
+        let a_map = self
+            .maps
+            .swizzled_rows(&self.device, a, (m as u64, k as u64), BLOCK_M)?;
+        let b_map = self
+            .maps
+            .swizzled_rows(&self.device, b, (n as u64, k as u64), BLOCK_N)?;
         gemm_wgmma::launch(
             &self.kernel,
             &launch_config(m, n, self.variant.stages, self.device.multiprocessors()),
