@@ -131,20 +131,24 @@ pub fn results_path(stem: &str, device: &Device, ext: &str) -> PathBuf {
 /// correctness checks) stored under `"extra"` in the JSON.
 pub fn report_with(bench: &str, device: &Device, rows: &[Row], extra: serde_json::Value) {
     let roof = roofline(device);
+    // the share of the roofline; none for tensor-core rows when the matrix rate was not measured
     let pct = |r: &Row| {
-        100.0 * r.rate
-            / match r.roof {
-                Roof::DeviceMemory => roof.copy_gb_s,
-                Roof::HostLink => roof.h2d_gb_s,
-                Roof::TensorCores => roof.mma_bf16_tflops.unwrap_or(f64::NAN),
-            }
+        let ceiling = match r.roof {
+            Roof::DeviceMemory => Some(roof.copy_gb_s),
+            Roof::HostLink => Some(roof.h2d_gb_s),
+            Roof::TensorCores => roof.mma_bf16_tflops,
+        };
+        ceiling.map(|c| 100.0 * r.rate / c)
+    };
+    let mma = match roof.mma_bf16_tflops {
+        Some(t) => format!("{t:.0} TFLOP/s"),
+        None => "not measured (run `kiln roofline` first)".to_string(),
     };
     println!(
-        "{bench} on {} (roofline: copy {:.0} GB/s, pinned H2D {:.1} GB/s, mma.sync bf16 {:.0} TFLOP/s)",
+        "{bench} on {} (roofline: copy {:.0} GB/s, pinned H2D {:.1} GB/s, mma.sync bf16 {mma})",
         device.name(),
         roof.copy_gb_s,
         roof.h2d_gb_s,
-        roof.mma_bf16_tflops.unwrap_or(f64::NAN)
     );
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(40);
     println!(
@@ -157,12 +161,10 @@ pub fn report_with(bench: &str, device: &Device, rows: &[Row], extra: serde_json
                 .map(|(b, x)| format!("{:.3} of {b}", x))
                 .unwrap_or_default();
         let rate = format!("{:.1} {}", r.rate, r.roof.unit());
+        let share = pct(r).map_or("n/a".to_string(), |p| format!("{p:.1}%"));
         println!(
-            "{:<width$} {:>10.4} {:>16} {:>6.1}%  {ratio}",
-            r.name,
-            r.median_ms,
-            rate,
-            pct(r)
+            "{:<width$} {:>10.4} {:>16} {:>7}  {ratio}",
+            r.name, r.median_ms, rate, share
         );
     }
     let path = results_path(bench, device, "json");
