@@ -262,9 +262,10 @@ impl WgmmaGrouped {
 
     /// `y = act(a·w_g)` per group (see [`grouped_gemm_wgmma`]): `a` `[rows, k]` in group
     /// order, `w` `[groups, k, n]`, `y` `[rows, n]`, with `start`/`blocks` the groups' first
-    /// rows and prefix of 128-row pieces (`groups + 1` each, on the device) and `pieces` at
-    /// least their total `blocks[groups]` (it sizes the grid without a read-back; the
-    /// kernel reads the true count).
+    /// rows and prefix of 128-row pieces (`groups + 1` each, on the device; not read back,
+    /// so their contents are the caller's promise) and `pieces` an estimate of their total
+    /// `blocks[groups]`: it only sizes the grid (at most one block per multiprocessor, the
+    /// kernel walks the true count), so any positive value is correct and a low one slow.
     #[allow(clippy::too_many_arguments)]
     pub fn run<E: kiln::Element>(
         &self,
