@@ -100,3 +100,15 @@ pub fn run(device: &Device) -> Result<String, String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The HATA part of `kiln demo` on the emulator, printed:
+    /// `cargo test --release -p kiln-algorithms hata_demo_on_the_emulator -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn hata_demo_on_the_emulator() {
+        let report = super::run(&kiln_runtime::Device::emulator()).unwrap();
+        println!("{report}");
+    }
+}
