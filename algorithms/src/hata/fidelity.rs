@@ -82,6 +82,37 @@ pub fn train_held_out(
     }
 }
 
+/// The decode steps of `count` sequences of `spec`'s workload model that neither the
+/// evaluated sequence (batch element 0) nor [`held_out_samples`] of `trained_on` sequences
+/// (elements `1..=trained_on`) use: elements `1 + trained_on ..` of the same spec, as a
+/// workload of batch `count` (one decode query per head at the last position). Measuring
+/// hash weights on many decode queries instead of one sequence's few.
+pub fn held_out_decode_workload(
+    spec: &WorkloadSpec,
+    trained_on: usize,
+    count: usize,
+) -> Result<Workload, TrainError> {
+    let invalid = |e: crate::workload::WorkloadError| TrainError::Invalid(e.to_string());
+    let mut all = spec.clone();
+    all.batch = 1 + trained_on + count.max(1);
+    all.queries = 1;
+    let wl = generate(&all).map_err(invalid)?;
+    let sh = wl.shape;
+    let skip = 1 + trained_on;
+    let (q_per, kv_per) = (sh.heads * sh.dim, sh.kv_heads * sh.seq * sh.dim);
+    let shape = Shape {
+        batch: count.max(1),
+        ..sh
+    };
+    Workload::from_tensors(
+        shape,
+        wl.q[skip * q_per..].to_vec(),
+        wl.k[skip * kv_per..].to_vec(),
+        wl.v[skip * kv_per..].to_vec(),
+    )
+    .map_err(invalid)
+}
+
 /// One selector at one budget.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FidelityRow {
@@ -533,6 +564,111 @@ mod sweep {
         }
     }
 
+    /// Issue 19's claim at the emulator demo's shape (b1 h8/2 s1024 d64, rbit 128, keys
+    /// centred, 20 epochs on 4 training sequences, the float64 reference trainer the demo
+    /// uses there): on the decode queries of 8 *other* sequences (16 GQA groups), the trained
+    /// weights find at least as many of the exact top-k as the random weights they start from
+    /// at every budget (32 / 64 / 103 keys), and more on average, for 5 of 5 seeds. Measured
+    /// (seed: random → trained at 32 / 64 / 103): see bench-results/cpu-fidelity-2026-12-04/.
+    /// A trainer that does not train (lr 0: trained = random) or follows the gradient uphill
+    /// fails it (`broken_trainers_fail_the_claim`).
+    #[test]
+    fn trained_beats_random_on_held_out_sequences_for_five_seeds() {
+        for seed in 1..=5 {
+            let (random, trained) = held_out_claim(seed, 0.1);
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            for (i, (r, t)) in random.iter().zip(&trained).enumerate() {
+                assert!(
+                    t >= r,
+                    "seed {seed}, budget {}: trained recall {t:.3} < random {r:.3}",
+                    CLAIM_BUDGETS[i]
+                );
+            }
+            assert!(
+                mean(&trained) > mean(&random) + 0.02,
+                "seed {seed}: mean trained recall {:.3} vs random {:.3}",
+                mean(&trained),
+                mean(&random)
+            );
+        }
+    }
+
+    /// The budgets of [`trained_beats_random_on_held_out_sequences_for_five_seeds`].
+    const CLAIM_BUDGETS: [usize; 3] = [32, 64, 103];
+
+    /// Recall per budget of `W₀` and of `W₀` trained with learning rate `lr` (negative: a
+    /// broken trainer that climbs the loss) on held-out decode queries.
+    fn held_out_claim(seed: u64, lr: f32) -> (Vec<f64>, Vec<f64>) {
+        let spec = WorkloadSpec {
+            seed,
+            ..WorkloadSpec::demo_decode(false)
+        };
+        let (sequences, rbit, epochs) = (4usize, 128u32, 20u32);
+        let heads = held_out_samples(&spec, sequences, true, seed).unwrap();
+        let w0 = random_weights(spec.kv_heads, spec.dim, rbit as usize, seed);
+        let wide: Vec<f64> = w0.iter().map(|&v| v as f64).collect();
+        let mut options = TrainOptions::new(rbit, epochs, seed);
+        options.lr = lr.abs();
+        let trained: Vec<f32> = if lr == 0.0 {
+            w0.clone()
+        } else if lr < 0.0 {
+            // gradient ascent: the sign of every update flipped
+            let mut w = wide.clone();
+            let mut v = vec![0.0f64; w.len()];
+            let per = spec.dim * rbit as usize;
+            for step in 0..epochs as usize * 4 {
+                for (h, s) in heads.iter().enumerate() {
+                    let all: Vec<u32> = (0..s.len() as u32).collect();
+                    let (_, g) =
+                        reference::loss_and_grad(&w[h * per..][..per], rbit as usize, s, &all);
+                    let up: Vec<f64> = g.iter().map(|x| -x).collect();
+                    reference::sgd_step(
+                        &mut w[h * per..][..per],
+                        &mut v[h * per..][..per],
+                        &up,
+                        step == 0,
+                        &options,
+                    );
+                }
+            }
+            w.iter().map(|&x| x as f32).collect()
+        } else {
+            let (w, _) = reference::train(&heads, &wide, &options);
+            w.iter().map(|&x| x as f32).collect()
+        };
+        let eval = held_out_decode_workload(&spec, sequences, 8).unwrap();
+        let at = |w: &[f32]| -> Vec<f64> {
+            CLAIM_BUDGETS
+                .iter()
+                .map(|&k| host_recall(&eval, w, rbit as usize, k, (4, 16), true))
+                .collect()
+        };
+        let (r, t) = (at(&w0), at(&trained));
+        println!("seed {seed} lr {lr}: recall random {r:.3?} trained {t:.3?}");
+        (r, t)
+    }
+
+    /// The claim can fail: with a trainer that does nothing (lr 0) or one that climbs the
+    /// loss, it does not hold for every seed.
+    #[test]
+    fn broken_trainers_fail_the_claim() {
+        let holds = |lr: f32| {
+            (1..=5).all(|seed| {
+                let (r, t) = held_out_claim(seed, lr);
+                let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+                r.iter().zip(&t).all(|(r, t)| t >= r) && mean(&t) > mean(&r) + 0.02
+            })
+        };
+        assert!(
+            !holds(0.0),
+            "an untrained W passed the trained-vs-random claim"
+        );
+        assert!(
+            !holds(-0.1),
+            "gradient ascent passed the trained-vs-random claim"
+        );
+    }
+
     /// [`random_vs_trained`] with the settings from the environment (`SEQS` held-out
     /// sequences, `CENTER` 0/1, `EP` epochs, `RBIT`, `SEED`, `SEQ`, `DIM`, `HEADS`, `KV`, `K`
     /// keys, `OUT` outlier channels of the workload):
@@ -567,5 +703,184 @@ mod sweep {
             spec.dim,
             t.elapsed()
         );
+    }
+}
+
+#[cfg(test)]
+mod diagnosis {
+    use super::*;
+    use crate::hata::train::reference::loss;
+
+    fn get(n: &str, d: f64) -> f64 {
+        std::env::var(n)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    }
+
+    /// Samples from sequences `skip..skip + seqs` of `spec` (the first `skip` are evaluation).
+    fn samples(
+        spec: &WorkloadSpec,
+        skip: usize,
+        seqs: usize,
+        cap: usize,
+        seed: u64,
+    ) -> Vec<HeadSamples> {
+        let mut capture = spec.clone();
+        capture.batch = skip + seqs;
+        capture.queries = spec.seq / 2;
+        let wl = generate(&capture).unwrap();
+        let sh = wl.shape;
+        let q_per = sh.heads * sh.queries * sh.dim;
+        let k_per = sh.kv_heads * sh.seq * sh.dim;
+        let shape = CaptureShape {
+            batch: seqs,
+            heads: sh.heads,
+            kv_heads: sh.kv_heads,
+            q_seq: sh.queries,
+            seq: sh.seq,
+            dim: sh.dim,
+        };
+        let options = SampleOptions {
+            seed,
+            center_keys: true,
+            max_samples_per_head: cap,
+            ..SampleOptions::default()
+        };
+        samples_from_capture(
+            &wl.q[skip * q_per..],
+            &wl.k[skip * k_per..],
+            &shape,
+            &options,
+        )
+        .unwrap()
+    }
+
+    /// Each head's `[dim, rbit]` with orthonormal rows (Gram–Schmidt over the `dim` rows of
+    /// length `rbit`; `rbit ≥ dim`): a random tight frame, `W·Wᵀ = I`.
+    fn orthonormal_rows(w: &[f32], heads: usize, dim: usize, rbit: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(w.len());
+        for h in 0..heads {
+            let mut rows: Vec<Vec<f64>> = Vec::new();
+            for r in 0..dim {
+                let mut v: Vec<f64> = w[(h * dim + r) * rbit..][..rbit]
+                    .iter()
+                    .map(|&x| x as f64)
+                    .collect();
+                for b in &rows {
+                    let dot: f64 = v.iter().zip(b).map(|(x, y)| x * y).sum();
+                    v.iter_mut().zip(b).for_each(|(x, y)| *x -= dot * y);
+                }
+                let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                v.iter_mut().for_each(|x| *x /= n);
+                rows.push(v);
+            }
+            out.extend(rows.iter().flatten().map(|&x| x as f32));
+        }
+        out
+    }
+
+    /// The recall an infinitely long random sign hash would give: HATA's score with the
+    /// expected Hamming agreement `1 − 2θ/π` of each query head with the (centred) key, times
+    /// the key norm — the ceiling of random and tight-frame weights, which only estimate it.
+    fn ideal_recall(wl: &Workload, k: usize) -> f64 {
+        let sh = wl.shape;
+        let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
+        let g = h / hk;
+        let [(_, qw), (_, kw), _] = wl.decode_step_bf16();
+        let mass = group_mass(sh, &qw, &kw);
+        let mut total = 0.0;
+        for bb in 0..b {
+            for kv in 0..hk {
+                let key = |t: usize| &kw[((bb * s + t) * hk + kv) * d..][..d];
+                let mean: Vec<f64> = (0..d)
+                    .map(|c| (0..s).map(|t| key(t)[c]).sum::<f64>() / s as f64)
+                    .collect();
+                let scores: Vec<f64> = (0..s)
+                    .map(|t| {
+                        if t < 4 || t + 16 >= s {
+                            return f64::INFINITY;
+                        }
+                        let x: Vec<f64> = key(t).iter().zip(&mean).map(|(v, m)| v - m).collect();
+                        let nk = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+                        (0..g)
+                            .map(|j| {
+                                let q = &qw[(bb * h + kv * g + j) * d..][..d];
+                                let nq = q.iter().map(|v| v * v).sum::<f64>().sqrt();
+                                let c: f64 =
+                                    q.iter().zip(&x).map(|(a, b)| a * b).sum::<f64>() / (nq * nk);
+                                1.0 - 2.0 * c.clamp(-1.0, 1.0).acos() / std::f64::consts::PI
+                            })
+                            .sum::<f64>()
+                            * nk
+                    })
+                    .collect();
+                let row = bb * hk + kv;
+                total += recall(&top_k(&scores, k), &top_k(&mass[row * s..][..s], k));
+            }
+        }
+        total / (b * hk) as f64
+    }
+
+    #[test]
+    #[ignore]
+    fn hata_training_diagnosis() {
+        let seed = get("SEED", 1.0) as u64;
+        let rbit = get("RBIT", 128.0) as usize;
+        let mut spec = WorkloadSpec::decode(
+            1,
+            get("HEADS", 8.0) as usize,
+            get("KV", 2.0) as usize,
+            get("SEQ", 1024.0) as usize,
+            get("DIM", 64.0) as usize,
+        );
+        spec.seed = seed;
+        let eval = get("EVAL", 8.0) as usize;
+        let seqs = get("SEQS", 4.0) as usize;
+        let scale = get("SCALE", 1.0) as f32;
+        let mut heads = samples(&spec, eval, seqs, get("CAP", 65536.0) as usize, seed);
+        for h in &mut heads {
+            h.queries.iter_mut().for_each(|x| *x *= scale);
+            h.keys.iter_mut().for_each(|x| *x *= scale);
+        }
+        let mut o = TrainOptions::new(rbit as u32, get("EP", 20.0) as u32, seed);
+        o.lr = get("LR", 0.1) as f32;
+        o.batch = get("BATCH", 1024.0) as u32;
+        let d = spec.dim;
+        let w0 = random_weights(spec.kv_heads, d, rbit, seed);
+        let wide: Vec<f64> = w0.iter().map(|&v| v as f64).collect();
+        let t = std::time::Instant::now();
+        let (w, losses) = reference::train(&heads, &wide, &o);
+        let parts = |w: &[f64]| {
+            let all: Vec<u32> = (0..heads[0].len() as u32).collect();
+            loss(&w[..d * rbit], rbit, &heads[0], &all)
+        };
+        let (p0, p1) = (parts(&wide), parts(&w));
+        let trained: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+        let mut ev = spec.clone();
+        ev.batch = eval;
+        let wl = generate(&ev).unwrap();
+        let mut line = format!(
+            "seed {seed} rbit {rbit} ep {} seqs {seqs} scale {scale} lr {} n {} in {:.0?}: loss sim {:.4}→{:.4} bal {:.4}→{:.4} orth {:.2}→{:.2} (first {:.2} last {:.2}) |",
+            o.epochs, o.lr, heads[0].len(), t.elapsed(), p0.similarity, p1.similarity, p0.balance, p1.balance,
+            p0.orthogonality, p1.orthogonality, losses[0], losses[losses.len() - 1]
+        );
+        let ortho = orthonormal_rows(&w0, spec.kv_heads, d, rbit);
+        let ks: Vec<usize> = std::env::var("KS")
+            .unwrap_or("32,64,103".into())
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect();
+        for k in ks {
+            let at = |w: &[f32]| host_recall(&wl, w, rbit, k, (4, 16), true);
+            line.push_str(&format!(
+                " @{k} {:.3}/{:.3}/{:.3} (ideal {:.3})",
+                at(&w0),
+                at(&ortho),
+                at(&trained),
+                ideal_recall(&wl, k)
+            ));
+        }
+        println!("{line}");
     }
 }
