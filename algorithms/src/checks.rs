@@ -67,4 +67,8 @@ pub const CHECKS: &[(&str, Check)] = &[
         "add_rms_norm + rope + swiglu",
         pat::checks::decoder_kernels_match_reference,
     ),
+    (
+        "pat decoder: TP 1/2/4 over CommGroup vs float64, fixed-tree TP equality",
+        pat::checks::decoder_matches_reference,
+    ),
 ];

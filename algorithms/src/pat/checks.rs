@@ -2,8 +2,14 @@
 //! (with and without the add, a row width that leaves threads idle), rotary embeddings at
 //! large positions, and the SwiGLU gate. Inputs random, outputs poisoned.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::decoder::{DecoderConfig, DecoderOptions, DecoderWeights, Reduction, TpDecoder};
 use super::kernels::{add_rms_norm, rope, swiglu, NORM_THREADS};
-use crate::verify::{ensure, random_real, rel_err, widen, Real, Rng, VerifyError};
+use super::reference::{top2, ReferenceDecoder};
+use crate::verify::{ensure, ensure_eq, random_real, rel_err, widen, Real, Rng, VerifyError};
+use kiln::comm::CommGroup;
 use kiln_runtime::{Device, LaunchConfig};
 
 fn grid(blocks: u32, threads: u32) -> LaunchConfig {
@@ -140,4 +146,269 @@ pub fn decoder_kernels_match_reference(dev: &Device) -> Result<(), VerifyError> 
     rope_case::<half::f16>(dev, 64, 34)?;
     swiglu_case::<half::bf16>(dev, 35)?;
     swiglu_case::<half::f16>(dev, 36)
+}
+
+/// What one run of the decoder's test schedule produced, per sequence id: the generated
+/// tokens and the logits each was chosen from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DecoderRun {
+    /// Generated tokens per sequence.
+    pub tokens: BTreeMap<usize, Vec<u32>>,
+    /// Per sequence, the logits before each generated token.
+    pub logits: BTreeMap<usize, Vec<Vec<f32>>>,
+    /// Decode steps run.
+    pub steps: usize,
+}
+
+/// The test workload: `(id, prompt, tokens to generate, decode steps to wait before it
+/// joins)` — uneven prompts and lengths, so sequences retire at different steps (the batch
+/// compacts), and one that joins late, into a slot another sequence used.
+pub fn decoder_schedule(
+    config: &DecoderConfig,
+    gpu: bool,
+    seed: u64,
+) -> Vec<(usize, Vec<u32>, usize, usize)> {
+    let mut rng = Rng::new(seed);
+    let shape: &[(usize, usize, usize)] = if gpu {
+        &[(97, 6, 0), (300, 12, 0), (731, 9, 0), (64, 5, 3)]
+    } else {
+        &[(5, 2, 0), (11, 5, 0), (19, 3, 0), (7, 3, 2)]
+    };
+    shape
+        .iter()
+        .enumerate()
+        .map(|(id, &(len, new, wait))| {
+            let prompt = (0..len).map(|_| rng.u32() % config.vocab).collect();
+            (id, prompt, new, wait)
+        })
+        .collect()
+}
+
+/// Runs [`decoder_schedule`] on a decoder over `group`.
+pub fn run_decoder_schedule<T: Real>(
+    group: Arc<CommGroup>,
+    weights: &DecoderWeights<T>,
+    schedule: &[(usize, Vec<u32>, usize, usize)],
+    reduction: Reduction,
+) -> Result<DecoderRun, VerifyError> {
+    let longest = schedule
+        .iter()
+        .map(|(_, p, n, _)| p.len() + n)
+        .max()
+        .unwrap_or(1);
+    let options = DecoderOptions {
+        slots: schedule.len() as u32,
+        max_seq: longest as u32,
+        reduction,
+        record_logits: true,
+    };
+    let mut dec = TpDecoder::new(group, weights, options)?;
+    let mut run = DecoderRun::default();
+    let mut pending: Vec<_> = schedule.to_vec();
+    loop {
+        let mut i = 0;
+        while i < pending.len() {
+            if pending[i].3 <= run.steps {
+                let (id, prompt, new, _) = pending.remove(i);
+                let first = dec.add(id, &prompt, new)?;
+                run.tokens.entry(id).or_default().push(first);
+                let logits = dec.prompt_logits.take().ok_or_else(|| {
+                    VerifyError::Mismatch("the prompt's logits were not recorded".into())
+                })?;
+                run.logits.entry(id).or_default().push(logits);
+            } else {
+                i += 1;
+            }
+        }
+        if dec.active().is_empty() && pending.is_empty() {
+            break;
+        }
+        let out = dec.step()?;
+        run.steps += 1;
+        let logits = out.logits.unwrap_or_default();
+        ensure_eq!(logits.len(), out.tokens.len(), "logits per token");
+        for ((id, t), l) in out.tokens.into_iter().zip(logits) {
+            run.tokens.entry(id).or_default().push(t);
+            run.logits.entry(id).or_default().push(l);
+        }
+        ensure!(run.steps < 10_000, "the schedule does not finish");
+    }
+    for (id, tokens) in dec.take_retired() {
+        ensure_eq!(
+            Some(&tokens),
+            run.tokens.get(&id),
+            "sequence {id}'s retired tokens"
+        );
+    }
+    for (id, _, new, _) in schedule {
+        ensure_eq!(run.tokens[id].len(), *new, "sequence {id} generated");
+    }
+    Ok(run)
+}
+
+/// The groups the decoder checks run on: 1, 2 and 4 emulated ranks, or on GPUs 1 and as
+/// many of 2 and 4 as are visible.
+fn decoder_groups(dev: &Device) -> Result<Vec<Arc<CommGroup>>, VerifyError> {
+    if !dev.is_gpu() {
+        return [1, 2, 4]
+            .into_iter()
+            .map(|n| Ok(Arc::new(CommGroup::emulated(n)?)))
+            .collect();
+    }
+    let visible = Device::gpu_count();
+    [1usize, 2, 4]
+        .into_iter()
+        .filter(|&n| n <= visible.max(1))
+        .map(|n| Ok(Arc::new(CommGroup::gpus(n)?)))
+        .collect()
+}
+
+/// The shape the decoder checks use: [`DecoderConfig::small`] on the emulator; on a GPU two
+/// layers of a wider model with LLaMA's head dimension (hidden 2048, 16/8 heads of 128, FFN
+/// 4096, vocabulary 8192).
+pub fn check_config(dev: &Device) -> DecoderConfig {
+    if dev.is_gpu() {
+        DecoderConfig {
+            layers: 2,
+            hidden: 2048,
+            heads: 16,
+            kv_heads: 8,
+            head_dim: 128,
+            ffn: 4096,
+            vocab: 8192,
+            ..DecoderConfig::small()
+        }
+    } else {
+        DecoderConfig::small()
+    }
+}
+
+/// What [`decoder_tp_report`] measured.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TpReport {
+    /// Largest relative error of a logit vector against float64 (TP = 1).
+    pub worst_logit_err: f64,
+    /// Positions whose reference top-2 margin exceeded twice the logits' error, where the
+    /// greedy token had to equal the reference's; and of those, how many did.
+    pub clear_positions: usize,
+    /// Of `clear_positions`, how many tokens equal the reference's.
+    pub clear_agree: usize,
+    /// All generated positions.
+    pub positions: usize,
+    /// Per TP > 1 under the fixed tree: whether tokens and logits equal TP = 1's bit for bit.
+    pub fixed_tree_equal: Vec<(usize, bool)>,
+    /// Per TP > 1 under a plain all-reduce: largest |logit − TP 1's|, and tokens that differ
+    /// from TP = 1's.
+    pub all_reduce: Vec<(usize, f32, usize)>,
+}
+
+/// The decoder on every group of [`decoder_groups`], against float64 and against itself
+/// across TP: see [`decoder_matches_reference`].
+pub fn decoder_tp_report(dev: &Device) -> Result<TpReport, VerifyError> {
+    type T = half::bf16;
+    let config = check_config(dev);
+    let weights = DecoderWeights::<T>::random(&config, 91);
+    let schedule = decoder_schedule(&config, dev.is_gpu(), 92);
+    let groups = decoder_groups(dev)?;
+    let mut report = TpReport::default();
+    let base = run_decoder_schedule(groups[0].clone(), &weights, &schedule, Reduction::FixedTree)?;
+    let reference = ReferenceDecoder::new(&weights);
+    for (id, prompt, _, _) in &schedule {
+        let generated = &base.tokens[id];
+        let mut fed = prompt.clone();
+        fed.extend(&generated[..generated.len() - 1]);
+        let want = reference.logits(&fed);
+        for (i, got) in base.logits[id].iter().enumerate() {
+            let want = &want[prompt.len() - 1 + i];
+            let got64: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+            let e = rel_err(&got64, want);
+            report.worst_logit_err = report.worst_logit_err.max(e);
+            let abs = got64
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            let (best, margin) = top2(want);
+            report.positions += 1;
+            if margin > 2.0 * abs {
+                report.clear_positions += 1;
+                report.clear_agree += (generated[i] as usize == best) as usize;
+            }
+        }
+    }
+    for group in &groups[1..] {
+        let n = group.ranks();
+        let tree = run_decoder_schedule(group.clone(), &weights, &schedule, Reduction::FixedTree)?;
+        let bits = |r: &DecoderRun| -> Vec<Vec<u32>> {
+            r.logits
+                .values()
+                .flat_map(|v| v.iter().map(|l| l.iter().map(|x| x.to_bits()).collect()))
+                .collect()
+        };
+        report
+            .fixed_tree_equal
+            .push((n, tree.tokens == base.tokens && bits(&tree) == bits(&base)));
+        let plain = run_decoder_schedule(group.clone(), &weights, &schedule, Reduction::AllReduce)?;
+        let mut diff = 0.0f32;
+        let mut tokens_differ = 0;
+        for (id, ls) in &plain.logits {
+            for (a, b) in ls.iter().zip(&base.logits[id]) {
+                diff = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(diff, f32::max);
+            }
+            tokens_differ += plain.tokens[id]
+                .iter()
+                .zip(&base.tokens[id])
+                .filter(|(a, b)| a != b)
+                .count();
+        }
+        report.all_reduce.push((n, diff, tokens_differ));
+    }
+    Ok(report)
+}
+
+/// The decoder (random bf16 weights, [`decoder_schedule`]: prefill, decode steps with
+/// per-sequence lengths, retirement and compaction, a late join) on 1, 2 and 4 ranks of a
+/// [`CommGroup`]: TP = 1's logits against the float64 reference (relative error within
+/// bf16's), its greedy tokens equal to the reference's wherever the reference's top-2 margin
+/// is clear of the error; TP = 2 and 4 with the fixed reduction tree equal to TP = 1 bit for
+/// bit (tokens and logits); with a plain all-reduce, logits within the same tolerance.
+pub fn decoder_matches_reference(dev: &Device) -> Result<(), VerifyError> {
+    let r = decoder_tp_report(dev)?;
+    println!(
+        "pat decoder: logits vs float64 {:.2e}; greedy = reference at {}/{} clear-margin positions ({} in all); \
+         fixed tree bit-equal to TP 1: {:?}; plain all-reduce (TP, max |Δlogit|, tokens differing): {:?}",
+        r.worst_logit_err, r.clear_agree, r.clear_positions, r.positions, r.fixed_tree_equal, r.all_reduce
+    );
+    ensure!(
+        r.worst_logit_err < 3e-2,
+        "logits vs float64: {:.2e}",
+        r.worst_logit_err
+    );
+    ensure!(
+        r.clear_positions * 2 >= r.positions,
+        "too few clear-margin positions: {r:?}"
+    );
+    ensure_eq!(
+        r.clear_agree,
+        r.clear_positions,
+        "greedy tokens at clear margins"
+    );
+    for &(n, equal) in &r.fixed_tree_equal {
+        ensure!(equal, "TP = {n} (fixed tree) differs from TP = 1");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_tp_equal_and_matches_reference_on_the_emulator() {
+        decoder_matches_reference(&Device::emulator()).unwrap();
+    }
 }

@@ -14,9 +14,11 @@
 //! migration, and the multi-GPU runs.
 
 pub mod checks;
+pub mod decoder;
 pub mod demo;
 pub mod kernels;
 pub mod predictor;
 pub mod profile;
+pub mod reference;
 pub mod simulate;
 pub mod workload;
