@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::decoder::{DecoderConfig, DecoderOptions, DecoderWeights, Reduction, TpDecoder};
-use super::kernels::{add_rms_norm, rope, swiglu, NORM_THREADS};
+use super::kernels::{
+    add_rms_norm, argmax_rows, clear_counts, embed, kv_append, kv_move, qkv_split, rope, swiglu,
+    take_cols, transpose_heads, tree_sum, NORM_THREADS,
+};
 use super::reference::{top2, ReferenceDecoder};
 use crate::verify::{ensure, ensure_eq, random_real, rel_err, widen, Real, Rng, VerifyError};
 use kiln::comm::CommGroup;
@@ -138,6 +141,338 @@ fn swiglu_case<T: Real>(dev: &Device, seed: u64) -> Result<(), VerifyError> {
     Ok(())
 }
 
+fn cfg(n: usize) -> LaunchConfig {
+    grid((n as u32).div_ceil(256).max(1), 256)
+}
+
+fn bits<T: Real>(v: &[T]) -> Vec<u32> {
+    v.iter().map(|x| x.to_f32().to_bits()).collect()
+}
+
+/// The decoder's data-movement kernels (the QKV split, the KV append and move, the head
+/// transposes, column blocks, the fixed-order sum, the embedding, the arg-max, clearing a
+/// slot's sizes) against host copies: exactly, outputs poisoned or filled with random values
+/// that must survive where nothing is written.
+fn movement_cases<T: Real>(dev: &Device, seed: u64) -> Result<(), VerifyError> {
+    let mut rng = Rng::new(seed);
+    let (heads, kvh, d) = (4usize, 2usize, 8usize);
+    // qkv_split: 5 tokens of a 16-row GEMM output
+    let (tokens, width) = (5usize, (heads + 2 * kvh) * d);
+    let qkv: Vec<f32> = rng.f32s(16 * width).iter().map(|v| 4.0 * v).collect();
+    let poison = |n: usize| vec![T::NAN; n];
+    let (mut q, mut k, mut v) = (
+        dev.upload(&poison(tokens * heads * d))?,
+        dev.upload(&poison(tokens * kvh * d))?,
+        dev.upload(&poison(tokens * kvh * d))?,
+    );
+    let kern = qkv_split::spec().t(T::DTYPE).build(dev)?;
+    qkv_split::launch(
+        &kern,
+        &cfg(tokens * width),
+        &dev.upload(&qkv)?,
+        &mut q,
+        &mut k,
+        &mut v,
+        tokens as u32,
+        heads as u32,
+        kvh as u32,
+        d as u32,
+    )?;
+    let round = |x: f32| T::from_f32(x);
+    let (mut wq, mut wk, mut wv) = (Vec::new(), Vec::new(), Vec::new());
+    for t in 0..tokens {
+        let row = &qkv[t * width..(t + 1) * width];
+        wq.extend(row[..heads * d].iter().map(|&x| round(x)));
+        wk.extend(row[heads * d..(heads + kvh) * d].iter().map(|&x| round(x)));
+        wv.extend(row[(heads + kvh) * d..].iter().map(|&x| round(x)));
+    }
+    ensure_eq!(bits(&dev.download(&q)?), bits(&wq), "qkv_split q");
+    ensure_eq!(bits(&dev.download(&k)?), bits(&wk), "qkv_split k");
+    ensure_eq!(bits(&dev.download(&v)?), bits(&wv), "qkv_split v");
+
+    // kv_append into 3 slots of 6 positions; kv_move; clear_counts
+    let (slots, cap, rows) = (3usize, 6usize, 4usize);
+    let per = kvh * d;
+    let kc0 = random_real::<T>(&mut rng, slots * cap * per, 1.0);
+    let vc0 = random_real::<T>(&mut rng, slots * cap * per, 1.0);
+    let counts0 = vec![7.0f32; slots * cap * kvh];
+    let kn = random_real::<T>(&mut rng, rows * per, 1.0);
+    let vn = random_real::<T>(&mut rng, rows * per, 1.0);
+    let slot = [2u32, 0, 2, 1];
+    let pos = [0u32, 5, 3, 2];
+    let (mut kc, mut vc, mut counts) =
+        (dev.upload(&kc0)?, dev.upload(&vc0)?, dev.upload(&counts0)?);
+    let kern = kv_append::spec().t(T::DTYPE).build(dev)?;
+    kv_append::launch(
+        &kern,
+        &cfg(rows * per),
+        &dev.upload(&kn)?,
+        &dev.upload(&vn)?,
+        &mut kc,
+        &mut vc,
+        &mut counts,
+        &dev.upload(&slot)?,
+        &dev.upload(&pos)?,
+        rows as u32,
+        kvh as u32,
+        d as u32,
+        cap as u32,
+    )?;
+    let (mut wk, mut wv, mut wc) = (kc0.clone(), vc0.clone(), counts0.clone());
+    for r in 0..rows {
+        let entry = slot[r] as usize * cap + pos[r] as usize;
+        wk[entry * per..(entry + 1) * per].copy_from_slice(&kn[r * per..(r + 1) * per]);
+        wv[entry * per..(entry + 1) * per].copy_from_slice(&vn[r * per..(r + 1) * per]);
+        wc[entry * kvh..(entry + 1) * kvh].fill(1.0);
+    }
+    ensure_eq!(bits(&dev.download(&kc)?), bits(&wk), "kv_append keys");
+    ensure_eq!(bits(&dev.download(&vc)?), bits(&wv), "kv_append values");
+    ensure_eq!(dev.download(&counts)?, wc, "kv_append sizes");
+    let kern = kv_move::spec().t(T::DTYPE).build(dev)?;
+    let (from, to, moved) = (2usize, 0usize, 4usize);
+    kv_move::launch(
+        &kern,
+        &cfg(cap * per),
+        &mut kc,
+        &mut vc,
+        &mut counts,
+        from as u32,
+        to as u32,
+        moved as u32,
+        kvh as u32,
+        d as u32,
+        cap as u32,
+    )?;
+    let (src, dst) = (from * cap * per, to * cap * per);
+    let kept = wk[src..src + moved * per].to_vec();
+    wk[dst..dst + moved * per].copy_from_slice(&kept);
+    let kept = wv[src..src + moved * per].to_vec();
+    wv[dst..dst + moved * per].copy_from_slice(&kept);
+    let kept = wc[from * cap * kvh..(from + 1) * cap * kvh].to_vec();
+    wc[to * cap * kvh..(to + 1) * cap * kvh].copy_from_slice(&kept);
+    ensure_eq!(bits(&dev.download(&kc)?), bits(&wk), "kv_move keys");
+    ensure_eq!(bits(&dev.download(&vc)?), bits(&wv), "kv_move values");
+    ensure_eq!(dev.download(&counts)?, wc, "kv_move sizes");
+    let kern = clear_counts::spec().build(dev)?;
+    clear_counts::launch(
+        &kern,
+        &cfg(cap * kvh),
+        &mut counts,
+        1,
+        cap as u32,
+        kvh as u32,
+    )?;
+    wc[cap * kvh..2 * cap * kvh].fill(0.0);
+    ensure_eq!(dev.download(&counts)?, wc, "clear_counts");
+
+    // transpose_heads there and back
+    let (tt, hh) = (7usize, 3usize);
+    let x = random_real::<T>(&mut rng, tt * hh * d, 1.0);
+    let kern = transpose_heads::spec().t(T::DTYPE).build(dev)?;
+    let mut there = dev.upload(&poison(x.len()))?;
+    let mut back = dev.upload(&poison(x.len()))?;
+    let xd = dev.upload(&x)?;
+    transpose_heads::launch(
+        &kern,
+        &cfg(x.len()),
+        &xd,
+        &mut there,
+        tt as u32,
+        hh as u32,
+        d as u32,
+        true,
+    )?;
+    transpose_heads::launch(
+        &kern,
+        &cfg(x.len()),
+        &there,
+        &mut back,
+        tt as u32,
+        hh as u32,
+        d as u32,
+        false,
+    )?;
+    let mut want = x.clone();
+    for t in 0..tt {
+        for h in 0..hh {
+            for e in 0..d {
+                want[(h * tt + t) * d + e] = x[(t * hh + h) * d + e];
+            }
+        }
+    }
+    ensure_eq!(
+        bits(&dev.download(&there)?),
+        bits(&want),
+        "transpose_heads to heads"
+    );
+    ensure_eq!(
+        bits(&dev.download(&back)?),
+        bits(&x),
+        "transpose_heads back"
+    );
+
+    // take_cols: 3 valid rows from row 2, columns 8..24 of 40, into 16 rows
+    let (src_rows, src_cols, col0, cols, valid, row0) =
+        (6usize, 40usize, 8usize, 16usize, 3usize, 2usize);
+    let src = random_real::<T>(&mut rng, src_rows * src_cols, 1.0);
+    let kern = take_cols::spec().t(T::DTYPE).build(dev)?;
+    let mut dst = dev.upload(&poison(16 * cols))?;
+    take_cols::launch(
+        &kern,
+        &cfg(16 * cols),
+        &dev.upload(&src)?,
+        &mut dst,
+        valid as u32,
+        row0 as u32,
+        src_cols as u32,
+        col0 as u32,
+        cols as u32,
+    )?;
+    let want: Vec<T> = (0..16 * cols)
+        .map(|i| {
+            let (r, c) = (i / cols, i % cols);
+            if r < valid {
+                src[(row0 + r) * src_cols + col0 + c]
+            } else {
+                T::from_f32(0.0)
+            }
+        })
+        .collect();
+    ensure_eq!(bits(&dev.download(&dst)?), bits(&want), "take_cols");
+
+    // tree_sum over separate parts and over one gathered buffer, into T and f32
+    let len = 300usize;
+    let parts: Vec<Vec<f32>> = (0..4)
+        .map(|_| rng.f32s(len).iter().map(|v| 3.0 * v).collect())
+        .collect();
+    let pd = parts
+        .iter()
+        .map(|p| dev.upload(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let gathered: Vec<f32> = parts.concat();
+    let gd = dev.upload(&gathered)?;
+    let kt = tree_sum::spec().t(T::DTYPE).build(dev)?;
+    let kf = tree_sum::spec().t(kiln_codegen::Dtype::F32).build(dev)?;
+    for n in [1usize, 2, 4] {
+        let want: Vec<f32> = (0..len)
+            .map(|j| match n {
+                1 => parts[0][j],
+                2 => parts[0][j] + parts[1][j],
+                _ => (parts[0][j] + parts[1][j]) + (parts[2][j] + parts[3][j]),
+            })
+            .collect();
+        let mut out_t = dev.upload(&poison(len))?;
+        tree_sum::launch(
+            &kt,
+            &cfg(len),
+            &pd[0],
+            &pd[1],
+            &pd[2],
+            &pd[3],
+            &mut out_t,
+            n as u32,
+            len as u32,
+            0,
+        )?;
+        let want_t: Vec<T> = want.iter().map(|&x| T::from_f32(x)).collect();
+        ensure_eq!(
+            bits(&dev.download(&out_t)?),
+            bits(&want_t),
+            "tree_sum of {n} parts"
+        );
+        let mut out_f = dev.upload(&vec![f32::NAN; len])?;
+        tree_sum::launch(
+            &kf,
+            &cfg(len),
+            &gd,
+            &gd,
+            &gd,
+            &gd,
+            &mut out_f,
+            n as u32,
+            len as u32,
+            len as u32,
+        )?;
+        let got: Vec<u32> = dev.download(&out_f)?.iter().map(|x| x.to_bits()).collect();
+        let want_bits: Vec<u32> = want.iter().map(|x| x.to_bits()).collect();
+        ensure_eq!(got, want_bits, "tree_sum of {n} gathered parts (f32)");
+    }
+
+    // embed: 5 of 16 rows
+    let (vocab, hidden) = (37usize, 24usize);
+    let table = random_real::<T>(&mut rng, vocab * hidden, 1.0);
+    let ids: Vec<u32> = (0..5).map(|_| rng.u32() % vocab as u32).collect();
+    let kern = embed::spec().t(T::DTYPE).build(dev)?;
+    let mut out = dev.upload(&poison(16 * hidden))?;
+    embed::launch(
+        &kern,
+        &cfg(16 * hidden),
+        &dev.upload(&table)?,
+        &dev.upload(&ids)?,
+        &mut out,
+        5,
+        hidden as u32,
+    )?;
+    let mut want = vec![T::from_f32(0.0); 16 * hidden];
+    for (r, &id) in ids.iter().enumerate() {
+        want[r * hidden..(r + 1) * hidden]
+            .copy_from_slice(&table[id as usize * hidden..(id as usize + 1) * hidden]);
+    }
+    ensure_eq!(bits(&dev.download(&out)?), bits(&want), "embed");
+    Ok(())
+}
+
+/// [`argmax_rows`] over 3 vocabulary shards of 300 (more than a block's threads): random
+/// rows, a tie across shards (the lower index wins), a NaN beside a finite maximum (ignored),
+/// and a row of NaNs (`u32::MAX`).
+fn argmax_case(dev: &Device, seed: u64) -> Result<(), VerifyError> {
+    let mut rng = Rng::new(seed);
+    let (shards, rows, cols) = (3usize, 5usize, 300usize);
+    let mut logits: Vec<f32> = rng.f32s(shards * rows * cols);
+    let at = |s: usize, r: usize, j: usize| (s * rows + r) * cols + j;
+    // row 1: a tie between shard 2 column 10 and shard 0 column 299
+    logits[at(2, 1, 10)] = 5.0;
+    logits[at(0, 1, 299)] = 5.0;
+    // row 2: a NaN and a maximum after it
+    logits[at(1, 2, 7)] = f32::NAN;
+    logits[at(1, 2, 200)] = 9.0;
+    // row 4: NaNs only
+    for s in 0..shards {
+        for j in 0..cols {
+            logits[at(s, 4, j)] = f32::NAN;
+        }
+    }
+    let kern = argmax_rows::spec().build(dev)?;
+    let mut best = dev.upload(&vec![7u32; rows])?;
+    let mut val = dev.upload(&vec![f32::NAN; rows])?;
+    argmax_rows::launch(
+        &kern,
+        &grid(rows as u32, 256),
+        &dev.upload(&logits)?,
+        &mut best,
+        &mut val,
+        shards as u32,
+        rows as u32,
+        cols as u32,
+    )?;
+    let (best, val) = (dev.download(&best)?, dev.download(&val)?);
+    for r in 0..4 {
+        let mut want = (u32::MAX, f32::NEG_INFINITY);
+        for s in 0..shards {
+            for j in 0..cols {
+                let v = logits[at(s, r, j)];
+                if v > want.1 {
+                    want = ((s * cols + j) as u32, v);
+                }
+            }
+        }
+        ensure_eq!((best[r], val[r]), want, "argmax of row {r}");
+    }
+    ensure_eq!(best[1], 299, "a tie goes to the lower index");
+    ensure_eq!(best[4], u32::MAX, "a row of NaNs");
+    Ok(())
+}
+
 /// Every decoder kernel against its reference, bf16 and f16.
 pub fn decoder_kernels_match_reference(dev: &Device) -> Result<(), VerifyError> {
     norm_case::<half::bf16>(dev, true, 31)?;
@@ -145,7 +480,10 @@ pub fn decoder_kernels_match_reference(dev: &Device) -> Result<(), VerifyError> 
     rope_case::<half::bf16>(dev, 128, 33)?;
     rope_case::<half::f16>(dev, 64, 34)?;
     swiglu_case::<half::bf16>(dev, 35)?;
-    swiglu_case::<half::f16>(dev, 36)
+    swiglu_case::<half::f16>(dev, 36)?;
+    movement_cases::<half::bf16>(dev, 37)?;
+    movement_cases::<half::f16>(dev, 38)?;
+    argmax_case(dev, 39)
 }
 
 /// What one run of the decoder's test schedule produced, per sequence id: the generated
@@ -297,8 +635,8 @@ pub struct TpReport {
     pub positions: usize,
     /// Per TP > 1 under the fixed tree: whether tokens and logits equal TP = 1's bit for bit.
     pub fixed_tree_equal: Vec<(usize, bool)>,
-    /// Per TP > 1 under a plain all-reduce: largest |logit − TP 1's|, and tokens that differ
-    /// from TP = 1's.
+    /// Per TP > 1 under a plain all-reduce: largest |logit − TP 1's| (TP = 1 also plain: one
+    /// GEMM over all of K), and tokens that differ from TP = 1's.
     pub all_reduce: Vec<(usize, f32, usize)>,
 }
 
@@ -336,6 +674,9 @@ pub fn decoder_tp_report(dev: &Device) -> Result<TpReport, VerifyError> {
             }
         }
     }
+    // the plain scheme at TP = 1: one GEMM over all of K per row-sharded projection
+    let plain_base =
+        run_decoder_schedule(groups[0].clone(), &weights, &schedule, Reduction::AllReduce)?;
     for group in &groups[1..] {
         let n = group.ranks();
         let tree = run_decoder_schedule(group.clone(), &weights, &schedule, Reduction::FixedTree)?;
@@ -352,7 +693,7 @@ pub fn decoder_tp_report(dev: &Device) -> Result<TpReport, VerifyError> {
         let mut diff = 0.0f32;
         let mut tokens_differ = 0;
         for (id, ls) in &plain.logits {
-            for (a, b) in ls.iter().zip(&base.logits[id]) {
+            for (a, b) in ls.iter().zip(&plain_base.logits[id]) {
                 diff = a
                     .iter()
                     .zip(b)
@@ -361,7 +702,7 @@ pub fn decoder_tp_report(dev: &Device) -> Result<TpReport, VerifyError> {
             }
             tokens_differ += plain.tokens[id]
                 .iter()
-                .zip(&base.tokens[id])
+                .zip(&plain_base.tokens[id])
                 .filter(|(a, b)| a != b)
                 .count();
         }
@@ -406,6 +747,11 @@ pub fn decoder_matches_reference(dev: &Device) -> Result<(), VerifyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoder_kernels_match_reference_on_the_emulator() {
+        decoder_kernels_match_reference(&Device::emulator()).unwrap();
+    }
 
     #[test]
     fn decoder_tp_equal_and_matches_reference_on_the_emulator() {

@@ -790,6 +790,86 @@ impl<T: Real> TpDecoder<T> {
         Ok(token[0])
     }
 
+    /// For profiling: adds a sequence whose cache already holds `context` positions of
+    /// random keys and values (what a prefill of that length would leave, as far as a step's
+    /// time goes: it depends on the lengths, not the values) and whose last token is `token`;
+    /// it generates `max_new` tokens in all, `token` counted.
+    pub fn add_random_context(
+        &mut self,
+        id: usize,
+        context: u32,
+        max_new: usize,
+        token: u32,
+        seed: u64,
+    ) -> Result<(), DecoderError> {
+        let d = self.dims;
+        if self.active.len() >= d.slots {
+            return Err(DecoderError::Config(format!(
+                "the batch is full ({} slots)",
+                d.slots
+            )));
+        }
+        if context == 0
+            || max_new == 0
+            || context as usize + max_new - 1 > d.cap
+            || token >= self.config.vocab
+        {
+            return Err(DecoderError::Config(format!(
+                "a context of {context} + {max_new} tokens (cache {}), token {token} (vocabulary {})",
+                d.cap, self.config.vocab
+            )));
+        }
+        let slot = self.active.len() as u32;
+        let rows = context as usize;
+        let mut rng = Rng::new(seed);
+        let kv: Vec<T> = (0..rows * d.kv_heads * d.dim)
+            .map(|_| T::from_f32(rng.f32()))
+            .collect();
+        for rank in &mut self.ranks {
+            let dev = rank.device.clone();
+            let k_new = dev.upload(&kv)?;
+            let slots = dev.upload(&vec![slot; rows])?;
+            let pos = dev.upload(&(0..context).collect::<Vec<u32>>())?;
+            clear_counts::launch(
+                &rank.kernels.clear,
+                &elems(d.cap * d.kv_heads),
+                &mut rank.counts,
+                slot,
+                d.cap as u32,
+                d.kv_heads as u32,
+            )?;
+            for layer in &mut rank.layers {
+                kv_append::launch(
+                    &rank.kernels.append,
+                    &elems(rows * d.kv_heads * d.dim),
+                    &k_new,
+                    &k_new,
+                    &mut layer.k_cache,
+                    &mut layer.v_cache,
+                    &mut rank.counts,
+                    &slots,
+                    &pos,
+                    context,
+                    d.kv_heads as u32,
+                    d.dim as u32,
+                    d.cap as u32,
+                )?;
+            }
+        }
+        self.active.push(Sequence {
+            id,
+            len: context,
+            generated: vec![token],
+            max_new,
+        });
+        self.retire_finished()
+    }
+
+    /// Drops every active sequence (their tokens are not kept).
+    pub fn clear(&mut self) {
+        self.active.clear();
+    }
+
     /// One decode step for every active sequence: feeds its last token at its own position,
     /// appends the greedy next token, and retires the sequences that are done (compacting the
     /// batch). Nothing to do (an empty batch) is an empty output.
