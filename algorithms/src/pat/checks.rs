@@ -655,9 +655,9 @@ pub fn decoder_tp_report(dev: &Device) -> Result<TpReport, VerifyError> {
         let generated = &base.tokens[id];
         let mut fed = prompt.clone();
         fed.extend(&generated[..generated.len() - 1]);
-        let want = reference.logits(&fed);
+        let want = reference.logits(&fed, prompt.len() - 1);
         for (i, got) in base.logits[id].iter().enumerate() {
-            let want = &want[prompt.len() - 1 + i];
+            let want = &want[i];
             let got64: Vec<f64> = got.iter().map(|&v| v as f64).collect();
             let e = rel_err(&got64, want);
             report.worst_logit_err = report.worst_logit_err.max(e);
@@ -747,6 +747,76 @@ pub fn decoder_matches_reference(dev: &Device) -> Result<(), VerifyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_decoder_configs_and_requests_are_refused() {
+        use crate::pat::decoder::DecoderError;
+        let ok = DecoderConfig::small();
+        for tp in [1, 2, 4] {
+            ok.validate(tp, Reduction::FixedTree).unwrap();
+            ok.validate(tp, Reduction::AllReduce).unwrap();
+        }
+        let bad = [
+            (DecoderConfig { head_dim: 96, ..ok }, 1, "head dimension"),
+            (DecoderConfig { kv_heads: 3, ..ok }, 1, "KV heads"),
+            (
+                DecoderConfig {
+                    heads: 80,
+                    kv_heads: 4,
+                    ..ok
+                },
+                1,
+                "at most 16",
+            ),
+            (ok, 3, "1, 2 or 4"),
+            (
+                DecoderConfig {
+                    kv_heads: 2,
+                    heads: 8,
+                    ..ok
+                },
+                4,
+                "do not split",
+            ),
+            (DecoderConfig { pieces: 2, ..ok }, 4, "pieces"),
+            (DecoderConfig { hidden: 8200, ..ok }, 1, "hidden"),
+            (DecoderConfig { ffn: 520, ..ok }, 1, "ffn"),
+            (DecoderConfig { vocab: 520, ..ok }, 1, "vocabulary"),
+            (DecoderConfig { layers: 0, ..ok }, 1, "no layers"),
+        ];
+        for (c, tp, what) in bad {
+            match c.validate(tp, Reduction::FixedTree) {
+                Err(DecoderError::Config(m)) => assert!(m.contains(what), "{what}: {m}"),
+                other => panic!("{c:?} at TP {tp} was not refused for {what}: {other:?}"),
+            }
+        }
+        let weights = DecoderWeights::<half::bf16>::random(&ok, 5);
+        let options = DecoderOptions {
+            slots: 1,
+            max_seq: 8,
+            reduction: Reduction::FixedTree,
+            record_logits: false,
+        };
+        let group = Arc::new(CommGroup::emulated(1).unwrap());
+        let mut short = weights.clone();
+        short.lm_head.pop();
+        assert!(matches!(
+            TpDecoder::new(group.clone(), &short, options),
+            Err(DecoderError::Config(m)) if m.contains("lm_head")
+        ));
+        let mut dec = TpDecoder::new(group, &weights, options).unwrap();
+        let refused = |r: Result<u32, DecoderError>, what: &str| match r {
+            Err(DecoderError::Config(m)) => assert!(m.contains(what), "{what}: {m}"),
+            other => panic!("not refused ({what}): {other:?}"),
+        };
+        refused(dec.add(0, &[1; 6], 4), "cache positions");
+        refused(dec.add(0, &[ok.vocab], 1), "outside the vocabulary");
+        refused(dec.add(0, &[], 1), "a prompt");
+        assert!(
+            dec.step().unwrap().tokens.is_empty(),
+            "an empty batch steps to nothing"
+        );
+    }
 
     #[test]
     fn decoder_kernels_match_reference_on_the_emulator() {

@@ -191,7 +191,7 @@ impl DecoderConfig {
                 c.vocab
             ));
         }
-        if !(c.rope_base > 1.0) || !(c.eps > 0.0) {
+        if !(c.rope_base.is_finite() && c.rope_base > 1.0 && c.eps.is_finite() && c.eps > 0.0) {
             return bad(format!(
                 "RoPE base {} must exceed 1 and eps {} be positive",
                 c.rope_base, c.eps

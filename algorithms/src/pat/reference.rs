@@ -68,9 +68,9 @@ impl ReferenceDecoder {
         }
     }
 
-    /// The logits `[vocab]` after every position of `tokens` (causal: position `t` sees
-    /// tokens `0 ..= t`).
-    pub fn logits(&self, tokens: &[u32]) -> Vec<Vec<f64>> {
+    /// The logits `[vocab]` after every position of `tokens` from `from` on (causal:
+    /// position `t` sees tokens `0 ..= t`); `out[i]` is position `from + i`.
+    pub fn logits(&self, tokens: &[u32], from: usize) -> Vec<Vec<f64>> {
         let c = &self.config;
         let (h, d) = (c.hidden as usize, c.head_dim as usize);
         let (heads, kvh) = (c.heads as usize, c.kv_heads as usize);
@@ -131,6 +131,7 @@ impl ReferenceDecoder {
             }
         }
         x.iter()
+            .skip(from)
             .map(|row| matvec(&self.lm_head, &rms_norm(row, &self.final_norm, eps)))
             .collect()
     }
