@@ -51,7 +51,7 @@ fn step_ms(
 ) -> Result<f64, Box<dyn std::error::Error>> {
     dec.clear();
     for i in 0..batch {
-        dec.add_random_context(i as usize, context, 1000, 1 + i, 7 + i as u64)?;
+        dec.add_random_context(i as usize, context, 16, 1 + i, 7 + i as u64)?;
     }
     dec.synchronize()?;
     let mut times = Vec::new();
@@ -113,6 +113,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_seq,
             reduction: Reduction::FixedTree,
             record_logits: false,
+            eos: None,
         };
         let mut dec = TpDecoder::new(group.clone(), &weights, options)?;
         for &context in &contexts {
@@ -155,8 +156,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         prefill.push(serde_json::json!({"tp": tp, "tokens": 2048, "ms": ms}));
         drop(dec);
-        // the plain all-reduce at a few points: what exact TP equality costs
-        if tp > 1 {
+        // the plain scheme at a few points (one GEMM per rank and projection, all-reduce):
+        // what exact TP equality costs
+        {
             let options = DecoderOptions {
                 reduction: Reduction::AllReduce,
                 ..options

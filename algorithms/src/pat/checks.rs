@@ -539,6 +539,7 @@ pub fn run_decoder_schedule<T: Real>(
         max_seq: longest as u32,
         reduction,
         record_logits: true,
+        eos: None,
     };
     let mut dec = TpDecoder::new(group, weights, options)?;
     let mut run = DecoderRun::default();
@@ -651,11 +652,30 @@ pub fn decoder_tp_report(dev: &Device) -> Result<TpReport, VerifyError> {
     let mut report = TpReport::default();
     let base = run_decoder_schedule(groups[0].clone(), &weights, &schedule, Reduction::FixedTree)?;
     let reference = ReferenceDecoder::new(&weights);
-    for (id, prompt, _, _) in &schedule {
+    // the reference of each sequence (fed the tokens the decoder chose) on its own thread
+    let wants: Vec<Vec<Vec<f64>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = schedule
+            .iter()
+            .map(|(id, prompt, _, _)| {
+                let generated = &base.tokens[id];
+                let mut fed = prompt.clone();
+                fed.extend(&generated[..generated.len() - 1]);
+                let reference = &reference;
+                scope.spawn(move || reference.logits(&fed, prompt.len() - 1))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    for ((id, _, _, _), want) in schedule.iter().zip(&wants) {
         let generated = &base.tokens[id];
-        let mut fed = prompt.clone();
-        fed.extend(&generated[..generated.len() - 1]);
-        let want = reference.logits(&fed, prompt.len() - 1);
+        ensure_eq!(
+            want.len(),
+            base.logits[id].len(),
+            "reference positions of sequence {id}"
+        );
         for (i, got) in base.logits[id].iter().enumerate() {
             let want = &want[i];
             let got64: Vec<f64> = got.iter().map(|&v| v as f64).collect();
@@ -796,6 +816,7 @@ mod tests {
             max_seq: 8,
             reduction: Reduction::FixedTree,
             record_logits: false,
+            eos: None,
         };
         let group = Arc::new(CommGroup::emulated(1).unwrap());
         let mut short = weights.clone();
@@ -816,6 +837,72 @@ mod tests {
             dec.step().unwrap().tokens.is_empty(),
             "an empty batch steps to nothing"
         );
+    }
+
+    #[test]
+    fn an_eos_token_retires_a_sequence_early() {
+        let config = DecoderConfig::small();
+        let weights = DecoderWeights::<half::bf16>::random(&config, 6);
+        let group = Arc::new(CommGroup::emulated(1).unwrap());
+        let mut options = DecoderOptions {
+            slots: 2,
+            max_seq: 16,
+            reduction: Reduction::FixedTree,
+            record_logits: false,
+            eos: None,
+        };
+        let prompt = [3u32, 1, 4, 1, 5];
+        let mut dec = TpDecoder::new(group.clone(), &weights, options).unwrap();
+        let first = dec.add(0, &prompt, 4).unwrap();
+        assert_eq!(dec.active().len(), 1);
+        options.eos = Some(first);
+        let mut dec = TpDecoder::new(group, &weights, options).unwrap();
+        assert_eq!(dec.add(7, &prompt, 4).unwrap(), first);
+        assert!(dec.active().is_empty(), "the EOS token ends the sequence");
+        assert_eq!(dec.take_retired(), vec![(7, vec![first])]);
+    }
+
+    #[test]
+    fn random_contexts_step_like_prefilled_ones() {
+        // what the profile bench does: sequences with random caches of a given length, stepped
+        let config = DecoderConfig::small();
+        let weights = DecoderWeights::<half::bf16>::random(&config, 8);
+        let options = DecoderOptions {
+            slots: 3,
+            max_seq: 40,
+            reduction: Reduction::FixedTree,
+            record_logits: false,
+            eos: None,
+        };
+        let mut dec =
+            TpDecoder::new(Arc::new(CommGroup::emulated(2).unwrap()), &weights, options).unwrap();
+        for (i, context) in [33u32, 17, 1].into_iter().enumerate() {
+            dec.add_random_context(i, context, 3, 5, i as u64).unwrap();
+        }
+        assert!(
+            dec.add_random_context(9, 1, 1, 5, 0).is_err(),
+            "the batch is full"
+        );
+        let lens: Vec<u32> = dec.active().iter().map(|s| s.len).collect();
+        assert_eq!(lens, [33, 17, 1]);
+        assert_eq!(dec.step().unwrap().tokens.len(), 3);
+        let out = dec.step().unwrap();
+        assert_eq!(out.retired.len(), 3, "three tokens each: all done");
+        dec.clear();
+        assert!(dec.active().is_empty());
+    }
+
+    #[test]
+    fn replicas_are_disjoint_groups() {
+        use crate::pat::decoder::replica_groups;
+        let devices: Vec<Device> = (0..4).map(|_| Device::emulator()).collect();
+        for (tp, n) in [(1, 4), (2, 2), (4, 1)] {
+            let groups = replica_groups(&devices, tp).unwrap();
+            assert_eq!(groups.len(), n);
+            assert!(groups.iter().all(|g| g.ranks() == tp));
+        }
+        assert!(replica_groups(&devices, 3).is_err());
+        assert!(replica_groups(&devices, 0).is_err());
     }
 
     #[test]

@@ -41,7 +41,7 @@
 //!
 //! [`TpDecoder::add`] prefills a sequence into the next free slot and returns its first token;
 //! [`TpDecoder::step`] decodes one token for every active sequence, each at its own position,
-//! and retires those that reached their length: the last active slot's cache moves into the
+//! and retires those that reached their length or [`DecoderOptions::eos`]: the last active slot's cache moves into the
 //! freed slot ([`kv_move`]), so the active sequences are always slots `0 .. B` and the decode
 //! reads only those. Data-parallel replicas are independent [`TpDecoder`]s on disjoint groups.
 
@@ -355,6 +355,9 @@ pub struct DecoderOptions {
     pub reduction: Reduction,
     /// Download each step's logits ([`StepOutput::logits`]; for checks).
     pub record_logits: bool,
+    /// A token that ends a sequence early (kept as its last token), if any; otherwise a
+    /// sequence ends after its `max_new` tokens.
+    pub eos: Option<u32>,
 }
 
 struct Kernels {
@@ -984,7 +987,10 @@ impl<T: Real> TpDecoder<T> {
         let mut s = self.active.len();
         while s > 0 {
             s -= 1;
-            if self.active[s].generated.len() < self.active[s].max_new {
+            let seq = &self.active[s];
+            let ended =
+                self.options.eos.is_some() && seq.generated.last().copied() == self.options.eos;
+            if seq.generated.len() < seq.max_new && !ended {
                 continue;
             }
             let last = self.active.len() - 1;
@@ -1492,6 +1498,22 @@ impl<T: Real> TpDecoder<T> {
         }
         Ok(())
     }
+}
+
+/// Data parallelism × tensor parallelism: the devices cut into `devices.len() / tp`
+/// consecutive groups of `tp` ranks (TP1×DP4 on four GPUs is four groups of one), each made
+/// once; a [`TpDecoder`] on each group is an independent replica with its own batch.
+pub fn replica_groups(devices: &[Device], tp: usize) -> Result<Vec<Arc<CommGroup>>, DecoderError> {
+    if tp == 0 || devices.is_empty() || !devices.len().is_multiple_of(tp) {
+        return Err(DecoderError::Config(format!(
+            "{} devices do not split into groups of {tp}",
+            devices.len()
+        )));
+    }
+    devices
+        .chunks(tp)
+        .map(|g| Ok(Arc::new(CommGroup::new(g)?)))
+        .collect()
 }
 
 #[derive(Clone, Copy, Debug)]
