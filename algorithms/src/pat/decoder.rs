@@ -439,6 +439,8 @@ struct Work<T: kiln::Element> {
     v: DeviceBuffer<T>,
     o: DeviceBuffer<T>,
     lse: DeviceBuffer<f32>,
+    /// Head-major q, k, v and o of a prompt (flash prefill's layout).
+    heads_major: [DeviceBuffer<T>; 4],
     a_o: Vec<DeviceBuffer<T>>,
     a_down: Vec<DeviceBuffer<T>>,
     parts: Vec<DeviceBuffer<f32>>,
@@ -503,6 +505,12 @@ impl<T: Real> Work<T> {
             v: dev.zeros(rows * d.kv_heads * d.dim)?,
             o: dev.zeros(rows * d.heads * d.dim)?,
             lse: dev.zeros(rows * d.heads)?,
+            heads_major: [
+                dev.zeros(rows * d.heads * d.dim)?,
+                dev.zeros(rows * d.kv_heads * d.dim)?,
+                dev.zeros(rows * d.kv_heads * d.dim)?,
+                dev.zeros(rows * d.heads * d.dim)?,
+            ],
             a_o: (0..d.pieces)
                 .map(|_| dev.zeros(m * d.piece_o()))
                 .collect::<Result<_, _>>()?,
@@ -1146,13 +1154,11 @@ impl<T: Real> TpDecoder<T> {
                     Phase::Prompt => {
                         let dev = &rank.device;
                         let s = rows as u32;
-                        let mut qh = dev.zeros::<T>(w.q.len())?;
-                        let mut kh = dev.zeros::<T>(w.k.len())?;
-                        let mut vh = dev.zeros::<T>(w.v.len())?;
+                        let [qh, kh, vh, oh] = &mut w.heads_major;
                         for (src, dst, heads) in [
-                            (&w.q, &mut qh, hr),
-                            (&w.k, &mut kh, kvr),
-                            (&w.v, &mut vh, kvr),
+                            (&w.q, &mut *qh, hr),
+                            (&w.k, &mut *kh, kvr),
+                            (&w.v, &mut *vh, kvr),
                         ] {
                             transpose_heads::launch(
                                 &k.transpose,
@@ -1181,14 +1187,13 @@ impl<T: Real> TpDecoder<T> {
                         } else {
                             Some(DEFAULT_BK)
                         };
-                        let mut oh = dev.zeros::<T>(w.o.len())?;
                         rt!(rank
                             .prefill
-                            .run(&call, &qh, &kh, &vh, scale, &mut oh, &mut w.lse, bk));
+                            .run(&call, qh, kh, vh, scale, oh, &mut w.lse, bk));
                         transpose_heads::launch(
                             &k.transpose,
                             &elems(oh.len()),
-                            &oh,
+                            &*oh,
                             &mut w.o,
                             s,
                             hr,
