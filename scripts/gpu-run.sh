@@ -17,12 +17,15 @@
 #                                      # on 1/2/4 of the visible GPUs; NCCL from the
 #                                      # nvidia-nccl-cu13 wheel or KILN_NCCL_PATH; a missing
 #                                      # NCCL fails); run after `tests`
+#   bash scripts/gpu-run.sh pat        # PAT's GPU checks (decoder kernels; the decoder at
+#                                      # TP 1 and 2/4 of the visible GPUs vs float64 and
+#                                      # TP 1), then its step-latency profile (bench-pat)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 what="${1:-all}"
 case "$what" in
-  all|tests|benches|decode|adacluster|bigmac) ;;
-  *) echo "usage: $0 [all|tests|benches|decode|adacluster|bigmac]" >&2; exit 2 ;;
+  all|tests|benches|decode|adacluster|bigmac|pat) ;;
+  *) echo "usage: $0 [all|tests|benches|decode|adacluster|bigmac|pat]" >&2; exit 2 ;;
 esac
 out="${OUT:-gpu-out}"
 mkdir -p "$out"
@@ -66,6 +69,13 @@ fi
 if [ "$what" = bigmac ]; then
   echo "== .gpu/bench-bigmac"
   KILN_REQUIRE_NCCL=1 .gpu/bench-bigmac --bench 2>&1 | tee "$out/bench-bigmac.log" || status=1
+  exit $status
+fi
+if [ "$what" = pat ]; then
+  echo "== .gpu/test-algorithms_run pat"
+  KILN_REQUIRE_NCCL=1 .gpu/test-algorithms_run pat --test-threads=1 --nocapture 2>&1 | tee "$out/test-pat.log" || status=1
+  echo "== .gpu/bench-pat"
+  KILN_REQUIRE_NCCL=1 .gpu/bench-pat --bench 2>&1 | tee "$out/bench-pat.log" || status=1
   exit $status
 fi
 if [ "$what" != tests ]; then

@@ -172,3 +172,11 @@ fn decoder_kernels_match_reference() {
         pat::checks::decoder_kernels_match_reference,
     );
 }
+
+#[test]
+fn pat_decoder_matches_reference() {
+    check(
+        "pat decoder (TP 1/2/4 over CommGroup)",
+        pat::checks::decoder_matches_reference,
+    );
+}

@@ -64,7 +64,11 @@ pub const CHECKS: &[(&str, Check)] = &[
         bigmac::checks::parallel_matches_reference,
     ),
     (
-        "add_rms_norm + rope + swiglu",
+        "add_rms_norm + rope + swiglu + qkv_split + kv_append + kv_move + clear_counts + transpose_heads + take_cols + tree_sum + embed + argmax_rows",
         pat::checks::decoder_kernels_match_reference,
+    ),
+    (
+        "pat decoder: TP 1/2/4 over CommGroup vs float64, fixed-tree TP equality",
+        pat::checks::decoder_matches_reference,
     ),
 ];

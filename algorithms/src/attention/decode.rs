@@ -640,7 +640,7 @@ impl FlashDecode {
     }
 
     /// Attention of `q` `[B, H, D]` over `n_keys` keys of the cache `k`, `v`
-    /// `[B, S, H_kv, D]`: the first `n_keys` tokens, or with an index list, tokens
+    /// `[B, S, H_kv, D]` (or a cache of more sequences, of which the first `B` are read): the first `n_keys` tokens, or with an index list, tokens
     /// `ids[(b·H_kv + h_kv)·n_keys + i]` (each below `S`; the buffer may be longer). Writes `o` `[B, H, D]` and the
     /// natural-log `lse` `[B, H]`. `scratch` holds the partial results and grows as needed.
     #[allow(clippy::too_many_arguments)]
@@ -708,9 +708,28 @@ impl FlashDecode {
                 )))
             }
         };
+        // a cache may hold room for more sequences than the call reads (a continuous batch
+        // that has retired some): whole sequences past the first `batch` are never read
+        let whole_sequences = |name: &str, got: usize, per_seq: usize| -> Result<(), DecodeError> {
+            if got >= b * per_seq && got.is_multiple_of(per_seq.max(1)) {
+                Ok(())
+            } else {
+                Err(DecodeError::Shape(format!(
+                    "`{name}` holds {got} elements: the shape needs {} ({b} sequences of {per_seq}), or whole sequences more",
+                    b * per_seq
+                )))
+            }
+        };
         expect("q", q.len(), b * h * d)?;
-        expect("k", k.len(), b * s.seq as usize * hk * d)?;
-        expect("v", v.len(), b * s.seq as usize * hk * d)?;
+        whole_sequences("k", k.len(), s.seq as usize * hk * d)?;
+        whole_sequences("v", v.len(), s.seq as usize * hk * d)?;
+        if k.len() != v.len() {
+            return shape_err(format!(
+                "`k` holds {} elements, `v` {}: they must match",
+                k.len(),
+                v.len()
+            ));
+        }
         expect("o", o.len(), b * h * d)?;
         expect("lse", lse.len(), b * h)?;
         let device = &self.partial.device;
@@ -737,7 +756,7 @@ impl FlashDecode {
         };
         let counts = match (self.bias, counts) {
             (true, Some(c)) => {
-                expect("counts", c.len(), b * s.seq as usize * hk)?;
+                whole_sequences("counts", c.len(), s.seq as usize * hk)?;
                 c
             }
             (true, None) => {
