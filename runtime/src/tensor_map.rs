@@ -265,7 +265,9 @@ impl TensorMap {
 /// Encoded maps by buffer address and shape, so that kernels called again on the same buffers
 /// upload nothing. A map depends only on the address, the element type (part of the key
 /// through the buffer type's size) and the shape, so a cached map stays right for any buffer
-/// later allocated at that address; the cache only grows until [`TensorMapCache::clear`].
+/// later allocated at that address. A caller that passes ever new buffers (a decoder's
+/// prompts) would grow it without end, so past [`TensorMapCache::MAX_MAPS`] entries it starts
+/// over (maps already handed out stay valid: they are shared, not freed).
 #[derive(Default)]
 pub struct TensorMapCache {
     maps: Mutex<HashMap<CacheKey, Arc<DeviceBuffer<u64>>>>,
@@ -275,6 +277,9 @@ pub struct TensorMapCache {
 type CacheKey = (u64, usize, (u64, u64, u32, u32, u32));
 
 impl TensorMapCache {
+    /// Entries kept before the cache starts over (a map is 128 bytes of device memory).
+    pub const MAX_MAPS: usize = 256;
+
     /// [`TensorMapCache::get`] of [`TensorMap::swizzled_rows`]`(rows, cols, box_rows)`.
     pub fn swizzled_rows<T: Element>(
         &self,
@@ -309,6 +314,9 @@ impl TensorMapCache {
             return Ok(m.clone());
         }
         let encoded = Arc::new(map.encode(device, buf)?);
+        if maps.len() >= TensorMapCache::MAX_MAPS {
+            maps.clear();
+        }
         maps.insert(key, encoded.clone());
         Ok(encoded)
     }
