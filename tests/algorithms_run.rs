@@ -57,11 +57,8 @@ fn hata_kernels_match_reference() {
 }
 
 #[test]
-fn hata_append_and_mask_match_reference() {
-    check(
-        "hata append and mask",
-        hata::checks::append_and_mask_match_reference,
-    );
+fn hata_append_matches_reference() {
+    check("hata append", hata::checks::append_matches_reference);
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub const PLAN_THREADS: u32 = 512;
 pub const GATHER_WARPS: u32 = 8;
 /// Rows each warp of [`clo_gather`] moves (its `R`).
 pub const GATHER_ROWS: u32 = 4;
-/// Threads per block of [`clo_append`] and of the step's masking (`hata_tail_mask`).
+/// Threads per block of [`clo_append`].
 pub const THREADS: u32 = 256;
 /// Slot id of a slot that holds no token yet.
 pub const EMPTY: u32 = u32::MAX;

@@ -13,7 +13,7 @@
 //!    group, so the group misses when any of its query heads misses, and then every head of
 //!    the group relabels.
 //! 3. **Select** (HATA's `hash_encode_group`, `hash_score`, top-k, over the capacity with the
-//!    ring and the empty tail masked by [`crate::hata::append::hata_tail_mask`]), and **plan**
+//!    ring and the empty tail masked by the scoring, from the length in device memory), and **plan**
 //!    ([`kernels::clo_plan`]): on a miss, rows still selected stay in their slots; only the
 //!    new ones are listed for fetching, into the freed slots. A hit fetches nothing.
 //! 4. **Zero-copy gather** ([`kernels::clo_gather`]): a warp per listed row reads it from

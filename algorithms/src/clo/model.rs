@@ -16,7 +16,6 @@ use super::kernels::{
 };
 use crate::attention::decode::{DecodeError, DecodeScratch, DecodeShape, FlashDecode};
 use crate::common::check_kv_len;
-use crate::hata::append::hata_tail_mask;
 use crate::hata::encode::{self, group_launch, hash_encode, hash_encode_group, VECTORS_PER_WARP};
 use crate::hata::score::{self, hash_score};
 use crate::hata::topk::{TopK, TopKError, TopKScratch};
@@ -130,7 +129,6 @@ struct Kernels {
     gather: Kernel,
     gather_staged: Kernel,
     append: Kernel,
-    mask: Kernel,
     advance: Kernel,
     encode_many: Kernel,
     encode_queries: Kernel,
@@ -314,7 +312,6 @@ impl Kernels {
                 .d(c.dim)
                 .words(c.rbit / 32)
                 .build(device)?,
-            mask: hata_tail_mask::spec().build(device)?,
             advance: clo_advance::spec().build(device)?,
             encode_many: hash_encode::spec()
                 .t(dtype)
@@ -536,6 +533,8 @@ impl<T: Element + Float> CloModel<T> {
                 c.kv_heads,
                 1,
                 c.capacity * c.kv_heads,
+                c.capacity * c.kv_heads,
+                0,
                 c.capacity * c.kv_heads,
                 0,
                 true,
@@ -801,6 +800,8 @@ impl<T: Element + Float> CloModel<T> {
             0,
             false,
         )?;
+        // the recent ring `[len + 1 − recent, len + 1)` (already in the slots) and the empty
+        // `[len + 1, cap)` are taken out; the length moves on at the end of the step
         hash_score::launch_on(
             &k.score,
             s,
@@ -809,28 +810,15 @@ impl<T: Element + Float> CloModel<T> {
             &layer.codes,
             &layer.norms,
             &mut sc.scores,
+            &sc.len,
+            1,
             c.capacity,
             c.capacity,
             c.kv_heads,
             c.sink,
-            0,
-            c.use_norms,
-        )?;
-        let tail = (c.capacity - self.len + c.recent)
-            .div_ceil(THREADS)
-            .clamp(1, 256);
-        // the recent ring `[len + 1 − recent, len + 1)` (already in the slots) and the empty
-        // `[len + 1, cap)` are taken out; the length moves on at the end of the step
-        hata_tail_mask::launch_on(
-            &k.mask,
-            s,
-            &launch((tail, rows, 1), THREADS),
-            &sc.len,
-            &mut sc.scores,
-            c.capacity,
             c.recent,
-            1,
             f32::NEG_INFINITY,
+            c.use_norms,
         )?;
         k.topk.run_on(
             s,

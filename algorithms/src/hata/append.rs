@@ -1,24 +1,26 @@
-//! The parts of HATA's decode step that read the cache length from device memory, so that
-//! one captured graph serves many steps ([`super::decoder::HataLayer::step`]): appending the
-//! step's token at position `len[0]`, and masking the scores of the recent window and of the
-//! columns past the cache. The length moves on with `clo_advance` right after the append
-//! (enqueued in the same stream): the masking then reads the length with the new token.
+//! The part of HATA's decode step that reads and moves the cache length in device memory, so
+//! that one captured graph serves many steps ([`super::decoder::HataLayer::step`]):
+//! appending the step's token at position `len[0]`. The scoring that follows reads the
+//! length with the new token ([`super::score::hash_score`]).
 
 use kiln::prelude::*;
 use kiln_dsl::kernel;
 
-/// Threads per block of [`hata_append`] and [`hata_tail_mask`].
+/// Threads per block of [`hata_append`].
 pub const THREADS: u32 = 256;
 
-/// Appends a step's token at position `len[0]` (device memory): its key and value
-/// (`[B, H_kv, D]`) into the cache `k`, `v` (`[B, cap, H_kv, D]`), and its hash code and
-/// norm (encoded by `hash_encode_group` into `new_codes` `[B, H_kv, WORDS]`, `new_norms`
-/// `[B, H_kv]`) into `codes` `[B, cap, H_kv, WORDS]` and `norms` `[B, cap, H_kv]`, and marks
-/// the position filled in `sizes` `[B, cap, H_kv]` (1; the dense step's `log n` bias masks
-/// the 0 entries past the cache). Does not move the length. Grid `(B)`, 256 threads.
+/// Appends a step's token at position `len[0]` (device memory) and moves the length on: its
+/// key and value (`[B, H_kv, D]`) into the cache `k`, `v` (`[B, cap, H_kv, D]`), with `hash`
+/// its hash code and norm (encoded by `hash_encode_group` into `new_codes` `[B, H_kv, WORDS]`,
+/// `new_norms` `[B, H_kv]`) into `codes` `[B, cap, H_kv, WORDS]` and `norms` `[B, cap, H_kv]`
+/// (a dense step leaves them for later), and marks the position filled in `sizes`
+/// `[B, cap, H_kv]` (1; the dense step's `log n` bias masks the 0 entries past the cache).
+/// `len[1]` is a ticket counter (0 between calls): the last block to finish sets `len[0]` to
+/// the position + 1 — every block has read the position by then — so the step needs no
+/// launch of its own for it. Grid `(B)`, 256 threads.
 #[kernel(threads = 256, example(T = bf16, D = 128, WORDS = 4), example(T = f16, D = 64, WORDS = 8))]
 pub fn hata_append<T: Float, const D: u32, const WORDS: u32>(
-    len: &[u32],
+    len: &mut [u32],
     k_new: &[T],
     v_new: &[T],
     new_codes: &[u32],
@@ -30,7 +32,9 @@ pub fn hata_append<T: Float, const D: u32, const WORDS: u32>(
     sizes: &mut [f32],
     cap: u32,
     kv_heads: u32,
+    hash: bool,
 ) {
+    let ticket = shared::<[u32; 1]>();
     let b = block_idx().x;
     let t = thread_idx().x;
     let pos = len[0];
@@ -41,9 +45,21 @@ pub fn hata_append<T: Float, const D: u32, const WORDS: u32>(
         v[at + i as u64] = v_new[b * row + i];
     }
     let slot = b * cap + pos;
-    store_code::<WORDS>(new_codes, new_norms, codes, norms, b, slot, kv_heads, t);
+    if hash {
+        store_code::<WORDS>(new_codes, new_norms, codes, norms, b, slot, kv_heads, t);
+    }
     for i in (t..kv_heads).step_by(256) {
         sizes[slot * kv_heads + i] = 1.0;
+    }
+    thread_fence();
+    sync_threads();
+    if t == 0 {
+        ticket[0] = atomic_add(&mut len[1], 1u32);
+    }
+    sync_threads();
+    if t == 0 && ticket[0] == grid_dim().x - 1 {
+        len[1] = 0;
+        len[0] = pos + 1;
     }
 }
 
@@ -67,34 +83,5 @@ pub fn store_code<const WORDS: u32>(
     }
     for i in (t..kv_heads).step_by(256) {
         norms[slot * kv_heads + i] = new_norms[b * kv_heads + i];
-    }
-}
-
-/// Fixes the selection's hand in row `y` of `scores` (`cols` columns, `cols ≥ n`), with the
-/// cache length `n = len[0] + ahead` read from device memory (`ahead` 0 where the length has
-/// already moved past the step's token, as in HATA's step; 1 where it moves at the end of
-/// the step, as in CLO's): the last `recent` tokens below `n` score `recent_score` — `+∞`
-/// to always select them (HATA), `−∞` to leave them out (CLO, whose recent ring is already
-/// on the GPU) — and the columns `[n, cols)` past the cache `−∞` (never selected while the
-/// budget is at most `n`). Grid `(x, rows)`, 256 threads, a grid-stride loop over the
-/// columns from `n − recent`.
-#[kernel(threads = 256)]
-pub fn hata_tail_mask(
-    len: &[u32],
-    scores: &mut [f32],
-    cols: u32,
-    recent: u32,
-    ahead: u32,
-    recent_score: f32,
-) {
-    let row = block_idx().y;
-    let n = len[0] + ahead;
-    let first = n - n.min(recent) + block_idx().x * 256 + thread_idx().x;
-    for s in (first..cols).step_by(grid_dim().x * 256) {
-        let mut x = f32::NEG_INFINITY;
-        if s < n {
-            x = recent_score;
-        }
-        scores[row * cols + s] = x;
     }
 }

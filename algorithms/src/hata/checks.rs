@@ -1,7 +1,7 @@
 //! HATA's encode, score and cache-append kernels against their plain-Rust references.
 
 use crate::attention::reference as attention_reference;
-use crate::hata::append::{hata_append, hata_tail_mask, THREADS as APPEND_THREADS};
+use crate::hata::append::{hata_append, THREADS as APPEND_THREADS};
 use crate::hata::decoder::{Budget, HataConfig, HataLayer, SCORE_GRANULE};
 use crate::hata::encode::{
     self, group_launch, hash_encode, hash_encode_group, key_mean, key_sum_partial, mean_launch,
@@ -118,10 +118,56 @@ pub fn hata_kernels_case<T: Real>(
         per_batch,
         per_batch,
         0,
+        per_batch,
+        0,
         true,
     )?;
     let k_codes_host = dev.download(&k_codes)?;
     let norms_host = dev.download(&norms)?;
+    // the same keys from token `r0` on, read in place from the cache layout (the catch-up
+    // after dense steps): rows past `r0` match the prefill's, the rest stay poisoned
+    let r0 = 37usize;
+    let tail = ((s - r0) * hk) as u32;
+    let mut tail_codes = dev.upload(&vec![0xdead_beefu32; b * s * hk * words])?;
+    let mut tail_norms = dev.upload(&vec![f32::NAN; b * s * hk])?;
+    let row0 = (r0 * hk) as u32;
+    hash_encode::launch(
+        &encode,
+        &encode::launch_config(b as u32 * tail, hk as u32),
+        &dev.upload(&keys)?,
+        &w_dev,
+        &mu_dev,
+        true,
+        &mut tail_codes,
+        &mut tail_norms,
+        b as u32 * tail,
+        hk as u32,
+        1,
+        tail,
+        per_batch,
+        row0,
+        per_batch,
+        row0,
+        true,
+    )?;
+    let (tail_codes, tail_norms) = (dev.download(&tail_codes)?, dev.download(&tail_norms)?);
+    for row in 0..b * s * hk {
+        let (want_code, want_norm) = if row % (s * hk) >= r0 * hk {
+            (&k_codes_host[row * words..][..words], norms_host[row])
+        } else {
+            (&[0xdead_beefu32; 8][..words], f32::NAN)
+        };
+        ensure_eq!(
+            &tail_codes[row * words..][..words],
+            want_code,
+            "codes of row {row} encoded from token {r0} on"
+        );
+        ensure!(
+            tail_norms[row].to_bits() == want_norm.to_bits(),
+            "norm of row {row} encoded from token {r0} on: {}, want {want_norm}",
+            tail_norms[row]
+        );
+    }
     for row in 0..b * s * hk {
         let head = row % hk;
         let x = centred(&kw[row * d..][..d], row / (s * hk), head);
@@ -209,54 +255,79 @@ pub fn hata_kernels_case<T: Real>(
             rbit,
         )?;
     }
-    // scores of the first `len` tokens, sink 3, recent 5, with norms
-    let len = s - 6;
+    // scores of `cols` columns with the cache length `n = len + ahead` in device memory, sink
+    // 3, recent 5, with norms: HATA's use (recent kept, +∞) and CLO's (left out, −∞), a
+    // length inside the sink and recent windows, and an empty cache
+    let cols = s - 6;
     let (sink, recent) = (3usize, 5usize);
     let score = hash_score::spec()
         .rbit(rbit as u32)
         .g(g as u32)
         .build(dev)?;
-    let mut scores = dev.upload(&vec![f32::NAN; b * hk * len])?;
-    hash_score::launch(
-        &score,
-        &score::launch_config(len as u32, hk as u32, b as u32),
-        &q_codes,
-        &k_codes,
-        &norms,
-        &mut scores,
-        len as u32,
-        s as u32,
-        hk as u32,
-        sink as u32,
-        recent as u32,
-        true,
-    )?;
-    let got = dev.download(&scores)?;
-    for bb in 0..b {
-        for hh in 0..hk {
-            let qs: Vec<&[u32]> = (0..g)
-                .map(|gg| &q_codes_host[((bb * h) + hh * g + gg) * words..][..words])
-                .collect();
-            for t in 0..len {
-                let row = (bb * s + t) * hk + hh;
-                let got = got[(bb * hk + hh) * len + t] as f64;
-                if t < sink || t + recent >= len {
-                    ensure!(
-                        got == f64::INFINITY,
-                        "token {t} must be forced in (+inf), got {got}"
+    for (len, ahead, hand) in [
+        (cols, 0usize, f32::INFINITY),
+        (cols - 100, 0, f32::INFINITY),
+        (cols - 40, 1, f32::NEG_INFINITY),
+        (4, 0, f32::INFINITY),
+        (2, 1, f32::NEG_INFINITY),
+        (0, 0, f32::INFINITY),
+    ] {
+        let n = len + ahead;
+        let mut scores = dev.upload(&vec![f32::NAN; b * hk * cols])?;
+        hash_score::launch(
+            &score,
+            &score::launch_config(cols as u32, hk as u32, b as u32),
+            &q_codes,
+            &k_codes,
+            &norms,
+            &mut scores,
+            &dev.upload(&[len as u32])?,
+            ahead as u32,
+            cols as u32,
+            s as u32,
+            hk as u32,
+            sink as u32,
+            recent as u32,
+            hand,
+            true,
+        )?;
+        let got = dev.download(&scores)?;
+        for bb in 0..b {
+            for hh in 0..hk {
+                let qs: Vec<&[u32]> = (0..g)
+                    .map(|gg| &q_codes_host[((bb * h) + hh * g + gg) * words..][..words])
+                    .collect();
+                for t in 0..cols {
+                    let row = (bb * s + t) * hk + hh;
+                    let got = got[(bb * hk + hh) * cols + t];
+                    let forced = if t >= n {
+                        Some(f32::NEG_INFINITY)
+                    } else if t + recent >= n {
+                        Some(hand)
+                    } else if t < sink {
+                        Some(f32::INFINITY)
+                    } else {
+                        None
+                    };
+                    if let Some(want) = forced {
+                        ensure!(
+                            got == want,
+                            "token {t} of a cache of {n} (b {bb}, h {hh}) must score {want}, got {got}"
+                        );
+                        continue;
+                    }
+                    let want = reference::score(
+                        &qs,
+                        &k_codes_host[row * words..][..words],
+                        rbit,
+                        Some(norms_host[row] as f64),
                     );
-                    continue;
+                    let got = got as f64;
+                    ensure!(
+                        (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                        "score of (b {bb}, h {hh}, token {t}) at length {n}: {got}, want {want}"
+                    );
                 }
-                let want = reference::score(
-                    &qs,
-                    &k_codes_host[row * words..][..words],
-                    rbit,
-                    Some(norms_host[row] as f64),
-                );
-                ensure!(
-                    (got - want).abs() <= 1e-6 * want.abs().max(1.0),
-                    "score of (b {bb}, h {hh}, token {t}): {got}, want {want}"
-                );
             }
         }
     }
@@ -342,15 +413,14 @@ pub fn hata_kernels_match_reference(dev: &Device) -> Result<(), VerifyError> {
     hata_kernels_case::<half::f16>(dev, 64, 256, 3, 42)
 }
 
-/// The decode step's device-length kernels on poisoned random buffers: [`hata_append`]
-/// writes the new key, value, code, norm and size 1 at position `len[0]` of every sequence
-/// and nothing else; [`hata_tail_mask`] sets the last `recent` scores below
-/// `n = len[0] + ahead` to `+∞` (HATA, `ahead` 0) or `−∞` (CLO, `ahead` 1), the columns
-/// `[n, cols)` to `−∞` and leaves the rest (also when `n < recent`, and with a grid smaller
-/// than the masked span).
-fn append_and_mask_case<T: Real>(
+/// The decode step's append on poisoned random buffers: [`hata_append`] writes the new key,
+/// value, code, norm and size 1 at position `len[0]` of every sequence and nothing else,
+/// and moves the length on (`len` `[pos + 1, 0]` after, the ticket back at 0); without
+/// `hash` (a dense step) it leaves codes and norms as they were.
+fn append_case<T: Real>(
     dev: &Device,
     (b, hk, d, words): (usize, usize, usize, usize),
+    hash: bool,
     seed: u64,
 ) -> Result<(), VerifyError> {
     let mut rng = Rng::new(seed);
@@ -368,7 +438,7 @@ fn append_and_mask_case<T: Real>(
     let (mut k, mut v) = (dev.upload(&k0)?, dev.upload(&v0)?);
     let (mut codes, mut norms) = (dev.upload(&codes0)?, dev.upload(&norms0)?);
     let mut sizes = dev.upload(&sizes0)?;
-    let len = dev.upload(&[pos as u32])?;
+    let mut len = dev.upload(&[pos as u32, 0])?;
     let kernel = hata_append::spec()
         .t(T::DTYPE)
         .d(d as u32)
@@ -381,7 +451,7 @@ fn append_and_mask_case<T: Real>(
             block: (APPEND_THREADS, 1, 1),
             dyn_shared_bytes: 0,
         },
-        &len,
+        &mut len,
         &dev.upload(&k_new)?,
         &dev.upload(&v_new)?,
         &dev.upload(&new_codes)?,
@@ -393,6 +463,7 @@ fn append_and_mask_case<T: Real>(
         &mut sizes,
         cap as u32,
         hk as u32,
+        hash,
     )?;
     // the reference: the same cache with row `pos` of every sequence replaced
     fn placed<E: Copy>(
@@ -418,77 +489,44 @@ fn append_and_mask_case<T: Real>(
         bits(dev.download(&v)?) == bits(placed(&v0, &v_new, b, cap, hk * d, pos)),
         "hata_append: values (len {pos})"
     );
+    let norm_bits = |x: &[f32]| -> Vec<u32> { x.iter().map(|e| e.to_bits()).collect() };
+    let (want_codes, want_norms) = if hash {
+        (
+            placed(&codes0, &new_codes, b, cap, hk * words, pos),
+            placed(&norms0, &new_norms, b, cap, hk, pos),
+        )
+    } else {
+        (codes0.clone(), norms0.clone())
+    };
     ensure_eq!(
         dev.download(&codes)?,
-        placed(&codes0, &new_codes, b, cap, hk * words, pos),
-        "hata_append: codes (len {pos})"
+        want_codes,
+        "hata_append: codes (len {pos}, hash {hash})"
     );
-    let norm_bits = |x: &[f32]| -> Vec<u32> { x.iter().map(|e| e.to_bits()).collect() };
     ensure_eq!(
         norm_bits(&dev.download(&norms)?),
-        norm_bits(&placed(&norms0, &new_norms, b, cap, hk, pos)),
-        "hata_append: norms (len {pos})"
+        norm_bits(&want_norms),
+        "hata_append: norms (len {pos}, hash {hash})"
+    );
+    ensure_eq!(
+        dev.download(&len)?,
+        vec![pos as u32 + 1, 0],
+        "hata_append: the length and ticket after appending at {pos}"
     );
     ensure_eq!(
         norm_bits(&dev.download(&sizes)?),
         norm_bits(&placed(&sizes0, &vec![1.0; b * hk], b, cap, hk, pos)),
         "hata_append: sizes (len {pos})"
     );
-    let mask = hata_tail_mask::spec().build(dev)?;
-    let (rows, cols, recent) = (b * hk, 700usize, 16usize);
-    // HATA's use (the length already counts the step's token, recent kept) and CLO's (the
-    // length one behind, recent left out)
-    for (len, ahead, hand) in [
-        (cols, 0, f32::INFINITY),
-        (650, 0, f32::INFINITY),
-        (9, 0, f32::INFINITY),
-        (0, 0, f32::INFINITY),
-        (cols - 1, 1, f32::NEG_INFINITY),
-        (320, 1, f32::NEG_INFINITY),
-        (4, 1, f32::NEG_INFINITY),
-    ] {
-        let n = len + ahead;
-        let before = rng.f32s(rows * cols);
-        let mut scores = dev.upload(&before)?;
-        hata_tail_mask::launch(
-            &mask,
-            &LaunchConfig {
-                grid: (1, rows as u32, 1),
-                block: (APPEND_THREADS, 1, 1),
-                dyn_shared_bytes: 0,
-            },
-            &dev.upload(&[len as u32])?,
-            &mut scores,
-            cols as u32,
-            recent as u32,
-            ahead as u32,
-            hand,
-        )?;
-        let got = dev.download(&scores)?;
-        for (i, (&g, &was)) in got.iter().zip(&before).enumerate() {
-            let s = i % cols;
-            let want = if s >= n {
-                f32::NEG_INFINITY
-            } else if s + recent >= n {
-                hand
-            } else {
-                was
-            };
-            ensure!(
-                g.to_bits() == want.to_bits(),
-                "hata_tail_mask (len {len} + {ahead}, row {}, column {s}): {g}, want {want}",
-                i / cols
-            );
-        }
-    }
     Ok(())
 }
 
-/// [`append_and_mask_case`] for bf16 with D = 128, 4 code words, 2 sequences of 2 KV heads,
-/// and f16 with D = 64, 8 code words, 1 sequence of 3 KV heads.
-pub fn append_and_mask_match_reference(dev: &Device) -> Result<(), VerifyError> {
-    append_and_mask_case::<half::bf16>(dev, (2, 2, 128, 4), 51)?;
-    append_and_mask_case::<half::f16>(dev, (1, 3, 64, 8), 52)
+/// [`append_case`] for bf16 with D = 128, 4 code words, 2 sequences of 2 KV heads (with and
+/// without hashing), and f16 with D = 64, 8 code words, 1 sequence of 3 KV heads.
+pub fn append_matches_reference(dev: &Device) -> Result<(), VerifyError> {
+    append_case::<half::bf16>(dev, (2, 2, 128, 4), true, 51)?;
+    append_case::<half::bf16>(dev, (2, 2, 128, 4), false, 53)?;
+    append_case::<half::f16>(dev, (1, 3, 64, 8), true, 52)
 }
 
 /// The decoder end to end on random data: prefill, then decode steps that append a token
@@ -672,6 +710,36 @@ pub fn decoder_case<T: Real + kiln_codegen::prelude::Float>(
             "step {step} ({} keys of {len}): relative error O {eo:.2e}, LSE {el:.2e}",
             n_keys
         );
+    }
+    // after a sparse step every cached key has its code and norm, also those of the dense
+    // steps, which the first sparse step encoded
+    if layer.is_sparse() {
+        let words = cfg.rbit as usize / 32;
+        let ww: Vec<f64> = weights.iter().map(|&x| x as f64).collect();
+        for l in [&layer, &eager] {
+            let (codes, norms) = l.key_codes();
+            let (codes, norms) = (dev.download(codes)?, dev.download(norms)?);
+            for bb in 0..b {
+                for t in 0..total {
+                    for hh in 0..hk {
+                        let row = (bb * cap + t) * hk + hh;
+                        let centre = &got_mean[(bb * hk + hh) * d..][..d];
+                        let x: Vec<f64> = kw[row * d..][..d]
+                            .iter()
+                            .zip(centre)
+                            .map(|(k, m)| k - m)
+                            .collect();
+                        key_matches(
+                            &format!("cached key (b {bb}, token {t}, KV head {hh})"),
+                            (&codes[row * words..][..words], norms[row]),
+                            &x,
+                            &ww[hh * d * cfg.rbit as usize..][..d * cfg.rbit as usize],
+                            cfg.rbit as usize,
+                        )?;
+                    }
+                }
+            }
+        }
     }
     ensure!(
         layer.capture_error().is_none(),

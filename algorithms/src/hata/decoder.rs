@@ -17,15 +17,16 @@ use kiln::prelude::*;
 use kiln::tune::{Entry, TuneOptions};
 use kiln::{Device, DeviceBuffer, Element, Kernel, LaunchConfig, RuntimeError};
 
-use super::append::{hata_append, hata_tail_mask, THREADS as APPEND_THREADS};
+use super::append::{hata_append, THREADS as APPEND_THREADS};
 use super::encode::{
     self, group_launch, hash_encode, hash_encode_group, key_mean, key_sum_partial, mean_launch,
     scatter_rows, MEAN_TOKENS, VECTORS_PER_WARP,
 };
 use super::score::{self, hash_score};
 use super::topk::{TopK, TopKError, TopKScratch};
-use crate::attention::decode::{DecodeError, DecodeScratch, DecodeShape, FlashDecode};
-use crate::clo::kernels::clo_advance;
+use crate::attention::decode::{
+    DecodeError, DecodeInputs, DecodeScratch, DecodeShape, FlashDecode,
+};
 use crate::common::check_kv_len;
 
 /// The selection scores the cache length rounded up to a multiple of this many columns (at
@@ -138,7 +139,11 @@ pub struct HataLayer<T: Element> {
     scores: DeviceBuffer<f32>,
     ids: DeviceBuffer<u32>,
     len: u32,
-    /// `len` in device memory (one u32), what the append and the masking read.
+    /// Tokens whose hash codes and norms are in the cache: a step below the dense crossover
+    /// leaves its key unhashed, and the first sparse step encodes what is missing.
+    hashed: u32,
+    /// `len` in device memory, what the append and the scoring read, and the append's
+    /// ticket counter: `[len, 0]`.
     dev_len: DeviceBuffer<u32>,
     /// A step's new key codes and norms, `[batch, kv_heads, rbit / 32]` and
     /// `[batch, kv_heads]`, before [`hata_append`] puts them at position `len`.
@@ -166,8 +171,6 @@ pub struct HataLayer<T: Element> {
     score: Kernel,
     scatter: Kernel,
     append: Kernel,
-    tail_mask: Kernel,
-    advance: Kernel,
     key_sum: Kernel,
     key_mean: Kernel,
     topk: TopK,
@@ -245,7 +248,8 @@ impl<T: Element + Float> HataLayer<T> {
             scores: device.zeros(b * hk * cap)?,
             ids: device.zeros(b * hk * cap)?,
             len: 0,
-            dev_len: device.zeros(1)?,
+            hashed: 0,
+            dev_len: device.zeros(2)?,
             new_codes: device.zeros(b * hk * words)?,
             new_norms: device.zeros(b * hk)?,
             sizes: device.zeros(b * cap * hk)?,
@@ -283,8 +287,6 @@ impl<T: Element + Float> HataLayer<T> {
                 .d(cfg.dim)
                 .words(cfg.rbit / 32)
                 .build(device)?,
-            tail_mask: hata_tail_mask::spec().build(device)?,
-            advance: clo_advance::spec().build(device)?,
             key_sum: key_sum_partial::spec()
                 .t(dtype)
                 .d(cfg.dim)
@@ -365,6 +367,13 @@ impl<T: Element + Float> HataLayer<T> {
         &self.mu
     }
 
+    /// The cached keys' hash codes `[batch, capacity, kv_heads, rbit / 32]` and norms
+    /// `[batch, capacity, kv_heads]`: complete for every cached token after a prefill or a
+    /// sparse step; dense steps leave their keys' codes to the next sparse step.
+    pub fn key_codes(&self) -> (&DeviceBuffer<u32>, &DeviceBuffer<f32>) {
+        (&self.codes, &self.norms)
+    }
+
     /// The indices selected by the last sparse step, `[batch, kv_heads, budget]`.
     pub fn selected(&self) -> &DeviceBuffer<u32> {
         &self.ids
@@ -405,7 +414,8 @@ impl<T: Element + Float> HataLayer<T> {
     }
 
     /// Fills the cache with a prefill's keys and values (`[batch, len, kv_heads, dim]`) and
-    /// hashes every key (codes and norms). Replaces what the cache held.
+    /// hashes every key (codes and norms) — when the next step is sparse; else the first
+    /// sparse step's [`HataLayer::score`] does. Replaces what the cache held.
     pub fn prefill(
         &mut self,
         k: &DeviceBuffer<T>,
@@ -449,35 +459,26 @@ impl<T: Element + Float> HataLayer<T> {
                 len,
             )?;
         }
-        let rows = len * c.kv_heads;
-        hash_encode::launch(
-            &self.encode_many,
-            &encode::launch_config(c.batch * rows, c.kv_heads),
-            k,
-            &self.w,
-            &self.mu,
-            c.center_keys,
-            &mut self.codes,
-            &mut self.norms,
-            c.batch * rows,
-            c.kv_heads,
-            1,
-            rows,
-            c.capacity * c.kv_heads,
-            0,
-            true,
-        )?;
+        // the keys are hashed from the cache, where they now are; not before the first
+        // sparse step if the next one decodes dense
+        self.len = len;
+        self.hashed = 0;
+        if self.sparse_at(len + 1) {
+            self.hash_missing()?;
+        }
         let mut sizes = vec![0.0f32; (c.batch * c.capacity * c.kv_heads) as usize];
         for seq in sizes.chunks_mut((c.capacity * c.kv_heads) as usize) {
             seq[..(len * c.kv_heads) as usize].fill(1.0);
         }
         self.device.write(&mut self.sizes, &sizes)?;
-        self.device.write(&mut self.dev_len, &[len])?;
-        self.len = len;
+        self.device.write(&mut self.dev_len, &[len, 0])?;
         Ok(())
     }
 
-    /// Appends one token's key and value (`[batch, kv_heads, dim]`) and hashes the key.
+    /// Appends one token's key and value (`[batch, kv_heads, dim]`). The key is hashed when
+    /// a step at the new length is sparse; below the dense crossover (and while the budget
+    /// covers the cache) its code is left for the first sparse step's [`HataLayer::score`]
+    /// to encode, so a dense step costs what dense decoding does plus the copy.
     pub fn append(
         &mut self,
         k_new: &DeviceBuffer<T>,
@@ -495,21 +496,25 @@ impl<T: Element + Float> HataLayer<T> {
             "[batch, kv_heads, dim]",
         )
         .map_err(HataError::Config)?;
-        hash_encode_group::launch(
-            &self.encode_key,
-            &group_launch(c.kv_heads, c.batch, c.rbit),
-            k_new,
-            &self.w,
-            &self.mu,
-            c.center_keys,
-            &mut self.new_codes,
-            &mut self.new_norms,
-            c.kv_heads,
-            c.kv_heads,
-            c.kv_heads,
-            0,
-            true,
-        )?;
+        // only a cache whose codes are complete keeps them so; else the catch-up covers it
+        let hash = self.sparse_at(self.len + 1) && self.hashed >= self.len;
+        if hash {
+            hash_encode_group::launch(
+                &self.encode_key,
+                &group_launch(c.kv_heads, c.batch, c.rbit),
+                k_new,
+                &self.w,
+                &self.mu,
+                c.center_keys,
+                &mut self.new_codes,
+                &mut self.new_norms,
+                c.kv_heads,
+                c.kv_heads,
+                c.kv_heads,
+                0,
+                true,
+            )?;
+        }
         hata_append::launch(
             &self.append,
             &LaunchConfig {
@@ -517,7 +522,7 @@ impl<T: Element + Float> HataLayer<T> {
                 block: (APPEND_THREADS, 1, 1),
                 dyn_shared_bytes: 0,
             },
-            &self.dev_len,
+            &mut self.dev_len,
             k_new,
             v_new,
             &self.new_codes,
@@ -529,19 +534,52 @@ impl<T: Element + Float> HataLayer<T> {
             &mut self.sizes,
             c.capacity,
             c.kv_heads,
-        )?;
-        clo_advance::launch(
-            &self.advance,
-            &LaunchConfig::linear(1, 32),
-            &mut self.dev_len,
+            hash,
         )?;
         self.len += 1;
+        if hash {
+            self.hashed = self.hashed.max(self.len);
+        }
+        Ok(())
+    }
+
+    /// Encodes the cached keys that dense steps left without codes (tokens
+    /// `[hashed, len)` of every sequence), so that the cache is fully hashed again.
+    fn hash_missing(&mut self) -> Result<(), HataError> {
+        let c = self.cfg;
+        if self.hashed >= self.len {
+            return Ok(());
+        }
+        let rows = (self.len - self.hashed) * c.kv_heads;
+        let (row0, per_seq) = (self.hashed * c.kv_heads, c.capacity * c.kv_heads);
+        hash_encode::launch(
+            &self.encode_many,
+            &encode::launch_config(c.batch * rows, c.kv_heads),
+            &self.k,
+            &self.w,
+            &self.mu,
+            c.center_keys,
+            &mut self.codes,
+            &mut self.norms,
+            c.batch * rows,
+            c.kv_heads,
+            1,
+            rows,
+            per_seq,
+            row0,
+            per_seq,
+            row0,
+            true,
+        )?;
+        self.hashed = self.len;
         Ok(())
     }
 
     /// Hashes the query heads `q` (`[batch, heads, dim]`) and scores every cached key (the
-    /// sink and the last `recent` tokens `+∞`, the columns past the cache `−∞`).
+    /// sink and the last `recent` tokens `+∞`, the columns past the cache `−∞`), after
+    /// encoding the keys dense steps left without codes.
     pub fn score(&mut self, q: &DeviceBuffer<T>) -> Result<(), HataError> {
+        self.hash_missing()?;
         let c = self.cfg;
         hash_encode_group::launch(
             &self.encode_queries,
@@ -559,6 +597,7 @@ impl<T: Element + Float> HataLayer<T> {
             false,
         )?;
         let cols = self.score_columns();
+        // the recent window and the columns past the cache from the device's length
         hash_score::launch(
             &self.score,
             &score::launch_config(cols, c.kv_heads, c.batch),
@@ -566,31 +605,15 @@ impl<T: Element + Float> HataLayer<T> {
             &self.codes,
             &self.norms,
             &mut self.scores,
+            &self.dev_len,
+            0,
             cols,
             c.capacity,
             c.kv_heads,
             c.sink,
-            0,
-            c.use_norms,
-        )?;
-        // the recent window and the columns past the cache, from the device's length
-        let rows = c.batch * c.kv_heads;
-        let tail = (cols - self.len + c.recent)
-            .div_ceil(APPEND_THREADS)
-            .clamp(1, 64);
-        hata_tail_mask::launch(
-            &self.tail_mask,
-            &LaunchConfig {
-                grid: (tail, rows, 1),
-                block: (APPEND_THREADS, 1, 1),
-                dyn_shared_bytes: 0,
-            },
-            &self.dev_len,
-            &mut self.scores,
-            cols,
             c.recent,
-            0,
             f32::INFINITY,
+            c.use_norms,
         )?;
         Ok(())
     }
@@ -654,10 +677,11 @@ impl<T: Element + Float> HataLayer<T> {
         Ok(())
     }
 
-    /// Searches the split size of the sparse attention for this layer's shape at the current
-    /// length and budget (on the last selection, `q`, and overwriting `out`, `lse`), stores
-    /// the winner with the autotuner's other results and uses it from then on. Call after a
-    /// `score` + `select` on representative data; a dense step is not affected.
+    /// Searches the split size of the attention a step at the current length runs — over
+    /// the last selection when the step is sparse (call after a `score` + `select` on
+    /// representative data), else the dense attention over the cache — for this layer's
+    /// shape, length and budget (on `q`, overwriting `out`, `lse`), stores the winner with
+    /// the autotuner's other results and uses it from then on.
     pub fn tune_attend(
         &mut self,
         q: &DeviceBuffer<T>,
@@ -670,16 +694,26 @@ impl<T: Element + Float> HataLayer<T> {
     {
         let shape = self.shape();
         let scale = 1.0 / (self.cfg.dim as f32).sqrt();
-        let k = self.budget_for(self.len);
         // a captured step keeps the split it was captured with
         self.graph = None;
-        Ok(self.sparse.tune(
+        let (decode, ids, counts, n_keys) = if self.is_sparse() {
+            let k = self.budget_for(self.len);
+            (&mut self.sparse, Some(&self.ids), None, k)
+        } else {
+            let cols = self.score_columns();
+            (&mut self.dense, None, Some(&self.sizes), cols)
+        };
+        let inputs = [DecodeInputs {
+            k: &self.k,
+            v: &self.v,
+            counts,
+        }];
+        Ok(decode.tune_rotating(
             &shape,
             q,
-            &self.k,
-            &self.v,
-            Some(&self.ids),
-            k,
+            &inputs,
+            ids,
+            n_keys,
             scale,
             out,
             lse,

@@ -21,10 +21,13 @@ pub const VECTORS_PER_WARP: u32 = 8;
 /// Warps per block of [`hash_encode`].
 pub const WARPS: u32 = 4;
 
-/// Encodes `n` vectors of `D` elements, many at a time: a prefill's keys. Vector `i` (at `x[i·D ..]`) uses the weights of KV head
-/// `h = (i / group) % kv_heads` (`w` is `[kv_heads, D, RBIT]`, f32); its code goes to output
-/// row `o = (i / rows_per_batch)·out_rows_per_batch + out_row0 + i % rows_per_batch` (words
-/// `codes[o·RBIT/32 ..]`), its norm to `norms[o]` when `write_norms`. With `center`, vector
+/// Encodes `n` vectors of `D` elements, many at a time: a prefill's keys, or the keys a
+/// cache holds without codes yet. Vector `i` is read from row
+/// `(i / rows_per_batch)·in_rows_per_batch + in_row0 + i % rows_per_batch` of `x` (rows of
+/// `D`: `in_rows_per_batch = rows_per_batch`, `in_row0 = 0` for a packed input) and uses the
+/// weights of KV head `h = (i / group) % kv_heads` (`w` is `[kv_heads, D, RBIT]`, f32); its
+/// code goes to output row `o = (i / rows_per_batch)·out_rows_per_batch + out_row0 + i %
+/// rows_per_batch` (words `codes[o·RBIT/32 ..]`), its norm to `norms[o]` when `write_norms`. With `center`, vector
 /// `i` is encoded (and its norm taken) as `x − μ`, `μ = mu[((i / rows_per_batch)·kv_heads +
 /// h)·D ..]` (`mu` is `[batch, kv_heads, D]`; unread without `center`).
 ///
@@ -48,6 +51,8 @@ pub fn hash_encode<T: Float, const D: u32, const RBIT: u32, const V: u32>(
     kv_heads: u32,
     group: u32,
     rows_per_batch: u32,
+    in_rows_per_batch: u32,
+    in_row0: u32,
     out_rows_per_batch: u32,
     out_row0: u32,
     write_norms: bool,
@@ -61,19 +66,22 @@ pub fn hash_encode<T: Float, const D: u32, const RBIT: u32, const V: u32>(
     }
     // which vectors this warp encodes (a missing one repeats the first, and is not written)
     let mut rows = [0u32; V];
-    // where each vector's centre starts in `mu`
+    // where each vector's centre starts in `mu`, and where it starts in `x`
     let mut centre = [0u32; V];
+    let mut src = [0u32; V];
     for k in 0..V {
         let m = (m0 + k).min(per_head - 1);
         rows[k] = ((m / group) * kv_heads + h) * group + m % group;
-        centre[k] = ((rows[k] / rows_per_batch) * kv_heads + h) * D;
+        let seq = rows[k] / rows_per_batch;
+        centre[k] = (seq * kv_heads + h) * D;
+        src[k] = (seq * in_rows_per_batch + in_row0 + rows[k] % rows_per_batch) * D;
     }
     let mut acc = [[0.0f32; RBIT / 32]; V];
     let mut sq = [0.0f32; V];
     let w_head = h * D * RBIT;
     for d0 in (0..D).step_by(8) {
         for k in 0..V {
-            let v = x.vload(rows[k] * D + d0);
+            let v = x.vload(src[k] + d0);
             for e in 0..8u32 {
                 let mut xv = v[e] as f32;
                 if center {

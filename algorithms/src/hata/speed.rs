@@ -63,8 +63,9 @@ fn as_runtime(e: HataError) -> RuntimeError {
 /// bf16, random data and hash weights; sink 16, recent 64), each part a median of `reps`
 /// after `warmup` runs, with dense flash-decoding over the same cache in the same run. The
 /// whole steps grow the cache by a few tokens (`4 · (warmup + reps)` in all). The
-/// split sizes of the sparse attention ([`HataLayer::tune_attend`]) and of the dense baseline
-/// ([`time_dense`]) are tuned first, afresh for this shape.
+/// split sizes of the sparse attention, of the user's layer where it decodes dense
+/// ([`HataLayer::tune_attend`]) and of the dense baseline ([`time_dense`]) are tuned first,
+/// afresh for this shape.
 pub fn measure(
     device: &Device,
     batch: u32,
@@ -109,6 +110,8 @@ pub fn measure(
     let k_new = device.upload(&random((batch * hk * d) as usize))?;
     let mut out: DeviceBuffer<bf16> = device.zeros((batch * 32 * d) as usize)?;
     let mut lse: DeviceBuffer<f32> = device.zeros((batch * 32) as usize)?;
+    // the sparse step's parts are timed at every length (the crossover is for the user's layer)
+    layer.set_dense_below(0);
     layer.score(&q)?;
     layer.select()?;
     // both decodes' split sizes tuned afresh for this shape (a stored winner of another shape
@@ -118,6 +121,13 @@ pub fn measure(
         force: true,
     };
     layer.tune_attend(&q, &mut out, &mut lse, &tuning)?;
+    // the layer as a user makes it, its dense attention tuned where it decodes dense
+    let mut user = HataLayer::<bf16>::new(device, cfg, &weights)?;
+    user.prefill(&k, &v, seq)?;
+    let layer_dense = !user.is_sparse();
+    if layer_dense {
+        user.tune_attend(&q, &mut out, &mut lse, &tuning)?;
+    }
     let median = |r: Result<kiln::Timing, RuntimeError>| r.map(|t| t.median_ms);
     let step = median(time(device, warmup, reps, || {
         layer.score(&q).map_err(as_runtime)?;
@@ -143,14 +153,10 @@ pub fn measure(
                 .map_err(as_runtime)
         }))
     };
-    layer.set_dense_below(0);
     layer.set_graphs(false);
     let eager_step = whole_step(&mut layer)?;
     layer.set_graphs(true);
     let graph_step = whole_step(&mut layer)?;
-    let mut user = HataLayer::<bf16>::new(device, cfg, &weights)?;
-    user.prefill(&k, &v, seq)?;
-    let layer_dense = !user.is_sparse();
     let layer_step = whole_step(&mut user)?;
     let shape = DecodeShape {
         batch,

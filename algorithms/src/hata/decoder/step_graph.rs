@@ -1,6 +1,6 @@
 //! The graph-captured step (sparse or dense): a step's launches captured once and replayed while the
 //! column count, the budget and the caller's buffers stay what they were at the capture
-//! (the append and the masking read the cache length from device memory; the score, top-k
+//! (the append and the scoring read the cache length from device memory; the score, top-k
 //! and attention cover the keyed columns and budget), so a step costs the host one launch
 //! instead of a dozen and the device no gaps between them. One graph is kept: a caller
 //! alternating two sets of step buffers recaptures every step (use one set, or graphs off).
@@ -47,6 +47,11 @@ impl<T: Element + Float> HataLayer<T> {
                 io.lse.address(),
             ],
         };
+        // a sparse step's graph hashes its key into a fully hashed cache: encode what dense
+        // steps left out first (eagerly; never part of a graph)
+        if key.keys > 0 {
+            self.hash_missing()?;
+        }
         let stream = self.device.default_stream();
         if let Some(g) = self
             .graph
@@ -55,6 +60,9 @@ impl<T: Element + Float> HataLayer<T> {
         {
             g.graph.launch(&stream)?;
             self.len = next;
+            if key.keys > 0 {
+                self.hashed = next;
+            }
             self.replays += 1;
             return Ok(());
         }
