@@ -118,7 +118,9 @@ fn compare<T: Real>(
 }
 
 /// Runs flash-decoding on one shape (dense, or over a random index list of `n_keys`
-/// distinct tokens) with split size `chunk` (`None`: the default) against the reference.
+/// distinct tokens) with split size `chunk` (`None`: the default), its splits merged by
+/// [`decode_merge`](crate::attention::decode::decode_merge) and inside the kernel, against
+/// the reference.
 pub fn decode_case<T: Real>(
     dev: &Device,
     s: DecodeShape,
@@ -159,20 +161,7 @@ pub fn decode_case<T: Real>(
     let mut lse = dev.upload(&vec![f32::NAN; b * h])?;
     let mut scratch = DecodeScratch::new(dev, 1, d)?;
     let ids_dev = ids.as_ref().map(|i| dev.upload(i)).transpose()?;
-    decode
-        .run(
-            &s,
-            &dev.upload(&q)?,
-            &dev.upload(&k)?,
-            &dev.upload(&v)?,
-            ids_dev.as_ref(),
-            n_keys,
-            scale as f32,
-            &mut o,
-            &mut lse,
-            &mut scratch,
-        )
-        .map_err(|e| VerifyError::Mismatch(e.to_string()))?;
+    let (q, k, v) = (dev.upload(&q)?, dev.upload(&k)?, dev.upload(&v)?);
     let (want_o, want_lse) = reference::decode(
         b,
         h,
@@ -186,11 +175,35 @@ pub fn decode_case<T: Real>(
         n_keys as usize,
         scale,
     );
-    let what = format!(
-        "flash_decode {:?} {s:?} indexed={indexed:?} chunk={chunk:?}",
-        T::DTYPE
-    );
-    compare::<T>(dev, &what, (&o, &lse), (&want_o, &want_lse))
+    // the splits merged by decode_merge and inside the kernel, each twice on poisoned
+    // outputs (the fused merge's tickets must be back at 0 for the second call)
+    for fused in [false, true] {
+        decode.fused = Some(fused);
+        for call in 0..2 {
+            dev.write(&mut o, &vec![T::NAN; b * h * d])?;
+            dev.write(&mut lse, &vec![f32::NAN; b * h])?;
+            decode
+                .run(
+                    &s,
+                    &q,
+                    &k,
+                    &v,
+                    ids_dev.as_ref(),
+                    n_keys,
+                    scale as f32,
+                    &mut o,
+                    &mut lse,
+                    &mut scratch,
+                )
+                .map_err(|e| VerifyError::Mismatch(e.to_string()))?;
+            let what = format!(
+                "flash_decode {:?} {s:?} indexed={indexed:?} chunk={chunk:?} fused={fused} call {call}",
+                T::DTYPE
+            );
+            compare::<T>(dev, &what, (&o, &lse), (&want_o, &want_lse))?;
+        }
+    }
+    Ok(())
 }
 
 /// The prefill checks' shape: 2 sequences, 4 query heads over 2 KV heads.

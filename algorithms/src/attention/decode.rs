@@ -1,5 +1,7 @@
 //! Flash-decoding: attention of one query token per sequence over a KV cache, split along
-//! the sequence across warps and merged by log-sum-exp; optionally over an index list of
+//! the sequence across warps and merged by log-sum-exp — by a second kernel, or inside the
+//! first by the last block of each (batch, KV head) to finish, so that a short cache's
+//! decode is one launch (the tuner picks per shape); optionally over an index list of
 //! selected keys per (batch, KV head), which the sparse pipelines (HATA, CLO, Chelsea) reuse;
 //! optionally with a per-entry logit bias `log n_j` from entry sizes (Chelsea's merged
 //! cache: an entry that stands for `n_j` tokens gets their attention mass).
@@ -34,7 +36,14 @@ pub const MAX_SPLITS: u32 = 4096;
 /// token `j` gains `ln counts[(b·S + j)·H_kv + h_kv]` (`counts` `[B, S, H_kv]`, each ≥ 1,
 /// or 0 to mask the entry out: a split of masked entries only contributes nothing;
 /// read 4 bytes per key, a step ahead into registers so the load hides behind the tile's
-/// `mma`s); without it `counts` is never read. Grid `(⌈splits / 2⌉, H_kv, B)`, 64 threads.
+/// `mma`s); without it `counts` is never read.
+///
+/// With `fused`, the kernel also merges: the last block of a (batch, KV head) to finish —
+/// a ticket taken with an atomic on `tickets[b·H_kv + h_kv]` after a fence, reset to 0 by
+/// that block for the next call — merges its group's splits ([`merge_group`]) into `o`
+/// `[B, H, D]` and the natural-log `lse` `[B, H]`, so a decode is one launch (what a short
+/// cache, whose few splits merge quickly, gains most from); else [`decode_merge`] does it.
+/// Grid `(⌈splits / 2⌉, H_kv, B)`, 64 threads.
 #[kernel(
     threads = 64,
     example(T = bf16, D = 128, INDEXED = false, BIAS = false),
@@ -50,6 +59,9 @@ pub fn flash_decode<T: Float, const D: u32, const INDEXED: bool, const BIAS: boo
     counts: &[f32],
     o_part: &mut [f32],
     lse_part: &mut [f32],
+    tickets: &mut [u32],
+    o: &mut [T],
+    lse: &mut [f32],
     seq: u32,
     n_keys: u32,
     heads: u32,
@@ -57,7 +69,9 @@ pub fn flash_decode<T: Float, const D: u32, const INDEXED: bool, const BIAS: boo
     chunk: u32,
     splits: u32,
     scale: f32,
+    fused: bool,
 ) {
+    let ticket = shared::<[u32; 1]>();
     let sq = shared::<[T; 16 * D]>();
     // two stages per warp: tile `i` of warp `w` lives in slot `2w + i % 2`
     let sk = shared::<[[T; 16 * D]; 4]>();
@@ -112,85 +126,161 @@ pub fn flash_decode<T: Float, const D: u32, const INDEXED: bool, const BIAS: boo
     cp_async_commit();
     cp_async_wait::<1>(); // the queries landed; the first key tile may still be in flight
     sync_threads();
-    if split >= splits {
-        return;
-    }
-    let mut qf = [frag_a_zero::<T>(); D / 16];
-    load_a_strip::<T, D>(&mut qf, &sq, 0u32);
-    let steps = (end - start).div_ceil(16);
-    let c = scale * 1.442_695_f32;
-    let mut acc = [frag_c_zero(); D / 8];
-    let mut m = [f32::NEG_INFINITY; 2];
-    let mut l = [0.0f32; 2];
-    for i in 0..steps {
-        let k0 = start + i * 16;
-        let slot = w * 2 + i % 2;
-        if BIAS {
-            for e in 0..4u32 {
-                bias[e] = bias_next[e].log2();
+    // a block's second warp has no split when the count is odd (it still takes part in
+    // the fused merge)
+    if split < splits {
+        let mut qf = [frag_a_zero::<T>(); D / 16];
+        load_a_strip::<T, D>(&mut qf, &sq, 0u32);
+        let steps = (end - start).div_ceil(16);
+        let c = scale * 1.442_695_f32;
+        let mut acc = [frag_c_zero(); D / 8];
+        let mut m = [f32::NEG_INFINITY; 2];
+        let mut l = [0.0f32; 2];
+        for i in 0..steps {
+            let k0 = start + i * 16;
+            let slot = w * 2 + i % 2;
+            if BIAS {
+                for e in 0..4u32 {
+                    bias[e] = bias_next[e].log2();
+                }
+                if i + 1 < steps {
+                    fetch_bias::<INDEXED>(
+                        &mut bias_next,
+                        counts,
+                        ids,
+                        id_base,
+                        k0 + 16,
+                        end,
+                        cnt_base,
+                        kv_heads,
+                    );
+                }
             }
             if i + 1 < steps {
-                fetch_bias::<INDEXED>(
-                    &mut bias_next,
-                    counts,
+                let next = w * 2 + (i + 1) % 2;
+                fetch_keys::<T, D, INDEXED>(
+                    &mut sk[next],
+                    &mut sv[next],
+                    k,
+                    v,
                     ids,
                     id_base,
                     k0 + 16,
                     end,
-                    cnt_base,
-                    kv_heads,
+                    kv_base,
+                    ld,
                 );
             }
+            cp_async_commit();
+            cp_async_wait::<1>(); // tile i landed; tile i + 1 may still be in flight
+            sync_warp();
+            let mut s = [frag_c_zero(); 2];
+            mma_abt::<T, D>(&mut s, &qf, &sk[slot], 0u32);
+            scale_strip::<2>(&mut s, c);
+            if BIAS {
+                for j in 0..2u32 {
+                    for r in 0..4u32 {
+                        s[j][r] += bias[j * 2 + r % 2];
+                    }
+                }
+            }
+            if end - k0 < 16 {
+                mask_strip::<2>(&mut s, 0u32, 0u32, end - k0, false, 0u32);
+            }
+            online_softmax::<2, { D / 8 }>(&mut s, &mut m, &mut l, &mut acc);
+            let mut p = [frag_a_zero::<T>(); 1];
+            to_a::<T, 2, 1>(&s, &mut p);
+            mma_ab::<T, D>(&mut acc, &p, &sv[slot], 0u32);
+            sync_warp(); // the slot is refilled two steps later
         }
-        if i + 1 < steps {
-            let next = w * 2 + (i + 1) % 2;
-            fetch_keys::<T, D, INDEXED>(
-                &mut sk[next],
-                &mut sv[next],
-                k,
-                v,
-                ids,
-                id_base,
-                k0 + 16,
-                end,
-                kv_base,
-                ld,
-            );
+        let mut total = [0.0f32; 2];
+        for r in 0..2u32 {
+            total[r] = quad_sum(l[r]);
         }
-        cp_async_commit();
-        cp_async_wait::<1>(); // tile i landed; tile i + 1 may still be in flight
-        sync_warp();
-        let mut s = [frag_c_zero(); 2];
-        mma_abt::<T, D>(&mut s, &qf, &sk[slot], 0u32);
-        scale_strip::<2>(&mut s, c);
-        if BIAS {
-            for j in 0..2u32 {
-                for r in 0..4u32 {
-                    s[j][r] += bias[j * 2 + r % 2];
+        let base = ((head0 * splits + split) * D) as u64;
+        store_strip::<f32, { D / 8 }>(&acc, &total, o_part, base, (splits * D) as u64, g);
+        if lane % 4 == 0 {
+            for r in 0..2u32 {
+                let row = lane / 4 + r * 8;
+                if row < g {
+                    lse_part[(head0 + row) * splits + split] = m[r] + total[r].log2();
                 }
             }
         }
-        if end - k0 < 16 {
-            mask_strip::<2>(&mut s, 0u32, 0u32, end - k0, false, 0u32);
+    }
+    if fused {
+        thread_fence();
+        sync_threads();
+        let group = b * kv_heads + hk;
+        if t == 0 {
+            ticket[0] = atomic_add(&mut tickets[group], 1u32);
         }
-        online_softmax::<2, { D / 8 }>(&mut s, &mut m, &mut l, &mut acc);
-        let mut p = [frag_a_zero::<T>(); 1];
-        to_a::<T, 2, 1>(&s, &mut p);
-        mma_ab::<T, D>(&mut acc, &p, &sv[slot], 0u32);
-        sync_warp(); // the slot is refilled two steps later
-    }
-    let mut total = [0.0f32; 2];
-    for r in 0..2u32 {
-        total[r] = quad_sum(l[r]);
-    }
-    let base = ((head0 * splits + split) * D) as u64;
-    store_strip::<f32, { D / 8 }>(&acc, &total, o_part, base, (splits * D) as u64, g);
-    if lane % 4 == 0 {
-        for r in 0..2u32 {
-            let row = lane / 4 + r * 8;
-            if row < g {
-                lse_part[(head0 + row) * splits + split] = m[r] + total[r].log2();
+        sync_threads();
+        if ticket[0] == grid_dim().x - 1 {
+            merge_group::<T, D>(o_part, lse_part, o, lse, head0, g, splits, t);
+            if t == 0 {
+                tickets[group] = 0;
             }
+        }
+    }
+}
+
+/// Run by the 64 threads (`t`) of [`flash_decode`]'s last block of a group: merges the
+/// `splits` partial results of query heads `head0 .. head0 + g` by log-sum-exp into `o` (as
+/// `T`) and the natural-log `lse`. Thread `t` takes (head, 4 columns) pairs `t, t + 64, ..`
+/// and runs an online merge over the splits (the running maximum rescales the sums), four
+/// splits' loads in flight at a time; a split of masked entries only (LSE `−∞`) adds
+/// nothing.
+#[device]
+pub fn merge_group<T: Float, const D: u32>(
+    o_part: &[f32],
+    lse_part: &[f32],
+    o: &mut [T],
+    lse: &mut [f32],
+    head0: u32,
+    g: u32,
+    splits: u32,
+    t: u32,
+) {
+    for p in (t..g * (D / 4)).step_by(64) {
+        let row = head0 + p / (D / 4);
+        let col = p % (D / 4) * 4;
+        let mut m = f32::NEG_INFINITY;
+        let mut den = 0.0f32;
+        let mut acc = [0.0f32; 4];
+        let mut s0 = 0u32;
+        while s0 < splits {
+            let mut l = [f32::NEG_INFINITY; 4];
+            let mut x = [[0.0f32; 4]; 4];
+            for u in 0..4u32 {
+                let s = s0 + u;
+                if s < splits {
+                    l[u] = lse_part[row * splits + s];
+                    let y = o_part.vload((row * splits + s) * D + col);
+                    for e in 0..4u32 {
+                        x[u][e] = y[e];
+                    }
+                }
+            }
+            for u in 0..4u32 {
+                if l[u] > f32::NEG_INFINITY {
+                    let top = m.max(l[u]);
+                    let old = (m - top).exp2();
+                    let w = (l[u] - top).exp2();
+                    den = den * old + w;
+                    for e in 0..4u32 {
+                        acc[e] = acc[e] * old + w * x[u][e];
+                    }
+                    m = top;
+                }
+            }
+            s0 += 4;
+        }
+        for e in 0..4u32 {
+            o[row * D + col + e] = (acc[e] / den) as T;
+        }
+        if col == 0 {
+            lse[row] = (m + den.log2()) * 0.693_147_2_f32;
         }
     }
 }
@@ -405,10 +495,14 @@ pub struct FlashDecode {
     /// Keys per split (a multiple of 16); `None` uses the tuned split size of the shape's
     /// bucket in `store`, else one picked from the device's size.
     pub chunk: Option<u32>,
+    /// Whether the splits are merged inside the attention kernel (one launch, see
+    /// [`flash_decode`]'s `fused`) or by [`decode_merge`]; `None` uses the tuned choice of
+    /// the shape's bucket, else [`default_fused`].
+    pub fused: Option<bool>,
     /// Where tuned split sizes are kept (the compile-cache folder by default).
     pub store: Store,
-    chunks: Choices<TuneKey, Option<u32>>,
-    /// The last call's shape, key count and `chunk` setting, and the split size they gave:
+    chunks: Choices<TuneKey, Option<(u32, bool)>>,
+    /// The last call's shape, key count and settings, and the split they gave:
     /// a decode loop asks for the same one every step, and building its tuning key
     /// (strings) would add host time before every launch.
     last: Mutex<Option<LastChoice>>,
@@ -418,8 +512,18 @@ pub struct FlashDecode {
     no_counts: DeviceBuffer<f32>,
 }
 
-/// A call's shape, key count and `chunk` setting, and the split size they gave.
-type LastChoice = (DecodeShape, u32, Option<u32>, u32);
+/// A call's shape, key count, `chunk` and `fused` settings, and the split size and merge
+/// they gave.
+type LastChoice = (DecodeShape, u32, (Option<u32>, Option<bool>), Split);
+
+/// How a call splits its keys: keys per split, and whether the kernel merges the splits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// Keys per split (a multiple of 16).
+    pub chunk: u32,
+    /// Whether [`flash_decode`] merges the splits itself (else [`decode_merge`]).
+    pub fused: bool,
+}
 
 /// The split sizes the tuner tries (with the default of [`default_chunk`]). The short
 /// ones (32, 48) serve short caches — a merged cache at B = 1 may have a few thousand keys
@@ -478,6 +582,7 @@ impl FlashDecode {
             bias,
             dim,
             chunk: None,
+            fused: None,
             store: Store::default_location(),
             chunks: Choices::default(),
             last: Mutex::new(None),
@@ -509,29 +614,50 @@ impl FlashDecode {
     /// The split size used for `n_keys` keys: [`FlashDecode::chunk`] if set, else the tuned
     /// one, else [`default_chunk`]. Never more than [`MAX_SPLITS`] splits.
     pub fn chunk_for(&self, shape: &DecodeShape, n_keys: u32, multiprocessors: u32) -> u32 {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((s, n, set, chunk)) = *last {
-            if s == *shape && n == n_keys && set == self.chunk {
-                return chunk;
-            }
-        }
-        let chunk = self.pick_chunk(shape, n_keys, multiprocessors);
-        *last = Some((*shape, n_keys, self.chunk, chunk));
-        chunk
+        self.split_for(shape, n_keys, multiprocessors).chunk
     }
 
-    fn pick_chunk(&self, shape: &DecodeShape, n_keys: u32, multiprocessors: u32) -> u32 {
+    /// The split size and merge used for `n_keys` keys: each the setting
+    /// ([`FlashDecode::chunk`], [`FlashDecode::fused`]) if given, else the tuned one, else
+    /// [`default_chunk`] and [`default_fused`].
+    pub fn split_for(&self, shape: &DecodeShape, n_keys: u32, multiprocessors: u32) -> Split {
+        let settings = (self.chunk, self.fused);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, n, set, split)) = *last {
+            if s == *shape && n == n_keys && set == settings {
+                return split;
+            }
+        }
+        let split = self.pick_split(shape, n_keys, multiprocessors);
+        *last = Some((*shape, n_keys, settings, split));
+        split
+    }
+
+    fn pick_split(&self, shape: &DecodeShape, n_keys: u32, multiprocessors: u32) -> Split {
         let least = n_keys.div_ceil(MAX_SPLITS);
-        let chosen = self.chunk.or_else(|| {
+        let tuned = || {
             let key = self.tune_key(shape, n_keys);
             self.chunks.get(key.clone(), || {
                 self.store
                     .lookup(&key)
-                    .map(|e| e.winner.get("CHUNK") as u32)
+                    .map(|e| (e.winner.get("CHUNK") as u32, e.winner.get("FUSED") != 0))
             })
-        });
-        let chunk = chosen.unwrap_or_else(|| default_chunk(shape, n_keys, multiprocessors));
-        chunk.max(least).max(16).div_ceil(16) * 16
+        };
+        let (chunk, fused) = match (self.chunk, self.fused) {
+            (Some(c), Some(f)) => (Some(c), Some(f)),
+            (c, f) => {
+                let t = tuned();
+                (c.or(t.map(|t| t.0)), f.or(t.map(|t| t.1)))
+            }
+        };
+        let chunk = chunk
+            .unwrap_or_else(|| default_chunk(shape, n_keys, multiprocessors))
+            .max(least)
+            .max(16)
+            .div_ceil(16)
+            * 16;
+        let fused = fused.unwrap_or_else(|| default_fused(n_keys.div_ceil(chunk)));
+        Split { chunk, fused }
     }
 
     /// Searches the split size for one call (on the given inputs, which it overwrites `o`
@@ -587,14 +713,17 @@ impl FlashDecode {
         chunks.push(default_chunk(shape, n_keys, device_mps).div_ceil(16) as i64 * 16);
         chunks.sort_unstable();
         chunks.dedup();
-        let space = Space::new().dim("CHUNK", &chunks).constraint(
-            "at most MAX_SPLITS splits, and no split larger than all the keys",
-            move |p| p.get("CHUNK") >= least && p.get("CHUNK") < 2 * n_keys.max(16) as i64,
-        );
+        let space = Space::new()
+            .dim("CHUNK", &chunks)
+            .dim("FUSED", &[0, 1])
+            .constraint(
+                "at most MAX_SPLITS splits, and no split larger than all the keys",
+                move |p| p.get("CHUNK") >= least && p.get("CHUNK") < 2 * n_keys.max(16) as i64,
+            );
         let key = self.tune_key(shape, n_keys);
         let key_memo = key.clone();
         let store = std::mem::replace(&mut self.store, Store::in_dir(None));
-        let saved = self.chunk;
+        let saved = (self.chunk, self.fused);
         let device = self.partial.device.clone();
         let this = &mut *self;
         let result = tune(
@@ -605,6 +734,7 @@ impl FlashDecode {
             |_| Ok(()),
             |p, _| {
                 this.chunk = Some(p.get("CHUNK") as u32);
+                this.fused = Some(p.get("FUSED") != 0);
                 let mut turn = 0usize;
                 let t = timing::time(&device, 3, 20, || {
                     let x = &inputs[turn % inputs.len()];
@@ -630,12 +760,17 @@ impl FlashDecode {
             },
             |want: &Vec<f32>, got: &Vec<f32>| crate::tuning::close(want, got, 1e-2),
         );
-        self.chunk = saved;
+        (self.chunk, self.fused) = saved;
         self.store = store;
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let entry = result?;
-        self.chunks
-            .set(key_memo, Some(entry.winner.get("CHUNK") as u32));
+        self.chunks.set(
+            key_memo,
+            Some((
+                entry.winner.get("CHUNK") as u32,
+                entry.winner.get("FUSED") != 0,
+            )),
+        );
         Ok(entry)
     }
 
@@ -733,9 +868,9 @@ impl FlashDecode {
         expect("o", o.len(), b * h * d)?;
         expect("lse", lse.len(), b * h)?;
         let device = &self.partial.device;
-        let chunk = self.chunk_for(s, n_keys, device.multiprocessors());
+        let Split { chunk, fused } = self.split_for(s, n_keys, device.multiprocessors());
         let splits = n_keys.div_ceil(chunk);
-        scratch.ensure(device, b * h * splits as usize, d)?;
+        scratch.ensure(device, b * h * splits as usize, d, b * hk)?;
         let ids = match (self.indexed, ids) {
             (true, Some(ids)) => {
                 // a longer buffer (sized for the largest budget) is fine: rows are n_keys apart
@@ -784,6 +919,9 @@ impl FlashDecode {
             counts,
             &mut scratch.o_part,
             &mut scratch.lse_part,
+            &mut scratch.tickets,
+            o,
+            lse,
             s.seq,
             n_keys,
             s.heads,
@@ -791,7 +929,11 @@ impl FlashDecode {
             chunk,
             splits,
             scale,
+            fused,
         )?;
+        if fused {
+            return Ok(());
+        }
         let merge_cfg = LaunchConfig {
             grid: (s.heads, s.batch, 1),
             block: (MERGE_THREADS, 1, 1),
@@ -877,11 +1019,24 @@ pub fn default_chunk(shape: &DecodeShape, n_keys: u32, multiprocessors: u32) -> 
     n_keys.div_ceil(want_splits).max(128)
 }
 
-/// Device memory for the per-split partial results of [`FlashDecode::run`], reused across
-/// calls.
+/// Splits per (batch, KV head) at most for which the untuned choice merges inside the
+/// attention kernel.
+pub const FUSED_SPLITS: u32 = 8;
+
+/// The merge picked without tuning: inside the attention kernel when a group has at most
+/// [`FUSED_SPLITS`] splits (its last block merges them in a few round trips, cheaper than a
+/// second launch), else by [`decode_merge`] (whose 256-thread blocks per query head merge
+/// many splits faster than one 64-thread block per group).
+pub fn default_fused(splits: u32) -> bool {
+    splits <= FUSED_SPLITS
+}
+
+/// Device memory for the per-split partial results of [`FlashDecode::run`], and the
+/// tickets of the fused merge (zero between calls), reused across calls.
 pub struct DecodeScratch {
     o_part: DeviceBuffer<f32>,
     lse_part: DeviceBuffer<f32>,
+    tickets: DeviceBuffer<u32>,
 }
 
 impl DecodeScratch {
@@ -894,6 +1049,7 @@ impl DecodeScratch {
         Ok(DecodeScratch {
             o_part: device.zeros(rows.max(1) * dim)?,
             lse_part: device.zeros(rows.max(1))?,
+            tickets: device.zeros(1)?,
         })
     }
 
@@ -902,9 +1058,14 @@ impl DecodeScratch {
         device: &kiln::Device,
         rows: usize,
         dim: usize,
+        groups: usize,
     ) -> Result<(), RuntimeError> {
         if self.lse_part.len() < rows || self.o_part.len() < rows * dim {
-            *self = DecodeScratch::new(device, rows, dim)?;
+            self.o_part = device.zeros(rows * dim)?;
+            self.lse_part = device.zeros(rows)?;
+        }
+        if self.tickets.len() < groups {
+            self.tickets = device.zeros(groups)?;
         }
         Ok(())
     }
