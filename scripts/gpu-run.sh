@@ -9,7 +9,8 @@
 #   bash scripts/gpu-run.sh benches    # only the baseline and the benches
 #   bash scripts/gpu-run.sh decode     # the baselines, then the decode-step benches (HATA's
 #                                      # speed shapes, top-k, Chelsea); a .gpu/before-hata
-#                                      # (an older bench-hata) runs beside the new one
+#                                      # and .gpu/before-chelsea (older bench-hata and
+#                                      # bench-chelsea) run beside the new ones
 #   bash scripts/gpu-run.sh adacluster # the algorithm checks on the GPU, the PyTorch
 #                                      # AdaCluster baselines (SDPA, k-means), then its bench
 #   bash scripts/gpu-run.sh bigmac     # the BigMac bench (grouped GEMM vs cuBLAS, CDAC vs
@@ -89,7 +90,8 @@ if [ "$what" = decode ]; then
     echo "== $b h32/8"
     "$b" --bench h32/8 2>&1 | tee "$out/$(basename "$b").log" || status=1
   done
-  for b in .gpu/bench-topk .gpu/bench-chelsea; do
+  for b in .gpu/bench-topk .gpu/bench-chelsea .gpu/before-chelsea; do
+    [ -e "$b" ] || continue
     echo "== $b"
     "$b" --bench 2>&1 | tee "$out/$(basename "$b").log" || status=1
   done
