@@ -1,7 +1,8 @@
 //! BigMac on one GPU, ours and the baseline in the same run. (1) The grouped GEMM — every
 //! expert's rows in one launch — against cuBLAS on the same total work: a loop of one GEMM per
-//! expert (its rows × K × N, as a framework without a grouped kernel runs MoE experts), and
-//! one GEMM of all rows against a single weight (the same FLOPs with no grouping: an upper
+//! expert (its rows × K × N, as a framework without a grouped kernel runs MoE experts),
+//! cuBLAS's grouped API (`cublasGemmGroupedBatchedEx`, one call for every expert, where the
+//! cuBLAS has it), and one GEMM of all rows against a single weight (the same FLOPs with no grouping: an upper
 //! bound); routed rows per expert drawn from a skewed (Zipf 0.8) law over 64 experts; bf16
 //! inputs, f32 accumulation (cuBLAS writes f32, ours bf16). (2) The whole MoE layer, CDAC
 //! against BigMac (DCCA), at DeepSeekMoE-like sizes (h 2048, r 0.25, 64 experts, top-6) for
@@ -158,6 +159,44 @@ fn grouped_case(
             }
             Ok(())
         })?;
+        // cuBLAS's own grouped API (cuBLAS 12.5+), one call for every expert
+        let mut c_grouped = dev.zeros::<f32>(slots * n)?;
+        let grouped = match blas.grouped_gemm(&a, &w, &mut c_grouped, &per, k, n) {
+            Ok(call) => Some(
+                timing::time(dev, 3, 20, || {
+                    blas.run_grouped(&call)
+                        .map_err(|e| kiln::runtime::RuntimeError::InvalidInput {
+                            what: "cuBLAS",
+                            reason: e.to_string(),
+                        })
+                })?
+                .median_ms,
+            ),
+            Err(e) => {
+                println!("{name}: no cuBLAS grouped GEMM: {e}");
+                None
+            }
+        };
+        if let Some(g) = grouped {
+            println!(
+                "{name}: cuBLAS grouped API {g:.3} ms ({:.2}x ours)",
+                g / ours.median_ms
+            );
+            entry["cublas_grouped_ms"] = g.into();
+            entry["vs_cublas_grouped"] = (g / ours.median_ms).into();
+            if let Some(h) = hopper {
+                println!("{name}: wgmma {:.2} of the cuBLAS grouped API", g / h);
+                entry["wgmma_vs_cublas_grouped"] = (g / h).into();
+            }
+            rows_out.push(Row {
+                name: format!("cublas grouped api, {name}"),
+                work: flops,
+                median_ms: g,
+                rate: flops / g / 1e9,
+                vs: None,
+                roof: Roof::TensorCores,
+            });
+        }
         let w1 = dev.upload(&random_bf16(&mut rng, k * n))?;
         let mut c1 = dev.zeros::<f32>(slots * n)?;
         let single = timing::time(dev, 3, 20, || {

@@ -287,3 +287,68 @@ fn work_on_a_second_stream_is_ordered_by_events() {
     .unwrap();
     assert_eq!(dev.download(&z).unwrap(), x);
 }
+
+/// cuBLAS's grouped GEMM (the MoE benches' grouped baseline) gives what one cuBLAS GEMM per
+/// group gives, over groups of uneven size with an empty one, and leaves nothing else of C
+/// unwritten. On the emulator there is no cuBLAS: the test passes there without running, and
+/// on a GPU a missing or too old cuBLAS fails it only with KILN_REQUIRE_CUBLAS=1.
+#[test]
+fn cublas_grouped_gemm_matches_one_gemm_per_group() {
+    use kiln::runtime::blas::{Blas, Layout};
+    let Some(dev) = device() else { return };
+    if !dev.is_gpu() {
+        println!("skipped: cuBLAS needs a GPU");
+        return;
+    }
+    let require = std::env::var("KILN_REQUIRE_CUBLAS").is_ok_and(|v| v.trim() == "1");
+    let blas = match Blas::new(&dev) {
+        Ok(b) => b,
+        Err(e) if !require => {
+            println!("skipped: {e}");
+            return;
+        }
+        Err(e) => panic!("KILN_REQUIRE_CUBLAS=1: {e}"),
+    };
+    let (rows, k, n) = ([37usize, 0, 130, 1, 64], 96usize, 80usize);
+    let total: usize = rows.iter().sum();
+    let mut rng = Rng::new(5);
+    let random = |rng: &mut Rng, len: usize| -> Vec<bf16> {
+        rng.f32s(len).into_iter().map(bf16::from_f32).collect()
+    };
+    let a_host = random(&mut rng, total * k);
+    let w_host = random(&mut rng, rows.len() * k * n);
+    let (a, w) = (dev.upload(&a_host).unwrap(), dev.upload(&w_host).unwrap());
+    let mut c = dev.upload(&vec![f32::NAN; total * n]).unwrap();
+    {
+        let call = match blas.grouped_gemm(&a, &w, &mut c, &rows, k, n) {
+            Ok(call) => call,
+            Err(e) if !require => {
+                println!("skipped: {e}");
+                return;
+            }
+            Err(e) => panic!("KILN_REQUIRE_CUBLAS=1: {e}"),
+        };
+        assert_eq!(call.parts().len(), 4, "the empty group is left out");
+        blas.run_grouped(&call).unwrap();
+    }
+    let got = dev.download(&c).unwrap();
+    let mut start = 0;
+    for (g, &r) in rows.iter().enumerate() {
+        if r == 0 {
+            continue;
+        }
+        let ag = dev.upload(&a_host[start * k..(start + r) * k]).unwrap();
+        let wg = dev.upload(&w_host[g * k * n..(g + 1) * k * n]).unwrap();
+        let mut cg = dev.zeros::<f32>(r * n).unwrap();
+        blas.gemm_bf16(&ag, &wg, &mut cg, r, n, k, Layout::RowMajor)
+            .unwrap();
+        let want = dev.download(&cg).unwrap();
+        let part = &got[start * n..(start + r) * n];
+        let err = kiln::algorithms::metrics::rel_err(
+            &part.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+            &want.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+        );
+        assert!(err < 1e-5, "group {g} ({r} rows): relative error {err:.2e}");
+        start += r;
+    }
+}

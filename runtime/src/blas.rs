@@ -25,6 +25,13 @@
 //! (`KILN_CUBLAS_PATH`, the loader path, `CUDA_HOME`, `/usr/local/cuda/lib64`, the
 //! `nvidia-cublas` pip wheel); when it is missing, [`Blas::new`] returns an error listing every
 //! path tried and how to install it. Nothing here panics on bad input.
+//!
+//! [`Blas::grouped_gemm`] and [`Blas::run_grouped`] issue cuBLAS's grouped GEMM: one call for
+//! the per-expert products of a mixture-of-experts layer (module `grouped`).
+
+mod grouped;
+
+pub use grouped::{group_parts, GroupPart, GroupedGemm};
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
