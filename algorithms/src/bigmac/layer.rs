@@ -1,9 +1,9 @@
 //! The host API: [`MoeLayer`], one MoE layer in either structure (BigMac's DCCA or the
 //! fine-grained CDAC peer), forward on one GPU (or the emulator).
 
-use super::kernels::{MAX_EXPERTS, TILE};
-use super::stages::{SortBuffers, Stages};
-use crate::adacluster::kmeans::{MAX_CLUSTERS, SORT_TILE};
+use super::kernels::MAX_EXPERTS;
+use super::stages::{RouteScratch, Stages};
+use crate::adacluster::kmeans::MAX_CLUSTERS;
 use crate::verify::Real;
 use kiln::{Device, DeviceBuffer, Event, RuntimeError};
 
@@ -232,7 +232,7 @@ impl<T: Real> MoeLayer<T> {
 
     /// The routing of the last call.
     pub fn routing(&self) -> Option<&Routing> {
-        self.scratch.as_ref().map(|s| &s.routing)
+        self.scratch.as_ref().map(|s| &s.route.routing)
     }
 
     /// The layer on `x` `[tokens, h]` into `y` (the same shape). The scratch buffers are
@@ -262,7 +262,11 @@ impl<T: Real> MoeLayer<T> {
             )));
         }
         let tokens = tokens as u32;
-        if self.scratch.as_ref().is_none_or(|sc| sc.tokens != tokens) {
+        if self
+            .scratch
+            .as_ref()
+            .is_none_or(|sc| sc.route.tokens != tokens)
+        {
             self.scratch = Some(Scratch::new(
                 &self.device,
                 self.structure,
@@ -319,36 +323,23 @@ impl<T: Real> MoeLayer<T> {
     ) -> Result<(), RuntimeError> {
         let s = self.shape;
         let st = &self.stages;
-        let tokens = sc.tokens;
+        let tokens = sc.route.tokens;
         let e = s.experts;
         let slots = tokens * s.top_k;
-        let r = &mut sc.routing;
         st.gate(
             x,
             &self.gate,
             self.bias.as_ref(),
-            &mut r.ids,
-            &mut r.weights,
+            &mut sc.route.routing.ids,
+            &mut sc.route.routing.weights,
             (tokens, s.hidden, e),
             self.normalise,
         )?;
         self.mark(marks)?;
-        st.sort(
-            SortBuffers {
-                ids: &r.ids,
-                counts: &mut sc.counts,
-                start: &mut r.start,
-                blocks: &mut sc.blocks,
-                order: &mut sc.order,
-                inv: &mut sc.inv,
-                rows: &mut sc.rows,
-            },
-            slots,
-            e,
-        )?;
+        st.sort(sc.route.sort_buffers(), slots, e)?;
         self.mark(marks)?;
-        let experts = (&r.start, &sc.blocks, e);
-        let whole = (&sc.one_start, &sc.one_blocks, 1u32);
+        let experts = (&sc.route.routing.start, &sc.route.blocks, e);
+        let whole = (&sc.route.one_start, &sc.route.one_blocks, 1u32);
         let (inw, mid) = s.expert_dims(self.structure);
         let entry = match self.structure {
             Structure::Cdac => x,
@@ -358,22 +349,22 @@ impl<T: Real> MoeLayer<T> {
                     None,
                     &self.descend,
                     whole,
-                    &mut sc.entry,
+                    &mut sc.route.entry,
                     tokens,
                     (s.hidden, s.low),
                     false,
                 )?;
-                &sc.entry
+                &sc.route.entry
             }
         };
         self.mark(marks)?;
         // the copy engine cannot gather: the Hopper path puts the rows in expert order first
         let (entry, rows) = match st.on_hopper() {
             true => {
-                st.permute(entry, &sc.rows, &mut sc.sorted, slots, inw)?;
+                st.permute(entry, &sc.route.rows, &mut sc.sorted, slots, inw)?;
                 (&sc.sorted, None)
             }
-            false => (entry, Some(&sc.rows)),
+            false => (entry, Some(&sc.route.rows)),
         };
         st.gemm(
             entry,
@@ -398,13 +389,20 @@ impl<T: Real> MoeLayer<T> {
         self.mark(marks)?;
         let combined = match self.structure {
             Structure::Cdac => &mut *y,
-            Structure::BigMac => &mut sc.combined,
+            Structure::BigMac => &mut sc.route.combined,
         };
-        st.combine(&sc.y2, &sc.inv, &r.weights, combined, tokens, inw)?;
+        st.combine(
+            &sc.y2,
+            &sc.route.inv,
+            &sc.route.routing.weights,
+            combined,
+            tokens,
+            inw,
+        )?;
         self.mark(marks)?;
         if self.structure == Structure::BigMac {
             st.gemm(
-                &sc.combined,
+                &sc.route.combined,
                 None,
                 &self.ascend,
                 whole,
@@ -438,19 +436,9 @@ pub struct StageTimes {
 
 /// The buffers of one call, kept for the next call of the same token count.
 struct Scratch<T: Real> {
-    tokens: u32,
-    routing: Routing,
-    counts: DeviceBuffer<u32>,
-    blocks: DeviceBuffer<u32>,
-    order: DeviceBuffer<u32>,
-    inv: DeviceBuffer<u32>,
-    rows: DeviceBuffer<u32>,
-    one_start: DeviceBuffer<u32>,
-    one_blocks: DeviceBuffer<u32>,
-    entry: DeviceBuffer<T>,
+    route: RouteScratch<T>,
     y1: DeviceBuffer<T>,
     y2: DeviceBuffer<T>,
-    combined: DeviceBuffer<T>,
     /// The entry rows in expert order (Hopper path only).
     sorted: DeviceBuffer<T>,
 }
@@ -464,32 +452,11 @@ impl<T: Real> Scratch<T> {
         hopper: bool,
     ) -> Result<Self, RuntimeError> {
         let slots = (tokens * s.top_k) as usize;
-        let e = s.experts as usize;
-        let tiles = slots.div_ceil(SORT_TILE as usize);
         let (inw, mid) = s.expert_dims(st);
-        let low_rows = if st == Structure::BigMac {
-            tokens as usize * s.low as usize
-        } else {
-            1
-        };
         Ok(Scratch {
-            tokens,
-            routing: Routing {
-                ids: dev.zeros(slots)?,
-                weights: dev.zeros(slots)?,
-                start: dev.zeros(e + 1)?,
-            },
-            counts: dev.zeros(e * tiles)?,
-            blocks: dev.zeros(e + 1)?,
-            order: dev.zeros(slots)?,
-            inv: dev.zeros(slots)?,
-            rows: dev.zeros(slots)?,
-            one_start: dev.upload(&[0, tokens])?,
-            one_blocks: dev.upload(&[0, tokens.div_ceil(TILE)])?,
-            entry: dev.zeros(low_rows)?,
+            route: RouteScratch::new(dev, st, s, tokens)?,
             y1: dev.zeros(slots * mid as usize)?,
             y2: dev.zeros(slots * inw as usize)?,
-            combined: dev.zeros(low_rows)?,
             sorted: dev.zeros(if hopper { slots * inw as usize } else { 1 })?,
         })
     }

@@ -34,8 +34,7 @@ use std::sync::Arc;
 
 use super::kernels::TILE;
 use super::layer::{refuse, validate, MoeShape, MoeWeights, Routing, Structure};
-use super::stages::{SortBuffers, Stages};
-use crate::adacluster::kmeans::SORT_TILE;
+use super::stages::{RouteScratch, Stages};
 use crate::verify::Real;
 use kiln::comm::{CommGroup, CommStats, Transfer};
 use kiln::{Device, DeviceBuffer, Event, RuntimeError};
@@ -137,20 +136,10 @@ struct Rank<T: Real> {
 /// One rank's buffers, kept between calls: the sending side sized by its tokens, the receiving
 /// side grown to the most rows it has received.
 struct RankScratch<T: Real> {
-    tokens: u32,
-    routing: Routing,
-    counts: DeviceBuffer<u32>,
-    blocks: DeviceBuffer<u32>,
-    order: DeviceBuffer<u32>,
-    inv: DeviceBuffer<u32>,
-    rows: DeviceBuffer<u32>,
-    one_start: DeviceBuffer<u32>,
-    one_blocks: DeviceBuffer<u32>,
-    entry: DeviceBuffer<T>,
+    route: RouteScratch<T>,
     send: DeviceBuffer<T>,
     windows: DeviceBuffer<u32>,
     ret: DeviceBuffer<T>,
-    combined: DeviceBuffer<T>,
     recv: Received<T>,
 }
 
@@ -325,7 +314,11 @@ impl<T: Real> ParallelMoeLayer<T> {
 
     /// The routing of rank `r`'s tokens in the last call (global expert ids).
     pub fn routing(&self, r: usize) -> Option<&Routing> {
-        self.ranks.get(r)?.scratch.as_ref().map(|s| &s.routing)
+        self.ranks
+            .get(r)?
+            .scratch
+            .as_ref()
+            .map(|s| &s.route.routing)
     }
 
     /// The layer on every rank's tokens: `xs[r]` `[tokens_r, h]` on rank `r`'s device, into
@@ -420,7 +413,11 @@ impl<T: Real> ParallelMoeLayer<T> {
         let local = (s.experts as usize) / n;
         for (r, rank) in self.ranks.iter_mut().enumerate() {
             let tokens = (xs[r].len() / h) as u32;
-            if rank.scratch.as_ref().is_none_or(|sc| sc.tokens != tokens) {
+            if rank
+                .scratch
+                .as_ref()
+                .is_none_or(|sc| sc.route.tokens != tokens)
+            {
                 let keep = rank.scratch.take().map(|sc| sc.recv);
                 let dev = rank.stages.device().clone();
                 rank.scratch = Some(RankScratch::new(
@@ -453,14 +450,14 @@ impl<T: Real> ParallelMoeLayer<T> {
         // 1. gate
         for (r, rank) in self.ranks.iter_mut().enumerate() {
             let sc = rank.scratch.as_mut().expect("sized by prepare");
-            let rt = &mut sc.routing;
+            let rt = &mut sc.route.routing;
             rank.stages.gate(
                 xs[r],
                 &rank.gate,
                 rank.bias.as_ref(),
                 &mut rt.ids,
                 &mut rt.weights,
-                (sc.tokens, s.hidden, e),
+                (sc.route.tokens, s.hidden, e),
                 normalise,
             )?;
         }
@@ -473,9 +470,9 @@ impl<T: Real> ParallelMoeLayer<T> {
                     xs[r],
                     None,
                     &rank.descend,
-                    (&sc.one_start, &sc.one_blocks, 1),
-                    &mut sc.entry,
-                    sc.tokens,
+                    (&sc.route.one_start, &sc.route.one_blocks, 1),
+                    &mut sc.route.entry,
+                    sc.route.tokens,
                     (s.hidden, s.low),
                     false,
                 )?;
@@ -485,23 +482,11 @@ impl<T: Real> ParallelMoeLayer<T> {
         // 3. permute: sort by expert (= by destination rank), gather into that order
         for (r, rank) in self.ranks.iter_mut().enumerate() {
             let sc = rank.scratch.as_mut().expect("sized");
-            let slots = sc.tokens * s.top_k;
-            rank.stages.sort(
-                SortBuffers {
-                    ids: &sc.routing.ids,
-                    counts: &mut sc.counts,
-                    start: &mut sc.routing.start,
-                    blocks: &mut sc.blocks,
-                    order: &mut sc.order,
-                    inv: &mut sc.inv,
-                    rows: &mut sc.rows,
-                },
-                slots,
-                e,
-            )?;
-            let entry = if bigmac { &sc.entry } else { xs[r] };
+            let slots = sc.route.tokens * s.top_k;
+            rank.stages.sort(sc.route.sort_buffers(), slots, e)?;
+            let entry = if bigmac { &sc.route.entry } else { xs[r] };
             rank.stages
-                .permute(entry, &sc.rows, &mut sc.send, slots, w)?;
+                .permute(entry, &sc.route.rows, &mut sc.send, slots, w)?;
         }
         self.mark(marks)?;
         // 4. counts: each destination's window of every source's expert offsets
@@ -524,7 +509,7 @@ impl<T: Real> ParallelMoeLayer<T> {
                 .iter_mut()
                 .map(|rk| {
                     let sc = rk.scratch.as_mut().expect("sized");
-                    (&sc.routing.start, &mut sc.windows)
+                    (&sc.route.routing.start, &mut sc.windows)
                 })
                 .unzip();
             self.group.send_recv(&starts, &mut got, &windows)?;
@@ -633,24 +618,30 @@ impl<T: Real> ParallelMoeLayer<T> {
         for (r, rank) in self.ranks.iter_mut().enumerate() {
             let sc = rank.scratch.as_mut().expect("sized");
             let out = if bigmac {
-                &mut sc.combined
+                &mut sc.route.combined
             } else {
                 &mut *ys[r]
             };
-            rank.stages
-                .combine(&sc.ret, &sc.inv, &sc.routing.weights, out, sc.tokens, w)?;
+            rank.stages.combine(
+                &sc.ret,
+                &sc.route.inv,
+                &sc.route.routing.weights,
+                out,
+                sc.route.tokens,
+                w,
+            )?;
         }
         self.mark(marks)?;
         if bigmac {
             for (r, rank) in self.ranks.iter_mut().enumerate() {
                 let sc = rank.scratch.as_mut().expect("sized");
                 rank.stages.gemm(
-                    &sc.combined,
+                    &sc.route.combined,
                     None,
                     &rank.ascend,
-                    (&sc.one_start, &sc.one_blocks, 1),
+                    (&sc.route.one_start, &sc.route.one_blocks, 1),
                     &mut *ys[r],
-                    sc.tokens,
+                    sc.route.tokens,
                     (s.low, s.hidden),
                     false,
                 )?;
@@ -685,38 +676,17 @@ impl<T: Real> RankScratch<T> {
         keep: Option<Received<T>>,
     ) -> Result<Self, RuntimeError> {
         let slots = (tokens * s.top_k) as usize;
-        let e = s.experts as usize;
-        let tiles = slots.div_ceil(SORT_TILE as usize);
         let w = s.dispatch_width(st) as usize;
         let (_, mid) = s.expert_dims(st);
-        let low_rows = if st == Structure::BigMac {
-            tokens as usize * s.low as usize
-        } else {
-            1
-        };
         let recv = match keep {
             Some(r) => r,
             None => Received::new(dev, slots, (w, mid as usize))?,
         };
         Ok(RankScratch {
-            tokens,
-            routing: Routing {
-                ids: dev.zeros(slots)?,
-                weights: dev.zeros(slots)?,
-                start: dev.zeros(e + 1)?,
-            },
-            counts: dev.zeros(e * tiles)?,
-            blocks: dev.zeros(e + 1)?,
-            order: dev.zeros(slots)?,
-            inv: dev.zeros(slots)?,
-            rows: dev.zeros(slots)?,
-            one_start: dev.upload(&[0, tokens])?,
-            one_blocks: dev.upload(&[0, tokens.div_ceil(TILE)])?,
-            entry: dev.zeros(low_rows)?,
+            route: RouteScratch::new(dev, st, s, tokens)?,
             send: dev.zeros(slots * w)?,
             windows: dev.zeros(n * (local + 1))?,
             ret: dev.zeros(slots * w)?,
-            combined: dev.zeros(low_rows)?,
             recv,
         })
     }

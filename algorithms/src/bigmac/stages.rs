@@ -10,6 +10,7 @@ use super::hopper::WgmmaGrouped;
 use super::kernels::{
     grouped_gemm, moe_combine, moe_gate, slot_maps, GATE_TOKENS, GEMM_THREADS, TILE,
 };
+use super::layer::{MoeShape, Routing, Structure};
 use crate::adacluster::attention::permute_rows;
 use crate::adacluster::kmeans::{cluster_count, cluster_offsets, cluster_scatter, SORT_TILE};
 use crate::gemm::hopper::WgmmaGemm;
@@ -22,6 +23,81 @@ pub(crate) fn launch(grid: (u32, u32, u32), threads: u32) -> LaunchConfig {
         grid,
         block: (threads, 1, 1),
         dyn_shared_bytes: 0,
+    }
+}
+
+/// The buffers a layer call routes its tokens with, the same on one device and on each rank
+/// of the expert-parallel layer: the routing, the sort by expert, the one-group offsets of
+/// the dense descend and ascend, and (BigMac) the low-width rows before dispatch and after
+/// combine.
+pub(crate) struct RouteScratch<T: Real> {
+    /// The token count these buffers are sized for.
+    pub tokens: u32,
+    /// Chosen experts, gate weights and each expert's first row.
+    pub routing: Routing,
+    /// The sort's buffers (see [`SortBuffers`]): per-tile counts, each expert's 128-row
+    /// pieces, sorted position → slot, slot → sorted position, and each sorted row's token.
+    pub counts: DeviceBuffer<u32>,
+    pub blocks: DeviceBuffer<u32>,
+    pub order: DeviceBuffer<u32>,
+    pub inv: DeviceBuffer<u32>,
+    pub rows: DeviceBuffer<u32>,
+    /// `[0, tokens]` and its 128-row pieces `[0, ⌈tokens / 128⌉]`: the one group of a dense
+    /// (one-weight) projection.
+    pub one_start: DeviceBuffer<u32>,
+    pub one_blocks: DeviceBuffer<u32>,
+    /// BigMac's descended rows `[tokens, low]` (one element for CDAC).
+    pub entry: DeviceBuffer<T>,
+    /// BigMac's combined rows `[tokens, low]` before the ascend (one element for CDAC).
+    pub combined: DeviceBuffer<T>,
+}
+
+impl<T: Real> RouteScratch<T> {
+    /// Buffers for `tokens` tokens of a layer of shape `s` and structure `st`.
+    pub fn new(
+        dev: &Device,
+        st: Structure,
+        s: MoeShape,
+        tokens: u32,
+    ) -> Result<Self, RuntimeError> {
+        let slots = (tokens * s.top_k) as usize;
+        let e = s.experts as usize;
+        let tiles = slots.div_ceil(SORT_TILE as usize);
+        let low_rows = if st == Structure::BigMac {
+            tokens as usize * s.low as usize
+        } else {
+            1
+        };
+        Ok(RouteScratch {
+            tokens,
+            routing: Routing {
+                ids: dev.zeros(slots)?,
+                weights: dev.zeros(slots)?,
+                start: dev.zeros(e + 1)?,
+            },
+            counts: dev.zeros(e * tiles)?,
+            blocks: dev.zeros(e + 1)?,
+            order: dev.zeros(slots)?,
+            inv: dev.zeros(slots)?,
+            rows: dev.zeros(slots)?,
+            one_start: dev.upload(&[0, tokens])?,
+            one_blocks: dev.upload(&[0, tokens.div_ceil(TILE)])?,
+            entry: dev.zeros(low_rows)?,
+            combined: dev.zeros(low_rows)?,
+        })
+    }
+
+    /// The sort's buffers, over the routing's chosen experts.
+    pub fn sort_buffers(&mut self) -> SortBuffers<'_> {
+        SortBuffers {
+            ids: &self.routing.ids,
+            counts: &mut self.counts,
+            start: &mut self.routing.start,
+            blocks: &mut self.blocks,
+            order: &mut self.order,
+            inv: &mut self.inv,
+            rows: &mut self.rows,
+        }
     }
 }
 
