@@ -15,6 +15,7 @@
 //! latencies (`benches/pat.rs`). Not built yet: NCCL weight resharding and KV migration
 //! between layouts, the adaptive run on the decoder, and the multi-GPU measurements.
 
+pub mod adaptive;
 pub mod checks;
 pub mod decoder;
 pub mod demo;
@@ -22,5 +23,6 @@ pub mod kernels;
 pub mod predictor;
 pub mod profile;
 pub mod reference;
+pub mod reshard;
 pub mod simulate;
 pub mod workload;
