@@ -14,11 +14,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::decoder::{
-    replica_groups, DecoderError, DecoderOptions, DecoderWeights, Reduction, Sequence, TpDecoder,
+    replica_groups, DecoderConfig, DecoderError, DecoderOptions, DecoderWeights, Reduction,
+    Sequence, TpDecoder,
 };
+use super::profile::ModelDims;
 use super::reshard::{grow, grown_groups, KvPath, SwitchMeasure, SwitchOptions};
 use super::simulate::{Layout, Live, Setup, SwitchCost};
-use crate::verify::Real;
+use super::workload::LongTail;
+use crate::verify::{Real, Rng};
 use kiln::comm::CommGroup;
 use kiln::Device;
 
@@ -171,6 +174,35 @@ impl RunRecord {
             .collect();
         e.sort_by(f64::total_cmp);
         Some((*e.get(e.len() / 2)?, *e.last()?))
+    }
+}
+
+/// The workload's batch: `workload.sequences` requests of `workload.prompt` random tokens
+/// (seeded) and the law's response lengths ([`LongTail::response_lengths`]).
+pub fn requests(workload: &LongTail, vocab: u32, seed: u64) -> Vec<Request> {
+    let mut rng = Rng::new(seed);
+    workload
+        .response_lengths()
+        .into_iter()
+        .enumerate()
+        .map(|(id, max_new)| Request {
+            id,
+            prompt: (0..workload.prompt).map(|_| rng.u32() % vocab).collect(),
+            max_new,
+        })
+        .collect()
+}
+
+/// The decoder's shape as the profile's model dimensions (the cost model's input).
+pub fn model_dims(c: &DecoderConfig) -> ModelDims {
+    ModelDims {
+        layers: c.layers as u32,
+        hidden: c.hidden,
+        heads: c.heads,
+        kv_heads: c.kv_heads,
+        head_dim: c.head_dim,
+        ffn: c.ffn,
+        vocab: c.vocab,
     }
 }
 
@@ -365,5 +397,187 @@ impl<T: Real> Driver<'_, T> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pat::predictor::Predictor;
+    use crate::pat::profile::{Card, ProfilePoint};
+    use half::bf16;
+    use std::sync::OnceLock;
+
+    /// The emulator's batch: 8 sequences, prompts of 4 (2 for odd ids, see [`fixture`]),
+    /// log-normal lengths of median 3 capped at 16.
+    fn workload() -> LongTail {
+        LongTail {
+            sequences: 8,
+            prompt: 4,
+            median: 3.0,
+            sigma: 1.0,
+            max_len: 16,
+            seed: 2,
+        }
+    }
+
+    /// A profile in which TP 4 steps ten times faster than TP 1 (so the rule switches at its
+    /// first decision), the emulator's shape for the switch's modelled cost.
+    fn setup(config: &DecoderConfig) -> Setup {
+        let mut points = Vec::new();
+        for (tp, base) in [(1u32, 1.0), (4, 0.1)] {
+            for batch in [1u32, 2, 4, 8] {
+                for context in [1u32, 64] {
+                    points.push(ProfilePoint {
+                        tp,
+                        batch,
+                        context,
+                        ms: base * (1.0 + 0.1 * batch as f64),
+                    });
+                }
+            }
+        }
+        Setup {
+            model: model_dims(config),
+            card: Card::h200(),
+            gpus: 4,
+            predictor: Predictor::fit(&points).unwrap(),
+            workload: workload(),
+            check_every: 3,
+        }
+    }
+
+    struct Fixture {
+        weights: DecoderWeights<bf16>,
+        groups: Groups,
+        setup: Setup,
+        requests: Vec<Request>,
+    }
+
+    fn fixture() -> &'static Fixture {
+        static F: OnceLock<Fixture> = OnceLock::new();
+        F.get_or_init(|| {
+            let config = DecoderConfig::small();
+            let devices: Vec<Device> = (0..4).map(|_| Device::emulator()).collect();
+            Fixture {
+                weights: DecoderWeights::random(&config, 41),
+                groups: Groups::new(&devices, 1, 4).unwrap(),
+                setup: setup(&config),
+                // odd ids get prompts of 2 tokens: contexts differ at the switch
+                requests: requests(&workload(), config.vocab, 42)
+                    .into_iter()
+                    .map(|mut r| {
+                        if r.id % 2 == 1 {
+                            r.prompt.truncate(2);
+                        }
+                        r
+                    })
+                    .collect(),
+            }
+        })
+    }
+
+    fn run(policy: Policy, kv: KvChoice) -> RunRecord {
+        let f = fixture();
+        let driver = Driver {
+            weights: &f.weights,
+            groups: &f.groups,
+            setup: &f.setup,
+            kv,
+            decode_chunk: 128,
+            poison: true,
+        };
+        driver.run(policy, &f.requests).unwrap()
+    }
+
+    /// The static TP1×DP4 run's tokens, which every other run must equal.
+    fn base() -> &'static RunRecord {
+        static B: OnceLock<RunRecord> = OnceLock::new();
+        B.get_or_init(|| {
+            let r = run(Policy::StaticFrom, KvChoice::CostModel);
+            let f = fixture();
+            for q in &f.requests {
+                assert_eq!(r.tokens[&q.id].len(), q.max_new, "request {}", q.id);
+            }
+            assert!(r.switch.is_none());
+            r
+        })
+    }
+
+    /// An adaptive run switched at the first decision, with `migrated` and `recomputed`
+    /// sequences, and generated the static run's tokens.
+    fn adaptive_equals_static(kv: KvChoice, migrated: bool, recomputed: bool) {
+        let r = run(Policy::Adaptive, kv);
+        let s = r.switch.as_ref().expect("the rule switched");
+        println!("{kv:?}: {:?}", s.measured);
+        assert_eq!(s.step, 3);
+        assert_eq!(s.measured.migrated > 0, migrated);
+        assert_eq!(s.measured.recomputed > 0, recomputed);
+        assert!(s.measured.peak_extra_bytes <= s.measured.bound_bytes);
+        assert_eq!(s.measured.weight_bytes_to_peers, 0);
+        assert!(r
+            .steps
+            .iter()
+            .all(|t| t.tp == if t.step < 3 { 1 } else { 4 }));
+        assert_eq!(
+            r.tokens,
+            base().tokens,
+            "adaptive ({kv:?}) vs static TP1×DP4"
+        );
+        assert_eq!(r.steps.len(), base().steps.len());
+        assert!(r.predictor_error().is_some());
+    }
+
+    #[test]
+    fn static_layouts_generate_the_same_tokens() {
+        let lengths = workload().response_lengths();
+        assert!(
+            lengths.iter().filter(|&&l| l > 4).count() >= 2 && lengths.iter().any(|&l| l <= 3),
+            "the batch needs sequences that end before the switch and some that outlive it: {lengths:?}"
+        );
+        let tp4 = run(Policy::StaticTo, KvChoice::CostModel);
+        assert_eq!(tp4.policy, "TP4×DP1");
+        assert_eq!(base().policy, "TP1×DP4");
+        assert_eq!(tp4.tokens, base().tokens, "static TP4 vs static TP1×DP4");
+    }
+
+    #[test]
+    fn adaptive_by_migration_equals_static() {
+        adaptive_equals_static(KvChoice::All(KvPath::Migrate), true, false);
+    }
+
+    #[test]
+    fn adaptive_by_recompute_equals_static() {
+        adaptive_equals_static(KvChoice::All(KvPath::Recompute), false, true);
+    }
+
+    #[test]
+    fn adaptive_mixed_equals_static() {
+        // at step 3 the even ids hold 4 + 3 context tokens, the odd ones 2 + 3
+        adaptive_equals_static(KvChoice::RecomputeBelow(6), true, true);
+    }
+
+    #[test]
+    fn a_bad_run_is_refused() {
+        let devices: Vec<Device> = (0..3).map(|_| Device::emulator()).collect();
+        assert!(matches!(
+            Groups::new(&devices, 1, 4),
+            Err(DecoderError::Config(m)) if m.contains("TP must grow")
+        ));
+        let f = fixture();
+        let driver = Driver {
+            weights: &f.weights,
+            groups: &f.groups,
+            setup: &f.setup,
+            kv: KvChoice::CostModel,
+            decode_chunk: 128,
+            poison: false,
+        };
+        let twice = vec![f.requests[0].clone(), f.requests[0].clone()];
+        assert!(matches!(
+            driver.run(Policy::Adaptive, &twice),
+            Err(DecoderError::Config(m)) if m.contains("each id once")
+        ));
+        assert!(driver.run(Policy::Adaptive, &[]).is_err());
     }
 }
