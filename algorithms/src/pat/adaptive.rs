@@ -402,101 +402,25 @@ impl<T: Real> Driver<'_, T> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::switch_check::{fixture, mixed, run, Fixture};
     use super::*;
-    use crate::pat::predictor::Predictor;
-    use crate::pat::profile::{Card, ProfilePoint};
-    use half::bf16;
     use std::sync::OnceLock;
 
-    /// The emulator's batch: 8 sequences, prompts of 4 (2 for odd ids, see [`fixture`]),
-    /// log-normal lengths of median 3 capped at 16.
-    fn workload() -> LongTail {
-        LongTail {
-            sequences: 8,
-            prompt: 4,
-            median: 3.0,
-            sigma: 1.0,
-            max_len: 16,
-            seed: 2,
-        }
-    }
-
-    /// A profile in which TP 4 steps ten times faster than TP 1 (so the rule switches at its
-    /// first decision), the emulator's shape for the switch's modelled cost.
-    fn setup(config: &DecoderConfig) -> Setup {
-        let mut points = Vec::new();
-        for (tp, base) in [(1u32, 1.0), (4, 0.1)] {
-            for batch in [1u32, 2, 4, 8] {
-                for context in [1u32, 64] {
-                    points.push(ProfilePoint {
-                        tp,
-                        batch,
-                        context,
-                        ms: base * (1.0 + 0.1 * batch as f64),
-                    });
-                }
-            }
-        }
-        Setup {
-            model: model_dims(config),
-            card: Card::h200(),
-            gpus: 4,
-            predictor: Predictor::fit(&points).unwrap(),
-            workload: workload(),
-            check_every: 3,
-        }
-    }
-
-    struct Fixture {
-        weights: DecoderWeights<bf16>,
-        groups: Groups,
-        setup: Setup,
-        requests: Vec<Request>,
-    }
-
-    fn fixture() -> &'static Fixture {
+    fn emulated() -> &'static Fixture {
         static F: OnceLock<Fixture> = OnceLock::new();
         F.get_or_init(|| {
-            let config = DecoderConfig::small();
-            let devices: Vec<Device> = (0..4).map(|_| Device::emulator()).collect();
-            Fixture {
-                weights: DecoderWeights::random(&config, 41),
-                groups: Groups::new(&devices, 1, 4).unwrap(),
-                setup: setup(&config),
-                // odd ids get prompts of 2 tokens: contexts differ at the switch
-                requests: requests(&workload(), config.vocab, 42)
-                    .into_iter()
-                    .map(|mut r| {
-                        if r.id % 2 == 1 {
-                            r.prompt.truncate(2);
-                        }
-                        r
-                    })
-                    .collect(),
-            }
+            fixture(&Device::emulator())
+                .unwrap()
+                .expect("4 emulated ranks")
         })
     }
 
-    fn run(policy: Policy, kv: KvChoice) -> RunRecord {
-        let f = fixture();
-        let driver = Driver {
-            weights: &f.weights,
-            groups: &f.groups,
-            setup: &f.setup,
-            kv,
-            decode_chunk: 128,
-            poison: true,
-        };
-        driver.run(policy, &f.requests).unwrap()
-    }
-
-    /// The static TP1×DP4 run's tokens, which every other run must equal.
+    /// The static TP1×DP4 run, which every other run must equal token for token.
     fn base() -> &'static RunRecord {
         static B: OnceLock<RunRecord> = OnceLock::new();
         B.get_or_init(|| {
-            let r = run(Policy::StaticFrom, KvChoice::CostModel);
-            let f = fixture();
-            for q in &f.requests {
+            let r = run(emulated(), Policy::StaticFrom, KvChoice::CostModel).unwrap();
+            for q in &emulated().requests {
                 assert_eq!(r.tokens[&q.id].len(), q.max_new, "request {}", q.id);
             }
             assert!(r.switch.is_none());
@@ -507,7 +431,7 @@ mod tests {
     /// An adaptive run switched at the first decision, with `migrated` and `recomputed`
     /// sequences, and generated the static run's tokens.
     fn adaptive_equals_static(kv: KvChoice, migrated: bool, recomputed: bool) {
-        let r = run(Policy::Adaptive, kv);
+        let r = run(emulated(), Policy::Adaptive, kv).unwrap();
         let s = r.switch.as_ref().expect("the rule switched");
         println!("{kv:?}: {:?}", s.measured);
         assert_eq!(s.step, 3);
@@ -530,12 +454,12 @@ mod tests {
 
     #[test]
     fn static_layouts_generate_the_same_tokens() {
-        let lengths = workload().response_lengths();
+        let lengths: Vec<usize> = emulated().requests.iter().map(|r| r.max_new).collect();
         assert!(
             lengths.iter().filter(|&&l| l > 4).count() >= 2 && lengths.iter().any(|&l| l <= 3),
             "the batch needs sequences that end before the switch and some that outlive it: {lengths:?}"
         );
-        let tp4 = run(Policy::StaticTo, KvChoice::CostModel);
+        let tp4 = run(emulated(), Policy::StaticTo, KvChoice::CostModel).unwrap();
         assert_eq!(tp4.policy, "TP4×DP1");
         assert_eq!(base().policy, "TP1×DP4");
         assert_eq!(tp4.tokens, base().tokens, "static TP4 vs static TP1×DP4");
@@ -553,8 +477,7 @@ mod tests {
 
     #[test]
     fn adaptive_mixed_equals_static() {
-        // at step 3 the even ids hold 4 + 3 context tokens, the odd ones 2 + 3
-        adaptive_equals_static(KvChoice::RecomputeBelow(6), true, true);
+        adaptive_equals_static(mixed(emulated()), true, true);
     }
 
     #[test]
@@ -564,7 +487,7 @@ mod tests {
             Groups::new(&devices, 1, 4),
             Err(DecoderError::Config(m)) if m.contains("TP must grow")
         ));
-        let f = fixture();
+        let f = emulated();
         let driver = Driver {
             weights: &f.weights,
             groups: &f.groups,

@@ -25,4 +25,5 @@ pub mod profile;
 pub mod reference;
 pub mod reshard;
 pub mod simulate;
+pub mod switch_check;
 pub mod workload;
