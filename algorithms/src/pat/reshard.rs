@@ -24,7 +24,7 @@
 //!
 //! Under TP `b` rank `r` owns KV heads `r·H_kv/b ..`. For a **migrated** sequence, every old
 //! rank that held its heads packs, layer by layer, the positions of the sequence restricted
-//! to each new owner's heads ([`gather_rows`](super::kernels::gather_rows)) and sends each
+//! to each new owner's heads ([`gather_rows`]) and sends each
 //! part, one contiguous window, to that owner's new cache slot ([`CommGroup::send_recv`] over
 //! the world group; the part a device keeps is a local copy). Each layer's new K (then V)
 //! cache is allocated, filled and the old one freed before the next, so the KV phase holds
