@@ -21,7 +21,9 @@
 //! responses of median 600 and σ 1 capped at `KILN_PAT_MAX_LEN`, 8192 by default) generated
 //! under static TP1×DP4, static TP4×DP1 and adaptive TP1×DP4 → TP4×DP1 (PAT's rule every 32
 //! steps on a predictor fitted to a profile measured first, on these GPUs, at the batches
-//! and contexts the run meets; the KV path per sequence by the cost model), all three
+//! and contexts the run meets; the KV path per sequence by the cost model, whose prefill rate
+//! and link bandwidth are measured first too: a 2048-token prefill at TP 4, a ring of
+//! send/recv between the GPUs), all three
 //! through the same driver after a short warm-up run of each (JIT). Prints and writes
 //! `pat-adaptive-<device>.json`: generation latency of each, the switch's step and measured
 //! split (weights / KV migrate / recompute, bytes moved, peak extra memory against its
@@ -43,8 +45,8 @@ use kiln::algorithms::pat::predictor::Predictor;
 use kiln::algorithms::pat::profile::{roofline_step_ms, Card, ProfilePoint};
 use kiln::algorithms::pat::simulate::Setup;
 use kiln::algorithms::pat::workload::LongTail;
-use kiln::runtime::comm::CommGroup;
-use kiln::runtime::Device;
+use kiln::runtime::comm::{CommGroup, Transfer};
+use kiln::runtime::{Device, DeviceBuffer};
 use std::sync::Arc;
 use std::time::Instant;
 use support::{gpu, results_path, selected};
@@ -170,16 +172,7 @@ fn profile(dev: &Device, config: &DecoderConfig) -> Res<()> {
                 }));
             }
         }
-        // prefill of one 2048-token prompt (the second run: the first compiles)
-        let prompt: Vec<u32> = (0..2048u32).map(|i| (i * 7919) % config.vocab).collect();
-        let mut ms = f64::NAN;
-        for _ in 0..2 {
-            dec.clear();
-            let t = Instant::now();
-            dec.add(0, &prompt, 1)?;
-            dec.synchronize()?;
-            ms = t.elapsed().as_secs_f64() * 1e3;
-        }
+        let ms = prefill_ms_of(&mut dec, 2048)?;
         println!(
             "tp {tp}: prefill of 2048 tokens {ms:.2} ms ({:.0} tokens/s)",
             2048.0 / ms * 1e3
@@ -239,6 +232,56 @@ fn profile(dev: &Device, config: &DecoderConfig) -> Res<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&out)?)?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// The prefill of one `tokens`-token prompt, ms (the second run: the first compiles).
+fn prefill_ms_of(dec: &mut TpDecoder<bf16>, tokens: u32) -> Res<f64> {
+    let prompt: Vec<u32> = (0..tokens)
+        .map(|i| (i * 7919) % dec.config().vocab)
+        .collect();
+    let mut ms = f64::NAN;
+    for _ in 0..2 {
+        dec.clear();
+        let t = Instant::now();
+        dec.add(0, &prompt, 1)?;
+        dec.synchronize()?;
+        ms = t.elapsed().as_secs_f64() * 1e3;
+    }
+    dec.clear();
+    Ok(ms)
+}
+
+/// Bytes/s over one link while every rank sends `elems` bf16 values to the next at once
+/// (the median of 5 after a warm-up): what the KV migration's transfers see.
+fn ring_bandwidth(group: &CommGroup, elems: usize) -> Res<f64> {
+    let n = group.ranks();
+    let send = (0..n)
+        .map(|r| group.device(r).zeros::<bf16>(elems))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut recv = (0..n)
+        .map(|r| group.device(r).zeros::<bf16>(elems))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ring: Vec<Transfer> = (0..n)
+        .map(|r| Transfer {
+            from: r,
+            to: (r + 1) % n,
+            send_offset: 0,
+            recv_offset: 0,
+            count: elems,
+        })
+        .collect();
+    let mut times = Vec::new();
+    for rep in 0..6 {
+        let sends: Vec<&DeviceBuffer<bf16>> = send.iter().collect();
+        let mut recvs: Vec<&mut DeviceBuffer<bf16>> = recv.iter_mut().collect();
+        let t = Instant::now();
+        group.send_recv(&sends, &mut recvs, &ring)?;
+        group.synchronize()?;
+        if rep > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(2.0 * elems as f64 / median(times))
 }
 
 /// Powers of two from 1 up to `most`, and `most`.
@@ -330,6 +373,7 @@ fn adaptive(dev: &Device, config: &DecoderConfig) -> Res<()> {
         .collect();
     let per_replica = workload.sequences.div_ceil(n) as u32;
     let mut points = Vec::new();
+    let mut prefill_tp_n = f64::NAN;
     let started = Instant::now();
     for (tp, group, most) in [
         (1u32, &groups.start[0], per_replica),
@@ -355,7 +399,24 @@ fn adaptive(dev: &Device, config: &DecoderConfig) -> Res<()> {
                 });
             }
         }
+        if tp as usize == n {
+            prefill_tp_n = prefill_ms_of(&mut dec, 2048)?;
+        }
     }
+    // the switch's cost model from measurements: prefill rate under TP n, link bandwidth
+    let dims = model_dims(config);
+    let flops = 2e3 * dims.params() * 2048.0 / (n as f64 * prefill_tp_n);
+    let link_bw = ring_bandwidth(&groups.world, 32 << 20)?;
+    let card = Card {
+        flops,
+        link_bw,
+        ..Card::h200()
+    };
+    println!(
+        "cost model: prefill of 2048 tokens at TP {n} {prefill_tp_n:.2} ms ({:.0} TFLOP/s), ring send/recv {:.0} GB/s per link",
+        flops / 1e12,
+        link_bw / 1e9
+    );
     let heldout = Predictor::heldout_error(&points);
     match &heldout {
         Ok((m, x)) => println!(
@@ -369,7 +430,7 @@ fn adaptive(dev: &Device, config: &DecoderConfig) -> Res<()> {
     }
     let setup = Setup {
         model: model_dims(config),
-        card: Card::h200(),
+        card,
         gpus: n as u32,
         predictor: Predictor::fit(&points)?,
         workload: workload.clone(),
@@ -457,7 +518,9 @@ fn adaptive(dev: &Device, config: &DecoderConfig) -> Res<()> {
         },
         "decode_chunk": chunk,
         "check_every": setup.check_every,
-        "card_links": "assumed NVLink-4 figures (Card::h200) in the switch cost model",
+        "cost_model": {
+            "prefill_ms_2048_tokens": prefill_tp_n, "prefill_flops": flops, "link_bytes_per_s": link_bw,
+        },
         "profile": points,
         "heldout_error": heldout.ok().map(|(m, x)| serde_json::json!({"median": m, "max": x})),
         "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
