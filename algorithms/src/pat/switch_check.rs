@@ -3,7 +3,8 @@
 //! the checks' wider shape, [`check_config`]). A long-tail batch is generated under static
 //! TP1×DP`n`, static TP`n` and adaptive runs that switch at PAT's first decision (the
 //! profile of [`forcing_setup`] makes TP `n` ten times faster, so the rule always switches
-//! there) by migration, by recompute and mixed: every run's tokens must equal the static
+//! there) by migration, by recompute and mixed (on the emulator only the mixed one, see
+//! [`adaptive_matches_static`]): every run's tokens must equal the static
 //! TP1×DP`n` run's — resharding and migration lose nothing — and every switch's peak extra
 //! memory must stay within its stated bound.
 
