@@ -470,7 +470,9 @@ fn migrate_kv<T: Real>(
 /// says. `world` is a group over every device in the replicas' order (for the KV
 /// transfers); `prompts` holds every unfinished sequence's prompt, by id (a recompute
 /// prefills it again). The new replicas carry the old ones' retired sequences and their
-/// slots added up (new replica `J` merges old replicas `J·k .. (J+1)·k`).
+/// slots added up (new replica `J` merges old replicas `J·k .. (J+1)·k`). Everything is
+/// checked before anything moves; an error after that (a failed launch or transfer) loses
+/// the replicas, as the switch works in place.
 pub fn grow<T: Real>(
     replicas: Vec<TpDecoder<T>>,
     world: &CommGroup,
@@ -509,6 +511,16 @@ pub fn grow<T: Real>(
         )));
     }
     config.validate(b as u32, Reduction::FixedTree)?;
+    if let Some(s) = replicas
+        .iter()
+        .flat_map(|r| &r.active)
+        .find(|s| path(s) == KvPath::Recompute && !prompts.contains_key(&s.id))
+    {
+        return Err(DecoderError::Config(format!(
+            "no prompt for sequence {} to recompute",
+            s.id
+        )));
+    }
     let k = b / a;
     let new_options = super::decoder::DecoderOptions {
         slots: old_options.slots * k as u32,
@@ -648,10 +660,7 @@ pub fn grow<T: Real>(
     let t = Instant::now();
     for (dec, redo) in out.iter_mut().zip(redo) {
         for seq in redo {
-            let prompt = prompts.get(&seq.id).ok_or_else(|| {
-                DecoderError::Config(format!("no prompt for sequence {} to recompute", seq.id))
-            })?;
-            let mut context = prompt.clone();
+            let mut context = prompts[&seq.id].clone();
             context.extend(&seq.generated[..seq.generated.len() - 1]);
             let last = *seq
                 .generated
