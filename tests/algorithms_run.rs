@@ -177,3 +177,11 @@ fn pat_decoder_matches_reference() {
         pat::checks::decoder_matches_reference,
     );
 }
+
+#[test]
+fn pat_adaptive_matches_static() {
+    check(
+        "pat switch (adaptive TP1×DPn → TPn equals static, migrate / recompute / mixed)",
+        pat::switch_check::adaptive_matches_static,
+    );
+}

@@ -64,7 +64,7 @@ pub const CHECKS: &[(&str, Check)] = &[
         bigmac::checks::parallel_matches_reference,
     ),
     (
-        "add_rms_norm + rope + swiglu + qkv_split + kv_append + kv_move + clear_counts + transpose_heads + take_cols + tree_sum + embed + argmax_rows",
+        "add_rms_norm + rope + swiglu + qkv_split + kv_append + kv_move + clear_counts + transpose_heads + take_cols + gather_rows + tree_sum + embed + argmax_rows",
         pat::checks::decoder_kernels_match_reference,
     ),
     (

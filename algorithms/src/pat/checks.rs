@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::decoder::{DecoderConfig, DecoderOptions, DecoderWeights, Reduction, TpDecoder};
 use super::kernels::{
-    add_rms_norm, argmax_rows, clear_counts, embed, kv_append, kv_move, qkv_split, rope, swiglu,
-    take_cols, transpose_heads, tree_sum, NORM_THREADS,
+    add_rms_norm, argmax_rows, clear_counts, embed, gather_rows, kv_append, kv_move, qkv_split,
+    rope, swiglu, take_cols, transpose_heads, tree_sum, NORM_THREADS,
 };
 use super::reference::{top2, ReferenceDecoder};
 use crate::verify::{ensure, ensure_eq, random_real, rel_err, widen, Real, Rng, VerifyError};
@@ -150,7 +150,7 @@ fn bits<T: Real>(v: &[T]) -> Vec<u32> {
 }
 
 /// The decoder's data-movement kernels (the QKV split, the KV append and move, the head
-/// transposes, column blocks, the fixed-order sum, the embedding, the arg-max, clearing a
+/// transposes, column blocks, gathered rows, the fixed-order sum, the embedding, the arg-max, clearing a
 /// slot's sizes) against host copies: exactly, outputs poisoned or filled with random values
 /// that must survive where nothing is written.
 fn movement_cases<T: Real>(dev: &Device, seed: u64) -> Result<(), VerifyError> {
@@ -339,6 +339,29 @@ fn movement_cases<T: Real>(dev: &Device, seed: u64) -> Result<(), VerifyError> {
         })
         .collect();
     ensure_eq!(bits(&dev.download(&dst)?), bits(&want), "take_cols");
+
+    // gather_rows: rows 5, 0, 5, 3 of the same source, columns 8..24, into a buffer two rows
+    // longer (those must keep their poison)
+    let table = [5u32, 0, 5, 3];
+    let kern = gather_rows::spec().t(T::DTYPE).build(dev)?;
+    let mut dst = dev.upload(&poison((table.len() + 2) * cols))?;
+    gather_rows::launch(
+        &kern,
+        &cfg(table.len() * cols),
+        &dev.upload(&src)?,
+        &mut dst,
+        &dev.upload(&table)?,
+        table.len() as u32,
+        src_cols as u32,
+        col0 as u32,
+        cols as u32,
+    )?;
+    let mut want: Vec<T> = table
+        .iter()
+        .flat_map(|&r| src[r as usize * src_cols + col0..][..cols].iter().copied())
+        .collect();
+    want.extend(poison(2 * cols));
+    ensure_eq!(bits(&dev.download(&dst)?), bits(&want), "gather_rows");
 
     // tree_sum over separate parts and over one gathered buffer, into T and f32
     let len = 300usize;

@@ -48,8 +48,8 @@
 use std::sync::Arc;
 
 use super::kernels::{
-    add_rms_norm, argmax_rows, clear_counts, embed, kv_append, kv_move, qkv_split, rope, swiglu,
-    take_cols, transpose_heads, tree_sum, ARGMAX_THREADS, MOVE_THREADS, NORM_THREADS,
+    add_rms_norm, argmax_rows, clear_counts, embed, gather_rows, kv_append, kv_move, qkv_split,
+    rope, swiglu, take_cols, transpose_heads, tree_sum, ARGMAX_THREADS, MOVE_THREADS, NORM_THREADS,
 };
 use crate::attention::decode::{default_chunk, DecodeScratch, DecodeShape, FlashDecode};
 use crate::attention::hopper::WgmmaPrefill;
@@ -360,20 +360,21 @@ pub struct DecoderOptions {
     pub eos: Option<u32>,
 }
 
-struct Kernels {
-    norm: Kernel,
-    rope: Kernel,
-    swiglu: Kernel,
-    split: Kernel,
-    append: Kernel,
-    mv: Kernel,
-    transpose: Kernel,
-    take: Kernel,
-    sum_t: Kernel,
-    sum_f32: Kernel,
-    embed: Kernel,
-    argmax: Kernel,
-    clear: Kernel,
+pub(super) struct Kernels {
+    pub(super) norm: Kernel,
+    pub(super) rope: Kernel,
+    pub(super) swiglu: Kernel,
+    pub(super) split: Kernel,
+    pub(super) append: Kernel,
+    pub(super) mv: Kernel,
+    pub(super) transpose: Kernel,
+    pub(super) take: Kernel,
+    pub(super) sum_t: Kernel,
+    pub(super) sum_f32: Kernel,
+    pub(super) embed: Kernel,
+    pub(super) argmax: Kernel,
+    pub(super) clear: Kernel,
+    pub(super) gather: Kernel,
 }
 
 impl Kernels {
@@ -392,11 +393,12 @@ impl Kernels {
             embed: embed::spec().t(dtype).build(dev)?,
             argmax: argmax_rows::spec().build(dev)?,
             clear: clear_counts::spec().build(dev)?,
+            gather: gather_rows::spec().t(dtype).build(dev)?,
         })
     }
 }
 
-fn elems(n: usize) -> LaunchConfig {
+pub(super) fn elems(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid: ((n as u32).div_ceil(MOVE_THREADS).max(1), 1, 1),
         block: (MOVE_THREADS, 1, 1),
@@ -412,19 +414,19 @@ fn blocks(n: u32, threads: u32) -> LaunchConfig {
     }
 }
 
-struct RankLayer<T: kiln::Element> {
-    attn_norm: DeviceBuffer<T>,
-    wqkv: DeviceBuffer<T>,
-    wo: Vec<DeviceBuffer<T>>,
-    mlp_norm: DeviceBuffer<T>,
-    wgu: DeviceBuffer<T>,
-    wdown: Vec<DeviceBuffer<T>>,
-    k_cache: DeviceBuffer<T>,
-    v_cache: DeviceBuffer<T>,
+pub(super) struct RankLayer<T: kiln::Element> {
+    pub(super) attn_norm: DeviceBuffer<T>,
+    pub(super) wqkv: DeviceBuffer<T>,
+    pub(super) wo: Vec<DeviceBuffer<T>>,
+    pub(super) mlp_norm: DeviceBuffer<T>,
+    pub(super) wgu: DeviceBuffer<T>,
+    pub(super) wdown: Vec<DeviceBuffer<T>>,
+    pub(super) k_cache: DeviceBuffer<T>,
+    pub(super) v_cache: DeviceBuffer<T>,
 }
 
 /// A rank's per-call buffers, for `rows` tokens (padded to `m`).
-struct Work<T: kiln::Element> {
+pub(super) struct Work<T: kiln::Element> {
     m: usize,
     rows: usize,
     ids: DeviceBuffer<u32>,
@@ -458,21 +460,39 @@ struct Work<T: kiln::Element> {
 
 /// Per-rank sizes.
 #[derive(Clone, Copy, Debug)]
-struct Dims {
-    tp: usize,
-    hidden: usize,
-    heads: usize,
-    kv_heads: usize,
-    dim: usize,
-    ffn: usize,
-    vocab: usize,
+pub(super) struct Dims {
+    pub(super) tp: usize,
+    pub(super) hidden: usize,
+    pub(super) heads: usize,
+    pub(super) kv_heads: usize,
+    pub(super) dim: usize,
+    pub(super) ffn: usize,
+    pub(super) vocab: usize,
     /// K pieces per rank of a row-sharded projection.
-    pieces: usize,
-    cap: usize,
-    slots: usize,
+    pub(super) pieces: usize,
+    pub(super) cap: usize,
+    pub(super) slots: usize,
 }
 
 impl Dims {
+    /// A rank's sizes at tensor-parallel degree `tp` (validated by the caller).
+    pub(super) fn new(c: &DecoderConfig, tp: usize, options: &DecoderOptions) -> Dims {
+        Dims {
+            tp,
+            hidden: c.hidden as usize,
+            heads: c.heads as usize / tp,
+            kv_heads: c.kv_heads as usize / tp,
+            dim: c.head_dim as usize,
+            ffn: c.ffn as usize / tp,
+            vocab: c.vocab as usize / tp,
+            pieces: match options.reduction {
+                Reduction::FixedTree => c.pieces as usize / tp,
+                Reduction::AllReduce => 1,
+            },
+            cap: options.max_seq as usize,
+            slots: options.slots as usize,
+        }
+    }
     fn qkv(&self) -> usize {
         (self.heads + 2 * self.kv_heads) * self.dim
     }
@@ -534,20 +554,20 @@ impl<T: Real> Work<T> {
     }
 }
 
-struct Rank<T: kiln::Element> {
-    device: Device,
-    kernels: Kernels,
-    gemm: Gemm,
-    prefill: Prefill,
-    decode: FlashDecode,
-    scratch: DecodeScratch,
-    embed: DeviceBuffer<T>,
-    final_norm: DeviceBuffer<T>,
-    lm_head: DeviceBuffer<T>,
-    layers: Vec<RankLayer<T>>,
-    counts: DeviceBuffer<f32>,
+pub(super) struct Rank<T: kiln::Element> {
+    pub(super) device: Device,
+    pub(super) kernels: Kernels,
+    pub(super) gemm: Gemm,
+    pub(super) prefill: Prefill,
+    pub(super) decode: FlashDecode,
+    pub(super) scratch: DecodeScratch,
+    pub(super) embed: DeviceBuffer<T>,
+    pub(super) final_norm: DeviceBuffer<T>,
+    pub(super) lm_head: DeviceBuffer<T>,
+    pub(super) layers: Vec<RankLayer<T>>,
+    pub(super) counts: DeviceBuffer<f32>,
     /// The decode step's buffers, for the batch size they were made for.
-    step_work: Option<Work<T>>,
+    pub(super) step_work: Option<Work<T>>,
 }
 
 /// A sequence in the batch.
@@ -576,15 +596,17 @@ pub struct StepOutput {
 
 /// The decoder over the ranks of one tensor-parallel group (one data-parallel replica).
 pub struct TpDecoder<T: Real> {
-    group: Arc<CommGroup>,
-    config: DecoderConfig,
-    options: DecoderOptions,
-    dims: Dims,
-    ranks: Vec<Rank<T>>,
-    active: Vec<Sequence>,
-    retired: Vec<(usize, Vec<u32>)>,
+    pub(super) group: Arc<CommGroup>,
+    pub(super) config: DecoderConfig,
+    pub(super) options: DecoderOptions,
+    pub(super) dims: Dims,
+    pub(super) ranks: Vec<Rank<T>>,
+    pub(super) active: Vec<Sequence>,
+    pub(super) retired: Vec<(usize, Vec<u32>)>,
     /// The prompt's last-row logits of the latest [`TpDecoder::add`], when recorded.
     pub prompt_logits: Option<Vec<f32>>,
+    /// The flash-decoding split size, when fixed ([`TpDecoder::fix_decode_chunk`]).
+    pub(super) chunk: Option<u32>,
 }
 
 impl<T: Real> TpDecoder<T> {
@@ -604,22 +626,8 @@ impl<T: Real> TpDecoder<T> {
             )));
         }
         let (h, d) = (c.hidden as usize, c.head_dim as usize);
-        let pieces = match options.reduction {
-            Reduction::FixedTree => c.pieces as usize / tp,
-            Reduction::AllReduce => 1,
-        };
-        let dims = Dims {
-            tp,
-            hidden: h,
-            heads: c.heads as usize / tp,
-            kv_heads: c.kv_heads as usize / tp,
-            dim: d,
-            ffn: c.ffn as usize / tp,
-            vocab: c.vocab as usize / tp,
-            pieces,
-            cap: options.max_seq as usize,
-            slots: options.slots as usize,
-        };
+        let dims = Dims::new(&c, tp, &options);
+        let pieces = dims.pieces;
         let expect = |what: &str, got: usize, want: usize| -> Result<(), DecoderError> {
             if got == want {
                 Ok(())
@@ -710,12 +718,28 @@ impl<T: Real> TpDecoder<T> {
             active: Vec::new(),
             retired: Vec::new(),
             prompt_logits: None,
+            chunk: None,
         })
     }
 
     /// The tensor-parallel degree.
     pub fn tp(&self) -> usize {
         self.dims.tp
+    }
+
+    /// The options it was made with (after a switch: the slots of every replica merged).
+    pub fn options(&self) -> &DecoderOptions {
+        &self.options
+    }
+
+    /// Fixes flash-decoding's split size to `chunk` keys (`None`: chosen per step from the
+    /// batch and the longest context). The default choice depends on the whole batch, so a
+    /// sequence's attention is rounded differently in a batch of another size; a fixed split
+    /// makes every sequence's tokens independent of which others share its replica — what
+    /// a run that compares layouts, or switches between them, needs to stay token for token
+    /// equal.
+    pub fn fix_decode_chunk(&mut self, chunk: Option<u32>) {
+        self.chunk = chunk;
     }
 
     /// The shape.
@@ -742,6 +766,48 @@ impl<T: Real> TpDecoder<T> {
     /// over the last prompt position). The sequence generates `max_new` tokens in all (it
     /// retires at once when that is 1).
     pub fn add(&mut self, id: usize, prompt: &[u32], max_new: usize) -> Result<u32, DecoderError> {
+        if max_new == 0 {
+            return Err(DecoderError::Config(
+                "a sequence needs a prompt and at least one token to generate".into(),
+            ));
+        }
+        let token = self.prefill_slot(prompt, max_new - 1)?;
+        self.active.push(Sequence {
+            id,
+            len: prompt.len() as u32,
+            generated: vec![token],
+            max_new,
+        });
+        self.retire_finished()?;
+        Ok(token)
+    }
+
+    /// Takes over `seq`, a sequence another decoder was generating, by recomputing its KV
+    /// cache: a prefill of `context` (its prompt followed by every generated token but the
+    /// last, `seq.len` tokens) into the next slot. It then continues from its last token as
+    /// if it had always been here. Returns the token the prefill chose for the position
+    /// after `context` — `seq`'s last generated token, up to the rounding by which a
+    /// prefill's keys and values may differ from those the decode steps wrote.
+    pub fn resume(&mut self, seq: Sequence, context: &[u32]) -> Result<u32, DecoderError> {
+        if context.len() != seq.len as usize || seq.generated.is_empty() {
+            return Err(DecoderError::Config(format!(
+                "sequence {}: a context of {} tokens for a cache of {} and {} generated tokens",
+                seq.id,
+                context.len(),
+                seq.len,
+                seq.generated.len()
+            )));
+        }
+        let left = seq.max_new.saturating_sub(seq.generated.len());
+        let token = self.prefill_slot(context, left)?;
+        self.active.push(seq);
+        self.retire_finished()?;
+        Ok(token)
+    }
+
+    /// Prefills `tokens` into the next free slot (room for `more` positions after them) and
+    /// returns the greedy token after them.
+    fn prefill_slot(&mut self, tokens: &[u32], more: usize) -> Result<u32, DecoderError> {
         let c = self.config;
         if self.active.len() >= self.dims.slots {
             return Err(DecoderError::Config(format!(
@@ -749,33 +815,34 @@ impl<T: Real> TpDecoder<T> {
                 self.dims.slots
             )));
         }
-        if prompt.is_empty() || max_new == 0 {
+        if tokens.is_empty() {
             return Err(DecoderError::Config(
                 "a sequence needs a prompt and at least one token to generate".into(),
             ));
         }
-        if prompt.len() + max_new - 1 > self.dims.cap {
+        if tokens.len() + more > self.dims.cap {
             return Err(DecoderError::Config(format!(
-                "{} prompt tokens + {max_new} generated need {} cache positions, the cache holds {}",
-                prompt.len(),
-                prompt.len() + max_new - 1,
+                "{} prompt tokens + {} generated need {} cache positions, the cache holds {}",
+                tokens.len(),
+                more + 1,
+                tokens.len() + more,
                 self.dims.cap
             )));
         }
-        if let Some(t) = prompt.iter().find(|&&t| t >= c.vocab) {
+        if let Some(t) = tokens.iter().find(|&&t| t >= c.vocab) {
             return Err(DecoderError::Config(format!(
                 "token {t} is outside the vocabulary of {}",
                 c.vocab
             )));
         }
         let slot = self.active.len() as u32;
-        let s = prompt.len();
+        let s = tokens.len();
         let d = self.dims;
         let mut works = Vec::with_capacity(d.tp);
         for rank in &self.ranks {
             let dev = &rank.device;
             let mut w = Work::<T>::new(dev, &d, s, 1)?;
-            dev.write(&mut w.ids, prompt)?;
+            dev.write(&mut w.ids, tokens)?;
             dev.write(&mut w.pos, &(0..s as u32).collect::<Vec<_>>())?;
             dev.write(&mut w.slot, &vec![slot; s])?;
             works.push(w);
@@ -790,15 +857,7 @@ impl<T: Real> TpDecoder<T> {
                 d.kv_heads as u32,
             )?;
         }
-        let token = self.forward(&mut works, Phase::Prompt)?;
-        self.active.push(Sequence {
-            id,
-            len: s as u32,
-            generated: vec![token[0]],
-            max_new,
-        });
-        self.retire_finished()?;
-        Ok(token[0])
+        Ok(self.forward(&mut works, Phase::Prompt)?[0])
     }
 
     /// For profiling: adds a sequence whose cache already holds `context` positions of
@@ -832,9 +891,15 @@ impl<T: Real> TpDecoder<T> {
         }
         let slot = self.active.len() as u32;
         let rows = context as usize;
+        // a block of random values repeated: drawing every value of a long context for many
+        // sequences would take the host longer than the steps it profiles
         let mut rng = Rng::new(seed);
-        let kv: Vec<T> = (0..rows * d.kv_heads * d.dim)
-            .map(|_| T::from_f32(rng.f32()))
+        let block: Vec<T> = (0..4093).map(|_| T::from_f32(rng.f32())).collect();
+        let kv: Vec<T> = block
+            .iter()
+            .copied()
+            .cycle()
+            .take(rows * d.kv_heads * d.dim)
             .collect();
         for rank in &mut self.ranks {
             let dev = rank.device.clone();
@@ -1046,7 +1111,9 @@ impl<T: Real> TpDecoder<T> {
                 dim: d.dim as u32,
             };
             let mps = self.ranks[0].device.multiprocessors();
-            let chunk = default_chunk(&global, n_keys, mps);
+            let chunk = self
+                .chunk
+                .unwrap_or_else(|| default_chunk(&global, n_keys, mps));
             for rank in &mut self.ranks {
                 rank.decode.chunk = Some(chunk);
             }

@@ -93,7 +93,7 @@ pub fn run() -> Result<String, String> {
     let best = r[0].total_ms().min(r[1].total_ms());
     let _ = writeln!(
         out,
-        "adaptive vs the better static layout: {:+.1}% generation latency (simulated from a roofline profile; the decoder has not been profiled or run on several GPUs yet)",
+        "adaptive vs the better static layout: {:+.1}% generation latency (simulated from a roofline profile; the real switch and adaptive run on the decoder are checked on the emulator, not yet measured on GPUs: `KILN_PAT_MODE=adaptive cargo bench --bench pat` on 4)",
         100.0 * (r[2].total_ms() / best - 1.0)
     );
     Ok(out)

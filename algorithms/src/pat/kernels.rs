@@ -381,3 +381,27 @@ pub fn clear_counts(counts: &mut [f32], slot: u32, cap: u32, kv_heads: u32) {
         counts[slot as u64 * (cap * kv_heads) as u64 + i as u64] = 0.0f32;
     }
 }
+
+/// Rows of `src` picked by a table, a block of columns each, packed: `dst[t, c] =
+/// src[rows[t]·src_cols + col0 + c]` for `t < n_rows`, `c < cols`. PAT's KV migration packs
+/// with it, per layer, the positions of every migrating sequence (`rows` = `slot·cap + pos`
+/// of the cache `[slots·cap, H_kv·dim]`) restricted to the heads one new owner takes, so each
+/// sequence's part for that owner is one contiguous window to send. Grid
+/// `(⌈n_rows·cols / 256⌉)`, 256 threads.
+#[kernel(threads = 256, example(T = bf16), example(T = f16))]
+pub fn gather_rows<T: Float>(
+    src: &[T],
+    dst: &mut [T],
+    rows: &[u32],
+    n_rows: u32,
+    src_cols: u32,
+    col0: u32,
+    cols: u32,
+) {
+    let i = block_idx().x * 256 + thread_idx().x;
+    if i < n_rows * cols {
+        let t = i / cols;
+        let c = i % cols;
+        dst[i] = src[rows[t] as u64 * src_cols as u64 + (col0 + c) as u64];
+    }
+}

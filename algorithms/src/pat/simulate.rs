@@ -84,6 +84,16 @@ struct Seq {
     left: usize,
 }
 
+/// What the scheduler knows of an unfinished sequence at a decision: its context (tokens
+/// in its KV cache) and how many tokens it has generated — not how many it will.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Live {
+    /// Tokens in its KV cache.
+    pub context: usize,
+    /// Tokens generated so far.
+    pub generated: usize,
+}
+
 fn split(seqs: Vec<Seq>, dp: u32) -> Vec<Vec<Seq>> {
     let mut out = vec![Vec::new(); dp as usize];
     for (i, s) in seqs.into_iter().enumerate() {
@@ -105,16 +115,62 @@ fn advance(reps: &mut [Vec<Seq>]) {
 
 impl Setup {
     fn step_ms(&self, tp: u32, replicas: &[Vec<Seq>]) -> f64 {
+        let contexts: Vec<Vec<usize>> = replicas
+            .iter()
+            .map(|r| r.iter().map(|s| s.context).collect())
+            .collect();
+        self.predict_step_ms(tp, &contexts)
+    }
+
+    /// The predicted latency of one decode step of replicas at TP `tp` whose sequences have
+    /// the contexts `replicas[j]`: the slowest replica's (they step together), ms.
+    pub fn predict_step_ms(&self, tp: u32, replicas: &[Vec<usize>]) -> f64 {
         replicas
             .iter()
             .filter(|r| !r.is_empty())
             .map(|r| {
-                let mean = r.iter().map(|s| s.context as f64).sum::<f64>() / r.len() as f64;
+                let mean = r.iter().map(|&c| c as f64).sum::<f64>() / r.len() as f64;
                 self.predictor
                     .predict(tp, r.len() as u32, mean)
                     .unwrap_or(f64::INFINITY)
             })
             .fold(0.0, f64::max)
+    }
+
+    /// PAT's rule at one decision point: with each sequence's remaining length estimated
+    /// from the law ([`LongTail::expected_length`] of what it generated), whether the
+    /// predicted remaining time under `from` exceeds that under `to` plus the switch's cost;
+    /// the cost when it does (the switch pays), `None` when it does not.
+    pub fn decide(&self, from: Layout, to: Layout, replicas: &[Vec<Live>]) -> Option<SwitchCost> {
+        let guess: Vec<Vec<Seq>> = replicas
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|s| {
+                        let total = self.workload.expected_length(s.generated);
+                        Seq {
+                            context: s.context,
+                            left: (total - s.generated as f64).round().max(1.0) as usize,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let now = self.remaining_ms(from, &guess);
+        let then = self.remaining_ms(to, &split(guess.concat(), to.dp));
+        let contexts: Vec<usize> = replicas.iter().flatten().map(|s| s.context).collect();
+        let cost = self.switch_cost(from, to, &contexts);
+        (now > then + cost.total_ms()).then_some(cost)
+    }
+
+    /// The modelled cost of moving one sequence of `context` tokens from `from` to `to`,
+    /// ms: `(migrate, recompute)` — its KV over the links, or a prefill under `to`.
+    pub fn kv_costs(&self, from: Layout, to: Layout, context: usize) -> (f64, f64) {
+        let m = &self.model;
+        let moved = (1.0 - from.tp.min(to.tp) as f64 / from.tp.max(to.tp) as f64).max(0.0);
+        let bytes = moved * context as f64 * m.kv_bytes_per_token();
+        let migrate = 1e3 * bytes / (self.card.link_bw * self.gpus as f64);
+        (migrate, prefill_ms(m, &self.card, to.tp, context as u64))
     }
 
     /// The predicted remaining decode time of `replicas` under `layout` if each sequence
@@ -138,11 +194,8 @@ impl Setup {
             let bytes = m.weight_bytes() * (1.0 / to.tp as f64 - 1.0 / from.tp as f64);
             c.weights_ms = 1e3 * bytes / self.card.link_bw;
         }
-        let moved = (1.0 - from.tp.min(to.tp) as f64 / from.tp.max(to.tp) as f64).max(0.0);
         for &ctx in contexts {
-            let bytes = moved * ctx as f64 * m.kv_bytes_per_token();
-            let migrate = 1e3 * bytes / (self.card.link_bw * self.gpus as f64);
-            let recompute = prefill_ms(m, &self.card, to.tp, ctx as u64);
+            let (migrate, recompute) = self.kv_costs(from, to, ctx);
             if migrate <= recompute {
                 c.migrate_ms += migrate;
                 c.migrated += 1;
@@ -195,25 +248,18 @@ impl Setup {
         while reps.iter().any(|r| !r.is_empty()) {
             if let Some(to) = switch_to {
                 if switch.is_none() && step > 0 && step % check_every == 0 {
-                    let estimate = |r: &Vec<Seq>| -> Vec<Seq> {
-                        r.iter()
-                            .map(|s| {
-                                let done = s.context - prompt;
-                                let total = self.workload.expected_length(done);
-                                Seq {
+                    let live: Vec<Vec<Live>> = reps
+                        .iter()
+                        .map(|r| {
+                            r.iter()
+                                .map(|s| Live {
                                     context: s.context,
-                                    left: (total - done as f64).round().max(1.0) as usize,
-                                }
-                            })
-                            .collect()
-                    };
-                    let guess: Vec<Vec<Seq>> = reps.iter().map(estimate).collect();
-                    let now = self.remaining_ms(layout, &guess);
-                    let all: Vec<Seq> = guess.concat();
-                    let then = self.remaining_ms(to, &split(all, to.dp));
-                    let contexts: Vec<usize> = reps.iter().flatten().map(|s| s.context).collect();
-                    let cost = self.switch_cost(layout, to, &contexts);
-                    if now > then + cost.total_ms() {
+                                    generated: s.context - prompt,
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    if let Some(cost) = self.decide(layout, to, &live) {
                         switch = Some((step, to, cost));
                         layout = to;
                         reps = split(reps.concat(), to.dp);
