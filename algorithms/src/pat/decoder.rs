@@ -1114,8 +1114,11 @@ impl<T: Real> TpDecoder<T> {
             let chunk = self
                 .chunk
                 .unwrap_or_else(|| default_chunk(&global, n_keys, mps));
+            // the merge is pinned too: the fused one rounds differently, and a tuned choice
+            // (per rank's local shape) could differ between ranks and layouts
             for rank in &mut self.ranks {
                 rank.decode.chunk = Some(chunk);
+                rank.decode.fused = Some(false);
             }
         }
         for (rank, w) in self.ranks.iter().zip(works.iter_mut()) {
