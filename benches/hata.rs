@@ -12,13 +12,18 @@
 //! same workload, and for the exact top-k and recency selectors. The "GB/s" of a HATA row is the
 //! dense K/V bytes divided by its time (an effective rate, above the roofline when sparse
 //! wins). Writes `hata-<device>.json`. Run: `cargo bench --bench hata` (needs a GPU); `-- <text>`
-//! keeps the shapes whose name contains the text (and the fidelity part only if "fidelity" does).
+//! keeps the shapes whose name contains the text (and the fidelity part only if "fidelity" does,
+//! the crossover search for the shapes it names). The crossover search times whole
+//! steps sparse and dense at 2K–64K cached tokens for each batch and budget and stores where
+//! sparse starts to win; the speed shapes' layers then start from it.
 
 mod support;
 
+use kiln::runtime::tune::{Store, Trial};
+use kiln_algorithms::hata::crossover::tune_crossover;
 use kiln_algorithms::hata::decoder::Budget;
 use kiln_algorithms::hata::fidelity::{budget_label, evaluate, table, train_held_out, verdict};
-use kiln_algorithms::hata::speed::measure;
+use kiln_algorithms::hata::speed::{bench_config, measure};
 use kiln_algorithms::workload::{generate, Rng, WorkloadSpec};
 use support::baseline::{AttnShape, Baselines};
 use support::{gpu, report_with, selected, Roof, Row};
@@ -38,6 +43,49 @@ fn main() {
     // an H100 (every stage, the append included), the GPU not yet at its working clocks
     if let Err(e) = measure(&dev, 8, 32768, Budget::Ratio(0.016), (WARMUP, REPS), 9) {
         println!("warm-up pass: {e}");
+    }
+    // the dense crossover of each batch and budget, measured first: the layers of the speed
+    // shapes below start from it (HataLayer::new reads it from the tuning store)
+    for batch in [1u32, 8] {
+        for budget in [Budget::Ratio(0.016), Budget::Count(2048)] {
+            let name = format!(
+                "hata crossover b{batch} h32/8 d128 budget {}",
+                budget_label(&budget)
+            );
+            if selected(&name) {
+                let cfg = bench_config(batch, 0, budget);
+                let lengths = [2048, 4096, 8192, 16384, 32768, 65536];
+                match tune_crossover(
+                    &dev,
+                    cfg,
+                    &lengths,
+                    (WARMUP, REPS),
+                    &Store::default_location(),
+                ) {
+                    Ok(e) => {
+                        let times: Vec<String> = e
+                            .trials
+                            .chunks(2)
+                            .map(|p| {
+                                let ms = |t: &Trial| t.outcome.clone().unwrap_or(f64::NAN);
+                                format!(
+                                    "{}: {:.4}/{:.4}",
+                                    p[0].point.get("LEN"),
+                                    ms(&p[0]),
+                                    ms(&p[1])
+                                )
+                            })
+                            .collect();
+                        println!(
+                            "{name}: dense below {} tokens per sequence (sparse/dense step ms by length: {})",
+                            e.winner.get("DENSE_BELOW"),
+                            times.join(", ")
+                        );
+                    }
+                    Err(e) => println!("{name}: {e}"),
+                }
+            }
+        }
     }
     let mut rows = Vec::new();
     let mut stages = Vec::new();

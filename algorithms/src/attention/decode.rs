@@ -711,6 +711,9 @@ impl FlashDecode {
         let device_mps = self.partial.device.multiprocessors();
         let mut chunks = CHUNKS.to_vec();
         chunks.push(default_chunk(shape, n_keys, device_mps).div_ceil(16) as i64 * 16);
+        // one split of all the keys, so that a call with fewer keys than the shortest split
+        // still has a candidate
+        chunks.push(n_keys.div_ceil(16).max(1) as i64 * 16);
         chunks.sort_unstable();
         chunks.dedup();
         let space = Space::new()

@@ -6,7 +6,8 @@
 //! number of columns (the length rounded up to [`SCORE_GRANULE`]), so one captured graph
 //! serves every step until the column count, the budget or the caller's buffers change
 //! ([`HataLayer::step`], `step_graph`). Below a crossover length a step decodes dense
-//! ([`HataLayer::set_dense_below`]): at short caches the selection costs more than it saves.
+//! ([`HataLayer::set_dense_below`]; measured per shape by [`super::crossover`]): at short
+//! caches the selection costs more than it saves.
 //! A dense step attends over the same rounded-up columns, the rows past the cache masked by
 //! a `log n` bias of `ln 0` (entry sizes 1 up to the length, 0 after), so it too is one
 //! graph replay.
@@ -14,10 +15,11 @@
 mod step_graph;
 
 use kiln::prelude::*;
-use kiln::tune::{Entry, TuneOptions};
+use kiln::tune::{Entry, Store, TuneOptions};
 use kiln::{Device, DeviceBuffer, Element, Kernel, LaunchConfig, RuntimeError};
 
 use super::append::{hata_append, THREADS as APPEND_THREADS};
+use super::crossover;
 use super::encode::{
     self, group_launch, hash_encode, hash_encode_group, key_mean, key_sum_partial, mean_launch,
     scatter_rows, MEAN_TOKENS, VECTORS_PER_WARP,
@@ -41,10 +43,11 @@ pub const SCORE_GRANULE: u32 = 1024;
 /// `h200-2026-12-04-dense-graph/`, the `hata` bench, heads 32/8, D 128, budget 1.6%): the
 /// graph-captured sparse step against dense flash-decoding is 0.50× at B 1 · 8K and 0.69× at
 /// B 8 · 2K (16K tokens both), 1.06–1.10× at B 1 · 32K and 1.03–1.07× at B 8 · 4K (32K tokens
-/// both). Below it the dense step (one graph replay too, the new key still hashed for later
-/// sparse steps) measured 0.52–0.84× of dense attention alone at B 1 · 2K–8K and 0.77–0.90×
-/// at B 8 · 2K over two runs: it costs the append, the hashing and up to
-/// [`SCORE_GRANULE`]` − 1` masked rows beyond dense.
+/// both). Below it the dense step (one graph replay too, then still hashing the new key for
+/// later sparse steps) measured 0.52–0.84× of dense attention alone at B 1 · 2K–8K and
+/// 0.77–0.90× at B 8 · 2K over two runs: it cost the append, the hashing and up to
+/// [`SCORE_GRANULE`]` − 1` masked rows beyond dense (dense steps now defer the hashing). A
+/// crossover measured for the shape ([`super::crossover`]) takes its place.
 pub const DEFAULT_DENSE_BELOW_TOKENS: u32 = 32 * 1024;
 
 /// How many keys a step attends to.
@@ -253,7 +256,8 @@ impl<T: Element + Float> HataLayer<T> {
             new_codes: device.zeros(b * hk * words)?,
             new_norms: device.zeros(b * hk)?,
             sizes: device.zeros(b * cap * hk)?,
-            dense_below: DEFAULT_DENSE_BELOW_TOKENS.div_ceil(cfg.batch),
+            dense_below: crossover::stored_crossover(device, &cfg, &Store::default_location())
+                .unwrap_or_else(|| crossover::default_crossover(cfg.batch)),
             use_graphs: true,
             graph: None,
             replays: 0,
@@ -334,8 +338,9 @@ impl<T: Element + Float> HataLayer<T> {
     }
 
     /// Decode dense while fewer than `len` tokens per sequence are cached (0: always sparse
-    /// unless the budget covers the cache). The default is [`DEFAULT_DENSE_BELOW_TOKENS`]
-    /// over the batch.
+    /// unless the budget covers the cache). The default is the crossover measured for this
+    /// shape on this device ([`crossover::tune_crossover`], kept in the compile-cache
+    /// folder's tuning store), else [`DEFAULT_DENSE_BELOW_TOKENS`] over the batch.
     pub fn set_dense_below(&mut self, len: u32) {
         self.dense_below = len;
     }

@@ -5,6 +5,7 @@
 
 pub mod append;
 pub mod checks;
+pub mod crossover;
 pub mod decoder;
 pub mod demo;
 pub mod encode;

@@ -59,6 +59,34 @@ fn as_runtime(e: HataError) -> RuntimeError {
     }
 }
 
+/// The layer the speed measurements time: heads 32/8, D = 128, rbit 128, sink 16, recent 64,
+/// norm-weighted scores, centred keys, with `batch` sequences of room for `capacity` tokens.
+pub fn bench_config(batch: u32, capacity: u32, budget: Budget) -> HataConfig {
+    HataConfig {
+        batch,
+        heads: 32,
+        kv_heads: 8,
+        dim: 128,
+        rbit: 128,
+        capacity,
+        budget,
+        sink: 16,
+        recent: 64,
+        use_norms: true,
+        center_keys: true,
+        dense: false,
+    }
+}
+
+/// `n` random normal bf16 values, a block of at most 4M repeated: a timing does not depend
+/// on the values, and a long cache fills fast.
+pub fn random_block(rng: &mut Rng, n: usize) -> Vec<bf16> {
+    let block: Vec<bf16> = (0..n.min(1 << 22))
+        .map(|_| bf16::from_f32(rng.normal()))
+        .collect();
+    block.iter().copied().cycle().take(n).collect()
+}
+
 /// Times a step of `batch` sequences of `seq` cached tokens (heads 32/8, D = 128, rbit 128,
 /// bf16, random data and hash weights; sink 16, recent 64), each part a median of `reps`
 /// after `warmup` runs, with dense flash-decoding over the same cache in the same run. The
@@ -74,29 +102,10 @@ pub fn measure(
     (warmup, reps): (usize, usize),
     seed: u64,
 ) -> Result<StepTimes, HataError> {
-    let (hk, d, rbit) = (8u32, 128u32, 128u32);
-    let cfg = HataConfig {
-        batch,
-        heads: 32,
-        kv_heads: hk,
-        dim: d,
-        rbit,
-        capacity: seq + 4 * (warmup + reps) as u32 + 1,
-        budget,
-        sink: 16,
-        recent: 64,
-        use_norms: true,
-        center_keys: true,
-        dense: false,
-    };
+    let cfg = bench_config(batch, seq + 4 * (warmup + reps) as u32 + 1, budget);
+    let (hk, d, rbit) = (cfg.kv_heads, cfg.dim, cfg.rbit);
     let mut rng = Rng::new(seed);
-    let mut random = |n: usize| -> Vec<bf16> {
-        // a random block repeated: the timing does not depend on the values
-        let block: Vec<bf16> = (0..n.min(1 << 22))
-            .map(|_| bf16::from_f32(rng.normal()))
-            .collect();
-        block.iter().copied().cycle().take(n).collect()
-    };
+    let mut random = |n: usize| random_block(&mut rng, n);
     let weights: Vec<f32> = random((hk * d * rbit) as usize)
         .iter()
         .map(|x| x.to_f32())
