@@ -275,7 +275,7 @@ pub fn evaluate(
 /// The attention mass each key gets from its GQA group at the decode step — the sum over the
 /// group's query heads of their softmax probabilities — `[B, H_kv, S]`, from the decode
 /// queries `q` `[B, H, D]` and the keys `k` `[B, S, H_kv, D]`.
-fn group_mass(sh: Shape, q: &[f64], k: &[f64]) -> Vec<f64> {
+pub(crate) fn group_mass(sh: Shape, q: &[f64], k: &[f64]) -> Vec<f64> {
     let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
     let g = h / hk;
     let scale = 1.0 / (d as f64).sqrt();
@@ -710,6 +710,7 @@ mod sweep {
 mod diagnosis {
     use super::*;
     use crate::hata::train::reference::loss;
+    use crate::hata::train::tight_frame;
 
     fn get(n: &str, d: f64) -> f64 {
         std::env::var(n)
@@ -754,30 +755,6 @@ mod diagnosis {
             &options,
         )
         .unwrap()
-    }
-
-    /// Each head's `[dim, rbit]` with orthonormal rows (Gram–Schmidt over the `dim` rows of
-    /// length `rbit`; `rbit ≥ dim`): a random tight frame, `W·Wᵀ = I`.
-    fn orthonormal_rows(w: &[f32], heads: usize, dim: usize, rbit: usize) -> Vec<f32> {
-        let mut out = Vec::with_capacity(w.len());
-        for h in 0..heads {
-            let mut rows: Vec<Vec<f64>> = Vec::new();
-            for r in 0..dim {
-                let mut v: Vec<f64> = w[(h * dim + r) * rbit..][..rbit]
-                    .iter()
-                    .map(|&x| x as f64)
-                    .collect();
-                for b in &rows {
-                    let dot: f64 = v.iter().zip(b).map(|(x, y)| x * y).sum();
-                    v.iter_mut().zip(b).for_each(|(x, y)| *x -= dot * y);
-                }
-                let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-                v.iter_mut().for_each(|x| *x /= n);
-                rows.push(v);
-            }
-            out.extend(rows.iter().flatten().map(|&x| x as f32));
-        }
-        out
     }
 
     /// The recall an infinitely long random sign hash would give: HATA's score with the
@@ -865,7 +842,7 @@ mod diagnosis {
             o.epochs, o.lr, heads[0].len(), t.elapsed(), p0.similarity, p1.similarity, p0.balance, p1.balance,
             p0.orthogonality, p1.orthogonality, losses[0], losses[losses.len() - 1]
         );
-        let ortho = orthonormal_rows(&w0, spec.kv_heads, d, rbit);
+        let ortho = tight_frame(&w0, spec.kv_heads, d, rbit);
         let ks: Vec<usize> = std::env::var("KS")
             .unwrap_or("32,64,103".into())
             .split(',')

@@ -66,6 +66,10 @@
 pub mod capture_file;
 pub mod checks;
 pub mod kernels;
+pub mod rank;
+pub mod rank_checks;
+mod rank_driver;
+pub mod rank_kernels;
 pub mod reference;
 mod samples;
 
@@ -93,14 +97,28 @@ pub enum TrainError {
     Runtime(#[from] RuntimeError),
 }
 
+/// What a training run minimises.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Objective {
+    /// The paper's loss (similarity, bit balance, orthogonality; see the module docs): the
+    /// default.
+    Paper,
+    /// The pairwise ranking objective of [`rank`]: pairs of a query's keys in the exact
+    /// order, scored as HATA's selection scores them.
+    Ranking(rank::RankOptions),
+}
+
 /// Settings of a training run.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TrainOptions {
+    /// The loss: [`Objective::Paper`] by default.
+    pub objective: Objective,
     /// Bits per code: a multiple of 32, at most 512 (HATA uses 128 or 256).
     pub rbit: u32,
     /// Passes over the samples.
     pub epochs: u32,
-    /// Most samples per head in one step (1 ..= 65 536); default 1024.
+    /// Most samples (with [`Objective::Ranking`]: pairs) per head in one step
+    /// (1 ..= 65 536); default 1024.
     pub batch: u32,
     /// Seed of the initial weights and of the shuffles.
     pub seed: u64,
@@ -119,6 +137,7 @@ impl TrainOptions {
     /// lr 0.1, momentum 0.9, weight decay 1e-6, `W₀ ~ N(0, 1)`.
     pub fn new(rbit: u32, epochs: u32, seed: u64) -> TrainOptions {
         TrainOptions {
+            objective: Objective::Paper,
             rbit,
             epochs,
             batch: 1024,
@@ -130,8 +149,23 @@ impl TrainOptions {
         }
     }
 
+    /// The ranking objective ([`Objective::Ranking`] with [`rank::RankOptions::default`])
+    /// for `rbit` bits, `epochs` epochs and a seed: batch 256 pairs, lr 0.05, momentum 0.9,
+    /// weight decay 1e-6, `W₀ ~ N(0, 1)`.
+    pub fn ranking(rbit: u32, epochs: u32, seed: u64) -> TrainOptions {
+        TrainOptions {
+            objective: Objective::Ranking(rank::RankOptions::default()),
+            batch: 256,
+            lr: 0.05,
+            ..TrainOptions::new(rbit, epochs, seed)
+        }
+    }
+
     fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: String| Err(TrainError::Invalid(m));
+        if let Objective::Ranking(r) = &self.objective {
+            r.validate().map_err(TrainError::Invalid)?;
+        }
         if self.rbit == 0 || !self.rbit.is_multiple_of(32) || self.rbit > 512 {
             return bad(format!(
                 "{} code bits (a multiple of 32, at most 512)",
@@ -189,6 +223,25 @@ pub struct Trained {
 }
 
 impl Trained {
+    /// The result of a device run: the final weights `w` and the loss history `losses` of
+    /// `[kv_heads, dim, rbit]` weights trained with `steps_per_epoch` steps per epoch.
+    fn download(
+        dev: &Device,
+        w: &DeviceBuffer<f32>,
+        losses: &DeviceBuffer<f32>,
+        (kv_heads, dim, rbit): (usize, usize, usize),
+        steps_per_epoch: usize,
+    ) -> Result<Trained, TrainError> {
+        Ok(Trained {
+            weights: dev.download(w)?,
+            kv_heads,
+            dim,
+            rbit,
+            steps_per_epoch,
+            losses: dev.download(losses)?,
+        })
+    }
+
     /// The weights of one head, `[dim, rbit]` (`None` past the last head).
     pub fn head_weights(&self, head: usize) -> Option<&[f32]> {
         let n = self.dim * self.rbit;
@@ -266,6 +319,40 @@ pub fn random_weights(kv_heads: usize, dim: usize, rbit: usize, seed: u64) -> Ve
         w.extend((0..dim * rbit).map(|_| rng.normal() as f32));
     }
     w
+}
+
+/// A random tight frame per head: each head's `[dim, rbit]` block of `w` with orthonormal
+/// rows (Gram–Schmidt over the `dim` rows of length `rbit`, in f64), so `W·Wᵀ = I` and the
+/// codes' expected agreement is the same in every direction; with `rbit < dim`, orthonormal
+/// columns instead (`WᵀW = I`). The initial weights of the ranking objective, and the
+/// baseline that shows what training learns beyond orthonormalising.
+pub fn tight_frame(w: &[f32], heads: usize, dim: usize, rbit: usize) -> Vec<f32> {
+    let rows = rbit >= dim;
+    let (n, len) = if rows { (dim, rbit) } else { (rbit, dim) };
+    // vector i, entry j of one head's block
+    let at = |i: usize, j: usize| if rows { i * rbit + j } else { j * rbit + i };
+    let mut out = Vec::with_capacity(w.len());
+    for block in w.chunks_exact(dim * rbit).take(heads) {
+        let mut basis: Vec<Vec<f64>> = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut v: Vec<f64> = (0..len).map(|j| block[at(i, j)] as f64).collect();
+            for b in &basis {
+                let dot: f64 = v.iter().zip(b).map(|(x, y)| x * y).sum();
+                v.iter_mut().zip(b).for_each(|(x, y)| *x -= dot * y);
+            }
+            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            basis.push(v);
+        }
+        let mut head = vec![0.0f32; dim * rbit];
+        for (i, v) in basis.iter().enumerate() {
+            for (j, &x) in v.iter().enumerate() {
+                head[at(i, j)] = x as f32;
+            }
+        }
+        out.extend(head);
+    }
+    out
 }
 
 /// Steps per epoch for heads of `sizes` samples: `max_h ⌈N_h / batch⌉`, at least 1.
@@ -361,6 +448,34 @@ pub fn train(
     HashTrainer::new(device, TrainOptions::new(rbit, epochs, seed))?.train(heads)
 }
 
+/// After step `t` of `steps` of epoch `epoch` of `epochs`: `progress`, with the epoch's mean
+/// loss (from the device's history `losses`, `[steps, kv_heads]`) at its last step.
+fn report_step(
+    dev: &Device,
+    losses: &DeviceBuffer<f32>,
+    (epoch, epochs): (u32, u32),
+    (t, steps): (u32, u32),
+    kv_heads: usize,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(), TrainError> {
+    let epoch_loss = if t + 1 == steps {
+        let all = dev.download(losses)?;
+        let per = steps as usize * kv_heads;
+        let mine = &all[epoch as usize * per..][..per];
+        Some(mine.iter().map(|&v| v as f64).sum::<f64>() / mine.len() as f64)
+    } else {
+        None
+    };
+    progress(&Progress {
+        epoch,
+        epochs,
+        step: t,
+        steps_per_epoch: steps,
+        epoch_loss,
+    });
+    Ok(())
+}
+
 /// The host driver: the four kernels built for a device and options, run over the samples
 /// of every KV head.
 pub struct HashTrainer {
@@ -388,15 +503,24 @@ impl HashTrainer {
     /// Validates `options` and builds the kernels for `device`.
     pub fn new(device: &Device, options: TrainOptions) -> Result<HashTrainer, TrainError> {
         options.validate()?;
+        let [forward, gram, update, finish] = match options.objective {
+            Objective::Paper => [
+                hash_train_forward::spec()
+                    .rbit(options.rbit)
+                    .build(device)?,
+                hash_train_gram::spec().build(device)?,
+                hash_train_update::spec().build(device)?,
+                hash_train_finish::spec().build(device)?,
+            ],
+            Objective::Ranking(_) => rank_driver::build(device, options.rbit)?,
+        };
         Ok(HashTrainer {
             device: device.clone(),
             options,
-            forward: hash_train_forward::spec()
-                .rbit(options.rbit)
-                .build(device)?,
-            gram: hash_train_gram::spec().build(device)?,
-            update: hash_train_update::spec().build(device)?,
-            finish: hash_train_finish::spec().build(device)?,
+            forward,
+            gram,
+            update,
+            finish,
         })
     }
 
@@ -405,12 +529,16 @@ impl HashTrainer {
         &self.options
     }
 
-    /// Trains from [`random_weights`]`(heads.len(), dim, rbit, seed)` scaled by `init_std`.
+    /// Trains from [`random_weights`]`(heads.len(), dim, rbit, seed)` scaled by `init_std`
+    /// (the paper's loss), or from its [`tight_frame`] (the ranking objective, whose soft hash
+    /// is scale-free and saturates on unscaled Gaussian weights).
     pub fn train(&self, heads: &[HeadSamples]) -> Result<Trained, TrainError> {
         let dim = heads.first().map_or(0, |h| h.dim);
         let o = &self.options;
         let mut w0 = random_weights(heads.len(), dim, o.rbit as usize, o.seed);
-        if o.init_std != 1.0 {
+        if let Objective::Ranking(_) = o.objective {
+            w0 = tight_frame(&w0, heads.len(), dim, o.rbit as usize);
+        } else if o.init_std != 1.0 {
             w0.iter_mut().for_each(|v| *v *= o.init_std);
         }
         self.train_from(heads, &w0, &mut |_| {})
@@ -446,6 +574,9 @@ impl HashTrainer {
                 initial.len(),
                 kv_heads * dim * rbit
             ));
+        }
+        if let Objective::Ranking(rank) = o.objective {
+            return rank_driver::train(self, heads, initial, &rank, progress);
         }
         let up = self.upload(heads)?;
         let steps = steps_per_epoch(&up.sizes, o.batch as usize);
@@ -573,30 +704,17 @@ impl HashTrainer {
                     epoch * steps32 + t,
                 )?;
                 std::mem::swap(&mut w, &mut w_next);
-                let epoch_loss = if t + 1 == steps32 {
-                    let all = dev.download(&losses)?;
-                    let mine = &all[epoch as usize * steps * kv_heads..][..steps * kv_heads];
-                    Some(mine.iter().map(|&v| v as f64).sum::<f64>() / mine.len() as f64)
-                } else {
-                    None
-                };
-                progress(&Progress {
-                    epoch,
-                    epochs: o.epochs,
-                    step: t,
-                    steps_per_epoch: steps32,
-                    epoch_loss,
-                });
+                report_step(
+                    dev,
+                    &losses,
+                    (epoch, o.epochs),
+                    (t, steps32),
+                    kv_heads,
+                    progress,
+                )?;
             }
         }
-        Ok(Trained {
-            weights: dev.download(&w)?,
-            kv_heads,
-            dim,
-            rbit,
-            steps_per_epoch: steps,
-            losses: dev.download(&losses)?,
-        })
+        Trained::download(dev, &w, &losses, (kv_heads, dim, rbit), steps)
     }
 
     /// Concatenates the heads' rows and samples (indices made global) and uploads them.
@@ -954,28 +1072,6 @@ mod tests {
 mod recall {
     use super::*;
 
-    /// Random Gaussian columns made orthonormal (Gram–Schmidt; rbit ≤ dim): the baseline that
-    /// separates what training learns from what its orthogonality term alone gives.
-    fn orthonormalised(w: &[f32], dim: usize, rbit: usize) -> Vec<f32> {
-        let mut wo: Vec<f64> = w.iter().map(|&v| v as f64).collect();
-        for c in 0..rbit.min(dim) {
-            for p in 0..c {
-                let d: f64 = (0..dim).map(|i| wo[i * rbit + c] * wo[i * rbit + p]).sum();
-                for i in 0..dim {
-                    wo[i * rbit + c] -= d * wo[i * rbit + p];
-                }
-            }
-            let n: f64 = (0..dim)
-                .map(|i| wo[i * rbit + c].powi(2))
-                .sum::<f64>()
-                .sqrt();
-            for i in 0..dim {
-                wo[i * rbit + c] /= n;
-            }
-        }
-        wo.iter().map(|&v| v as f32).collect()
-    }
-
     /// Trains on a planted capture with the float64 reference (the kernels match it, see
     /// `hata::train::checks`) and returns the recall@5% of random Gaussian, random
     /// orthonormal and trained weights on held-out sequences of the same head (the last 64
@@ -999,7 +1095,7 @@ mod recall {
         let wide: Vec<f64> = w0.iter().map(|&v| v as f64).collect();
         let (w, losses) = reference::train(&samples, &wide, &options);
         let trained: Vec<f32> = w.iter().map(|&v| v as f32).collect();
-        let ortho = orthonormalised(&w0, dim, rbit);
+        let ortho = tight_frame(&w0, 1, dim, rbit);
         let held = PlantedCapture {
             batch: 4,
             heads: 1,
