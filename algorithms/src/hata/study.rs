@@ -3,9 +3,11 @@
 //! for random, tight-frame, paper-trained and data-aware weights, next to the infinite-bit
 //! sign hash and the exact top-k.
 
-use super::fidelity::{group_mass, held_out_decode_workload, host_recall};
+use super::fidelity::{
+    group_mass, hata_scorer, held_out_decode_workload, host_recall, host_scores, HostScorer,
+};
 use super::peers::jacobi_eigen;
-use super::reference::{encode, recall, top_k};
+use super::reference::{recall, top_k};
 use super::train::rank::{self, RankOptions};
 use super::train::{
     random_weights, reference, samples_from_capture, tight_frame, CaptureShape, HeadSamples,
@@ -14,11 +16,26 @@ use super::train::{
 use crate::attention::reference as attention;
 use crate::workload::{generate, Workload, WorkloadSpec};
 
-fn get(n: &str, d: f64) -> f64 {
+/// The number in environment variable `n`, else `d`.
+pub(super) fn get(n: &str, d: f64) -> f64 {
     std::env::var(n)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(d)
+}
+
+/// The decode workload and code length of a study run from the environment: `SEED` (1),
+/// `HEADS` (8), `KV` (2), `SEQ` (1024), `DIM` (64), `RBIT` (128).
+pub(super) fn spec_from_env() -> (WorkloadSpec, usize) {
+    let mut spec = WorkloadSpec::decode(
+        1,
+        get("HEADS", 8.0) as usize,
+        get("KV", 2.0) as usize,
+        get("SEQ", 1024.0) as usize,
+        get("DIM", 64.0) as usize,
+    );
+    spec.seed = get("SEED", 1.0) as u64;
+    (spec, get("RBIT", 128.0) as usize)
 }
 
 /// One captured training set: sequences `skip..skip + seqs` of `spec` with queries at every
@@ -144,43 +161,21 @@ fn transform_weights(rows: &[Vec<f64>], d: usize, rbit: usize, seed: u64) -> Vec
     w
 }
 
-/// A scorer of one (sequence, KV head) made from its group's query rows: the score of a
-/// centred key and its norm.
-type Scorer<'a> = Box<dyn Fn(&[f64], f64) -> f64 + 'a>;
-
-/// The scores on the host of every (sequence, KV head)'s keys (centred), sinks and recent
-/// tokens forced in, for a scorer factory of (KV head, group query rows).
-fn scores<'a>(wl: &Workload, make: &dyn Fn(usize, Vec<Vec<f64>>) -> Scorer<'a>) -> Vec<Vec<f64>> {
-    let sh = wl.shape;
-    let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
-    let g = h / hk;
-    let [(_, qw), (_, kw), _] = wl.decode_step_bf16();
-    let mut out = Vec::new();
-    for bb in 0..b {
-        for kv in 0..hk {
-            let key = |t: usize| &kw[((bb * s + t) * hk + kv) * d..][..d];
-            let mean: Vec<f64> = (0..d)
-                .map(|c| (0..s).map(|t| key(t)[c]).sum::<f64>() / s as f64)
-                .collect();
-            let qs: Vec<Vec<f64>> = (0..g)
-                .map(|j| qw[(bb * h + kv * g + j) * d..][..d].to_vec())
-                .collect();
-            let score = make(kv, qs);
-            out.push(
-                (0..s)
-                    .map(|t| {
-                        if t < 4 || t + 16 >= s {
-                            return f64::INFINITY;
-                        }
-                        let x: Vec<f64> = key(t).iter().zip(&mean).map(|(v, m)| v - m).collect();
-                        let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-                        score(&x, norm)
-                    })
-                    .collect(),
-            );
-        }
-    }
-    out
+/// The scorer of an infinitely long random sign hash: HATA's score with the expected
+/// Hamming agreement `1 − 2θ/π` of each query head with the (centred) key, times the key
+/// norm — the ceiling of random and tight-frame weights, which only estimate it.
+pub(super) fn sign_hash_limit(_kv: usize, queries: Vec<Vec<f64>>) -> HostScorer<'static> {
+    Box::new(move |x, nk| {
+        queries
+            .iter()
+            .map(|q| {
+                let nq = q.iter().map(|v| v * v).sum::<f64>().sqrt();
+                let c: f64 = q.iter().zip(x).map(|(a, b)| a * b).sum::<f64>() / (nq * nk);
+                1.0 - 2.0 * c.clamp(-1.0, 1.0).acos() / std::f64::consts::PI
+            })
+            .sum::<f64>()
+            * nk
+    })
 }
 
 fn pick(scores: &[Vec<f64>], k: usize) -> Vec<Vec<u32>> {
@@ -206,43 +201,11 @@ fn measure(wl: &Workload, ids: &[Vec<u32>], k: usize) -> (f64, f64) {
     (rec, crate::metrics::rel_err(&o, &dense))
 }
 
-fn hash_scorer<'a>(
-    w: &'a [f64],
-    d: usize,
-    rbit: usize,
-) -> impl Fn(usize, Vec<Vec<f64>>) -> Scorer<'a> {
-    move |kv, qs| {
-        let wh = &w[kv * d * rbit..][..d * rbit];
-        let qc: Vec<Vec<u32>> = qs.iter().map(|q| encode(q, wh, rbit)).collect();
-        Box::new(move |x, norm| {
-            let kc = encode(x, wh, rbit);
-            let ham: u32 = qc
-                .iter()
-                .map(|q| {
-                    q.iter()
-                        .zip(&kc)
-                        .map(|(a, b)| (a ^ b).count_ones())
-                        .sum::<u32>()
-                })
-                .sum();
-            (qc.len() as f64 - 2.0 * ham as f64 / rbit as f64) * norm
-        })
-    }
-}
-
 #[test]
 #[ignore]
 fn hata_objective_study() {
-    let seed = get("SEED", 1.0) as u64;
-    let rbit = get("RBIT", 128.0) as usize;
-    let mut spec = WorkloadSpec::decode(
-        1,
-        get("HEADS", 8.0) as usize,
-        get("KV", 2.0) as usize,
-        get("SEQ", 1024.0) as usize,
-        get("DIM", 64.0) as usize,
-    );
-    spec.seed = seed;
+    let (spec, rbit) = spec_from_env();
+    let seed = spec.seed;
     let d = spec.dim;
     let eval = get("EVAL", 8.0) as usize;
     let seqs = get("SEQS", 4.0) as usize;
@@ -356,19 +319,8 @@ fn hata_objective_study() {
         let (w, _) = reference::train(&heads, &w0, &TrainOptions::new(rbit as u32, 20, seed));
         methods.push(("paper".into(), w));
     }
-    let ideal = scores(&wl, &|_, qs| {
-        Box::new(move |x, nk| {
-            qs.iter()
-                .map(|q| {
-                    let nq = q.iter().map(|v| v * v).sum::<f64>().sqrt();
-                    let c: f64 = q.iter().zip(x).map(|(a, b)| a * b).sum::<f64>() / (nq * nk);
-                    1.0 - 2.0 * c.clamp(-1.0, 1.0).acos() / std::f64::consts::PI
-                })
-                .sum::<f64>()
-                * nk
-        })
-    });
-    let dot = scores(&wl, &|_, qs| {
+    let ideal = host_scores(&wl, (4, 16), true, &sign_hash_limit);
+    let dot = host_scores(&wl, (4, 16), true, &|_, qs| {
         Box::new(move |x, _| {
             qs.iter()
                 .map(|q| q.iter().zip(x).map(|(a, b)| a * b).sum::<f64>())
@@ -395,7 +347,10 @@ fn hata_objective_study() {
     line("ideal sign hash", &ideal);
     line("group q·k sum", &dot);
     for (name, w) in &methods {
-        line(name, &scores(&wl, &hash_scorer(w, d, rbit)));
+        line(
+            name,
+            &host_scores(&wl, (4, 16), true, &hata_scorer(w, d, rbit)),
+        );
     }
 }
 

@@ -123,6 +123,15 @@ pub fn hash_train_forward<const RBIT: u32>(
     }
 }
 
+/// The launch shape of [`hash_train_gram`] for `kv_heads` heads of `rbit` bits.
+pub fn gram_config(rbit: u32, kv_heads: u32) -> kiln_runtime::LaunchConfig {
+    kiln_runtime::LaunchConfig {
+        grid: ((rbit * rbit).div_ceil(256), kv_heads, 1),
+        block: (256, 1, 1),
+        dyn_shared_bytes: 0,
+    }
+}
+
 /// `A = WᵀW − I` per head (`a` is `[kv_heads, rbit, rbit]`) and `‖A‖²_F` added to
 /// `stats[2h + 1]`. Thread `i` of head `h` computes `A[i / rbit, i % rbit]`.
 ///

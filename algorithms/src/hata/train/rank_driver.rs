@@ -4,7 +4,7 @@
 
 use kiln::{Kernel, LaunchConfig};
 
-use super::kernels::hash_train_gram;
+use super::kernels::{gram_config, hash_train_gram};
 use super::rank::{epoch_pairs, mean_key_norm, RankOptions};
 use super::rank_kernels::{
     hash_rank_finish, hash_rank_forward, hash_rank_update, RANK_FORWARD_WARPS,
@@ -96,11 +96,7 @@ pub(super) fn train(
         block: (RANK_FORWARD_WARPS * 32, 1, 1),
         dyn_shared_bytes: 0,
     };
-    let gram_cfg = LaunchConfig {
-        grid: ((rbit32 * rbit32).div_ceil(256), kvh, 1),
-        block: (256, 1, 1),
-        dyn_shared_bytes: 0,
-    };
+    let gram_cfg = gram_config(rbit32, kvh);
     let update_cfg = LaunchConfig {
         grid: ((dim32 * rbit32).div_ceil(256), kvh, 1),
         block: (256, 1, 1),
