@@ -201,6 +201,17 @@ fn measure(wl: &Workload, ids: &[Vec<u32>], k: usize) -> (f64, f64) {
     (rec, crate::metrics::rel_err(&o, &dense))
 }
 
+/// One line per selector of recall / output error at the budgets `KS` on the decode step of
+/// `EVAL` sequences, trained on `SEQS` others: the exact top-k, the infinite-bit sign hash,
+/// the exact group-summed `q·k`, random `W₀`, a random tight frame, data-aware weights
+/// `W = Aᵀ·T` (`A` the top-`r` eigenvectors, `r` in `RS`, of the captured queries' second
+/// moment ("q-eig") or the centred keys' covariance ("k-eig"), scaled by eigenvalue^(p/2),
+/// `p` in `PS`; `T` a random tight frame), the paper's recipe (`PAPER=1`, `PQPS` query
+/// positions per sequence) and the ranking objective (`RANK=1`: `TAU`, `GAMMA`, `ORTH`,
+/// `RLR`, `PAIRS` per step, `REP` epochs, from the tight frame or with `INIT=1` from the
+/// last data-aware weights; samples with `TOP` relevant, `QPS` query positions, `CAP`):
+/// `cargo test --release -p kiln-algorithms --lib hata_objective_study -- --ignored
+/// --nocapture` (shape from `spec_from_env`).
 #[test]
 #[ignore]
 fn hata_objective_study() {
@@ -309,15 +320,17 @@ fn hata_objective_study() {
         methods.push(("ranking".into(), w));
     }
     if get("PAPER", 0.0) == 1.0 {
+        // the paper's recipe: one query position per sequence and head (PQPS), 20 epochs
         let opts = SampleOptions {
             seed,
             center_keys: true,
+            queries_per_sequence: get("PQPS", 1.0) as usize,
             ..SampleOptions::default()
         };
         let heads: Vec<HeadSamples> =
             samples_from_capture(&cap.q, &cap.k, &cap.shape, &opts).unwrap();
         let (w, _) = reference::train(&heads, &w0, &TrainOptions::new(rbit as u32, 20, seed));
-        methods.push(("paper".into(), w));
+        methods.push((format!("paper ({} q/seq)", opts.queries_per_sequence), w));
     }
     let ideal = host_scores(&wl, (4, 16), true, &sign_hash_limit);
     let dot = host_scores(&wl, (4, 16), true, &|_, qs| {
