@@ -542,10 +542,10 @@ impl HashTrainer {
         &self.options
     }
 
-    /// Trains from [`random_weights`]`(heads.len(), dim, rbit, seed)` scaled by `init_std`
-    /// (the paper's loss), or from its [`tight_frame`] (the ranking objective, whose soft hash
-    /// is scale-free and saturates on unscaled Gaussian weights).
-    pub fn train(&self, heads: &[HeadSamples]) -> Result<Trained, TrainError> {
+    /// The weights [`train`](Self::train) starts from: [`random_weights`]`(heads.len(), dim,
+    /// rbit, seed)` scaled by `init_std` (the paper's loss), or their [`tight_frame`] (the
+    /// ranking objective, whose soft hash is scale-free and saturates on Gaussian weights).
+    pub fn initial_weights(&self, heads: &[HeadSamples]) -> Vec<f32> {
         let dim = heads.first().map_or(0, |h| h.dim);
         let o = &self.options;
         let mut w0 = random_weights(heads.len(), dim, o.rbit as usize, o.seed);
@@ -554,7 +554,27 @@ impl HashTrainer {
         } else if o.init_std != 1.0 {
             w0.iter_mut().for_each(|v| *v *= o.init_std);
         }
-        self.train_from(heads, &w0, &mut |_| {})
+        w0
+    }
+
+    /// Steps per epoch of a run over `heads`: windows of at most `batch` samples, or with the
+    /// ranking objective of at most `batch` pairs ([`rank::epoch_pairs`]).
+    pub fn steps_per_epoch(&self, heads: &[HeadSamples]) -> usize {
+        let o = &self.options;
+        let sizes: Vec<usize> = match o.objective {
+            Objective::Paper => heads.iter().map(HeadSamples::len).collect(),
+            Objective::Ranking(_) => heads
+                .iter()
+                .enumerate()
+                .map(|(h, s)| rank::epoch_pairs(s, o.seed, 0, h).len())
+                .collect(),
+        };
+        steps_per_epoch(&sizes, o.batch as usize)
+    }
+
+    /// Trains from [`initial_weights`](Self::initial_weights).
+    pub fn train(&self, heads: &[HeadSamples]) -> Result<Trained, TrainError> {
+        self.train_from(heads, &self.initial_weights(heads), &mut |_| {})
     }
 
     /// Trains from `initial` (`[kv_heads, dim, rbit]`, `kv_heads = heads.len()`), calling
