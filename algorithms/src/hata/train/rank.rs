@@ -96,9 +96,8 @@ pub fn epoch_pairs(samples: &HeadSamples, seed: u64, epoch: u32, head: usize) ->
     for i in 0..samples.len() {
         by_query[samples.query[i] as usize].push(i as u32);
     }
-    // each query's samples by falling label (ties: lower index first); `place` inverts it,
-    // `below[i]` is where the first strictly lower label starts
-    let mut place = vec![0usize; samples.len()];
+    // each query's samples by falling label (ties: lower index first); `below[i]` is where
+    // the labels strictly lower than sample i's start in its query's list
     let mut below = vec![0usize; samples.len()];
     for list in &mut by_query {
         list.sort_by(|&a, &b| {
@@ -112,7 +111,6 @@ pub fn epoch_pairs(samples: &HeadSamples, seed: u64, epoch: u32, head: usize) ->
             if at + 1 < list.len() && samples.label[list[at + 1] as usize] < samples.label[i] {
                 start = at + 1;
             }
-            place[i] = at;
             below[i] = start;
         }
     }
@@ -134,7 +132,6 @@ pub fn epoch_pairs(samples: &HeadSamples, seed: u64, epoch: u32, head: usize) ->
             let i = positives[o as usize];
             let list = &by_query[samples.query[i as usize] as usize];
             let start = below[i as usize];
-            debug_assert!(start > place[i as usize]);
             (start < list.len()).then(|| Pair {
                 positive: i,
                 other: list[start + rng.below(list.len() - start)],
