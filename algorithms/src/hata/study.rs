@@ -1,7 +1,9 @@
-//! A study (ignored tests, float64 on the host) of hash weights that learn more than a tight
-//! frame: recall of the exact top-k and output error at HATA's budgets on held-out sequences,
-//! for random, tight-frame, paper-trained and data-aware weights, next to the infinite-bit
-//! sign hash and the exact top-k.
+//! A study (float64 on the host) of hash weights that learn more than a tight frame: recall
+//! of the exact top-k and output error at HATA's budgets on held-out sequences, for random,
+//! tight-frame, paper-trained, data-aware and ranking-trained weights, next to the
+//! infinite-bit sign hash and the exact top-k (the ignored `hata_objective_study`,
+//! bench-results/cpu-fidelity-2026-12-05), and the seeded claim the ranking objective rests
+//! on. Also the helpers the training diagnosis in [`super::fidelity`] shares.
 
 use super::fidelity::{
     group_mass, hata_scorer, held_out_decode_workload, host_recall, host_scores, HostScorer,
@@ -182,26 +184,29 @@ fn pick(scores: &[Vec<f64>], k: usize) -> Vec<Vec<u32>> {
     scores.iter().map(|s| top_k(s, k)).collect()
 }
 
-/// Mean recall of the exact top-`k` by group mass and the output's relative error vs dense.
-fn measure(wl: &Workload, ids: &[Vec<u32>], k: usize) -> (f64, f64) {
+/// Mean recall of the exact top-`k` by group mass, the output's relative error vs dense, and
+/// the fraction of the 16 keys with the most mass that the selection keeps.
+fn measure(wl: &Workload, ids: &[Vec<u32>], k: usize) -> (f64, f64, f64) {
     let sh = wl.shape;
     let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
     let [(_, qw), (_, kw), (_, vw)] = wl.decode_step_bf16();
     let mass = group_mass(sh, &qw, &kw);
-    let rec = ids
-        .iter()
-        .enumerate()
-        .map(|(row, got)| recall(got, &top_k(&mass[row * s..][..s], k)))
-        .sum::<f64>()
-        / ids.len() as f64;
+    let kept = |n: usize| {
+        ids.iter()
+            .enumerate()
+            .map(|(row, got)| recall(got, &top_k(&mass[row * s..][..s], n)))
+            .sum::<f64>()
+            / ids.len() as f64
+    };
+    let (rec, heaviest) = (kept(k), kept(16.min(k)));
     let scale = 1.0 / (d as f64).sqrt();
     let (dense, _) = attention::decode(b, h, hk, s, d, &qw, &kw, &vw, None, s, scale);
     let flat: Vec<u32> = ids.iter().flatten().copied().collect();
     let (o, _) = attention::decode(b, h, hk, s, d, &qw, &kw, &vw, Some(&flat), k, scale);
-    (rec, crate::metrics::rel_err(&o, &dense))
+    (rec, crate::metrics::rel_err(&o, &dense), heaviest)
 }
 
-/// One line per selector of recall / output error at the budgets `KS` on the decode step of
+/// One line per selector of recall / output error (and the share of the 16 heaviest keys kept) at the budgets `KS` on the decode step of
 /// `EVAL` sequences, trained on `SEQS` others: the exact top-k, the infinite-bit sign hash,
 /// the exact group-summed `q·k`, random `W₀`, a random tight frame, data-aware weights
 /// `W = Aᵀ·T` (`A` the top-`r` eigenvectors, `r` in `RS`, of the captured queries' second
@@ -350,8 +355,8 @@ fn hata_objective_study() {
         let cells: Vec<String> = ks
             .iter()
             .map(|&k| {
-                let (r, e) = measure(&wl, &pick(sc, k), k);
-                format!("@{k} {r:.3} / {e:.3}")
+                let (r, e, top) = measure(&wl, &pick(sc, k), k);
+                format!("@{k} {r:.3} / {e:.3} (top 16: {top:.2})")
             })
             .collect();
         println!("{name:<22} {}", cells.join("  "));

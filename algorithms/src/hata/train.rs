@@ -962,8 +962,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn capture_samples_follow_the_recipe() {
+    /// A b2 h4/2 s40 d8 capture (prefill: 40 query rows) of `N(0, 1)` entries.
+    fn small_capture(seed: u64) -> (CaptureShape, Vec<f32>, Vec<f32>) {
         let shape = CaptureShape {
             batch: 2,
             heads: 4,
@@ -972,9 +972,15 @@ mod tests {
             seq: 40,
             dim: 8,
         };
-        let mut rng = Rng::new(1);
+        let mut rng = Rng::new(seed);
         let q: Vec<f32> = (0..2 * 4 * 40 * 8).map(|_| rng.normal() as f32).collect();
         let k: Vec<f32> = (0..2 * 2 * 40 * 8).map(|_| rng.normal() as f32).collect();
+        (shape, q, k)
+    }
+
+    #[test]
+    fn capture_samples_follow_the_recipe() {
+        let (shape, q, k) = small_capture(1);
         let opts = SampleOptions {
             max_samples_per_head: 0,
             center_keys: false,
@@ -1068,6 +1074,27 @@ mod tests {
             ..shape
         };
         assert!(samples_from_capture(&q, &k, &odd, &opts).is_err());
+    }
+
+    #[test]
+    fn more_query_positions_extend_the_papers_draw() {
+        let (shape, q, k) = small_capture(4);
+        let draw = |n: usize| {
+            let opts = SampleOptions {
+                max_samples_per_head: 0,
+                queries_per_sequence: n,
+                ..SampleOptions::default()
+            };
+            samples_from_capture(&q, &k, &shape, &opts).unwrap()
+        };
+        for (one, three) in draw(1).iter().zip(&draw(3)) {
+            assert_eq!(three.n_queries(), 3 * one.n_queries());
+            // each (sequence, head)'s first position is the paper's one
+            for (j, row) in one.queries.chunks(8).enumerate() {
+                assert_eq!(row, &three.queries[3 * j * 8..][..8]);
+            }
+            assert!(three.validate().is_ok());
+        }
     }
 
     #[test]
