@@ -213,8 +213,8 @@ fn measure(wl: &Workload, ids: &[Vec<u32>], k: usize) -> (f64, f64, f64) {
 /// moment ("q-eig") or the centred keys' covariance ("k-eig"), scaled by eigenvalue^(p/2),
 /// `p` in `PS`; `T` a random tight frame), the paper's recipe (`PAPER=1`, `PQPS` query
 /// positions per sequence) and the ranking objective (`RANK=1`: `TAU`, `GAMMA`, `ORTH`,
-/// `RLR`, `PAIRS` per step, `REP` epochs, from the tight frame or with `INIT=1` from the
-/// last data-aware weights; samples with `TOP` relevant, `QPS` query positions, `CAP`):
+/// `RLR`, `PAIRS` per step, `REP` epochs, from the weights of row `INIT` of this list, 1 =
+/// the tight frame; samples with `TOP` relevant, `QPS` query positions, `CAP`):
 /// `cargo test --release -p kiln-algorithms --lib hata_objective_study -- --ignored
 /// --nocapture` (shape from `spec_from_env`).
 #[test]
@@ -305,10 +305,7 @@ fn hata_objective_study() {
         o.objective = Objective::Ranking(rank);
         o.lr = get("RLR", 0.05) as f32;
         o.batch = get("PAIRS", 256.0) as u32;
-        let init = match get("INIT", 0.0) as u32 {
-            0 => methods[1].1.clone(),
-            _ => methods.last().unwrap().1.clone(),
-        };
+        let (init_name, init) = methods[get("INIT", 1.0) as usize].clone();
         let t = std::time::Instant::now();
         let (w, losses) = rank::train(&heads, &init, &o, &rank);
         println!(
@@ -322,7 +319,7 @@ fn hata_objective_study() {
             losses[0],
             losses[losses.len() - 1]
         );
-        methods.push(("ranking".into(), w));
+        methods.push((format!("ranking from {init_name}"), w));
     }
     if get("PAPER", 0.0) == 1.0 {
         // the paper's recipe: one query position per sequence and head (PQPS), 20 epochs
