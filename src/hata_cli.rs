@@ -10,8 +10,7 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 use kiln_algorithms::hata::train::capture_file::{read_capture, write_weights, CaptureFileError};
 use kiln_algorithms::hata::train::{
-    random_weights, samples_from_capture, HashTrainer, HeadSamples, Progress, SampleOptions,
-    TrainOptions,
+    samples_from_capture, HashTrainer, HeadSamples, Progress, SampleOptions, TrainOptions,
 };
 use kiln_runtime::Device;
 
@@ -23,6 +22,15 @@ pub enum HataCommand {
     /// Train the hash weights W [kv_heads, D, rbit] on one layer's captured Q/K (GPU, or the
     /// CPU emulator at small sizes).
     Train(TrainArgs),
+}
+
+/// The loss `kiln hata train` minimises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ObjectiveArg {
+    /// The paper's loss (similarity, bit balance, orthogonality).
+    Paper,
+    /// Pairs of a query's keys in the exact order, scored as HATA's selection scores them.
+    Ranking,
 }
 
 /// The arguments of `kiln hata train`.
@@ -44,9 +52,17 @@ pub struct TrainArgs {
     /// Seed of the query positions, the subsampling, the initial weights and the shuffles.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Samples per KV head in one SGD step.
-    #[arg(long, default_value_t = 1024)]
-    pub batch: u32,
+    /// What to minimise: the paper's loss, or the pairwise ranking objective (learns more
+    /// than a tight frame; see bench-results/cpu-fidelity-2026-12-05).
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::Paper)]
+    pub objective: ObjectiveArg,
+    /// Samples (ranking: pairs) per KV head in one SGD step [default: 1024; ranking: 256].
+    #[arg(long)]
+    pub batch: Option<u32>,
+    /// Query positions drawn per sequence and query head (the paper draws 1; the ranking
+    /// objective was measured with 16).
+    #[arg(long, default_value_t = 1)]
+    pub queries_per_sequence: usize,
     /// At most this many samples per KV head (uniform subsampling; 0: all).
     #[arg(long, default_value_t = 1 << 16)]
     pub max_samples: usize,
@@ -78,10 +94,13 @@ fn file_error(e: CaptureFileError) -> CliError {
 /// and returns a report with the loss history.
 pub fn train(args: &TrainArgs) -> Result<String, CliError> {
     let started = Instant::now();
-    let options = TrainOptions {
-        batch: args.batch,
-        ..TrainOptions::new(args.rbit, args.epochs, args.seed)
+    let mut options = match args.objective {
+        ObjectiveArg::Paper => TrainOptions::new(args.rbit, args.epochs, args.seed),
+        ObjectiveArg::Ranking => TrainOptions::ranking(args.rbit, args.epochs, args.seed),
     };
+    if let Some(batch) = args.batch {
+        options.batch = batch;
+    }
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
             return Err(CliError::usage(format!(
@@ -100,6 +119,7 @@ pub fn train(args: &TrainArgs) -> Result<String, CliError> {
             max_samples_per_head: args.max_samples,
             seed: args.seed,
             center_keys: !args.no_center_keys,
+            queries_per_sequence: args.queries_per_sequence,
             ..SampleOptions::default()
         },
     )
@@ -113,7 +133,7 @@ pub fn train(args: &TrainArgs) -> Result<String, CliError> {
     let trainer = HashTrainer::new(&device, options).map_err(|e| CliError::usage(e.to_string()))?;
     let sizes: Vec<usize> = samples.iter().map(HeadSamples::len).collect();
     let total: usize = sizes.iter().sum();
-    let steps = kiln_algorithms::hata::train::steps_per_epoch(&sizes, args.batch as usize);
+    let steps = trainer.steps_per_epoch(&samples);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -145,7 +165,7 @@ pub fn train(args: &TrainArgs) -> Result<String, CliError> {
             "warning: training on the CPU emulator, about 1000x slower than a GPU (roughly {eta:.0} s here); use small captures, --max-samples or fewer --epochs"
         );
     }
-    let w0 = random_weights(shape.kv_heads, shape.dim, args.rbit as usize, args.seed);
+    let w0 = trainer.initial_weights(&samples);
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new((steps * args.epochs as usize) as u64);
         if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -196,7 +216,15 @@ pub fn train(args: &TrainArgs) -> Result<String, CliError> {
         ("format".to_string(), "pt".to_string()),
         ("kiln.hata.rbit".to_string(), args.rbit.to_string()),
         ("kiln.hata.epochs".to_string(), args.epochs.to_string()),
-        ("kiln.hata.batch".to_string(), args.batch.to_string()),
+        ("kiln.hata.batch".to_string(), options.batch.to_string()),
+        (
+            "kiln.hata.objective".to_string(),
+            format!("{:?}", args.objective).to_lowercase(),
+        ),
+        (
+            "kiln.hata.queries_per_sequence".to_string(),
+            args.queries_per_sequence.to_string(),
+        ),
         ("kiln.hata.seed".to_string(), args.seed.to_string()),
         (
             "kiln.hata.center_keys".to_string(),

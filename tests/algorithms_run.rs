@@ -80,6 +80,14 @@ fn hash_train_matches_reference() {
 }
 
 #[test]
+fn hash_rank_matches_reference() {
+    check(
+        "hash_rank",
+        hata::train::rank_checks::hash_rank_matches_reference,
+    );
+}
+
+#[test]
 fn chelsea_matches_reference() {
     check("chelsea", chelsea::checks::chelsea_matches_reference);
 }

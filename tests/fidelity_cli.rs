@@ -10,9 +10,10 @@ fn kiln() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
 }
 
-#[test]
-fn fidelity_reports_both_pipelines_on_a_capture() {
-    let dir = std::env::temp_dir().join(format!("kiln-fidelity-{}", std::process::id()));
+/// A fresh folder `kiln-<name>-<pid>` in the temp dir holding `capture.safetensors`, a
+/// generated b2 h8/2 s640 d64 capture with 320 query rows; returns the folder and the file.
+fn capture_in(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("kiln-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let capture = dir.join("capture.safetensors");
@@ -27,28 +28,62 @@ fn fidelity_reports_both_pipelines_on_a_capture() {
         ..WorkloadSpec::default()
     };
     generate(&spec).unwrap().save(&capture).unwrap();
-    let weights = dir.join("w.safetensors");
-    let trained = kiln()
-        .args([
-            "hata",
-            "train",
-            "--emulate",
-            "--epochs",
-            "1",
-            "--max-samples",
-            "1024",
-        ])
+    (dir, capture)
+}
+
+/// `kiln hata train --emulate --max-samples 1024` on `capture` into `weights` with `extra`
+/// arguments; it must succeed.
+fn train_weights(capture: &std::path::Path, weights: &std::path::Path, extra: &[&str]) {
+    let out = kiln()
+        .args(["hata", "train", "--emulate", "--max-samples", "1024"])
+        .args(extra)
         .arg("--data")
-        .arg(&capture)
+        .arg(capture)
         .arg("--out")
-        .arg(&weights)
+        .arg(weights)
         .output()
         .unwrap();
     assert!(
-        trained.status.success(),
+        out.status.success(),
         "{}",
-        String::from_utf8_lossy(&trained.stderr)
+        String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `kiln hata train --objective ranking` trains and writes weights of the capture's shape,
+/// with the objective in the file's metadata.
+#[test]
+fn hata_train_takes_the_ranking_objective() {
+    let (dir, capture) = capture_in("ranking");
+    let weights = dir.join("w.safetensors");
+    train_weights(
+        &capture,
+        &weights,
+        &[
+            "--epochs",
+            "2",
+            "--objective",
+            "ranking",
+            "--queries-per-sequence",
+            "2",
+        ],
+    );
+    let w = kiln::algorithms::hata::train::capture_file::read_weights(&weights).unwrap();
+    assert_eq!(w.shape, [2, 64, 128]);
+    assert!(w.w.iter().all(|v| v.is_finite()));
+    let bytes = std::fs::read(&weights).unwrap();
+    assert!(
+        String::from_utf8_lossy(&bytes).contains("\"kiln.hata.objective\":\"ranking\""),
+        "the weights' metadata does not name the objective"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn fidelity_reports_both_pipelines_on_a_capture() {
+    let (dir, capture) = capture_in("fidelity");
+    let weights = dir.join("w.safetensors");
+    train_weights(&capture, &weights, &["--epochs", "1"]);
     let out = kiln()
         .args(["fidelity", "--emulate"])
         .arg("--data")

@@ -48,6 +48,10 @@ pub const CHECKS: &[(&str, Check)] = &[
         hata::train::checks::hash_train_matches_reference,
     ),
     (
+        "hash_rank_forward + hash_rank_update + hash_rank_finish",
+        hata::train::rank_checks::hash_rank_matches_reference,
+    ),
+    (
         "kmeans_assign + cluster_count + cluster_offsets + cluster_scatter + cluster_update + cluster_select + permute_rows + cluster_attn",
         adacluster::checks::adacluster_matches_reference,
     ),

@@ -275,7 +275,7 @@ pub fn evaluate(
 /// The attention mass each key gets from its GQA group at the decode step — the sum over the
 /// group's query heads of their softmax probabilities — `[B, H_kv, S]`, from the decode
 /// queries `q` `[B, H, D]` and the keys `k` `[B, S, H_kv, D]`.
-fn group_mass(sh: Shape, q: &[f64], k: &[f64]) -> Vec<f64> {
+pub(crate) fn group_mass(sh: Shape, q: &[f64], k: &[f64]) -> Vec<f64> {
     let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
     let g = h / hk;
     let scale = 1.0 / (d as f64).sqrt();
@@ -300,30 +300,27 @@ fn group_mass(sh: Shape, q: &[f64], k: &[f64]) -> Vec<f64> {
     mass
 }
 
-/// HATA's selection computed on the host in float64 (codes of the keys, centred on their mean
-/// when `center_keys`, norm-weighted scores, sinks and recent tokens forced in, top-k; what
-/// the kernels compute up to f32 rounding; the layer takes the mean over the prefill, one
-/// token fewer), and its mean
-/// recall of the exact top-k by group mass, at the workload's decode step. For measuring hash
-/// weights on the CPU at shapes the emulator would take minutes over.
-pub fn host_recall(
+/// A scorer of one (sequence, KV head) on the host: the score of a key (centred when the
+/// selection centres them) given with its L2 norm.
+pub type HostScorer<'a> = Box<dyn Fn(&[f64], f64) -> f64 + 'a>;
+
+/// The selection scores on the host of every (sequence, KV head)'s keys at the workload's
+/// decode step, `[B·H_kv][S]`: `make(kv_head, group query rows)` gives the scorer of each
+/// (sequence, KV head); keys are centred on their mean over the cache when `center_keys`,
+/// and the first `sink` and last `recent` tokens score `+∞` (always selected).
+pub fn host_scores<'a>(
     wl: &Workload,
-    weights: &[f32],
-    rbit: usize,
-    k: usize,
     (sink, recent): (usize, usize),
     center_keys: bool,
-) -> f64 {
+    make: &dyn Fn(usize, Vec<Vec<f64>>) -> HostScorer<'a>,
+) -> Vec<Vec<f64>> {
     let sh = wl.shape;
     let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
     let g = h / hk;
     let [(_, qw), (_, kw), _] = wl.decode_step_bf16();
-    let mass = group_mass(sh, &qw, &kw);
-    let w: Vec<f64> = weights.iter().map(|&x| x as f64).collect();
-    let mut total = 0.0;
+    let mut out = Vec::with_capacity(b * hk);
     for bb in 0..b {
         for kv in 0..hk {
-            let wh = &w[kv * d * rbit..][..d * rbit];
             let key = |t: usize| &kw[((bb * s + t) * hk + kv) * d..][..d];
             let mean: Vec<f64> = (0..d)
                 .map(|c| {
@@ -334,25 +331,82 @@ pub fn host_recall(
                     }
                 })
                 .collect();
-            let q_codes: Vec<Vec<u32>> = (0..g)
-                .map(|j| encode(&qw[(bb * h + kv * g + j) * d..][..d], wh, rbit))
+            let queries: Vec<Vec<f64>> = (0..g)
+                .map(|j| qw[(bb * h + kv * g + j) * d..][..d].to_vec())
                 .collect();
-            let q_refs: Vec<&[u32]> = q_codes.iter().map(Vec::as_slice).collect();
-            let scores: Vec<f64> = (0..s)
-                .map(|t| {
-                    if t < sink || t + recent >= s {
-                        return f64::INFINITY;
-                    }
-                    let x: Vec<f64> = key(t).iter().zip(&mean).map(|(v, m)| v - m).collect();
-                    let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-                    score(&q_refs, &encode(&x, wh, rbit), rbit, Some(norm))
-                })
-                .collect();
-            let row = bb * hk + kv;
-            total += recall(&top_k(&scores, k), &top_k(&mass[row * s..][..s], k));
+            let score = make(kv, queries);
+            out.push(
+                (0..s)
+                    .map(|t| {
+                        if t < sink || t + recent >= s {
+                            return f64::INFINITY;
+                        }
+                        let x: Vec<f64> = key(t).iter().zip(&mean).map(|(v, m)| v - m).collect();
+                        let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+                        score(&x, norm)
+                    })
+                    .collect(),
+            );
         }
     }
-    total / (b * hk) as f64
+    out
+}
+
+/// HATA's scorer on the host for hash weights `w` (`[kv_heads, dim, rbit]`, f64): the group's
+/// query codes against the key's code, `(G − 2·Σham/rbit)·‖k‖` — what the kernels compute up
+/// to f32 rounding.
+pub fn hata_scorer<'a>(
+    w: &'a [f64],
+    dim: usize,
+    rbit: usize,
+) -> impl Fn(usize, Vec<Vec<f64>>) -> HostScorer<'a> {
+    move |kv, queries| {
+        let wh = &w[kv * dim * rbit..][..dim * rbit];
+        let codes: Vec<Vec<u32>> = queries.iter().map(|q| encode(q, wh, rbit)).collect();
+        Box::new(move |x, norm| {
+            let refs: Vec<&[u32]> = codes.iter().map(Vec::as_slice).collect();
+            score(&refs, &encode(x, wh, rbit), rbit, Some(norm))
+        })
+    }
+}
+
+/// Mean recall over (sequence, KV head) of the exact top-`k` by group mass among the top-`k`
+/// of `scores` (from [`host_scores`]).
+pub fn host_scores_recall(wl: &Workload, scores: &[Vec<f64>], k: usize) -> f64 {
+    let sh = wl.shape;
+    let [(_, qw), (_, kw), _] = wl.decode_step_bf16();
+    let mass = group_mass(sh, &qw, &kw);
+    let s = sh.seq;
+    scores
+        .iter()
+        .enumerate()
+        .map(|(row, sc)| recall(&top_k(sc, k), &top_k(&mass[row * s..][..s], k)))
+        .sum::<f64>()
+        / scores.len().max(1) as f64
+}
+
+/// HATA's selection computed on the host in float64 (codes of the keys, centred on their mean
+/// when `center_keys`, norm-weighted scores, sinks and recent tokens forced in, top-k; what
+/// the kernels compute up to f32 rounding; the layer takes the mean over the prefill, one
+/// token fewer), and its mean recall of the exact top-k by group mass, at the workload's
+/// decode step. For measuring hash weights on the CPU at shapes the emulator would take
+/// minutes over.
+pub fn host_recall(
+    wl: &Workload,
+    weights: &[f32],
+    rbit: usize,
+    k: usize,
+    forced: (usize, usize),
+    center_keys: bool,
+) -> f64 {
+    let w: Vec<f64> = weights.iter().map(|&x| x as f64).collect();
+    let scores = host_scores(
+        wl,
+        forced,
+        center_keys,
+        &hata_scorer(&w, wl.shape.dim, rbit),
+    );
+    host_scores_recall(wl, &scores, k)
 }
 
 /// One HATA decode step at the workload's last position: prefill all tokens but the last,
@@ -709,14 +763,9 @@ mod sweep {
 #[cfg(test)]
 mod diagnosis {
     use super::*;
+    use crate::hata::study::{get, sign_hash_limit, spec_from_env};
     use crate::hata::train::reference::loss;
-
-    fn get(n: &str, d: f64) -> f64 {
-        std::env::var(n)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    }
+    use crate::hata::train::tight_frame;
 
     /// Samples from sequences `skip..skip + seqs` of `spec` (the first `skip` are evaluation).
     fn samples(
@@ -756,85 +805,18 @@ mod diagnosis {
         .unwrap()
     }
 
-    /// Each head's `[dim, rbit]` with orthonormal rows (Gram–Schmidt over the `dim` rows of
-    /// length `rbit`; `rbit ≥ dim`): a random tight frame, `W·Wᵀ = I`.
-    fn orthonormal_rows(w: &[f32], heads: usize, dim: usize, rbit: usize) -> Vec<f32> {
-        let mut out = Vec::with_capacity(w.len());
-        for h in 0..heads {
-            let mut rows: Vec<Vec<f64>> = Vec::new();
-            for r in 0..dim {
-                let mut v: Vec<f64> = w[(h * dim + r) * rbit..][..rbit]
-                    .iter()
-                    .map(|&x| x as f64)
-                    .collect();
-                for b in &rows {
-                    let dot: f64 = v.iter().zip(b).map(|(x, y)| x * y).sum();
-                    v.iter_mut().zip(b).for_each(|(x, y)| *x -= dot * y);
-                }
-                let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-                v.iter_mut().for_each(|x| *x /= n);
-                rows.push(v);
-            }
-            out.extend(rows.iter().flatten().map(|&x| x as f32));
-        }
-        out
-    }
-
     /// The recall an infinitely long random sign hash would give: HATA's score with the
     /// expected Hamming agreement `1 − 2θ/π` of each query head with the (centred) key, times
     /// the key norm — the ceiling of random and tight-frame weights, which only estimate it.
     fn ideal_recall(wl: &Workload, k: usize) -> f64 {
-        let sh = wl.shape;
-        let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
-        let g = h / hk;
-        let [(_, qw), (_, kw), _] = wl.decode_step_bf16();
-        let mass = group_mass(sh, &qw, &kw);
-        let mut total = 0.0;
-        for bb in 0..b {
-            for kv in 0..hk {
-                let key = |t: usize| &kw[((bb * s + t) * hk + kv) * d..][..d];
-                let mean: Vec<f64> = (0..d)
-                    .map(|c| (0..s).map(|t| key(t)[c]).sum::<f64>() / s as f64)
-                    .collect();
-                let scores: Vec<f64> = (0..s)
-                    .map(|t| {
-                        if t < 4 || t + 16 >= s {
-                            return f64::INFINITY;
-                        }
-                        let x: Vec<f64> = key(t).iter().zip(&mean).map(|(v, m)| v - m).collect();
-                        let nk = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-                        (0..g)
-                            .map(|j| {
-                                let q = &qw[(bb * h + kv * g + j) * d..][..d];
-                                let nq = q.iter().map(|v| v * v).sum::<f64>().sqrt();
-                                let c: f64 =
-                                    q.iter().zip(&x).map(|(a, b)| a * b).sum::<f64>() / (nq * nk);
-                                1.0 - 2.0 * c.clamp(-1.0, 1.0).acos() / std::f64::consts::PI
-                            })
-                            .sum::<f64>()
-                            * nk
-                    })
-                    .collect();
-                let row = bb * hk + kv;
-                total += recall(&top_k(&scores, k), &top_k(&mass[row * s..][..s], k));
-            }
-        }
-        total / (b * hk) as f64
+        host_scores_recall(wl, &host_scores(wl, (4, 16), true, &sign_hash_limit), k)
     }
 
     #[test]
     #[ignore]
     fn hata_training_diagnosis() {
-        let seed = get("SEED", 1.0) as u64;
-        let rbit = get("RBIT", 128.0) as usize;
-        let mut spec = WorkloadSpec::decode(
-            1,
-            get("HEADS", 8.0) as usize,
-            get("KV", 2.0) as usize,
-            get("SEQ", 1024.0) as usize,
-            get("DIM", 64.0) as usize,
-        );
-        spec.seed = seed;
+        let (spec, rbit) = spec_from_env();
+        let seed = spec.seed;
         let eval = get("EVAL", 8.0) as usize;
         let seqs = get("SEQS", 4.0) as usize;
         let scale = get("SCALE", 1.0) as f32;
@@ -865,7 +847,7 @@ mod diagnosis {
             o.epochs, o.lr, heads[0].len(), t.elapsed(), p0.similarity, p1.similarity, p0.balance, p1.balance,
             p0.orthogonality, p1.orthogonality, losses[0], losses[losses.len() - 1]
         );
-        let ortho = orthonormal_rows(&w0, spec.kv_heads, d, rbit);
+        let ortho = tight_frame(&w0, spec.kv_heads, d, rbit);
         let ks: Vec<usize> = std::env::var("KS")
             .unwrap_or("32,64,103".into())
             .split(',')

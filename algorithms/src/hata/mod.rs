@@ -14,5 +14,7 @@ pub mod peers;
 pub mod reference;
 pub mod score;
 pub mod speed;
+#[cfg(test)]
+mod study;
 pub mod topk;
 pub mod train;

@@ -154,7 +154,7 @@ fn principal_components(rows: &[f64], d: usize, rank: usize) -> Vec<Vec<f64>> {
 
 /// Eigenvalues and eigenvectors (columns of the returned `d × d` matrix) of the symmetric
 /// matrix `a`, by cyclic Jacobi sweeps until the off-diagonal mass is negligible.
-fn jacobi_eigen(mut a: Vec<f64>, d: usize) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn jacobi_eigen(mut a: Vec<f64>, d: usize) -> (Vec<f64>, Vec<f64>) {
     let mut v = vec![0.0; d * d];
     for i in 0..d {
         v[i * d + i] = 1.0;

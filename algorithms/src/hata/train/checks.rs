@@ -10,14 +10,14 @@ use crate::hata::train::kernels::{
 use crate::hata::train::reference as train_ref;
 use crate::hata::train::{
     random_weights, recall_at, samples_from_capture, HashTrainer, HeadSamples, PlantedCapture, Rng,
-    SampleOptions, TrainOptions,
+    SampleOptions, TrainOptions, Trained,
 };
 use kiln_runtime::{Device, LaunchConfig};
 
 use crate::verify::{ensure, rel_err, VerifyError};
 
 /// Random samples of one head: rows `N(0, 1)`, a third of the labels in [1, 20], the rest −1.
-fn random_head(dim: usize, nq: usize, nk: usize, n: usize, seed: u64) -> HeadSamples {
+pub(super) fn random_head(dim: usize, nq: usize, nk: usize, n: usize, seed: u64) -> HeadSamples {
     let mut rng = Rng::new(seed);
     let mut rows =
         |count: usize| -> Vec<f32> { (0..count * dim).map(|_| rng.normal() as f32).collect() };
@@ -45,14 +45,14 @@ fn random_head(dim: usize, nq: usize, nk: usize, n: usize, seed: u64) -> HeadSam
 /// shows in f32.
 const WEIGHT_DECAY: f64 = 0.25;
 
-fn wide(v: &[f32]) -> Vec<f64> {
+pub(super) fn wide(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
 /// Weights as they are after some training: orthonormal columns (Gram–Schmidt; columns
 /// beyond `dim` stay `N(0, 1/dim)`) plus `N(0, 0.1²/dim)` noise, so that `‖WᵀW − I‖` is
 /// small.
-fn near_orthonormal(kv: usize, dim: usize, rbit: usize, seed: u64) -> Vec<f32> {
+pub(super) fn near_orthonormal(kv: usize, dim: usize, rbit: usize, seed: u64) -> Vec<f32> {
     let scale = 1.0 / (dim as f64).sqrt();
     let mut w: Vec<f64> = random_weights(kv, dim, rbit, seed)
         .iter()
@@ -394,22 +394,36 @@ fn trainer_case(
         "{reported} progress reports ({epoch_losses} with an epoch loss) for {} steps",
         trained.steps_per_epoch * epochs as usize
     );
-    let e_w = rel_err(&wide(&trained.weights), &want_w);
-    let moved: Vec<f64> = want_w.iter().zip(&w0).map(|(a, b)| a - *b as f64).collect();
-    let got_moved: Vec<f64> = trained
-        .weights
-        .iter()
-        .zip(&w0)
-        .map(|(a, b)| (*a - *b) as f64)
-        .collect();
-    let e_dw = rel_err(&got_moved, &moved);
-    let e_l = rel_err(&wide(&trained.losses), &want_losses);
+    let [e_w, e_dw, e_l] = run_errors(&trained, &w0, &want_w, &want_losses);
     ensure!(
         e_w < 1e-5 && e_dw < 1e-4 && e_l < 1e-5,
         "after {} steps: relative error W {e_w:.2e}, W − W₀ {e_dw:.2e}, losses {e_l:.2e}",
         want_losses.len() / heads.len()
     );
     Ok(())
+}
+
+/// Relative errors of a device run `trained` from `w0` against the reference's final
+/// weights and loss history: of the weights, of how far they moved (`W − W₀`, the part
+/// training changed), and of the losses.
+pub(super) fn run_errors(
+    trained: &Trained,
+    w0: &[f32],
+    want_w: &[f64],
+    want_losses: &[f64],
+) -> [f64; 3] {
+    let moved: Vec<f64> = want_w.iter().zip(w0).map(|(a, b)| a - *b as f64).collect();
+    let got_moved: Vec<f64> = trained
+        .weights
+        .iter()
+        .zip(w0)
+        .map(|(a, b)| (*a - *b) as f64)
+        .collect();
+    [
+        rel_err(&wide(&trained.weights), want_w),
+        rel_err(&got_moved, &moved),
+        rel_err(&wide(&trained.losses), want_losses),
+    ]
 }
 
 /// Training on the device where it matters: a planted capture ([`PlantedCapture`], norms
@@ -463,7 +477,7 @@ pub fn recall_case(dev: &Device, dim: usize, rbit: usize, epochs: u32) -> Result
     Ok(())
 }
 
-fn mismatch(e: impl std::fmt::Display) -> VerifyError {
+pub(super) fn mismatch(e: impl std::fmt::Display) -> VerifyError {
     VerifyError::Mismatch(e.to_string())
 }
 

@@ -123,6 +123,15 @@ pub fn hash_train_forward<const RBIT: u32>(
     }
 }
 
+/// The launch shape of [`hash_train_gram`] for `kv_heads` heads of `rbit` bits.
+pub fn gram_config(rbit: u32, kv_heads: u32) -> kiln_runtime::LaunchConfig {
+    kiln_runtime::LaunchConfig {
+        grid: ((rbit * rbit).div_ceil(256), kv_heads, 1),
+        block: (256, 1, 1),
+        dyn_shared_bytes: 0,
+    }
+}
+
 /// `A = WᵀW − I` per head (`a` is `[kv_heads, rbit, rbit]`) and `‖A‖²_F` added to
 /// `stats[2h + 1]`. Thread `i` of head `h` computes `A[i / rbit, i % rbit]`.
 ///
@@ -281,17 +290,46 @@ pub fn hash_train_update(
         let d = d0 + ty + 8 * i;
         if d < dim {
             let at = w_head + d * rbit + r;
-            let wv = w[at];
-            let g = acc[i] + scale * orth[i] + weight_decay * wv;
-            let v = if first {
-                g
-            } else {
-                momentum * velocity[at] + g
-            };
-            velocity[at] = v;
-            w_next[at] = wv - lr * v;
+            let grad = acc[i] + scale * orth[i];
+            sgd_update(
+                w,
+                w_next,
+                velocity,
+                at,
+                grad,
+                lr,
+                momentum,
+                weight_decay,
+                first,
+            );
         }
     }
+}
+
+/// PyTorch's SGD step for element `at` of the weights: `d = grad + weight_decay·w`, `v = d`
+/// at the first step (`first`) else `momentum·v + d` (in `velocity`), `w' = w − lr·v` into
+/// `w_next`.
+#[device]
+pub fn sgd_update(
+    w: &[f32],
+    w_next: &mut [f32],
+    velocity: &mut [f32],
+    at: u32,
+    grad: f32,
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+    first: bool,
+) {
+    let wv = w[at];
+    let g = grad + weight_decay * wv;
+    let v = if first {
+        g
+    } else {
+        momentum * velocity[at] + g
+    };
+    velocity[at] = v;
+    w_next[at] = wv - lr * v;
 }
 
 /// The loss of the step for head `h = block_idx().x`:

@@ -183,17 +183,30 @@ pub(super) fn loss_and_grad_weighted(
             }
         }
     }
-    if norm_a > 0.0 {
-        let scale = orthogonality_weight * 2.0 / norm_a;
-        for d in 0..dim {
-            let wrow = &w[d * rbit..][..rbit];
-            for r in 0..rbit {
-                let wa: f64 = (0..rbit).map(|b| wrow[b] * a[b * rbit + r]).sum();
-                grad[d * rbit + r] += scale * wa;
-            }
+    add_orthogonality_gradient(&mut grad, w, &a, rbit, orthogonality_weight);
+    (parts, Some(grad))
+}
+
+/// Adds the gradient of `weight·‖A‖_F` (`A = WᵀW − I`, given as `a`) to `grad`:
+/// `2·weight·W·A/‖A‖_F`, nothing when `A = 0`. `w` and `grad` are one head's `[dim, rbit]`.
+pub(super) fn add_orthogonality_gradient(
+    grad: &mut [f64],
+    w: &[f64],
+    a: &[f64],
+    rbit: usize,
+    weight: f64,
+) {
+    let norm_a = a.iter().map(|v| v * v).sum::<f64>().sqrt();
+    if norm_a == 0.0 {
+        return;
+    }
+    let scale = 2.0 * weight / norm_a;
+    for (g, wrow) in grad.chunks_exact_mut(rbit).zip(w.chunks_exact(rbit)) {
+        for (r, gr) in g.iter_mut().enumerate() {
+            let wa: f64 = (0..rbit).map(|b| wrow[b] * a[b * rbit + r]).sum();
+            *gr += scale * wa;
         }
     }
-    (parts, Some(grad))
 }
 
 /// One SGD step with PyTorch's semantics (no dampening, no Nesterov):

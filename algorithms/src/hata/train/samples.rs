@@ -152,6 +152,9 @@ pub struct SampleOptions {
     /// `center_keys` hashes them; the labels do not change (a query's ranking of its prefix
     /// is the same for `k` and `k − μ`). Default true.
     pub center_keys: bool,
+    /// Query positions drawn per sequence and query head: 1 (the paper's recipe). More give a
+    /// KV head more distinct queries to learn from.
+    pub queries_per_sequence: usize,
 }
 
 impl Default for SampleOptions {
@@ -162,6 +165,7 @@ impl Default for SampleOptions {
             max_samples_per_head: 1 << 16,
             seed: 0,
             center_keys: true,
+            queries_per_sequence: 1,
         }
     }
 }
@@ -255,33 +259,35 @@ pub fn samples_from_capture(
             for g in 0..group {
                 let head = hk * group + g;
                 let mut rng = Rng::stream(options.seed, &[1, b as u64, head as u64]);
-                let p = first + rng.below(seq - first);
-                let row = p - (seq - q_seq);
-                let qrow = &q[((b * heads + head) * q_seq + row) * dim..][..dim];
-                let qi = s.n_queries() as u32;
-                s.queries.extend_from_slice(qrow);
-                let key0 = b * seq;
-                let scores: Vec<f64> = (0..=p)
-                    .map(|j| {
-                        let krow = &s.keys[(key0 + j) * dim..][..dim];
-                        qrow.iter()
-                            .zip(krow)
-                            .map(|(a, c)| *a as f64 * *c as f64)
-                            .sum()
-                    })
-                    .collect();
-                let mut rank: Vec<usize> = (0..=p).collect();
-                rank.sort_by(|&a, &c| scores[c].total_cmp(&scores[a]).then(a.cmp(&c)));
-                let n_top =
-                    ((options.top_fraction * (p + 1) as f64).ceil() as usize).clamp(1, p + 1);
-                let mut labels = vec![-1.0f32; p + 1];
-                for (i, &j) in rank.iter().take(n_top).enumerate() {
-                    labels[j] = rank_labels(n_top, options.max_label, i);
-                }
-                for (j, &l) in labels.iter().enumerate() {
-                    s.query.push(qi);
-                    s.key.push((key0 + j) as u32);
-                    s.label.push(l);
+                for _ in 0..options.queries_per_sequence {
+                    let p = first + rng.below(seq - first);
+                    let row = p - (seq - q_seq);
+                    let qrow = &q[((b * heads + head) * q_seq + row) * dim..][..dim];
+                    let qi = s.n_queries() as u32;
+                    s.queries.extend_from_slice(qrow);
+                    let key0 = b * seq;
+                    let scores: Vec<f64> = (0..=p)
+                        .map(|j| {
+                            let krow = &s.keys[(key0 + j) * dim..][..dim];
+                            qrow.iter()
+                                .zip(krow)
+                                .map(|(a, c)| *a as f64 * *c as f64)
+                                .sum()
+                        })
+                        .collect();
+                    let mut rank: Vec<usize> = (0..=p).collect();
+                    rank.sort_by(|&a, &c| scores[c].total_cmp(&scores[a]).then(a.cmp(&c)));
+                    let n_top =
+                        ((options.top_fraction * (p + 1) as f64).ceil() as usize).clamp(1, p + 1);
+                    let mut labels = vec![-1.0f32; p + 1];
+                    for (i, &j) in rank.iter().take(n_top).enumerate() {
+                        labels[j] = rank_labels(n_top, options.max_label, i);
+                    }
+                    for (j, &l) in labels.iter().enumerate() {
+                        s.query.push(qi);
+                        s.key.push((key0 + j) as u32);
+                        s.label.push(l);
+                    }
                 }
             }
         }
