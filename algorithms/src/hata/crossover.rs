@@ -110,8 +110,13 @@ pub fn tune_crossover(
     let mut times: Vec<LengthTimes> = Vec::new();
     let mut trials = Vec::new();
     for &len in &lengths {
+        let capacity = len.checked_add(steps).ok_or_else(|| {
+            HataError::Config(format!(
+                "a crossover length of {len} tokens leaves no room for the timed steps"
+            ))
+        })?;
         let layer_cfg = HataConfig {
-            capacity: len + steps,
+            capacity,
             dense: false,
             ..cfg
         };
@@ -240,6 +245,8 @@ mod tests {
         assert_eq!(stored_crossover(&dev, &other, &store), None);
         let e = tune_crossover(&dev, cfg, &[], (1, 2), &store).unwrap_err();
         assert!(e.to_string().contains("at least one token"), "{e}");
+        let e = tune_crossover(&dev, cfg, &[u32::MAX], (1, 2), &store).unwrap_err();
+        assert!(e.to_string().contains("no room"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }
