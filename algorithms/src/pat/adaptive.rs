@@ -406,21 +406,21 @@ mod tests {
     use super::*;
     use std::sync::OnceLock;
 
-    fn emulated() -> &'static Fixture {
-        static F: OnceLock<Fixture> = OnceLock::new();
-        F.get_or_init(|| {
-            fixture(&Device::emulator())
-                .unwrap()
-                .expect("4 emulated ranks")
-        })
+    /// A fixture of its own per test: the byte counters of the switch are the world's, so
+    /// tests running in parallel on one world would count each other's traffic.
+    fn emulated() -> Fixture {
+        fixture(&Device::emulator())
+            .unwrap()
+            .expect("4 emulated ranks")
     }
 
     /// The static TP1×DP4 run, which every other run must equal token for token.
     fn base() -> &'static RunRecord {
         static B: OnceLock<RunRecord> = OnceLock::new();
         B.get_or_init(|| {
-            let r = run(emulated(), Policy::StaticFrom, KvChoice::CostModel).unwrap();
-            for q in &emulated().requests {
+            let f = emulated();
+            let r = run(&f, Policy::StaticFrom, KvChoice::CostModel).unwrap();
+            for q in &f.requests {
                 assert_eq!(r.tokens[&q.id].len(), q.max_new, "request {}", q.id);
             }
             assert!(r.switch.is_none());
@@ -431,7 +431,7 @@ mod tests {
     /// An adaptive run switched at the first decision, with `migrated` and `recomputed`
     /// sequences, and generated the static run's tokens.
     fn adaptive_equals_static(kv: KvChoice, migrated: bool, recomputed: bool) {
-        let r = run(emulated(), Policy::Adaptive, kv).unwrap();
+        let r = run(&emulated(), Policy::Adaptive, kv).unwrap();
         let s = r.switch.as_ref().expect("the rule switched");
         println!("{kv:?}: {:?}", s.measured);
         assert_eq!(s.step, 3);
@@ -454,12 +454,13 @@ mod tests {
 
     #[test]
     fn static_layouts_generate_the_same_tokens() {
-        let lengths: Vec<usize> = emulated().requests.iter().map(|r| r.max_new).collect();
+        let f = emulated();
+        let lengths: Vec<usize> = f.requests.iter().map(|r| r.max_new).collect();
         assert!(
             lengths.iter().filter(|&&l| l > 4).count() >= 2 && lengths.iter().any(|&l| l <= 3),
             "the batch needs sequences that end before the switch and some that outlive it: {lengths:?}"
         );
-        let tp4 = run(emulated(), Policy::StaticTo, KvChoice::CostModel).unwrap();
+        let tp4 = run(&f, Policy::StaticTo, KvChoice::CostModel).unwrap();
         assert_eq!(tp4.policy, "TP4×DP1");
         assert_eq!(base().policy, "TP1×DP4");
         assert_eq!(tp4.tokens, base().tokens, "static TP4 vs static TP1×DP4");
@@ -477,7 +478,7 @@ mod tests {
 
     #[test]
     fn adaptive_mixed_equals_static() {
-        adaptive_equals_static(mixed(emulated()), true, true);
+        adaptive_equals_static(mixed(&emulated()), true, true);
     }
 
     #[test]
