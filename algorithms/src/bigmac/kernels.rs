@@ -7,10 +7,11 @@ use super::hopper::group_of;
 use crate::common::{warp_max, warp_sum};
 use crate::tile::*;
 use kiln::prelude::*;
-use kiln_dsl::kernel;
+use kiln_dsl::{device, kernel};
 
-/// Tokens per block of [`moe_gate`] (a warp each).
-pub const GATE_TOKENS: u32 = 8;
+/// Tokens per block of [`moe_gate`] (eight per warp, so that each gate weight read from
+/// shared memory serves eight tokens).
+pub const GATE_TOKENS: u32 = 64;
 /// The most experts [`moe_gate`] takes (two per lane).
 pub const MAX_EXPERTS: u32 = 64;
 /// Rows and columns of a [`grouped_gemm`] block tile.
@@ -18,12 +19,14 @@ pub const TILE: u32 = 128;
 /// Threads per block of [`grouped_gemm`].
 pub const GEMM_THREADS: u32 = 256;
 
-/// Routes every token: `logits = x·W_g` (`x` `[tokens, h]`, `w` `[h, e]`, f32 sums), softmax,
-/// then the `K` experts of highest `probability + bias` (the auxiliary-loss-free balancing
-/// bias steers the choice only; `use_bias` off ignores it; ties: the lower expert). Writes
-/// `ids` and `weights` `[tokens, K]`: the chosen experts' probabilities, renormalised to sum
-/// to 1 when `normalise`. A warp per token, two experts per lane (`e ≤ 64`); grid
-/// `(⌈tokens / 8⌉)`, 256 threads.
+/// Routes every token: `logits = x·W_g` (`x` `[tokens, h]`, `w` `[h, e]`, f32 sums in the
+/// order of `h`), softmax, then the `K` experts of highest `probability + bias` (the
+/// auxiliary-loss-free balancing bias steers the choice only; `use_bias` off ignores it;
+/// ties: the lower expert). Writes `ids` and `weights` `[tokens, K]`: the chosen experts'
+/// probabilities, renormalised to sum to 1 when `normalise`. A block takes 64 tokens and
+/// walks `h` in chunks of 32 rows staged in shared memory (x and `W_g`), so `W_g` is read
+/// once per block, not once per token; a warp owns 8 tokens, two experts per lane
+/// (`e ≤ 64`). Grid `(⌈tokens / 64⌉)`, 256 threads.
 #[kernel(threads = 256, example(T = bf16, K = 8), example(T = f16, K = 2))]
 pub fn moe_gate<T: Float, const K: u32>(
     x: &[T],
@@ -37,32 +40,76 @@ pub fn moe_gate<T: Float, const K: u32>(
     use_bias: bool,
     normalise: bool,
 ) {
+    // xs[t·32 + r]: token t's x at row r of the chunk; ws[r·64 + c]: W_g's row r, expert c
+    let xs = shared::<[f32; 64 * 32]>();
+    let ws = shared::<[f32; 32 * 64]>();
+    let t = thread_idx().x;
     let lane = lane_id();
-    let tok = block_idx().x * 8 + warp_id();
-    if tok >= tokens {
-        return;
-    }
+    let warp = warp_id();
+    let tok0 = block_idx().x * 64;
     let c0 = lane;
     let c1 = lane + 32;
-    let mut l0 = 0.0f32;
-    let mut l1 = 0.0f32;
-    let row = tok as u64 * h as u64;
-    for i in 0..h {
-        let xi = x[row + i as u64] as f32;
-        let wr = i as u64 * e as u64;
-        if c0 < e {
-            l0 += xi * (w[wr + c0 as u64] as f32);
+    let mut l0 = [0.0f32; 8];
+    let mut l1 = [0.0f32; 8];
+    for i0 in (0..h).step_by(32) {
+        for j in (t..64 * 32).step_by(256) {
+            let tok = tok0 + j / 32;
+            let i = i0 + j % 32;
+            xs[j] = if tok < tokens && i < h {
+                x[tok as u64 * h as u64 + i as u64] as f32
+            } else {
+                0.0f32
+            };
+            let r = i0 + j / 64;
+            let c = j % 64;
+            ws[j] = if r < h && c < e {
+                w[r as u64 * e as u64 + c as u64] as f32
+            } else {
+                0.0f32
+            };
         }
-        if c1 < e {
-            l1 += xi * (w[wr + c1 as u64] as f32);
+        sync_threads();
+        for r in 0..32u32 {
+            let w0 = ws[r * 64 + c0];
+            let w1 = ws[r * 64 + c1];
+            for u in 0..8u32 {
+                let xv = xs[(warp * 8 + u) * 32 + r];
+                l0[u] += xv * w0;
+                l1[u] += xv * w1;
+            }
+        }
+        sync_threads();
+    }
+    for u in 0..8u32 {
+        let tok = tok0 + warp * 8 + u;
+        if tok < tokens {
+            route_token::<K>(
+                l0[u], l1[u], bias, ids, weights, tok, e, use_bias, normalise,
+            );
         }
     }
-    if c0 >= e {
-        l0 = f32::NEG_INFINITY;
-    }
-    if c1 >= e {
-        l1 = f32::NEG_INFINITY;
-    }
+}
+
+/// One token's softmax over its logits (`l0`, `l1`: experts `lane` and `lane + 32` of the
+/// calling warp), its `K` experts of highest `probability + bias`, and their written ids and
+/// (renormalised) weights; see [`moe_gate`].
+#[device]
+fn route_token<const K: u32>(
+    l0: f32,
+    l1: f32,
+    bias: &[f32],
+    ids: &mut [u32],
+    weights: &mut [f32],
+    tok: u32,
+    e: u32,
+    use_bias: bool,
+    normalise: bool,
+) {
+    let lane = lane_id();
+    let c0 = lane;
+    let c1 = lane + 32;
+    let l0 = if c0 < e { l0 } else { f32::NEG_INFINITY };
+    let l1 = if c1 < e { l1 } else { f32::NEG_INFINITY };
     let top: f32 = warp_max(l0.max(l1));
     let p0 = if c0 < e { (l0 - top).exp() } else { 0.0f32 };
     let p1 = if c1 < e { (l1 - top).exp() } else { 0.0f32 };
