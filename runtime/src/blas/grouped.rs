@@ -82,7 +82,7 @@ pub struct GroupedGemm<'a> {
     /// The operands' addresses: every group's W, then its A, then its C.
     addresses: DeviceBuffer<u64>,
     dtype: sys::cudaDataType,
-    _buffers: PhantomData<&'a mut DeviceBuffer<f32>>,
+    _buffers: PhantomData<&'a mut [u8]>,
 }
 
 impl GroupedGemm<'_> {
@@ -93,9 +93,11 @@ impl GroupedGemm<'_> {
 }
 
 impl Blas {
-    /// Prepares `C_g = A_g · W_g` (row-major, f32 accumulation and result) for every group `g`
-    /// with `rows[g] > 0`: `a` `[Σ rows, k]` with the groups' rows one after another, `w`
-    /// `[rows.len(), k, n]`, `c` `[Σ rows, n]` (overwritten, β = 0). The buffers must be GPU
+    /// Prepares `C_g = A_g · W_g` (row-major, f32 accumulation, C in the inputs' type: the
+    /// grouped API takes no f32 C with 16-bit inputs, and Kiln's grouped GEMM writes that
+    /// type too) for every group `g` with `rows[g] > 0`: `a` `[Σ rows, k]` with the groups'
+    /// rows one after another, `w` `[rows.len(), k, n]`, `c` `[Σ rows, n]` (overwritten,
+    /// β = 0). The buffers must be GPU
     /// memory of this device ordered on its stream. Errors: lengths that do not match, sizes
     /// past cuBLAS's 32-bit ints, a cuBLAS without the grouped API
     /// ([`BlasError::MissingSymbol`]).
@@ -103,7 +105,7 @@ impl Blas {
         &self,
         a: &'a DeviceBuffer<T>,
         w: &'a DeviceBuffer<T>,
-        c: &'a mut DeviceBuffer<f32>,
+        c: &'a mut DeviceBuffer<T>,
         rows: &[usize],
         k: usize,
         n: usize,
@@ -149,7 +151,7 @@ impl Blas {
             .map(|p| pw + p.w_offset as u64 * elem)
             .collect();
         addresses.extend(parts.iter().map(|p| pa + p.a_offset as u64 * elem));
-        addresses.extend(parts.iter().map(|p| pc + p.c_offset as u64 * 4));
+        addresses.extend(parts.iter().map(|p| pc + p.c_offset as u64 * elem));
         let count = parts.len();
         let each = |v: usize| vec![v as i32; count];
         // column-major: Cᵀ_g (n × rows) = W_gᵀ (n × k, leading dimension n) · A_gᵀ (k × rows)
@@ -202,7 +204,7 @@ impl Blas {
                 ldb.as_ptr(),
                 call.scalars.1.as_ptr() as *const c_void,
                 base.add(2 * count) as *const *mut c_void,
-                sys::cudaDataType::CUDA_R_32F,
+                call.dtype,
                 ldc.as_ptr(),
                 count as i32,
                 call.ones.as_ptr(),
