@@ -191,7 +191,7 @@ fn main() {
                             table(&r),
                             verdict(&r)
                         );
-                        all.extend(r.iter().map(|x| serde_json::json!({"center_keys": center, "selector": x.selector, "budget": x.budget, "keys": x.keys, "recall": x.recall, "output_error": x.output_error})));
+                        all.extend(r.iter().map(|x| serde_json::json!({"center_keys": center, "selector": x.selector, "budget": x.budget, "keys": x.keys, "recall": x.recall, "qk_recall": x.qk_recall, "output_error": x.output_error})));
                     }
                     Err(e) => println!("fidelity: {e}"),
                 }

@@ -5,7 +5,10 @@
 //!
 //! The exact top-k of a GQA group ranks each key by the attention mass the group's query
 //! heads give it (the sum over the heads of their softmax probabilities), because the group
-//! shares one selection. Recall is the fraction of that exact set a selector keeps.
+//! shares one selection. Recall is the fraction of that exact set a selector keeps. The
+//! report also gives the recall of the exact top-k by the group's summed `q·k` (the "qk
+//! recall", PIPELINES.md's definition): the score HATA's hash estimates, so the gap between
+//! HATA's two recalls separates the hash's error from the score's own distance to the mass.
 
 use half::bf16;
 use kiln::{Device, DeviceBuffer};
@@ -123,8 +126,12 @@ pub struct FidelityRow {
     pub budget: String,
     /// Keys kept per (sequence, KV head).
     pub keys: usize,
-    /// Mean recall of the exact top-k over (sequence, KV head).
+    /// Mean recall of the exact top-k by the GQA group's attention mass over (sequence, KV
+    /// head): the keys the output depends on.
     pub recall: f64,
+    /// Mean recall of the exact top-k by the group's summed `q·k` (PIPELINES.md's "top-k by
+    /// qk score": the score HATA's hash estimates, so this isolates the hash's error).
+    pub qk_recall: f64,
     /// Relative norm error of the attention output against dense attention.
     pub output_error: f64,
 }
@@ -157,9 +164,10 @@ pub fn evaluate(
     let scale = 1.0 / (d as f64).sqrt();
     let (dense, _) = attention::decode(b, h, hk, s, d, &qw, &kw, &vw, None, s, scale);
     let mass = group_mass(sh, &qw, &kw);
-    let exact_for = |k: usize| -> Vec<Vec<u32>> {
+    let qk = group_qk(sh, &qw, &kw);
+    let exact_by = |of: &[f64], k: usize| -> Vec<Vec<u32>> {
         (0..b * hk)
-            .map(|row| top_k(&mass[row * s..][..s], k))
+            .map(|row| top_k(&of[row * s..][..s], k))
             .collect()
     };
     let error_of = |ids: &[Vec<u32>], k: usize| -> f64 {
@@ -212,7 +220,7 @@ pub fn evaluate(
             dense: false,
         };
         let k = budget.keys(s as u32) as usize;
-        let exact = exact_for(k);
+        let (exact, exact_qk) = (exact_by(&mass, k), exact_by(&qk, k));
         let label = budget_label(budget);
         for (name, weights) in weight_sets {
             let (got, hata_ids) = hata_step(device, cfg, weights, (&qb, &kb, &vb), k)?;
@@ -221,6 +229,7 @@ pub fn evaluate(
                 budget: label.clone(),
                 keys: k,
                 recall: mean_recall(&hata_ids, &exact),
+                qk_recall: mean_recall(&hata_ids, &exact_qk),
                 output_error: crate::metrics::rel_err(&got, &dense),
             });
         }
@@ -229,6 +238,7 @@ pub fn evaluate(
             budget: label.clone(),
             keys: k,
             recall: 1.0,
+            qk_recall: mean_recall(&exact, &exact_qk),
             output_error: error_of(&exact, k),
         });
         let window: Vec<Vec<u32>> = (0..b * hk)
@@ -239,6 +249,7 @@ pub fn evaluate(
             budget: label.clone(),
             keys: k,
             recall: mean_recall(&window, &exact),
+            qk_recall: mean_recall(&window, &exact_qk),
             output_error: error_of(&window, k),
         });
         let peers: [(String, Vec<Vec<u32>>); 2] = [
@@ -265,11 +276,32 @@ pub fn evaluate(
                 budget: label.clone(),
                 keys: kept,
                 recall: mean_recall(&ids, &exact),
+                qk_recall: mean_recall(&ids, &exact_qk),
                 output_error: error_of(&equal, kept),
             });
         }
     }
     Ok(rows)
+}
+
+/// The summed score each key gets from its GQA group at the decode step, `Σ_heads q·k`,
+/// `[B, H_kv, S]` (same inputs as [`group_mass`]).
+pub(crate) fn group_qk(sh: Shape, q: &[f64], k: &[f64]) -> Vec<f64> {
+    let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
+    let g = h / hk;
+    let mut out = vec![0.0f64; b * hk * s];
+    for bb in 0..b {
+        for head in 0..h {
+            let kv = head / g;
+            let qrow = &q[(bb * h + head) * d..][..d];
+            for t in 0..s {
+                let key = &k[((bb * s + t) * hk + kv) * d..][..d];
+                out[(bb * hk + kv) * s + t] +=
+                    qrow.iter().zip(key).map(|(a, c)| a * c).sum::<f64>();
+            }
+        }
+    }
+    out
 }
 
 /// The attention mass each key gets from its GQA group at the decode step — the sum over the
@@ -464,13 +496,13 @@ fn hata_step(
 /// The rows as a table.
 pub fn table(rows: &[FidelityRow]) -> String {
     let mut out = format!(
-        "{:<20} {:>7} {:>6} {:>8} {:>12}\n",
-        "selector", "budget", "keys", "recall", "output err"
+        "{:<20} {:>7} {:>6} {:>8} {:>9} {:>12}\n",
+        "selector", "budget", "keys", "recall", "qk recall", "output err"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<20} {:>7} {:>6} {:>8.3} {:>12.2e}\n",
-            r.selector, r.budget, r.keys, r.recall, r.output_error
+            "{:<20} {:>7} {:>6} {:>8.3} {:>9.3} {:>12.2e}\n",
+            r.selector, r.budget, r.keys, r.recall, r.qk_recall, r.output_error
         ));
     }
     out
@@ -864,5 +896,51 @@ mod diagnosis {
             ));
         }
         println!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The group's summed q·k: b 2, heads 4 over 2 KV heads, 3 keys, D 2, against sums
+    /// written out by hand for one (sequence, KV head, key), and every entry against the
+    /// per-head dot products.
+    #[test]
+    fn group_qk_sums_the_groups_dot_products() {
+        let sh = Shape {
+            batch: 2,
+            heads: 4,
+            kv_heads: 2,
+            queries: 1,
+            seq: 3,
+            dim: 2,
+        };
+        let q: Vec<f64> = (0..2 * 4 * 2).map(|i| i as f64 * 0.5 - 3.0).collect();
+        let k: Vec<f64> = (0..2 * 3 * 2 * 2).map(|i| (i % 7) as f64 - 2.0).collect();
+        let got = group_qk(sh, &q, &k);
+        // sequence 1, KV head 1 (query heads 2 and 3), key 2
+        let key = &k[((3 + 2) * 2 + 1) * 2..][..2];
+        let want: f64 = (2..4)
+            .map(|hq| {
+                let qr = &q[(4 + hq) * 2..][..2];
+                qr[0] * key[0] + qr[1] * key[1]
+            })
+            .sum();
+        assert_eq!(got[(2 + 1) * 3 + 2], want);
+        for bb in 0..2 {
+            for kv in 0..2 {
+                for t in 0..3 {
+                    let key = &k[((bb * 3 + t) * 2 + kv) * 2..][..2];
+                    let sum: f64 = (kv * 2..kv * 2 + 2)
+                        .map(|hq| {
+                            let qr = &q[(bb * 4 + hq) * 2..][..2];
+                            qr[0] * key[0] + qr[1] * key[1]
+                        })
+                        .sum();
+                    assert_eq!(got[(bb * 2 + kv) * 3 + t], sum);
+                }
+            }
+        }
     }
 }
