@@ -509,9 +509,9 @@ pub fn table(rows: &[FidelityRow]) -> String {
 }
 
 /// One line saying whether HATA beat its baselines in `rows` (from [`evaluate`] with the
-/// weight sets "random W" and "trained W"): trained against random weights by recall, and
-/// HATA with trained weights against recency, Quest and Loki by output error, counted over
-/// the budgets.
+/// weight sets "random W" and "trained W"): trained against random weights by recall (of
+/// the top-k by attention mass, and by qk score), and HATA with trained weights against
+/// recency, Quest and Loki by output error, counted over the budgets.
 pub fn verdict(rows: &[FidelityRow]) -> String {
     let budgets: Vec<&str> = {
         let mut v: Vec<&str> = rows.iter().map(|r| r.budget.as_str()).collect();
@@ -532,6 +532,7 @@ pub fn verdict(rows: &[FidelityRow]) -> String {
             .count()
     };
     let by_recall = |x: &FidelityRow, y: &FidelityRow| x.recall > y.recall;
+    let by_qk_recall = |x: &FidelityRow, y: &FidelityRow| x.qk_recall > y.qk_recall;
     let by_error = |x: &FidelityRow, y: &FidelityRow| x.output_error < y.output_error;
     let n = budgets.len();
     let trained = "hata (trained W)";
@@ -544,8 +545,9 @@ pub fn verdict(rows: &[FidelityRow]) -> String {
         );
     }
     format!(
-        "verdict: trained W beats random W on recall at {}/{n} budgets; HATA (trained W) has a lower output error than recency at {}/{n}, Quest at {}/{n}, Loki at {}/{n}",
+        "verdict: trained W beats random W on recall at {}/{n} budgets (on qk recall at {}/{n}); HATA (trained W) has a lower output error than recency at {}/{n}, Quest at {}/{n}, Loki at {}/{n}",
         count(&by_recall, trained, "hata (random W)"),
+        count(&by_qk_recall, trained, "hata (random W)"),
         count(&by_error, trained, "recency"),
         count(&by_error, trained, "quest"),
         count(&by_error, trained, "loki"),
@@ -902,6 +904,31 @@ mod diagnosis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The verdict counts the budgets where trained beats random weights by each recall on
+    /// its own: here by mass at 1 of 2 budgets, by qk score at 2 of 2.
+    #[test]
+    fn the_verdict_counts_both_recalls() {
+        let row = |selector: &str, budget: &str, recall: f64, qk_recall: f64| FidelityRow {
+            selector: selector.into(),
+            budget: budget.into(),
+            keys: 8,
+            recall,
+            qk_recall,
+            output_error: 0.5,
+        };
+        let rows = [
+            row("hata (random W)", "8", 0.5, 0.5),
+            row("hata (trained W)", "8", 0.6, 0.6),
+            row("hata (random W)", "16", 0.6, 0.5),
+            row("hata (trained W)", "16", 0.5, 0.7),
+        ];
+        let v = verdict(&rows);
+        assert!(
+            v.contains("recall at 1/2 budgets (on qk recall at 2/2)"),
+            "{v}"
+        );
+    }
 
     /// The group's summed q·k: b 2, heads 4 over 2 KV heads, 3 keys, D 2, against sums
     /// written out by hand for one (sequence, KV head, key), and every entry against the
