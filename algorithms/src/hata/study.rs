@@ -373,12 +373,67 @@ fn hata_objective_study() {
     line("exact top-k", &exact);
     line("ideal sign hash", &ideal);
     line("group q·k sum", &dot);
+    let (max_heads, exp_sum) = nonlinear_group_scores(&wl, (4, 16));
+    line("group max of heads", &max_heads);
+    line("group Σ exp (no Z)", &exp_sum);
     for (name, w) in &methods {
         line(
             name,
             &host_scores(&wl, (4, 16), true, &hata_scorer(w, d, rbit)),
         );
     }
+}
+
+/// Two exact group scores that, unlike HATA's, are not linear over the group's heads (no
+/// hashing; ceilings for a selection that would estimate them), `[B·H_kv][S]` with the first
+/// `sink` and last `recent` tokens at `+∞`: the largest of the heads' logits, each less its
+/// head's largest logit over the cache, and the sum over the heads of their exponentials (the
+/// group's attention mass without each head's softmax denominator).
+fn nonlinear_group_scores(
+    wl: &Workload,
+    (sink, recent): (usize, usize),
+) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let sh = wl.shape;
+    let g = sh.heads / sh.kv_heads;
+    let scale = 1.0 / (sh.dim as f64).sqrt();
+    // per head j of each group: its scaled logits of the centred keys, less their maximum
+    let heads: Vec<Vec<Vec<f64>>> = (0..g)
+        .map(|j| {
+            host_scores(wl, (0, 0), true, &move |_,
+                                                 qs: Vec<Vec<f64>>|
+                  -> HostScorer<'static> {
+                let q = qs[j].clone();
+                Box::new(move |x, _| scale * q.iter().zip(x).map(|(a, b)| a * b).sum::<f64>())
+            })
+            .into_iter()
+            .map(|row| {
+                let top = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                row.into_iter().map(|l| l - top).collect()
+            })
+            .collect()
+        })
+        .collect();
+    let s = sh.seq;
+    let forced = |t: usize| t < sink || t + recent >= s;
+    let combine = |f: &dyn Fn(&mut dyn Iterator<Item = f64>) -> f64| -> Vec<Vec<f64>> {
+        (0..heads[0].len())
+            .map(|row| {
+                (0..s)
+                    .map(|t| {
+                        if forced(t) {
+                            f64::INFINITY
+                        } else {
+                            f(&mut heads.iter().map(|h| h[row][t]))
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    (
+        combine(&|it| it.fold(f64::NEG_INFINITY, f64::max)),
+        combine(&|it| it.map(f64::exp).sum()),
+    )
 }
 
 /// Recall at [`CLAIM_BUDGETS`] on the decode queries of 8 held-out sequences (16 GQA groups)
