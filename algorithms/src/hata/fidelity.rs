@@ -284,49 +284,55 @@ pub fn evaluate(
     Ok(rows)
 }
 
-/// The summed score each key gets from its GQA group at the decode step, `Σ_heads q·k`,
-/// `[B, H_kv, S]` (same inputs as [`group_mass`]).
-pub(crate) fn group_qk(sh: Shape, q: &[f64], k: &[f64]) -> Vec<f64> {
+/// Every query head's dot products with its KV head's keys at the decode step, `[B, H, S]`,
+/// from the decode queries `q` `[B, H, D]` and the keys `k` `[B, S, H_kv, D]`: what the
+/// group scores below combine.
+pub(crate) fn head_dots(sh: Shape, q: &[f64], k: &[f64]) -> Vec<f64> {
     let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
     let g = h / hk;
-    let mut out = vec![0.0f64; b * hk * s];
+    let mut out = Vec::with_capacity(b * h * s);
     for bb in 0..b {
         for head in 0..h {
             let kv = head / g;
             let qrow = &q[(bb * h + head) * d..][..d];
-            for t in 0..s {
+            out.extend((0..s).map(|t| {
                 let key = &k[((bb * s + t) * hk + kv) * d..][..d];
-                out[(bb * hk + kv) * s + t] +=
-                    qrow.iter().zip(key).map(|(a, c)| a * c).sum::<f64>();
-            }
+                qrow.iter().zip(key).map(|(a, c)| a * c).sum::<f64>()
+            }));
+        }
+    }
+    out
+}
+
+/// The summed score each key gets from its GQA group at the decode step, `Σ_heads q·k`,
+/// `[B, H_kv, S]` (same inputs as [`head_dots`]).
+pub(crate) fn group_qk(sh: Shape, q: &[f64], k: &[f64]) -> Vec<f64> {
+    let (g, s) = (sh.heads / sh.kv_heads, sh.seq);
+    let dots = head_dots(sh, q, k);
+    let mut out = vec![0.0f64; sh.batch * sh.kv_heads * s];
+    for (row, head) in dots.chunks(s).enumerate() {
+        let group = &mut out[row / g * s..][..s];
+        for (o, v) in group.iter_mut().zip(head) {
+            *o += v;
         }
     }
     out
 }
 
 /// The attention mass each key gets from its GQA group at the decode step — the sum over the
-/// group's query heads of their softmax probabilities — `[B, H_kv, S]`, from the decode
-/// queries `q` `[B, H, D]` and the keys `k` `[B, S, H_kv, D]`.
+/// group's query heads of their softmax probabilities — `[B, H_kv, S]` (same inputs as
+/// [`head_dots`]).
 pub(crate) fn group_mass(sh: Shape, q: &[f64], k: &[f64]) -> Vec<f64> {
-    let (b, h, hk, s, d) = (sh.batch, sh.heads, sh.kv_heads, sh.seq, sh.dim);
-    let g = h / hk;
-    let scale = 1.0 / (d as f64).sqrt();
-    let mut mass = vec![0.0f64; b * hk * s];
-    for bb in 0..b {
-        for head in 0..h {
-            let kv = head / g;
-            let qrow = &q[(bb * h + head) * d..][..d];
-            let logits: Vec<f64> = (0..s)
-                .map(|t| {
-                    let key = &k[((bb * s + t) * hk + kv) * d..][..d];
-                    scale * qrow.iter().zip(key).map(|(a, c)| a * c).sum::<f64>()
-                })
-                .collect();
-            let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let den: f64 = logits.iter().map(|l| (l - mx).exp()).sum();
-            for (t, l) in logits.iter().enumerate() {
-                mass[(bb * hk + kv) * s + t] += (l - mx).exp() / den;
-            }
+    let (g, s) = (sh.heads / sh.kv_heads, sh.seq);
+    let scale = 1.0 / (sh.dim as f64).sqrt();
+    let dots = head_dots(sh, q, k);
+    let mut mass = vec![0.0f64; sh.batch * sh.kv_heads * s];
+    for (row, head) in dots.chunks(s).enumerate() {
+        let mx = head.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let den: f64 = head.iter().map(|l| (scale * (l - mx)).exp()).sum();
+        let group = &mut mass[row / g * s..][..s];
+        for (m, l) in group.iter_mut().zip(head) {
+            *m += (scale * (l - mx)).exp() / den;
         }
     }
     mass

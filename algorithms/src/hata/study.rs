@@ -6,7 +6,8 @@
 //! on. Also the helpers the training diagnosis in [`super::fidelity`] shares.
 
 use super::fidelity::{
-    group_mass, hata_scorer, held_out_decode_workload, host_recall, host_scores, HostScorer,
+    group_mass, hata_scorer, head_dots, held_out_decode_workload, host_recall, host_scores,
+    HostScorer,
 };
 use super::peers::jacobi_eigen;
 use super::reference::{recall, top_k};
@@ -394,36 +395,27 @@ fn nonlinear_group_scores(
     (sink, recent): (usize, usize),
 ) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
     let sh = wl.shape;
-    let g = sh.heads / sh.kv_heads;
+    let (g, s) = (sh.heads / sh.kv_heads, sh.seq);
     let scale = 1.0 / (sh.dim as f64).sqrt();
-    // per head j of each group: its scaled logits of the centred keys, less their maximum
-    let heads: Vec<Vec<Vec<f64>>> = (0..g)
-        .map(|j| {
-            host_scores(wl, (0, 0), true, &move |_,
-                                                 qs: Vec<Vec<f64>>|
-                  -> HostScorer<'static> {
-                let q = qs[j].clone();
-                Box::new(move |x, _| scale * q.iter().zip(x).map(|(a, b)| a * b).sum::<f64>())
-            })
-            .into_iter()
-            .map(|row| {
-                let top = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                row.into_iter().map(|l| l - top).collect()
-            })
-            .collect()
+    let [(_, qw), (_, kw), _] = wl.decode_step_bf16();
+    // per query head: its scaled logits less their maximum
+    let logits: Vec<Vec<f64>> = head_dots(sh, &qw, &kw)
+        .chunks(s)
+        .map(|head| {
+            let top = head.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            head.iter().map(|l| scale * (l - top)).collect()
         })
         .collect();
-    let s = sh.seq;
-    let forced = |t: usize| t < sink || t + recent >= s;
     let combine = |f: &dyn Fn(&mut dyn Iterator<Item = f64>) -> f64| -> Vec<Vec<f64>> {
-        (0..heads[0].len())
-            .map(|row| {
+        logits
+            .chunks(g)
+            .map(|group| {
                 (0..s)
                     .map(|t| {
-                        if forced(t) {
+                        if t < sink || t + recent >= s {
                             f64::INFINITY
                         } else {
-                            f(&mut heads.iter().map(|h| h[row][t]))
+                            f(&mut group.iter().map(|h| h[t]))
                         }
                     })
                     .collect()
